@@ -1,0 +1,155 @@
+//! The outcome of a decision, with its reason.
+
+use std::fmt;
+
+use crate::path::PathError;
+use crate::resource::{Action, AuthorizationPolicy, MtlsMode};
+
+/// A policy and the index of its rule that matched.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyRef<'a> {
+    pub policy: &'a AuthorizationPolicy,
+    pub rule: usize,
+}
+
+impl PolicyRef<'_> {
+    /// `namespace/name`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.policy.meta.namespace, self.policy.meta.name)
+    }
+}
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, Copy)]
+pub enum Reason<'a> {
+    /// An enforced ALLOW policy matched.
+    Allowed { at: PolicyRef<'a> },
+    /// No enforced ALLOW policy applies to the workload, so it is allowed by default.
+    NoAllowPolicies,
+    /// ALLOW policies apply but none matched.
+    NoAllowMatched,
+    /// An enforced DENY policy matched.
+    Denied { at: PolicyRef<'a> },
+    /// A CUSTOM policy matched and its provider denied.
+    CustomDenied { at: PolicyRef<'a> },
+    /// A CUSTOM policy matched and its provider has not been consulted yet.
+    CustomPending { at: PolicyRef<'a> },
+    /// A CUSTOM policy matched but its provider is not in meshConfig.extensionProviders:
+    /// istiod turns such rules into DENY rules.
+    CustomUnknownProvider { at: PolicyRef<'a> },
+    /// More than one CUSTOM provider applies to the workload: istiod turns the rules into DENY.
+    CustomMultipleProviders { at: PolicyRef<'a> },
+    /// Plaintext to a workload whose effective PeerAuthentication is STRICT.
+    PlaintextUnderStrict,
+    /// The request target was refused by path normalisation.
+    Path(PathError),
+}
+
+/// What the dry-run (`istio.io/dry-run`) policies alone would have decided.
+#[derive(Debug, Clone, Copy)]
+pub struct Shadow<'a> {
+    pub allowed: bool,
+    pub policy: Option<PolicyRef<'a>>,
+}
+
+/// A decision. Borrows from the policy set; nothing is allocated unless AUDIT policies matched.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    pub allowed: bool,
+    /// 200 allowed, 403 denied, 400/404 refused by path normalisation.
+    pub status: u16,
+    pub reason: Reason<'a>,
+    pub mtls_mode: MtlsMode,
+    /// AUDIT policies that matched, in RBAC name order.
+    pub audit: Vec<PolicyRef<'a>>,
+    pub dry_run: Option<Shadow<'a>>,
+}
+
+impl<'a> Decision<'a> {
+    /// The policy that decided, if one did.
+    pub fn policy(&self) -> Option<PolicyRef<'a>> {
+        match self.reason {
+            Reason::Allowed { at }
+            | Reason::Denied { at }
+            | Reason::CustomDenied { at }
+            | Reason::CustomPending { at }
+            | Reason::CustomUnknownProvider { at }
+            | Reason::CustomMultipleProviders { at } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// The deciding policy's action.
+    pub fn action(&self) -> Option<Action> {
+        self.policy().map(|p| p.policy.action)
+    }
+
+    /// A JSON object for machines (`meshguard check --output json`, decision logs).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut o = serde_json::Map::new();
+        o.insert("allowed".into(), self.allowed.into());
+        o.insert("status".into(), self.status.into());
+        o.insert("reason".into(), self.reason.to_string().into());
+        if let Some(p) = self.policy() {
+            o.insert("policy".into(), p.name().into());
+            o.insert("rule".into(), p.rule.into());
+            o.insert("action".into(), p.policy.action.as_str().into());
+        }
+        o.insert("mtls_mode".into(), self.mtls_mode.as_str().into());
+        o.insert(
+            "audit".into(),
+            self.audit.iter().map(|p| serde_json::Value::from(p.name())).collect(),
+        );
+        if let Some(s) = &self.dry_run {
+            let mut d = serde_json::Map::new();
+            d.insert("allowed".into(), s.allowed.into());
+            if let Some(p) = s.policy {
+                d.insert("policy".into(), p.name().into());
+                d.insert("rule".into(), p.rule.into());
+            }
+            o.insert("dry_run".into(), d.into());
+        }
+        o.into()
+    }
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Allowed { at } => write!(f, "allowed by ALLOW policy {} rule {}", at.name(), at.rule),
+            Reason::NoAllowPolicies => f.write_str("allowed: no ALLOW policy applies to the workload, so requests are allowed by default"),
+            Reason::NoAllowMatched => f.write_str("denied: ALLOW policies apply to the workload but none matched (RBAC: access denied)"),
+            Reason::Denied { at } => write!(f, "denied by DENY policy {} rule {}", at.name(), at.rule),
+            Reason::CustomDenied { at } => write!(
+                f,
+                "denied by CUSTOM policy {} rule {}: provider `{}` denied the request",
+                at.name(),
+                at.rule,
+                at.policy.provider.as_deref().unwrap_or("")
+            ),
+            Reason::CustomPending { at } => write!(
+                f,
+                "denied (fail closed): CUSTOM policy {} rule {} needs the verdict of provider `{}`, which was not given (set `custom: {{{}: allow}}` to simulate it)",
+                at.name(),
+                at.rule,
+                at.policy.provider.as_deref().unwrap_or(""),
+                at.policy.provider.as_deref().unwrap_or("")
+            ),
+            Reason::CustomUnknownProvider { at } => write!(
+                f,
+                "denied by CUSTOM policy {} rule {}: provider `{}` is not defined in meshConfig.extensionProviders, so istiod turns its rules into DENY rules",
+                at.name(),
+                at.rule,
+                at.policy.provider.as_deref().unwrap_or("")
+            ),
+            Reason::CustomMultipleProviders { at } => write!(
+                f,
+                "denied by CUSTOM policy {} rule {}: more than one CUSTOM provider applies to this workload, which Istio does not support, so the CUSTOM rules act as DENY rules",
+                at.name(),
+                at.rule
+            ),
+            Reason::PlaintextUnderStrict => f.write_str("denied: plaintext connection to a workload whose PeerAuthentication mode is STRICT (the connection is refused)"),
+            Reason::Path(e) => write!(f, "rejected before authorization: {e}"),
+        }
+    }
+}

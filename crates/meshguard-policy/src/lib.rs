@@ -1,0 +1,24 @@
+//! meshguard's policy engine: Istio `AuthorizationPolicy`, `PeerAuthentication` and
+//! `RequestAuthentication` resources, loaded and validated as istiod does, compiled into an
+//! indexed [`PolicySet`], and decided exactly as the Envoy configuration istiod generates decides.
+//!
+//! No IO beyond reading policy files, no async, no wire formats.
+
+pub mod compile;
+pub mod decision;
+pub mod diag;
+pub mod load;
+pub mod matcher;
+pub mod mesh;
+pub mod path;
+pub mod request;
+pub mod resource;
+pub mod yaml;
+
+pub use compile::{CompileError, PolicySet};
+pub use decision::{Decision, PolicyRef, Reason, Shadow};
+pub use diag::{Diagnostic, Severity};
+pub use mesh::MeshConfig;
+pub use path::PathNormalization;
+pub use request::{Destination, HttpRequest, Identity, JwtIdentity, Request, Source};
+pub use resource::{Action, MtlsMode, Resource};

@@ -1,0 +1,161 @@
+//! The one normalised request the engine sees. Adapters (check files, ext_authz, the proxy)
+//! convert into it once; evaluation then allocates nothing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::path::{normalize, NormalizedPath, PathError, PathNormalization};
+
+/// The workload that receives the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Destination {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// The workload (container/target) port.
+    pub port: Option<u16>,
+    pub ip: Option<IpAddr>,
+}
+
+/// The connection's peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// Direct peer address (`ipBlocks`, `source.ip`).
+    pub ip: Option<IpAddr>,
+    /// Original client address (`remoteIpBlocks`, `remote.ip`); defaults to `ip`.
+    pub remote_ip: Option<IpAddr>,
+}
+
+/// The HTTP part of a request; absent for a plain TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// `:authority` / Host, as sent (port included).
+    pub host: String,
+    /// The request target as the client sent it.
+    pub raw_path: String,
+    /// The normalised path without query, or why the target is refused.
+    pub path: Result<NormalizedPath, PathError>,
+    /// Lower-cased names; repeated headers joined with `,` (as Envoy presents them). Sorted by name.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpRequest {
+    /// Builds the HTTP part: normalises the path with the mesh's option and merges headers.
+    pub fn new(
+        method: impl Into<String>,
+        host: impl Into<String>,
+        raw_path: impl Into<String>,
+        headers: impl IntoIterator<Item = (String, String)>,
+        normalization: PathNormalization,
+    ) -> HttpRequest {
+        let raw_path = raw_path.into();
+        let path = normalize(&raw_path, normalization);
+        let mut merged: Vec<(String, String)> = Vec::new();
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            match merged.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => {
+                    v.push(',');
+                    v.push_str(&value);
+                }
+                None => merged.push((name, value)),
+            }
+        }
+        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        HttpRequest {
+            method: method.into(),
+            host: host.into(),
+            raw_path,
+            path,
+            headers: merged,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|i| self.headers[i].1.as_str())
+    }
+
+    /// The normalised path, if the target was accepted.
+    pub fn normalized_path(&self) -> Option<&str> {
+        self.path.as_ref().ok().map(|p| p.path.as_str())
+    }
+}
+
+/// One request or connection to decide.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub destination: Destination,
+    pub source: Source,
+    /// TLS SNI (`connection.sni`).
+    pub sni: Option<String>,
+    pub http: Option<HttpRequest>,
+    /// Verdicts of CUSTOM (ext_authz) providers already consulted, by provider name.
+    pub custom: Vec<(String, bool)>,
+}
+
+impl Request {
+    pub fn remote_ip(&self) -> Option<IpAddr> {
+        self.source.remote_ip.or(self.source.ip)
+    }
+
+    pub fn custom_verdict(&self, provider: &str) -> Option<bool> {
+        self.custom.iter().find(|(p, _)| p == provider).map(|(_, v)| *v)
+    }
+}
+
+/// The result of request authentication (a verified JWT).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JwtIdentity {
+    /// `iss/sub`.
+    pub principal: String,
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    /// The verified payload.
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JwtIdentity {
+    /// From a verified payload; `principal` overrides `iss/sub` when the claims lack them.
+    pub fn new(claims: serde_json::Map<String, serde_json::Value>, principal: Option<String>) -> JwtIdentity {
+        let claim = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let (mut iss, mut sub) = (claim("iss"), claim("sub"));
+        if let Some(p) = &principal {
+            if let Some(i) = p.rfind('/') {
+                iss.get_or_insert_with(|| p[..i].to_owned());
+                sub.get_or_insert_with(|| p[i + 1..].to_owned());
+            }
+        }
+        let principal = principal.unwrap_or_else(|| {
+            format!("{}/{}", iss.as_deref().unwrap_or(""), sub.as_deref().unwrap_or(""))
+        });
+        JwtIdentity {
+            principal,
+            iss,
+            sub,
+            claims,
+        }
+    }
+}
+
+/// Who is calling: the mTLS peer and the request's JWT, both optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// The peer's SPIFFE ID, always with the `spiffe://` scheme. `None` for plaintext.
+    pub peer: Option<String>,
+    pub jwt: Option<JwtIdentity>,
+}
+
+impl Identity {
+    /// Accepts `spiffe://td/ns/x/sa/y` or the bare `td/ns/x/sa/y` form.
+    pub fn with_peer(mut self, principal: &str) -> Identity {
+        self.peer = Some(if principal.starts_with("spiffe://") {
+            principal.to_owned()
+        } else {
+            format!("spiffe://{principal}")
+        });
+        self
+    }
+}
