@@ -57,6 +57,8 @@ struct CRule {
     when: Vec<CKey>,
     /// An ALLOW rule that uses an HTTP-only field is dropped from TCP filter chains.
     has_http_only: bool,
+    /// An ALLOW rule with a key istiod cannot generate is dropped everywhere.
+    has_broken: bool,
 }
 
 #[derive(Debug)]
@@ -284,12 +286,10 @@ impl PolicySet {
             decision.reason = Reason::PlaintextUnderStrict;
             return decision;
         }
-        if let Some(http) = &req.http {
-            if let Err(e) = &http.path {
-                decision.status = e.status();
-                decision.reason = Reason::Path(*e);
-                return decision;
-            }
+        if let Some(rejection) = req.http.as_ref().and_then(|h| h.rejection) {
+            decision.status = rejection.status();
+            decision.reason = Reason::Rejected(rejection);
+            return decision;
         }
         // Under DISABLE the server side terminates no mTLS, so no peer identity is available.
         let peer = if mtls_mode == MtlsMode::Disable { None } else { id.peer.as_deref() };
@@ -309,6 +309,7 @@ impl PolicySet {
         let mut shadow_deny: Option<(u32, PolicyRef<'a>)> = None;
         let mut shadow_allow: Option<(u32, PolicyRef<'a>)> = None;
         let mut shadow_allow_policies = 0usize;
+        let mut shadow_policies = 0usize;
         let mut audit: Option<Vec<(u32, PolicyRef<'a>)>> = None;
 
         let keep_first = |slot: &mut Option<(u32, PolicyRef<'a>)>, m: (u32, PolicyRef<'a>)| {
@@ -326,6 +327,9 @@ impl PolicySet {
                         _ => {}
                     }
                 }
+            }
+            if p.src.dry_run {
+                shadow_policies += 1;
             }
             if p.src.action == Action::Allow {
                 if p.src.dry_run {
@@ -352,11 +356,11 @@ impl PolicySet {
             a.sort_by_key(|(r, _)| *r);
             decision.audit = a.into_iter().map(|(_, p)| p).collect();
         }
-        if shadow_deny.is_some() || shadow_allow_policies > 0 {
+        if shadow_policies > 0 {
             decision.dry_run = Some(match (shadow_deny, shadow_allow) {
                 (Some((_, d)), _) => Shadow { allowed: false, policy: Some(d) },
                 (None, Some((_, a))) => Shadow { allowed: true, policy: Some(a) },
-                (None, None) => Shadow { allowed: false, policy: None },
+                (None, None) => Shadow { allowed: shadow_allow_policies == 0, policy: None },
             });
         }
 
@@ -416,7 +420,7 @@ impl Ctx<'_> {
         let tcp = self.req.http.is_none();
         let mut best: Option<(u32, usize)> = None;
         for r in &p.rules {
-            if tcp && r.has_http_only && p.src.action == Action::Allow {
+            if p.src.action == Action::Allow && (r.has_broken || (tcp && r.has_http_only)) {
                 continue;
             }
             if best.is_some_and(|(rank, _)| rank < r.rank) {
@@ -438,8 +442,8 @@ impl Ctx<'_> {
     }
 
     fn key_matches(&self, k: &CKey, tcp: bool) -> bool {
-        if tcp && k.attr.http_only() {
-            // Only reached for DENY/AUDIT/CUSTOM: the HTTP-only condition is dropped (wider rule).
+        if (tcp && k.attr.http_only()) || matches!(k.attr, Attr::Broken(_)) {
+            // Only reached for DENY/AUDIT/CUSTOM: the condition is dropped (wider rule).
             return true;
         }
         if !k.values.is_empty() && !k.values.iter().any(|m| self.value_matches(&k.attr, m)) {
@@ -459,7 +463,7 @@ impl Ctx<'_> {
             Attr::DstIp => ip_match(m, req.destination.ip),
             Attr::Port => matches!(m, M::Port(p) if req.destination.port == Some(*p)),
             Attr::Sni => str_match(m, req.sni.as_deref().unwrap_or("")),
-            Attr::EnvoyMetadata(_) => false,
+            Attr::EnvoyMetadata(_) | Attr::Broken(_) => false,
             Attr::RequestPrincipal => match (m, self.jwt) {
                 (M::RequestPrincipal(rp), Some(j)) => rp.matches(j.iss.as_deref(), j.sub.as_deref()),
                 _ => false,
@@ -543,6 +547,8 @@ fn ip_match(m: &M, ip: Option<IpAddr>) -> bool {
 
 fn compile_rule(p: &AuthorizationPolicy, r: &Rule, index: usize, rank: u32, mesh: &MeshConfig) -> Result<CRule, CompileError> {
     let mut has_http_only = false;
+    let is_broken = |k: &KeyRule| matches!(k.attr, Attr::Broken(_));
+    let has_broken = r.when.iter().any(is_broken);
     let mut group = |g: &Option<Vec<Vec<KeyRule>>>| -> Result<Option<Vec<Vec<CKey>>>, CompileError> {
         match g {
             None => Ok(None),
@@ -577,6 +583,7 @@ fn compile_rule(p: &AuthorizationPolicy, r: &Rule, index: usize, rank: u32, mesh
         to,
         when,
         has_http_only,
+        has_broken,
     })
 }
 
@@ -611,7 +618,8 @@ fn compile_key(p: &AuthorizationPolicy, k: &KeyRule, mesh: &MeshConfig) -> Resul
             | Attr::Audiences
             | Attr::Presenter
             | Attr::Claim(_)
-            | Attr::EnvoyMetadata(_) => vec![M::Str(StrMatch::new(v))],
+            | Attr::EnvoyMetadata(_)
+            | Attr::Broken(_) => vec![M::Str(StrMatch::new(v))],
         })
     };
     let mut values = Vec::with_capacity(k.values.len());

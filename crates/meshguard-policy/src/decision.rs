@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::path::PathError;
+use crate::request::Rejection;
 use crate::resource::{Action, AuthorizationPolicy, MtlsMode};
 
 /// A policy and the index of its rule that matched.
@@ -41,8 +41,8 @@ pub enum Reason<'a> {
     CustomMultipleProviders { at: PolicyRef<'a> },
     /// Plaintext to a workload whose effective PeerAuthentication is STRICT.
     PlaintextUnderStrict,
-    /// The request target was refused by path normalisation.
-    Path(PathError),
+    /// The request was refused before authorization (path normalisation, method, header names).
+    Rejected(Rejection),
 }
 
 /// What the dry-run (`istio.io/dry-run`) policies alone would have decided.
@@ -149,7 +149,7 @@ impl fmt::Display for Reason<'_> {
                 at.rule
             ),
             Reason::PlaintextUnderStrict => f.write_str("denied: plaintext connection to a workload whose PeerAuthentication mode is STRICT (the connection is refused)"),
-            Reason::Path(e) => write!(f, "rejected before authorization: {e}"),
+            Reason::Rejected(e) => write!(f, "rejected before authorization: {e}"),
         }
     }
 }

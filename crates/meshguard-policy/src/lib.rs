@@ -20,5 +20,5 @@ pub use decision::{Decision, PolicyRef, Reason, Shadow};
 pub use diag::{Diagnostic, Severity};
 pub use mesh::MeshConfig;
 pub use path::PathNormalization;
-pub use request::{Destination, HttpRequest, Identity, JwtIdentity, Request, Source};
+pub use request::{Destination, HttpRequest, Identity, JwtIdentity, Rejection, Request, Source};
 pub use resource::{Action, MtlsMode, Resource};

@@ -25,6 +25,39 @@ pub struct Source {
     pub remote_ip: Option<IpAddr>,
 }
 
+/// Why a request is refused before any policy runs, as the sidecar's Envoy refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Path(PathError),
+    /// A method that is not an upper-case token (Envoy answers 400).
+    Method,
+    /// A header name with whitespace or other non-token characters (400).
+    HeaderName,
+}
+
+impl Rejection {
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::Path(p) => p.status(),
+            Rejection::Method | Rejection::HeaderName => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Path(p) => p.fmt(f),
+            Rejection::Method => f.write_str("the method is not an upper-case HTTP token (Istio answers 400)"),
+            Rejection::HeaderName => f.write_str("a header name contains whitespace or a character not allowed in a token (400)"),
+        }
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// The HTTP part of a request; absent for a plain TCP connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
@@ -37,6 +70,8 @@ pub struct HttpRequest {
     pub path: Result<NormalizedPath, PathError>,
     /// Lower-cased names; repeated headers joined with `,` (as Envoy presents them). Sorted by name.
     pub headers: Vec<(String, String)>,
+    /// Set when the request would be refused before authorization.
+    pub rejection: Option<Rejection>,
 }
 
 impl HttpRequest {
@@ -62,12 +97,26 @@ impl HttpRequest {
             }
         }
         merged.sort_by(|a, b| a.0.cmp(&b.0));
+        let method = method.into();
+        let rejection = if let Err(e) = &path {
+            Some(Rejection::Path(*e))
+        } else if method.is_empty() || !method.bytes().all(is_tchar) || method.bytes().any(|b| b.is_ascii_lowercase()) {
+            Some(Rejection::Method)
+        } else if merged
+            .iter()
+            .any(|(n, _)| n.is_empty() || !n.bytes().enumerate().all(|(i, b)| is_tchar(b) || (i == 0 && b == b':')))
+        {
+            Some(Rejection::HeaderName)
+        } else {
+            None
+        };
         HttpRequest {
-            method: method.into(),
+            method,
             host: host.into(),
             raw_path,
             path,
             headers: merged,
+            rejection,
         }
     }
 

@@ -84,6 +84,10 @@ pub enum Attr {
     Sni,
     /// `experimental.envoy.filters.*[...]`: Envoy dynamic metadata, never present in meshguard
     EnvoyMetadata(String),
+    /// A key istiod's validation accepts but its config generation cannot build (e.g.
+    /// `request.headers.x[foo]`): an ALLOW rule using it is dropped, a DENY/AUDIT/CUSTOM rule
+    /// loses the condition (istio model.go `checkError`).
+    Broken(String),
 }
 
 impl Attr {
@@ -92,7 +96,8 @@ impl Attr {
     pub fn http_only(&self) -> bool {
         matches!(
             self,
-            Attr::RequestPrincipal
+            Attr::Broken(_)
+                | Attr::RequestPrincipal
                 | Attr::Audiences
                 | Attr::Presenter
                 | Attr::Claim(_)
@@ -356,6 +361,9 @@ fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resou
         return;
     };
     ctx.resource = Some(format!("{kind} {}/{}", meta.namespace, meta.name));
+    if kind != "AuthorizationPolicy" && meta.annotations.contains_key(DRY_RUN_ANNOTATION) {
+        ctx.err(doc, &field("metadata.annotations[istio.io/dry-run]"), format!("{kind} {}/{} has unsupported annotation istio.io/dry-run, please remove the annotation", meta.namespace, meta.name));
+    }
     let origin = Origin {
         file: ctx.file.to_owned(),
         line: doc.line,
@@ -985,27 +993,75 @@ pub fn parse_ip_block(v: &str) -> Option<ipnet::IpNet> {
 
 const HTTP_ONLY_KEYS_HINT: &str = "request.headers[<name>], source.ip, remote.ip, source.namespace, source.principal, source.serviceAccount, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[<name>], destination.ip, destination.port, connection.sni, experimental.envoy.filters.*";
 
-/// Maps a `when` key to its attribute, or explains why it is not accepted.
-pub fn condition_attr(key: &str) -> Result<Attr, String> {
-    let bracket = |prefix: &str| -> Option<Result<Vec<String>, String>> {
-        let rest = key.strip_prefix(prefix)?;
-        Some(parse_brackets(rest).ok_or_else(|| format!("invalid key `{key}`: expected {prefix}[<name>]")))
+/// istio validation `validateMapKey`: a prefix check only.
+fn valid_map_key(key: &str) -> bool {
+    match key.find('[') {
+        Some(open) => key.ends_with(']') && open > 0 && open + 2 < key.len(),
+        None => false,
+    }
+}
+
+/// istio model util.go `extractNameInBrackets`.
+fn name_in_brackets(s: &str) -> Option<String> {
+    (s.len() >= 2 && s.starts_with('[') && s.ends_with(']')).then(|| s[1..s.len() - 1].to_owned())
+}
+
+/// istio model util.go `extractNameInNestedBrackets`: `[a][b]` -> [a, b]; anything else falls back
+/// to one name with the outer brackets removed (`[foo.com/name]`, `[a]b]`).
+fn names_in_nested_brackets(s: &str) -> Option<Vec<String>> {
+    let b = s.as_bytes();
+    let find_end = |begin: usize| -> Option<usize> {
+        if b.get(begin) != Some(&b'[') {
+            return None;
+        }
+        for (i, &c) in b.iter().enumerate().skip(begin + 1) {
+            match c {
+                b'[' => return None,
+                b']' => return Some(i),
+                _ => {}
+            }
+        }
+        None
     };
-    if let Some(r) = bracket("request.headers") {
-        let names = r?;
-        if names.len() != 1 || names[0].is_empty() {
-            return Err(format!("invalid key `{key}`: expected request.headers[<header-name>]"));
+    let mut out = Vec::new();
+    let mut begin = 0;
+    while begin < b.len() {
+        match find_end(begin) {
+            Some(end) => {
+                out.push(s[begin + 1..end].to_owned());
+                begin = end + 1;
+            }
+            None => return name_in_brackets(s).map(|n| vec![n]),
         }
-        return Ok(Attr::Header(names[0].to_ascii_lowercase()));
     }
-    if let Some(r) = bracket("request.auth.claims") {
-        let names = r?;
-        if names.iter().any(String::is_empty) {
-            return Err(format!("invalid key `{key}`: claim names must not be empty"));
+    Some(out)
+}
+
+/// Maps a `when` key to its attribute, or explains why istiod's validation refuses it.
+pub fn condition_attr(key: &str) -> Result<Attr, String> {
+    let map_key = |prefix: &str| -> Option<Result<String, String>> {
+        let rest = key.strip_prefix(prefix)?;
+        if !valid_map_key(key) {
+            return Some(Err(format!("bad key `{key}`: should have format {prefix}[<name>]")));
         }
-        return Ok(Attr::Claim(names));
+        Some(Ok(rest.to_owned()))
+    };
+    if let Some(r) = map_key("request.headers") {
+        let rest = r?;
+        return Ok(match name_in_brackets(&rest) {
+            Some(n) if !n.is_empty() => Attr::Header(n.to_ascii_lowercase()),
+            _ => Attr::Broken(key.to_owned()),
+        });
     }
-    if key.starts_with("experimental.envoy.filters.") {
+    if let Some(r) = map_key("request.auth.claims") {
+        let rest = r?;
+        return Ok(match names_in_nested_brackets(&rest) {
+            Some(names) if !names.is_empty() => Attr::Claim(names),
+            _ => Attr::Broken(key.to_owned()),
+        });
+    }
+    if let Some(r) = map_key("experimental.") {
+        r?;
         return Ok(Attr::EnvoyMetadata(key.to_owned()));
     }
     Ok(match key {
@@ -1020,35 +1076,17 @@ pub fn condition_attr(key: &str) -> Result<Attr, String> {
         "destination.ip" => Attr::DstIp,
         "destination.port" => Attr::Port,
         "connection.sni" => Attr::Sni,
-        "destination.namespace" | "destination.name" | "destination.user" => {
-            return Err(format!("`{key}` is no longer supported by Istio; use a workload selector on the policy instead"));
-        }
+        "destination.namespace" => return Err(format!("attribute `{key}` is replaced by the metadata.namespace of the policy")),
         k if k.starts_with("destination.labels") => {
-            return Err(format!("`{key}` is no longer supported by Istio; use a workload selector on the policy instead"));
+            return Err(format!("attribute `{key}` is replaced by the workload selector"));
+        }
+        "destination.name" | "destination.user" => {
+            return Err(format!("deprecated attribute `{key}`: only supported in v1alpha1"));
         }
         other => {
             return Err(format!("unknown attribute `{other}`; supported keys: {HTTP_ONLY_KEYS_HINT}"));
         }
     })
-}
-
-/// `[a][b][c]` -> `["a","b","c"]`; a single pair keeps inner text literally (`[foo.com/name]`).
-fn parse_brackets(s: &str) -> Option<Vec<String>> {
-    if !s.starts_with('[') || !s.ends_with(']') {
-        return None;
-    }
-    let inner = &s[1..s.len() - 1];
-    if !inner.contains("][") {
-        if inner.contains('[') || inner.contains(']') {
-            return None;
-        }
-        return Some(vec![inner.to_owned()]);
-    }
-    let parts: Vec<String> = inner.split("][").map(str::to_owned).collect();
-    if parts.iter().any(|p| p.contains('[') || p.contains(']')) {
-        return None;
-    }
-    Some(parts)
 }
 
 fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> Option<KeyRule> {
@@ -1086,6 +1124,9 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
     if matches!(attr, Attr::Claim(ref names) if names.len() == 1 && ["exp", "iat", "nbf", "auth_time"].contains(&names[0].as_str()))
     {
         ctx.warn_at(kl, kc, &kp, format!("`{key}` is a numeric claim: Istio (Envoy RBAC) matches only string and string-list claims, so this condition never matches (istio/istio#39703){}", if values.is_empty() { "" } else if action == Action::Allow { "; this rule can never allow a request" } else { "; this rule can never match" }));
+    }
+    if let Attr::Broken(_) = attr {
+        ctx.warn_at(kl, kc, &kp, format!("istiod accepts `{key}` but cannot generate a matcher for it: {}", if action == Action::Allow { "the whole rule is skipped (it never allows)" } else { "the condition is dropped, so the rule matches more widely" }));
     }
     if let Attr::EnvoyMetadata(_) = attr {
         ctx.warn_at(kl, kc, &kp, format!("`{key}` reads Envoy filter metadata, which meshguard does not have: the condition never matches (its notValues always do)"));
@@ -1133,6 +1174,9 @@ fn parse_peer(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Or
         let pp = join(path, "portLevelMtls");
         if selector.as_ref().is_none_or(BTreeMap::is_empty) {
             ctx.err(pl, &pp, "portLevelMtls requires a workload selector with matchLabels");
+        }
+        if pl.as_map().is_some_and(<[_]>::is_empty) {
+            ctx.err(pl, &pp, "port level mTLS, if defined, must have at least one element");
         }
         for (k, v) in pl.as_map().unwrap_or_default() {
             let kp = format!("{pp}[{}]", k.text);
@@ -1203,16 +1247,22 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
     }
     check_fields(ctx, r, path, JWT_RULE_FIELDS);
     let mut rule = JwtRule::default();
-    match get_str(ctx, r, "issuer", path) {
-        Some((i, _, _)) if !i.is_empty() => rule.issuer = i,
-        _ => ctx.err(r, &join(path, "issuer"), "issuer must be set"),
+    rule.issuer = get_str(ctx, r, "issuer", path).map(|i| i.0).unwrap_or_default();
+    let auds = get_str_list(ctx, r, "audiences", path).unwrap_or_default();
+    for (i, (a, line, col)) in auds.iter().enumerate() {
+        if a.is_empty() {
+            ctx.err_at(*line, *col, &format!("{}[{i}]", join(path, "audiences")), "audience must be non-empty string");
+        }
     }
-    rule.audiences = strings(get_str_list(ctx, r, "audiences", path));
+    rule.audiences = auds.into_iter().map(|a| a.0).collect();
     if let Some((u, line, col)) = get_str(ctx, r, "jwksUri", path) {
-        if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 9 {
-            ctx.err_at(line, col, &join(path, "jwksUri"), format!("`{u}` is not a valid http(s) URL"));
+        if let Err(e) = check_http_url(&u) {
+            ctx.err_at(line, col, &join(path, "jwksUri"), e);
         }
         rule.jwks_uri = Some(u);
+    }
+    if rule.issuer.is_empty() && rule.jwks_uri.is_none() {
+        ctx.err(r, &join(path, "issuer"), "issuer or jwksUri must be non-empty string");
     }
     if let Some((j, line, col)) = get_str(ctx, r, "jwks", path) {
         match serde_json::from_str::<serde_json::Value>(&j) {
@@ -1223,7 +1273,7 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
         rule.jwks = Some(j);
     }
     if rule.jwks.is_some() && rule.jwks_uri.is_some() {
-        ctx.err(r, &join(path, "jwks"), "only one of jwks or jwksUri can be set");
+        ctx.warn(r, &join(path, "jwks"), "both jwks and jwksUri are set: the inline jwks is used and jwksUri is ignored (istiod's default behaviour)");
     }
     if let Some(items) = get_seq(ctx, r, "fromHeaders", path) {
         for (i, h) in items.iter().enumerate() {
@@ -1280,6 +1330,27 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
     }
     rule.space_delimited_claims = strings(get_str_list(ctx, r, "spaceDelimitedClaims", path));
     Some(rule)
+}
+
+/// istio `ParseJwksURI`: http(s) scheme, a host, and a numeric port if one is given.
+fn check_http_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("`{u}`: URI scheme is not supported; use http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    if host_port.is_empty() {
+        return Err(format!("`{u}` has no host"));
+    }
+    if !host_port.ends_with(']') {
+        if let Some((_, port)) = host_port.rsplit_once(':') {
+            if port.parse::<u16>().is_err() {
+                return Err(format!("`{u}`: invalid port `{port}`"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn strings(v: Option<Vec<(String, u32, u32)>>) -> Vec<String> {

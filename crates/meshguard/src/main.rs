@@ -1,3 +1,293 @@
-fn main() {
-    println!("Hello, world!");
+//! `meshguard`: the zero-trust security layer of a service mesh, in one binary.
+
+mod embedded;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshguard_policy::load::{load_paths, parse_mesh_config, parse_request, Loaded};
+use meshguard_policy::yaml::parse_documents;
+use meshguard_policy::{Diagnostic, MeshConfig, PathNormalization, PolicySet, Severity};
+
+/// Exit code when the request is denied (`check`).
+const EXIT_DENIED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "meshguard",
+    version,
+    about = "Zero-trust security for a service mesh: Istio AuthorizationPolicy, PeerAuthentication and RequestAuthentication, decided exactly as Istio decides.",
+    long_about = None,
+    after_help = "Start here:\n  meshguard check --example all          decide the bundled example requests against the bundled policies\n  meshguard check --request req.yaml     decide one request (see README for the request format)\n  meshguard lint policies/               validate policies as istiod would, with file:line:field errors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decide one request (or the bundled examples) and explain the decision.
+    ///
+    /// Exit status: 0 allowed, 3 denied, 1 bad input (policies that do not load, a malformed request).
+    Check(CheckArgs),
+    /// Validate policy files as strictly as istiod, reporting every problem with file, line and field.
+    ///
+    /// Warns (without failing) about rules Istio accepts but that can never match. Exit status: 0 when
+    /// there are no errors, 1 otherwise.
+    Lint(LintArgs),
+    /// Print the bundled example policies (the embedded default), e.g. to start your own set.
+    Examples,
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// Policy files or directories (searched recursively for *.yaml, *.yml, *.json). Multi-document
+    /// YAML and `kind: List` are accepted. Default: the bundled example policies.
+    #[arg(long = "policies", short = 'p', env = "MESHGUARD_POLICIES", value_delimiter = ',')]
+    policies: Vec<PathBuf>,
+    /// A MeshConfig YAML (rootNamespace, trustDomain, trustDomainAliases, pathNormalization,
+    /// extensionProviders). Flags below override it.
+    #[arg(long, env = "MESHGUARD_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
+    /// The root namespace: policies there apply mesh-wide.
+    #[arg(long, env = "MESHGUARD_ROOT_NAMESPACE")]
+    root_namespace: Option<String>,
+    /// Path normalisation applied before matching `paths` (Istio's meshConfig.pathNormalization).
+    #[arg(long, env = "MESHGUARD_PATH_NORMALIZATION", value_enum)]
+    path_normalization: Option<Normalization>,
+    /// Name of an ext_authz provider that exists (meshConfig.extensionProviders); repeatable.
+    /// CUSTOM policies naming any other provider act as DENY, as in Istio.
+    #[arg(long = "provider", env = "MESHGUARD_PROVIDERS", value_delimiter = ',')]
+    providers: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Normalization {
+    None,
+    Base,
+    MergeSlashes,
+    DecodeAndMergeSlashes,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// The request to decide, YAML or JSON (`-` for standard input). See README "Request format".
+    #[arg(long, short = 'r', conflicts_with = "example")]
+    request: Option<String>,
+    /// Decide a bundled example request by file name, or `all` of them.
+    #[arg(long)]
+    example: Option<String>,
+    /// Output format: human text, or one JSON object per request.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Args)]
+struct LintArgs {
+    /// Policy files or directories to validate.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Output format: `file:line:col: severity: field: message` lines, or a JSON array.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: Output,
+    /// Treat warnings as errors (exit 1 when there are any).
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => check(a),
+        Command::Lint(a) => lint(a),
+        Command::Examples => {
+            for (name, text) in embedded::POLICIES {
+                println!("# ---- examples/policies/{name}");
+                println!("{}", text.trim_end());
+                println!("---");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
+    let mut mesh = match &a.mesh_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read mesh config {}", path.display()))?;
+            let docs = parse_documents(&text).map_err(|e| anyhow::anyhow!("{}:{}:{}: invalid YAML: {}", path.display(), e.line, e.col, e.message))?;
+            match docs.first() {
+                Some(d) => parse_mesh_config(d).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => MeshConfig::default(),
+            }
+        }
+        None => MeshConfig::default(),
+    };
+    if let Some(ns) = &a.root_namespace {
+        mesh.root_namespace.clone_from(ns);
+    }
+    if let Some(n) = a.path_normalization {
+        mesh.path_normalization = match n {
+            Normalization::None => PathNormalization::None,
+            Normalization::Base => PathNormalization::Base,
+            Normalization::MergeSlashes => PathNormalization::MergeSlashes,
+            Normalization::DecodeAndMergeSlashes => PathNormalization::DecodeAndMergeSlashes,
+        };
+    }
+    mesh.extension_providers.extend(a.providers.iter().cloned());
+    Ok(mesh)
+}
+
+fn load_policies(a: &PolicyArgs) -> Loaded {
+    if a.policies.is_empty() {
+        let mut l = Loaded::default();
+        for (name, text) in embedded::POLICIES {
+            l.add_text(text, &format!("<embedded>/examples/policies/{name}"));
+        }
+        l
+    } else {
+        load_paths(&a.policies)
+    }
+}
+
+fn print_diagnostics(diags: &[Diagnostic], min: Severity) {
+    for d in diags.iter().filter(|d| d.severity <= min) {
+        eprintln!("{d}");
+    }
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode> {
+    let mesh = mesh_config(&a.policy)?;
+    let loaded = load_policies(&a.policy);
+    if loaded.has_errors() {
+        print_diagnostics(&loaded.diagnostics, Severity::Error);
+        let n = loaded.errors().count();
+        bail!("{n} error(s) in the policies; nothing was decided (run `meshguard lint` for warnings too)");
+    }
+    let set = PolicySet::compile(loaded.resources, mesh).context("compiling policies")?;
+
+    let requests: Vec<(String, String)> = match (&a.request, &a.example) {
+        (Some(r), _) if r == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the request from standard input")?;
+            vec![("<stdin>".to_owned(), s)]
+        }
+        (Some(r), _) => vec![(r.clone(), std::fs::read_to_string(r).with_context(|| format!("cannot read request file {r}"))?)],
+        (None, Some(e)) => {
+            let picked: Vec<(String, String)> = embedded::REQUESTS
+                .iter()
+                .filter(|(n, _)| e == "all" || *n == e.as_str() || n.trim_end_matches(".yaml") == e.as_str())
+                .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+                .collect();
+            if picked.is_empty() {
+                let names: Vec<&str> = embedded::REQUESTS.iter().map(|(n, _)| *n).collect();
+                bail!("no bundled example request `{e}`; choose `all` or one of: {}", names.join(", "));
+            }
+            picked
+        }
+        (None, None) => bail!("give the request to decide: --request FILE (or - for stdin), or --example all"),
+    };
+
+    let mut all_allowed = true;
+    for (name, text) in &requests {
+        let docs = parse_documents(text).map_err(|e| anyhow::anyhow!("{name}:{}:{}: invalid YAML/JSON: {}", e.line, e.col, e.message))?;
+        let Some(doc) = docs.first() else { bail!("{name}: the request is empty") };
+        let (req, id) = parse_request(doc, set.mesh().path_normalization).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let d = set.evaluate(&req, &id);
+        all_allowed &= d.allowed;
+        match a.output {
+            Output::Json => {
+                let mut j = d.to_json();
+                if requests.len() > 1 {
+                    j["request"] = name.clone().into();
+                }
+                println!("{j}");
+            }
+            Output::Text => {
+                if requests.len() > 1 {
+                    println!("== {name}");
+                }
+                let verdict = if d.allowed { "ALLOW" } else { "DENY" };
+                println!("{verdict} {} {}", d.status, d.reason);
+                println!("  mTLS mode: {}", d.mtls_mode.as_str());
+                if let Some(h) = &req.http {
+                    if let Some(p) = h.normalized_path() {
+                        if p != h.raw_path {
+                            println!("  path: {} -> {p} ({})", h.raw_path, set.mesh().path_normalization.as_str());
+                        }
+                    }
+                } else {
+                    println!("  TCP connection (no HTTP request): HTTP-only policy fields do not apply");
+                }
+                for au in &d.audit {
+                    println!("  audit: matched AUDIT policy {} rule {}", au.name(), au.rule);
+                }
+                if let Some(s) = &d.dry_run {
+                    let what = if s.allowed { "allow" } else { "deny" };
+                    match s.policy {
+                        Some(p) => println!("  dry-run: the dry-run policies would {what} (policy {} rule {})", p.name(), p.rule),
+                        None => println!("  dry-run: the dry-run policies would {what} (no dry-run policy matched)"),
+                    }
+                }
+            }
+        }
+    }
+    Ok(if all_allowed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DENIED) })
+}
+
+fn lint(a: LintArgs) -> Result<ExitCode> {
+    let loaded = load_paths(&a.paths);
+    let errors = loaded.errors().count();
+    let warnings = loaded.diagnostics.len() - errors;
+    match a.output {
+        Output::Json => {
+            let items: Vec<serde_json::Value> = loaded
+                .diagnostics
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "severity": if d.severity == Severity::Error { "error" } else { "warning" },
+                        "file": d.file, "line": d.line, "column": d.col,
+                        "resource": d.resource, "field": d.field, "message": d.message,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(items));
+        }
+        Output::Text => {
+            for d in &loaded.diagnostics {
+                println!("{d}");
+            }
+            eprintln!(
+                "{} file(s), {} resource(s): {errors} error(s), {warnings} warning(s)",
+                loaded.files.len(),
+                loaded.resources.len()
+            );
+        }
+    }
+    if loaded.files.is_empty() && errors == 0 {
+        bail!("no policy files found (looked for *.yaml, *.yml, *.json)");
+    }
+    let fail = errors > 0 || (a.deny_warnings && warnings > 0);
+    Ok(if fail { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
