@@ -14,8 +14,8 @@ use crate::matcher::{self, PathMatch, RequestPrincipalMatch, StrMatch};
 use crate::mesh::MeshConfig;
 use crate::request::{Identity, JwtIdentity, Request};
 use crate::resource::{
-    Action, Attr, AuthorizationPolicy, KeyRule, MtlsMode, PeerAuthentication, RequestAuthentication,
-    Resource, Rule,
+    Action, Attr, AuthorizationPolicy, KeyRule, MtlsMode, PeerAuthentication,
+    RequestAuthentication, Resource, Rule,
 };
 
 /// A compile failure (a value that validation should have refused).
@@ -34,6 +34,9 @@ enum M {
     /// Envoy `present_match` (headers, methods, hosts with `*`).
     Present,
     Regex(Regex),
+    /// A substring test that is equivalent to the regex Istio generates (namespaces without
+    /// wildcards or regex syntax: `.*/ns/<ns>/.*` is "contains `/ns/<ns>/`").
+    Contains(String),
     Path(PathMatch),
     Ip(ipnet::IpNet),
     Port(u16),
@@ -89,7 +92,10 @@ impl ScopeIndex {
     }
 }
 
-fn selector_matches(sel: Option<&BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
+fn selector_matches(
+    sel: Option<&BTreeMap<String, String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     sel.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
@@ -111,7 +117,10 @@ fn rbac_name(p: &AuthorizationPolicy, rule: usize) -> String {
         (Action::Custom, Some(pr)) => format!("istio-ext-authz-{pr}-"),
         _ => String::new(),
     };
-    format!("{prefix}ns[{}]-policy[{}]-rule[{rule}]", p.meta.namespace, p.meta.name)
+    format!(
+        "{prefix}ns[{}]-policy[{}]-rule[{rule}]",
+        p.meta.namespace, p.meta.name
+    )
 }
 
 impl PolicySet {
@@ -134,16 +143,18 @@ impl PolicySet {
             (ta, &a.meta.name, &a.meta.namespace).cmp(&(tb, &b.meta.name, &b.meta.namespace))
         });
 
-        // Ranks: byte-wise order of the RBAC policy names.
-        let mut names: Vec<(String, usize, usize)> = Vec::new();
+        // Ranks: byte-wise order of the RBAC policy names, except that root-namespace DENY
+        // policies come first (istiod puts them in their own RBAC filter ahead of the others).
+        let mut names: Vec<(bool, String, usize, usize)> = Vec::new();
         for (pi, p) in authz_src.iter().enumerate() {
+            let later = !(p.action == Action::Deny && p.meta.namespace == mesh.root_namespace);
             for ri in 0..p.rules.len().max(1) {
-                names.push((rbac_name(p, ri), pi, ri));
+                names.push((later, rbac_name(p, ri), pi, ri));
             }
         }
         names.sort();
         let mut rank_of: HashMap<(usize, usize), u32> = HashMap::new();
-        for (rank, (_, pi, ri)) in names.iter().enumerate() {
+        for (rank, (_, _, pi, ri)) in names.iter().enumerate() {
             rank_of.insert((*pi, *ri), u32::try_from(rank).unwrap_or(u32::MAX));
         }
 
@@ -212,7 +223,12 @@ impl PolicySet {
 
     /// The effective PeerAuthentication mode for a workload and port
     /// (istio `ComposePeerAuthentication`): workload > namespace > mesh > PERMISSIVE.
-    pub fn mtls_mode(&self, namespace: &str, labels: &BTreeMap<String, String>, port: Option<u16>) -> MtlsMode {
+    pub fn mtls_mode(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        port: Option<u16>,
+    ) -> MtlsMode {
         let root = self.mesh.root_namespace.as_str();
         let empty_sel = |p: &PeerAuthentication| p.selector.as_ref().is_none_or(BTreeMap::is_empty);
         let mut mesh_p = None;
@@ -249,9 +265,21 @@ impl PolicySet {
         mode
     }
 
-    fn for_each_applicable<'s>(&'s self, ns: &str, labels: &BTreeMap<String, String>, mut f: impl FnMut(&'s CPolicy)) {
+    fn for_each_applicable<'s>(
+        &'s self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+        mut f: impl FnMut(&'s CPolicy),
+    ) {
         let root = self.mesh.root_namespace.as_str();
-        let scopes = [self.authz_index.get(root), if ns == root { None } else { self.authz_index.get(ns) }];
+        let scopes = [
+            self.authz_index.get(root),
+            if ns == root {
+                None
+            } else {
+                self.authz_index.get(ns)
+            },
+        ];
         for scope in scopes.into_iter().flatten() {
             for &id in &scope.unselected {
                 f(&self.authz[id as usize]);
@@ -292,7 +320,11 @@ impl PolicySet {
             return decision;
         }
         // Under DISABLE the server side terminates no mTLS, so no peer identity is available.
-        let peer = if mtls_mode == MtlsMode::Disable { None } else { id.peer.as_deref() };
+        let peer = if mtls_mode == MtlsMode::Disable {
+            None
+        } else {
+            id.peer.as_deref()
+        };
         let ctx = Ctx {
             req,
             peer,
@@ -341,7 +373,13 @@ impl PolicySet {
             let Some((rank, rule)) = ctx.first_match(p) else {
                 return;
             };
-            let m = (rank, PolicyRef { policy: &p.src, rule });
+            let m = (
+                rank,
+                PolicyRef {
+                    policy: &p.src,
+                    rule,
+                },
+            );
             match (p.src.action, p.src.dry_run) {
                 (Action::Custom, _) => keep_first(&mut custom, m),
                 (Action::Deny, false) => keep_first(&mut deny, m),
@@ -358,9 +396,18 @@ impl PolicySet {
         }
         if shadow_policies > 0 {
             decision.dry_run = Some(match (shadow_deny, shadow_allow) {
-                (Some((_, d)), _) => Shadow { allowed: false, policy: Some(d) },
-                (None, Some((_, a))) => Shadow { allowed: true, policy: Some(a) },
-                (None, None) => Shadow { allowed: shadow_allow_policies == 0, policy: None },
+                (Some((_, d)), _) => Shadow {
+                    allowed: false,
+                    policy: Some(d),
+                },
+                (None, Some((_, a))) => Shadow {
+                    allowed: true,
+                    policy: Some(a),
+                },
+                (None, None) => Shadow {
+                    allowed: shadow_allow_policies == 0,
+                    policy: None,
+                },
             });
         }
 
@@ -436,7 +483,9 @@ impl Ctx<'_> {
     fn rule_matches(&self, r: &CRule, tcp: bool) -> bool {
         let group = |g: &Option<Vec<Vec<CKey>>>| match g {
             None => true,
-            Some(alts) => alts.iter().any(|keys| keys.iter().all(|k| self.key_matches(k, tcp))),
+            Some(alts) => alts
+                .iter()
+                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp))),
         };
         group(&r.from) && group(&r.to) && r.when.iter().all(|k| self.key_matches(k, tcp))
     }
@@ -465,7 +514,9 @@ impl Ctx<'_> {
             Attr::Sni => str_match(m, req.sni.as_deref().unwrap_or("")),
             Attr::EnvoyMetadata(_) | Attr::Broken(_) => false,
             Attr::RequestPrincipal => match (m, self.jwt) {
-                (M::RequestPrincipal(rp), Some(j)) => rp.matches(j.iss.as_deref(), j.sub.as_deref()),
+                (M::RequestPrincipal(rp), Some(j)) => {
+                    rp.matches(j.iss.as_deref(), j.sub.as_deref())
+                }
                 _ => false,
             },
             Attr::Audiences => self.claim_match(m, "aud", &[]),
@@ -506,14 +557,18 @@ impl Ctx<'_> {
         let split = rest.is_empty() && self.space_delimited(first, j);
         let one = |s: &str| {
             if split {
-                s.split(' ').filter(|p| !p.is_empty()).any(|p| str_match(m, p))
+                s.split(' ')
+                    .filter(|p| !p.is_empty())
+                    .any(|p| str_match(m, p))
             } else {
                 str_match(m, s)
             }
         };
         match v {
             serde_json::Value::String(s) => one(s),
-            serde_json::Value::Array(items) => items.iter().any(|i| i.as_str().is_some_and(|s| str_match(m, s))),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .any(|i| i.as_str().is_some_and(|s| str_match(m, s))),
             _ => false,
         }
     }
@@ -534,6 +589,7 @@ fn str_match(m: &M, s: &str) -> bool {
         M::StrIgnoreCase(sm) => sm.matches_ignore_case(s),
         M::Present => true,
         M::Regex(re) => re.is_match(s),
+        M::Contains(needle) => s.contains(needle.as_str()) && !s.contains('\n'),
         _ => false,
     }
 }
@@ -545,27 +601,34 @@ fn ip_match(m: &M, ip: Option<IpAddr>) -> bool {
     }
 }
 
-fn compile_rule(p: &AuthorizationPolicy, r: &Rule, index: usize, rank: u32, mesh: &MeshConfig) -> Result<CRule, CompileError> {
+fn compile_rule(
+    p: &AuthorizationPolicy,
+    r: &Rule,
+    index: usize,
+    rank: u32,
+    mesh: &MeshConfig,
+) -> Result<CRule, CompileError> {
     let mut has_http_only = false;
     let is_broken = |k: &KeyRule| matches!(k.attr, Attr::Broken(_));
     let has_broken = r.when.iter().any(is_broken);
-    let mut group = |g: &Option<Vec<Vec<KeyRule>>>| -> Result<Option<Vec<Vec<CKey>>>, CompileError> {
-        match g {
-            None => Ok(None),
-            Some(alts) => alts
-                .iter()
-                .map(|keys| {
-                    keys.iter()
-                        .map(|k| {
-                            has_http_only |= k.attr.http_only();
-                            compile_key(p, k, mesh)
-                        })
-                        .collect()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-        }
-    };
+    let mut group =
+        |g: &Option<Vec<Vec<KeyRule>>>| -> Result<Option<Vec<Vec<CKey>>>, CompileError> {
+            match g {
+                None => Ok(None),
+                Some(alts) => alts
+                    .iter()
+                    .map(|keys| {
+                        keys.iter()
+                            .map(|k| {
+                                has_http_only |= k.attr.http_only();
+                                compile_key(p, k, mesh)
+                            })
+                            .collect()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+            }
+        };
     let from = group(&r.from)?;
     let to = group(&r.to)?;
     let when = r
@@ -587,7 +650,11 @@ fn compile_rule(p: &AuthorizationPolicy, r: &Rule, index: usize, rank: u32, mesh
     })
 }
 
-fn compile_key(p: &AuthorizationPolicy, k: &KeyRule, mesh: &MeshConfig) -> Result<CKey, CompileError> {
+fn compile_key(
+    p: &AuthorizationPolicy,
+    k: &KeyRule,
+    mesh: &MeshConfig,
+) -> Result<CKey, CompileError> {
     let err = |message: String| CompileError {
         policy: format!("{}/{}", p.meta.namespace, p.meta.name),
         field: k.field.clone(),
@@ -599,14 +666,23 @@ fn compile_key(p: &AuthorizationPolicy, k: &KeyRule, mesh: &MeshConfig) -> Resul
                 .into_iter()
                 .map(|pv| M::Str(StrMatch::with_prefix(&pv, "spiffe://")))
                 .collect(),
-            Attr::SrcNamespace => vec![M::Regex(Regex::new(&matcher::namespace_regex(v)).map_err(|e| err(e.to_string()))?)],
+            Attr::SrcNamespace if !v.contains(|c: char| "*.+?()|[]{}^$\\".contains(c)) => {
+                vec![M::Contains(format!("/ns/{v}/"))]
+            }
+            Attr::SrcNamespace => vec![M::Regex(
+                Regex::new(&matcher::namespace_regex(v)).map_err(|e| err(e.to_string()))?,
+            )],
             Attr::SrcServiceAccount => vec![M::Regex(
-                Regex::new(&matcher::service_account_regex(v, &p.meta.namespace)).map_err(|e| err(e.to_string()))?,
+                Regex::new(&matcher::service_account_regex(v, &p.meta.namespace))
+                    .map_err(|e| err(e.to_string()))?,
             )],
             Attr::SrcIp | Attr::RemoteIp | Attr::DstIp => vec![M::Ip(
-                crate::resource::parse_ip_block(v).ok_or_else(|| err(format!("bad IP address or CIDR `{v}`")))?,
+                crate::resource::parse_ip_block(v)
+                    .ok_or_else(|| err(format!("bad IP address or CIDR `{v}`")))?,
             )],
-            Attr::Port => vec![M::Port(v.parse().map_err(|_| err(format!("bad port `{v}`")))?)],
+            Attr::Port => vec![M::Port(
+                v.parse().map_err(|_| err(format!("bad port `{v}`")))?,
+            )],
             Attr::RequestPrincipal => vec![M::RequestPrincipal(RequestPrincipalMatch::new(v))],
             Attr::Header(_) | Attr::Method if v == "*" => vec![M::Present],
             Attr::Host if v == "*" => vec![M::Present],
@@ -644,8 +720,12 @@ fn principal_variants(v: &str, mesh: &MeshConfig) -> Vec<String> {
     if mesh.trust_domain == "cluster.local" && mesh.trust_domain_aliases.is_empty() {
         return out;
     }
-    let Some((td, rest)) = v.split_once('/') else { return out };
-    let known = td == "cluster.local" || td == mesh.trust_domain || mesh.trust_domain_aliases.iter().any(|a| a == td);
+    let Some((td, rest)) = v.split_once('/') else {
+        return out;
+    };
+    let known = td == "cluster.local"
+        || td == mesh.trust_domain
+        || mesh.trust_domain_aliases.iter().any(|a| a == td);
     if known {
         for t in std::iter::once(&mesh.trust_domain).chain(&mesh.trust_domain_aliases) {
             let cand = format!("{t}/{rest}");

@@ -98,7 +98,10 @@ impl<'a> Decision<'a> {
         o.insert("mtls_mode".into(), self.mtls_mode.as_str().into());
         o.insert(
             "audit".into(),
-            self.audit.iter().map(|p| serde_json::Value::from(p.name())).collect(),
+            self.audit
+                .iter()
+                .map(|p| serde_json::Value::from(p.name()))
+                .collect(),
         );
         if let Some(s) = &self.dry_run {
             let mut d = serde_json::Map::new();

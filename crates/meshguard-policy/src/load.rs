@@ -24,11 +24,15 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 
     /// Adds one YAML text (a file's contents) under the given display name.
@@ -36,7 +40,9 @@ impl Loaded {
         let rs = parse_stream(text, file, &mut self.diagnostics);
         for r in rs {
             let dup = self.resources.iter().find(|o| {
-                o.kind() == r.kind() && o.meta().namespace == r.meta().namespace && o.meta().name == r.meta().name
+                o.kind() == r.kind()
+                    && o.meta().namespace == r.meta().namespace
+                    && o.meta().name == r.meta().name
             });
             if let Some(o) = dup {
                 self.diagnostics.push(Diagnostic {
@@ -44,7 +50,12 @@ impl Loaded {
                     file: file.to_owned(),
                     line: r.origin().line,
                     col: 1,
-                    resource: Some(format!("{} {}/{}", r.kind(), r.meta().namespace, r.meta().name)),
+                    resource: Some(format!(
+                        "{} {}/{}",
+                        r.kind(),
+                        r.meta().namespace,
+                        r.meta().name
+                    )),
                     field: "metadata.name".to_owned(),
                     message: format!(
                         "duplicate {} {}/{}: already defined at {}:{}",
@@ -100,7 +111,10 @@ impl Loaded {
         let display = path.display().to_string();
         match std::fs::metadata(path) {
             Ok(m) if m.len() > MAX_FILE_BYTES => {
-                self.io_error(&display, &format!("file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"));
+                self.io_error(
+                    &display,
+                    &format!("file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"),
+                );
                 return;
             }
             _ => {}
@@ -157,17 +171,29 @@ fn check_known(n: &Node, field: &str, known: &[&str]) -> Result<(), InputError> 
     if let Some(m) = n.as_map() {
         for (k, _) in m {
             if !known.contains(&k.text.as_str()) {
-                let f = if field.is_empty() { k.text.clone() } else { format!("{field}.{}", k.text) };
+                let f = if field.is_empty() {
+                    k.text.clone()
+                } else {
+                    format!("{field}.{}", k.text)
+                };
                 return Err(InputError {
                     line: k.line,
                     field: f,
-                    message: format!("unknown field `{}`; known fields: {}", k.text, known.join(", ")),
+                    message: format!(
+                        "unknown field `{}`; known fields: {}",
+                        k.text,
+                        known.join(", ")
+                    ),
                 });
             }
         }
         Ok(())
     } else {
-        Err(ierr(n, field, format!("must be a mapping, found {}", n.type_name())))
+        Err(ierr(
+            n,
+            field,
+            format!("must be a mapping, found {}", n.type_name()),
+        ))
     }
 }
 
@@ -185,9 +211,13 @@ fn opt_str(parent: &Node, key: &str, field: &str) -> Result<Option<String>, Inpu
     match parent.get(key) {
         None => Ok(None),
         Some(n) if n.is_null() => Ok(None),
-        Some(n) => scalar_text(n)
-            .map(Some)
-            .ok_or_else(|| ierr(n, &format!("{field}.{key}"), format!("must be a string, found {}", n.type_name()))),
+        Some(n) => scalar_text(n).map(Some).ok_or_else(|| {
+            ierr(
+                n,
+                &format!("{field}.{key}"),
+                format!("must be a string, found {}", n.type_name()),
+            )
+        }),
     }
 }
 
@@ -211,12 +241,16 @@ fn string_map(n: &Node, field: &str) -> Result<Vec<(String, String)>, InputError
         match &v.kind {
             NodeKind::Seq(items) => {
                 for i in items {
-                    let s = scalar_text(i).ok_or_else(|| ierr(i, &format!("{field}.{}", k.text), "values must be strings"))?;
+                    let s = scalar_text(i).ok_or_else(|| {
+                        ierr(i, &format!("{field}.{}", k.text), "values must be strings")
+                    })?;
                     out.push((k.text.clone(), s));
                 }
             }
             _ => {
-                let s = scalar_text(v).ok_or_else(|| ierr(v, &format!("{field}.{}", k.text), "values must be strings"))?;
+                let s = scalar_text(v).ok_or_else(|| {
+                    ierr(v, &format!("{field}.{}", k.text), "values must be strings")
+                })?;
                 out.push((k.text.clone(), s));
             }
         }
@@ -226,12 +260,23 @@ fn string_map(n: &Node, field: &str) -> Result<Vec<(String, String)>, InputError
 
 /// Parses a request description (the `meshguard check --request` format, YAML or JSON; see the
 /// README). The path is normalised with `normalization`.
-pub fn parse_request(node: &Node, normalization: PathNormalization) -> Result<(Request, Identity), InputError> {
-    check_known(node, "", &["destination", "source", "sni", "request", "custom"])?;
+pub fn parse_request(
+    node: &Node,
+    normalization: PathNormalization,
+) -> Result<(Request, Identity), InputError> {
+    check_known(
+        node,
+        "",
+        &["destination", "source", "sni", "request", "custom"],
+    )?;
     let mut req = Request::default();
     let mut id = Identity::default();
     let Some(d) = node.get("destination") else {
-        return Err(ierr(node, "destination", "missing `destination` (namespace, labels, port)"));
+        return Err(ierr(
+            node,
+            "destination",
+            "missing `destination` (namespace, labels, port)",
+        ));
     };
     check_known(d, "destination", &["namespace", "labels", "port", "ip"])?;
     let namespace = opt_str(d, "namespace", "destination")?
@@ -262,7 +307,11 @@ pub fn parse_request(node: &Node, normalization: PathNormalization) -> Result<(R
         };
         if let Some(p) = opt_str(s, "principal", "source")? {
             if p.is_empty() {
-                return Err(ierr(s, "source.principal", "must not be empty; omit it for plaintext"));
+                return Err(ierr(
+                    s,
+                    "source.principal",
+                    "must not be empty; omit it for plaintext",
+                ));
             }
             id = id.with_peer(&p);
         }
@@ -291,7 +340,13 @@ pub fn parse_request(node: &Node, normalization: PathNormalization) -> Result<(R
             let claims = match a.get("claims") {
                 Some(c) if !c.is_null() => match c.to_json() {
                     serde_json::Value::Object(m) => m,
-                    _ => return Err(ierr(c, "request.auth.claims", "must be a mapping (the verified JWT payload)")),
+                    _ => {
+                        return Err(ierr(
+                            c,
+                            "request.auth.claims",
+                            "must be a mapping (the verified JWT payload)",
+                        ))
+                    }
                 },
                 _ => serde_json::Map::new(),
             };
@@ -303,7 +358,11 @@ pub fn parse_request(node: &Node, normalization: PathNormalization) -> Result<(R
                 ));
             }
             if principal.is_none() && claims.is_empty() {
-                return Err(ierr(a, "request.auth", "give `claims` (the verified JWT payload) and/or `principal` (iss/sub)"));
+                return Err(ierr(
+                    a,
+                    "request.auth",
+                    "give `claims` (the verified JWT payload) and/or `principal` (iss/sub)",
+                ));
             }
             id.jwt = Some(JwtIdentity::new(claims, principal));
         }
@@ -313,7 +372,13 @@ pub fn parse_request(node: &Node, normalization: PathNormalization) -> Result<(R
             let verdict = match v.as_str() {
                 "allow" | "true" => true,
                 "deny" | "false" => false,
-                other => return Err(ierr(c, &format!("custom.{k}"), format!("`{other}`: use allow or deny"))),
+                other => {
+                    return Err(ierr(
+                        c,
+                        &format!("custom.{k}"),
+                        format!("`{other}`: use allow or deny"),
+                    ))
+                }
             };
             req.custom.push((k, verdict));
         }
@@ -331,8 +396,14 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
     };
     for (k, v) in entries {
         match k.text.as_str() {
-            "rootNamespace" => m.root_namespace = scalar_text(v).ok_or_else(|| ierr(v, "rootNamespace", "must be a string"))?,
-            "trustDomain" => m.trust_domain = scalar_text(v).ok_or_else(|| ierr(v, "trustDomain", "must be a string"))?,
+            "rootNamespace" => {
+                m.root_namespace =
+                    scalar_text(v).ok_or_else(|| ierr(v, "rootNamespace", "must be a string"))?
+            }
+            "trustDomain" => {
+                m.trust_domain =
+                    scalar_text(v).ok_or_else(|| ierr(v, "trustDomain", "must be a string"))?
+            }
             "trustDomainAliases" => {
                 let NodeKind::Seq(items) = &v.kind else {
                     return Err(ierr(v, "trustDomainAliases", "must be a list"));
@@ -346,7 +417,11 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
                 }
                 .unwrap_or_default();
                 m.path_normalization = PathNormalization::parse(&s).ok_or_else(|| {
-                    ierr(v, "pathNormalization", format!("`{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"))
+                    ierr(
+                        v,
+                        "pathNormalization",
+                        format!("`{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"),
+                    )
                 })?;
             }
             "extensionProviders" => {
@@ -354,10 +429,15 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
                     return Err(ierr(v, "extensionProviders", "must be a list"));
                 };
                 for i in items {
-                    let name = i.get("name").and_then(scalar_text).or_else(|| scalar_text(i));
+                    let name = i
+                        .get("name")
+                        .and_then(scalar_text)
+                        .or_else(|| scalar_text(i));
                     match name {
                         Some(n) => m.extension_providers.push(n),
-                        None => return Err(ierr(i, "extensionProviders", "each entry needs a `name`")),
+                        None => {
+                            return Err(ierr(i, "extensionProviders", "each entry needs a `name`"))
+                        }
                     }
                 }
             }

@@ -65,8 +65,13 @@ impl StrMatch {
     pub fn matches_ignore_case(&self, s: &str) -> bool {
         match self {
             StrMatch::Exact(e) => s.eq_ignore_ascii_case(e),
-            StrMatch::Prefix(p) => s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()),
-            StrMatch::Suffix(p) => s.len() >= p.len() && s.as_bytes()[s.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes()),
+            StrMatch::Prefix(p) => {
+                s.len() >= p.len() && s.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            StrMatch::Suffix(p) => {
+                s.len() >= p.len()
+                    && s.as_bytes()[s.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes())
+            }
             other => other.matches(s),
         }
     }
@@ -96,21 +101,27 @@ pub fn validate_path_template(p: &str) -> Result<(), String> {
         return Err(format!("invalid or unsupported path `{p}`: `{{` and `}}` are only allowed in the path templates {{*}} and {{**}}"));
     }
     if !p.starts_with('/') {
-        return Err(format!("invalid path template `{p}`: it must start with `/`"));
+        return Err(format!(
+            "invalid path template `{p}`: it must start with `/`"
+        ));
     }
     let globs: Vec<&str> = p.trim_matches('/').split('/').collect();
     let mut seen_any = false;
     for g in &globs {
         if *g == MATCH_ANY {
             if seen_any {
-                return Err(format!("invalid path template `{p}`: {{**}} is not allowed to appear more than once"));
+                return Err(format!(
+                    "invalid path template `{p}`: {{**}} is not allowed to appear more than once"
+                ));
             }
             seen_any = true;
             continue;
         }
         if *g == MATCH_ONE {
             if seen_any {
-                return Err(format!("invalid path template `{p}`: {{**}} must be the last operator"));
+                return Err(format!(
+                    "invalid path template `{p}`: {{**}} must be the last operator"
+                ));
             }
             continue;
         }
@@ -266,7 +277,7 @@ impl RequestPrincipalMatch {
         };
         let (iss_m, sub_m) = if value == "*" {
             (StrMatch::Presence, StrMatch::Presence)
-        } else if value.starts_with('*') {
+        } else if let Some(after_star) = value.strip_prefix('*') {
             if found {
                 let im = if iss == "*" {
                     StrMatch::Presence
@@ -275,7 +286,7 @@ impl RequestPrincipalMatch {
                 };
                 (im, StrMatch::Exact(sub.to_owned()))
             } else {
-                (StrMatch::Presence, StrMatch::Suffix(value[1..].to_owned()))
+                (StrMatch::Presence, StrMatch::Suffix(after_star.to_owned()))
             }
         } else if let Some(stripped) = value.strip_suffix('*') {
             if found {
@@ -289,9 +300,15 @@ impl RequestPrincipalMatch {
                 (StrMatch::Prefix(stripped.to_owned()), StrMatch::Presence)
             }
         } else {
-            (StrMatch::Exact(iss.to_owned()), StrMatch::Exact(sub.to_owned()))
+            (
+                StrMatch::Exact(iss.to_owned()),
+                StrMatch::Exact(sub.to_owned()),
+            )
         };
-        RequestPrincipalMatch { iss: iss_m, sub: sub_m }
+        RequestPrincipalMatch {
+            iss: iss_m,
+            sub: sub_m,
+        }
     }
 
     pub fn matches(&self, iss: Option<&str>, sub: Option<&str>) -> bool {

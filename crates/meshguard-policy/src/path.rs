@@ -65,8 +65,12 @@ impl fmt::Display for PathError {
         f.write_str(match self {
             PathError::Empty => "the request path is empty",
             PathError::NotAbsolute => "the request path does not start with `/`",
-            PathError::Nul => "the request path contains a NUL byte (%00), which path normalisation refuses",
-            PathError::InvalidCharacter => "the request path contains a control character, space or non-ASCII byte",
+            PathError::Nul => {
+                "the request path contains a NUL byte (%00), which path normalisation refuses"
+            }
+            PathError::InvalidCharacter => {
+                "the request path contains a control character, space or non-ASCII byte"
+            }
         })
     }
 }
@@ -88,7 +92,10 @@ pub fn normalize(raw: &str, option: PathNormalization) -> Result<NormalizedPath,
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if raw.bytes().any(|b| !(b == b'\t' || b == 0x0c || (0x21..=0x7e).contains(&b))) {
+    if raw
+        .bytes()
+        .any(|b| !(b == b'\t' || b == 0x0c || (0x21..=0x7e).contains(&b)))
+    {
         return Err(if raw.as_bytes().contains(&0) {
             PathError::Nul
         } else {
@@ -187,14 +194,20 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Bytes Chromium's canonicaliser percent-escapes (uppercase hex).
 fn needs_escape(b: u8) -> bool {
-    b < 0x20 || b >= 0x7f || matches!(b, b' ' | b'"' | b'#' | b'<' | b'>' | b'?' | b'^' | b'`' | b'{' | b'|' | b'}')
+    !(0x20..0x7f).contains(&b)
+        || matches!(
+            b,
+            b' ' | b'"' | b'#' | b'<' | b'>' | b'?' | b'^' | b'`' | b'{' | b'|' | b'}'
+        )
 }
 
 /// Is there a dot (`.` or `%2e`) at `i`? Returns its length in input bytes.
 fn dot_at(b: &[u8], i: usize) -> Option<usize> {
     match b.get(i) {
         Some(b'.') => Some(1),
-        Some(b'%') if b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E')) => Some(3),
+        Some(b'%') if b.get(i + 1) == Some(&b'2') && matches!(b.get(i + 2), Some(b'e' | b'E')) => {
+            Some(3)
+        }
         _ => None,
     }
 }
@@ -236,7 +249,11 @@ fn canonicalize(p: &str) -> Result<String, PathError> {
                         if out.is_empty() {
                             out.push(b'/');
                         }
-                        i = if after2 == b.len() { after2 } else { after2 + 1 };
+                        i = if after2 == b.len() {
+                            after2
+                        } else {
+                            after2 + 1
+                        };
                         continue;
                     }
                 }
@@ -265,7 +282,14 @@ fn canonicalize(p: &str) -> Result<String, PathError> {
                         i += 3;
                     }
                     _ => {
-                        out.push(b'%');
+                        // Chromium's nested-escape guard: a lone `%` that would form a valid
+                        // escape with the decoded characters after it (`%%32%65` -> `%2e`) is
+                        // written as `%25`, so a second normalisation changes nothing.
+                        if nested_escape_follows(b, i + 1) {
+                            out.extend_from_slice(b"%25");
+                        } else {
+                            out.push(b'%');
+                        }
                         i += 1;
                     }
                 }
@@ -286,6 +310,28 @@ fn canonicalize(p: &str) -> Result<String, PathError> {
     }
     // Input is ASCII (checked by the caller), so the output is too.
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Reads one output character at `i` (a raw byte, or an unreserved `%HH` decoded).
+fn unit_at(b: &[u8], i: usize) -> Option<(u8, usize)> {
+    match b.get(i)? {
+        b'%' => {
+            let v = hex_val(*b.get(i + 1)?)? * 16 + hex_val(*b.get(i + 2)?)?;
+            is_unreserved(v).then_some((v, 3))
+        }
+        c => Some((*c, 1)),
+    }
+}
+
+fn nested_escape_follows(b: &[u8], i: usize) -> bool {
+    let Some((c1, n1)) = unit_at(b, i) else {
+        return false;
+    };
+    let Some((c2, n2)) = unit_at(b, i + n1) else {
+        return false;
+    };
+    // Only when decoding produced at least one of the two hex digits.
+    (n1 == 3 || n2 == 3) && c1.is_ascii_hexdigit() && c2.is_ascii_hexdigit()
 }
 
 /// Envoy `PathUtil::mergeSlashes`.
@@ -326,39 +372,111 @@ mod tests {
             ("/a/./b", ["/a/./b", "/a/b", "/a/b", "/a/b"]),
             ("//admin", ["//admin", "//admin", "/admin", "/admin"]),
             ("/admin/", ["/admin/", "/admin/", "/admin/", "/admin/"]),
-            ("/%2Fadmin", ["/%2Fadmin", "/%2Fadmin", "/%2Fadmin", "/admin"]),
-            ("/a%2F..%2Fadmin", ["/a%2F..%2Fadmin", "/a%2F..%2Fadmin", "/a%2F..%2Fadmin", "/admin"]),
+            (
+                "/%2Fadmin",
+                ["/%2Fadmin", "/%2Fadmin", "/%2Fadmin", "/admin"],
+            ),
+            (
+                "/a%2F..%2Fadmin",
+                [
+                    "/a%2F..%2Fadmin",
+                    "/a%2F..%2Fadmin",
+                    "/a%2F..%2Fadmin",
+                    "/admin",
+                ],
+            ),
             ("/admin#x", ["/admin", "/admin", "/admin", "/admin"]),
             ("/ADMIN", ["/ADMIN", "/ADMIN", "/ADMIN", "/ADMIN"]),
             ("/a\\b", ["/a\\b", "/a/b", "/a/b", "/a/b"]),
-            ("/a/\\/\\/\\b", ["/a/\\/\\/\\b", "/a//////b", "/a/b", "/a/b"]),
+            (
+                "/a/\\/\\/\\b",
+                ["/a/\\/\\/\\b", "/a//////b", "/a/b", "/a/b"],
+            ),
             ("/%61dmin", ["/%61dmin", "/admin", "/admin", "/admin"]),
-            ("/a/%2e%2e/admin", ["/a/%2e%2e/admin", "/admin", "/admin", "/admin"]),
+            (
+                "/a/%2e%2e/admin",
+                ["/a/%2e%2e/admin", "/admin", "/admin", "/admin"],
+            ),
             ("/%2e/admin", ["/%2e/admin", "/admin", "/admin", "/admin"]),
             ("/a?x=/admin", ["/a", "/a", "/a", "/a"]),
             ("/..;/admin", ["/..;/admin", "/admin", "/admin", "/admin"]),
             ("/admin%00", ["/admin%00", "ERR 400", "ERR 400", "ERR 400"]),
-            ("/admin;a=b", ["/admin;a=b", "/admin;a=b", "/admin;a=b", "/admin;a=b"]),
-            ("/.../admin", ["/.../admin", "/.../admin", "/.../admin", "/.../admin"]),
+            (
+                "/admin;a=b",
+                ["/admin;a=b", "/admin;a=b", "/admin;a=b", "/admin;a=b"],
+            ),
+            (
+                "/.../admin",
+                ["/.../admin", "/.../admin", "/.../admin", "/.../admin"],
+            ),
             ("/..", ["/..", "/", "/", "/"]),
             ("/../admin", ["/../admin", "/admin", "/admin", "/admin"]),
             ("/admin/.", ["/admin/.", "/admin/", "/admin/", "/admin/"]),
             ("/admin/..", ["/admin/..", "/", "/", "/"]),
             ("/admin%2e", ["/admin%2e", "/admin.", "/admin.", "/admin."]),
-            ("/app//../admin", ["/app//../admin", "/app/admin", "/app/admin", "/app/admin"]),
-            ("/app//../../admin", ["/app//../../admin", "/admin", "/admin", "/admin"]),
-            ("/xyz%30..//abc", ["/xyz%30..//abc", "/xyz0..//abc", "/xyz0../abc", "/xyz0../abc"]),
+            (
+                "/app//../admin",
+                ["/app//../admin", "/app/admin", "/app/admin", "/app/admin"],
+            ),
+            (
+                "/app//../../admin",
+                ["/app//../../admin", "/admin", "/admin", "/admin"],
+            ),
+            (
+                "/xyz%30..//abc",
+                [
+                    "/xyz%30..//abc",
+                    "/xyz0..//abc",
+                    "/xyz0../abc",
+                    "/xyz0../abc",
+                ],
+            ),
             ("/app/%2f", ["/app/%2f", "/app/%2f", "/app/%2f", "/app/"]),
-            ("/a%5c..%5cadmin", ["/a%5c..%5cadmin", "/a%5c..%5cadmin", "/a%5c..%5cadmin", "/admin"]),
-            ("/%252e%252e/admin", ["/%252e%252e/admin", "/%252e%252e/admin", "/%252e%252e/admin", "/%252e%252e/admin"]),
+            (
+                "/a%5c..%5cadmin",
+                [
+                    "/a%5c..%5cadmin",
+                    "/a%5c..%5cadmin",
+                    "/a%5c..%5cadmin",
+                    "/admin",
+                ],
+            ),
+            (
+                "/%252e%252e/admin",
+                [
+                    "/%252e%252e/admin",
+                    "/%252e%252e/admin",
+                    "/%252e%252e/admin",
+                    "/%252e%252e/admin",
+                ],
+            ),
             ("/a%7eb", ["/a%7eb", "/a~b", "/a~b", "/a~b"]),
             ("/a\"b", ["/a\"b", "/a%22b", "/a%22b", "/a%22b"]),
             ("/a?b#c", ["/a", "/a", "/a", "/a"]),
-            ("/%2Fapp%5cadmin%5Cabc", ["/%2Fapp%5cadmin%5Cabc", "/%2Fapp%5cadmin%5Cabc", "/%2Fapp%5cadmin%5Cabc", "/app/admin/abc"]),
-            ("/%c0%2e%c0%2e/admin", ["/%c0%2e%c0%2e/admin", "/%c0.%c0./admin", "/%c0.%c0./admin", "/%c0.%c0./admin"]),
+            (
+                "/%2Fapp%5cadmin%5Cabc",
+                [
+                    "/%2Fapp%5cadmin%5Cabc",
+                    "/%2Fapp%5cadmin%5Cabc",
+                    "/%2Fapp%5cadmin%5Cabc",
+                    "/app/admin/abc",
+                ],
+            ),
+            (
+                "/%c0%2e%c0%2e/admin",
+                [
+                    "/%c0%2e%c0%2e/admin",
+                    "/%c0.%c0./admin",
+                    "/%c0.%c0./admin",
+                    "/%c0.%c0./admin",
+                ],
+            ),
         ];
         for (input, expect) in rows {
-            for (o, e) in [None, Base, MergeSlashes, DecodeAndMergeSlashes].iter().zip(expect) {
+            for (o, e) in [None, Base, MergeSlashes, DecodeAndMergeSlashes]
+                .iter()
+                .zip(expect)
+            {
                 assert_eq!(n(input, *o), *e, "input {input} option {o:?}");
             }
         }
@@ -367,9 +485,21 @@ mod tests {
     #[test]
     fn refusals() {
         assert_eq!(normalize("", Base).unwrap_err(), PathError::Empty);
-        assert_eq!(normalize("admin", Base).unwrap_err(), PathError::NotAbsolute);
-        assert_eq!(normalize("/a b", Base).unwrap_err(), PathError::InvalidCharacter);
-        assert_eq!(normalize("/é", Base).unwrap_err(), PathError::InvalidCharacter);
-        assert_eq!(normalize("/a?q=1", Base).unwrap().query.as_deref(), Some("q=1"));
+        assert_eq!(
+            normalize("admin", Base).unwrap_err(),
+            PathError::NotAbsolute
+        );
+        assert_eq!(
+            normalize("/a b", Base).unwrap_err(),
+            PathError::InvalidCharacter
+        );
+        assert_eq!(
+            normalize("/é", Base).unwrap_err(),
+            PathError::InvalidCharacter
+        );
+        assert_eq!(
+            normalize("/a?q=1", Base).unwrap().query.as_deref(),
+            Some("q=1")
+        );
     }
 }

@@ -48,8 +48,12 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::Path(p) => p.fmt(f),
-            Rejection::Method => f.write_str("the method is not an upper-case HTTP token (Istio answers 400)"),
-            Rejection::HeaderName => f.write_str("a header name contains whitespace or a character not allowed in a token (400)"),
+            Rejection::Method => {
+                f.write_str("the method is not an upper-case HTTP token (Istio answers 400)")
+            }
+            Rejection::HeaderName => f.write_str(
+                "a header name contains whitespace or a character not allowed in a token (400)",
+            ),
         }
     }
 }
@@ -100,12 +104,18 @@ impl HttpRequest {
         let method = method.into();
         let rejection = if let Err(e) = &path {
             Some(Rejection::Path(*e))
-        } else if method.is_empty() || !method.bytes().all(is_tchar) || method.bytes().any(|b| b.is_ascii_lowercase()) {
-            Some(Rejection::Method)
-        } else if merged
-            .iter()
-            .any(|(n, _)| n.is_empty() || !n.bytes().enumerate().all(|(i, b)| is_tchar(b) || (i == 0 && b == b':')))
+        } else if method.is_empty()
+            || !method.bytes().all(is_tchar)
+            || method.bytes().any(|b| b.is_ascii_lowercase())
         {
+            Some(Rejection::Method)
+        } else if merged.iter().any(|(n, _)| {
+            n.is_empty()
+                || !n
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| is_tchar(b) || (i == 0 && b == b':'))
+        }) {
             Some(Rejection::HeaderName)
         } else {
             None
@@ -151,7 +161,10 @@ impl Request {
     }
 
     pub fn custom_verdict(&self, provider: &str) -> Option<bool> {
-        self.custom.iter().find(|(p, _)| p == provider).map(|(_, v)| *v)
+        self.custom
+            .iter()
+            .find(|(p, _)| p == provider)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -168,7 +181,10 @@ pub struct JwtIdentity {
 
 impl JwtIdentity {
     /// From a verified payload; `principal` overrides `iss/sub` when the claims lack them.
-    pub fn new(claims: serde_json::Map<String, serde_json::Value>, principal: Option<String>) -> JwtIdentity {
+    pub fn new(
+        claims: serde_json::Map<String, serde_json::Value>,
+        principal: Option<String>,
+    ) -> JwtIdentity {
         let claim = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let (mut iss, mut sub) = (claim("iss"), claim("sub"));
         if let Some(p) = &principal {
@@ -178,7 +194,11 @@ impl JwtIdentity {
             }
         }
         let principal = principal.unwrap_or_else(|| {
-            format!("{}/{}", iss.as_deref().unwrap_or(""), sub.as_deref().unwrap_or(""))
+            format!(
+                "{}/{}",
+                iss.as_deref().unwrap_or(""),
+                sub.as_deref().unwrap_or("")
+            )
         });
         JwtIdentity {
             principal,

@@ -267,7 +267,11 @@ const SECURITY_KINDS: &[&str] = &[
 
 /// Parses every document of a YAML stream. Returns the resources that validated; problems go
 /// to `diags`. Documents of other API groups are skipped with a warning.
-pub(crate) fn parse_stream(text: &str, file: &str, diags: &mut Vec<crate::diag::Diagnostic>) -> Vec<Resource> {
+pub(crate) fn parse_stream(
+    text: &str,
+    file: &str,
+    diags: &mut Vec<crate::diag::Diagnostic>,
+) -> Vec<Resource> {
     let mut ctx = Ctx {
         file,
         resource: None,
@@ -290,7 +294,14 @@ pub(crate) fn parse_stream(text: &str, file: &str, diags: &mut Vec<crate::diag::
 fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resource>) {
     ctx.resource = None;
     if doc.as_map().is_none() {
-        ctx.err(doc, prefix, format!("expected a Kubernetes object (a mapping), found {}", doc.type_name()));
+        ctx.err(
+            doc,
+            prefix,
+            format!(
+                "expected a Kubernetes object (a mapping), found {}",
+                doc.type_name()
+            ),
+        );
         return;
     }
     let field = |f: &str| {
@@ -317,7 +328,11 @@ fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resou
                     }
                 }
                 NodeKind::Null => {}
-                _ => ctx.err(items, &field("items"), format!("must be a list, found {}", items.type_name())),
+                _ => ctx.err(
+                    items,
+                    &field("items"),
+                    format!("must be a list, found {}", items.type_name()),
+                ),
             },
             None => ctx.warn(doc, &field("items"), "List without `items`"),
         }
@@ -352,10 +367,19 @@ fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resou
         let hint = suggest(&kind, SECURITY_KINDS)
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
-        ctx.err(doc, &field("kind"), format!("unknown security.istio.io kind `{kind}`{hint}"));
+        ctx.err(
+            doc,
+            &field("kind"),
+            format!("unknown security.istio.io kind `{kind}`{hint}"),
+        );
         return;
     }
-    check_fields(ctx, doc, prefix, &["apiVersion", "kind", "metadata", "spec", "status"]);
+    check_fields(
+        ctx,
+        doc,
+        prefix,
+        &["apiVersion", "kind", "metadata", "spec", "status"],
+    );
     let errors_before = ctx.error_count();
     let Some(meta) = parse_meta(ctx, doc, &field("metadata")) else {
         return;
@@ -377,15 +401,23 @@ fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resou
         Some(s) if s.is_null() => &empty,
         Some(s) if s.as_map().is_some() => s,
         Some(s) => {
-            ctx.err(s, &field("spec"), format!("must be a mapping, found {}", s.type_name()));
+            ctx.err(
+                s,
+                &field("spec"),
+                format!("must be a mapping, found {}", s.type_name()),
+            );
             return;
         }
         None => &empty,
     };
     let sp = field("spec");
     let res = match kind.as_str() {
-        "AuthorizationPolicy" => parse_authz(ctx, spec, &sp, meta, origin).map(Resource::AuthorizationPolicy),
-        "PeerAuthentication" => parse_peer(ctx, spec, &sp, meta, origin).map(Resource::PeerAuthentication),
+        "AuthorizationPolicy" => {
+            parse_authz(ctx, spec, &sp, meta, origin).map(Resource::AuthorizationPolicy)
+        }
+        "PeerAuthentication" => {
+            parse_peer(ctx, spec, &sp, meta, origin).map(Resource::PeerAuthentication)
+        }
         _ => parse_reqauthn(ctx, spec, &sp, meta, origin).map(Resource::RequestAuthentication),
     };
     if let Some(r) = res {
@@ -408,7 +440,11 @@ pub(crate) fn check_fields(ctx: &mut Ctx<'_>, node: &Node, path: &str, known: &[
                 k.line,
                 k.col,
                 &f,
-                format!("unknown field `{}`{hint}; known fields: {}", k.text, known.join(", ")),
+                format!(
+                    "unknown field `{}`{hint}; known fields: {}",
+                    k.text,
+                    known.join(", ")
+                ),
             );
         }
     }
@@ -428,7 +464,11 @@ fn get_map<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Op
         NodeKind::Map(_) => Some(n),
         NodeKind::Null => None,
         _ => {
-            ctx.err(n, &join(path, key), format!("must be a mapping, found {}", n.type_name()));
+            ctx.err(
+                n,
+                &join(path, key),
+                format!("must be a mapping, found {}", n.type_name()),
+            );
             None
         }
     }
@@ -440,7 +480,11 @@ fn get_str(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<(S
         NodeKind::Str(s) => Some((s.clone(), n.line, n.col)),
         NodeKind::Null => None,
         _ => {
-            ctx.err(n, &join(path, key), format!("must be a string, found {}{}", n.type_name(), quote_hint(n)));
+            ctx.err(
+                n,
+                &join(path, key),
+                format!("must be a string, found {}{}", n.type_name(), quote_hint(n)),
+            );
             None
         }
     }
@@ -461,14 +505,23 @@ fn get_bool(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<b
         NodeKind::Bool(b) => Some(*b),
         NodeKind::Null => None,
         _ => {
-            ctx.err(n, &join(path, key), format!("must be a boolean (true or false), found {}", n.type_name()));
+            ctx.err(
+                n,
+                &join(path, key),
+                format!("must be a boolean (true or false), found {}", n.type_name()),
+            );
             None
         }
     }
 }
 
 /// A list of strings. `Some(vec![])` for an explicitly empty list; each item with its position.
-fn get_str_list(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<Vec<(String, u32, u32)>> {
+fn get_str_list(
+    ctx: &mut Ctx<'_>,
+    parent: &Node,
+    key: &str,
+    path: &str,
+) -> Option<Vec<(String, u32, u32)>> {
     let n = parent.get(key)?;
     let f = join(path, key);
     match &n.kind {
@@ -481,14 +534,22 @@ fn get_str_list(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Opti
                     _ => ctx.err(
                         item,
                         &format!("{f}[{i}]"),
-                        format!("must be a string, found {}{}", item.type_name(), quote_hint(item)),
+                        format!(
+                            "must be a string, found {}{}",
+                            item.type_name(),
+                            quote_hint(item)
+                        ),
                     ),
                 }
             }
             Some(out)
         }
         _ => {
-            ctx.err(n, &f, format!("must be a list of strings, found {}", n.type_name()));
+            ctx.err(
+                n,
+                &f,
+                format!("must be a list of strings, found {}", n.type_name()),
+            );
             None
         }
     }
@@ -500,7 +561,11 @@ fn get_seq<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Op
         NodeKind::Seq(items) => Some(items),
         NodeKind::Null => None,
         _ => {
-            ctx.err(n, &join(path, key), format!("must be a list, found {}", n.type_name()));
+            ctx.err(
+                n,
+                &join(path, key),
+                format!("must be a list, found {}", n.type_name()),
+            );
             None
         }
     }
@@ -517,12 +582,20 @@ fn string_map(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, Strin
                 _ => ctx.err(
                     v,
                     &join(path, &k.text),
-                    format!("values must be strings, found {}{}", v.type_name(), quote_hint(v)),
+                    format!(
+                        "values must be strings, found {}{}",
+                        v.type_name(),
+                        quote_hint(v)
+                    ),
                 ),
             }
         }
     } else if !n.is_null() {
-        ctx.err(n, path, format!("must be a mapping of strings, found {}", n.type_name()));
+        ctx.err(
+            n,
+            path,
+            format!("must be a mapping of strings, found {}", n.type_name()),
+        );
     }
     out
 }
@@ -551,7 +624,11 @@ fn parse_meta(ctx: &mut Ctx<'_>, doc: &Node, path: &str) -> Option<Meta> {
         return None;
     };
     if m.as_map().is_none() {
-        ctx.err(m, path, format!("must be a mapping, found {}", m.type_name()));
+        ctx.err(
+            m,
+            path,
+            format!("must be a mapping, found {}", m.type_name()),
+        );
         return None;
     }
     check_fields(ctx, m, path, META_FIELDS);
@@ -570,13 +647,21 @@ fn parse_meta(ctx: &mut Ctx<'_>, doc: &Node, path: &str) -> Option<Meta> {
     let namespace = match get_str(ctx, m, "namespace", path) {
         Some((n, line, col)) => {
             if !is_dns_label(&n) {
-                ctx.err_at(line, col, &join(path, "namespace"), format!("`{n}` is not a valid namespace name (RFC 1123 label)"));
+                ctx.err_at(
+                    line,
+                    col,
+                    &join(path, "namespace"),
+                    format!("`{n}` is not a valid namespace name (RFC 1123 label)"),
+                );
             }
             n
         }
         None => "default".to_owned(),
     };
-    let labels = m.get("labels").map(|l| string_map(ctx, l, &join(path, "labels"))).unwrap_or_default();
+    let labels = m
+        .get("labels")
+        .map(|l| string_map(ctx, l, &join(path, "labels")))
+        .unwrap_or_default();
     let annotations = m
         .get("annotations")
         .map(|l| string_map(ctx, l, &join(path, "annotations")))
@@ -597,7 +682,8 @@ fn parse_meta(ctx: &mut Ctx<'_>, doc: &Node, path: &str) -> Option<Meta> {
 pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -624,7 +710,14 @@ fn parse_selector(ctx: &mut Ctx<'_>, spec: &Node, path: &str) -> Option<BTreeMap
         return Some(BTreeMap::new());
     }
     if sel.as_map().is_none() {
-        ctx.err(sel, &p, format!("must be a mapping with `matchLabels`, found {}", sel.type_name()));
+        ctx.err(
+            sel,
+            &p,
+            format!(
+                "must be a mapping with `matchLabels`, found {}",
+                sel.type_name()
+            ),
+        );
         return None;
     }
     check_fields(ctx, sel, &p, &["matchLabels"]);
@@ -650,7 +743,14 @@ fn parse_target_refs(ctx: &mut Ctx<'_>, spec: &Node, path: &str) -> bool {
     let mut present = false;
     let check_one = |ctx: &mut Ctx<'_>, n: &Node, p: &str| {
         if n.as_map().is_none() {
-            ctx.err(n, p, format!("must be a mapping (group, kind, name), found {}", n.type_name()));
+            ctx.err(
+                n,
+                p,
+                format!(
+                    "must be a mapping (group, kind, name), found {}",
+                    n.type_name()
+                ),
+            );
             return;
         }
         check_fields(ctx, n, p, TARGET_REF_FIELDS);
@@ -674,7 +774,11 @@ fn parse_target_refs(ctx: &mut Ctx<'_>, spec: &Node, path: &str) -> bool {
     if let Some(items) = get_seq(ctx, spec, "targetRefs", path) {
         if !items.is_empty() {
             if present {
-                ctx.err(spec, &join(path, "targetRefs"), "only one of targetRef or targetRefs can be set");
+                ctx.err(
+                    spec,
+                    &join(path, "targetRefs"),
+                    "only one of targetRef or targetRefs can be set",
+                );
             }
             present = true;
         }
@@ -683,12 +787,23 @@ fn parse_target_refs(ctx: &mut Ctx<'_>, spec: &Node, path: &str) -> bool {
         }
     }
     if present && spec.get("selector").is_some_and(|s| !s.is_null()) {
-        ctx.err(spec, &join(path, "selector"), "only one of targetRefs or workload selector can be set");
+        ctx.err(
+            spec,
+            &join(path, "selector"),
+            "only one of targetRefs or workload selector can be set",
+        );
     }
     present
 }
 
-const AUTHZ_FIELDS: &[&str] = &["selector", "targetRef", "targetRefs", "rules", "action", "provider"];
+const AUTHZ_FIELDS: &[&str] = &[
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "rules",
+    "action",
+    "provider",
+];
 const RULE_FIELDS: &[&str] = &["from", "to", "when"];
 const SOURCE_FIELDS: &[&str] = &[
     "principals",
@@ -704,9 +819,24 @@ const SOURCE_FIELDS: &[&str] = &[
     "serviceAccounts",
     "notServiceAccounts",
 ];
-const OPERATION_FIELDS: &[&str] = &["hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"];
+const OPERATION_FIELDS: &[&str] = &[
+    "hosts",
+    "notHosts",
+    "ports",
+    "notPorts",
+    "methods",
+    "notMethods",
+    "paths",
+    "notPaths",
+];
 
-fn parse_authz(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Origin) -> Option<AuthorizationPolicy> {
+fn parse_authz(
+    ctx: &mut Ctx<'_>,
+    spec: &Node,
+    path: &str,
+    meta: Meta,
+    origin: Origin,
+) -> Option<AuthorizationPolicy> {
     check_fields(ctx, spec, path, AUTHZ_FIELDS);
     let selector = parse_selector(ctx, spec, path);
     let has_target_refs = parse_target_refs(ctx, spec, path);
@@ -721,7 +851,12 @@ fn parse_authz(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: O
                 let hint = suggest(other, &["ALLOW", "DENY", "AUDIT", "CUSTOM"])
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
-                ctx.err_at(line, col, &join(path, "action"), format!("unknown action `{other}`{hint}: use ALLOW, DENY, AUDIT or CUSTOM"));
+                ctx.err_at(
+                    line,
+                    col,
+                    &join(path, "action"),
+                    format!("unknown action `{other}`{hint}: use ALLOW, DENY, AUDIT or CUSTOM"),
+                );
                 Action::Allow
             }
         },
@@ -741,7 +876,14 @@ fn parse_authz(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: O
         }
         Action::Custom => {}
         _ if spec.get("provider").is_some_and(|p| !p.is_null()) => {
-            ctx.err(spec.get("provider").unwrap_or(spec), &join(path, "provider"), format!("provider must not be set for {} action: it is only used with CUSTOM", action.as_str()));
+            ctx.err(
+                spec.get("provider").unwrap_or(spec),
+                &join(path, "provider"),
+                format!(
+                    "provider must not be set for {} action: it is only used with CUSTOM",
+                    action.as_str()
+                ),
+            );
         }
         _ => {}
     }
@@ -798,7 +940,14 @@ fn parse_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str, action: Action) -> Option
         return Some(Rule::default());
     }
     if r.as_map().is_none() {
-        ctx.err(r, path, format!("a rule must be a mapping (from, to, when), found {}", r.type_name()));
+        ctx.err(
+            r,
+            path,
+            format!(
+                "a rule must be a mapping (from, to, when), found {}",
+                r.type_name()
+            ),
+        );
         return None;
     }
     check_fields(ctx, r, path, RULE_FIELDS);
@@ -806,13 +955,21 @@ fn parse_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str, action: Action) -> Option
     if let Some(items) = get_seq(ctx, r, "from", path) {
         let fp = join(path, "from");
         if items.is_empty() {
-            ctx.err(r.get("from").unwrap_or(r), &fp, "`from` must not be empty; remove it to match any source");
+            ctx.err(
+                r.get("from").unwrap_or(r),
+                &fp,
+                "`from` must not be empty; remove it to match any source",
+            );
         }
         let mut sources = Vec::new();
         for (i, f) in items.iter().enumerate() {
             let p = format!("{fp}[{i}]");
             if f.as_map().is_none() {
-                ctx.err(f, &p, format!("must be a mapping with `source`, found {}", f.type_name()));
+                ctx.err(
+                    f,
+                    &p,
+                    format!("must be a mapping with `source`, found {}", f.type_name()),
+                );
                 continue;
             }
             check_fields(ctx, f, &p, &["source"]);
@@ -827,7 +984,9 @@ fn parse_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str, action: Action) -> Option
                 ctx.err(src, &sp, "`from.source` must not be empty");
             }
             if keys.iter().any(|k| k.attr == Attr::SrcServiceAccount)
-                && keys.iter().any(|k| matches!(k.attr, Attr::SrcPrincipal | Attr::SrcNamespace))
+                && keys
+                    .iter()
+                    .any(|k| matches!(k.attr, Attr::SrcPrincipal | Attr::SrcNamespace))
             {
                 ctx.err(src, &sp, "serviceAccounts cannot be combined with principals or namespaces in the same source");
             }
@@ -838,13 +997,24 @@ fn parse_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str, action: Action) -> Option
     if let Some(items) = get_seq(ctx, r, "to", path) {
         let tp = join(path, "to");
         if items.is_empty() {
-            ctx.err(r.get("to").unwrap_or(r), &tp, "`to` must not be empty; remove it to match any operation");
+            ctx.err(
+                r.get("to").unwrap_or(r),
+                &tp,
+                "`to` must not be empty; remove it to match any operation",
+            );
         }
         let mut ops = Vec::new();
         for (i, t) in items.iter().enumerate() {
             let p = format!("{tp}[{i}]");
             if t.as_map().is_none() {
-                ctx.err(t, &p, format!("must be a mapping with `operation`, found {}", t.type_name()));
+                ctx.err(
+                    t,
+                    &p,
+                    format!(
+                        "must be a mapping with `operation`, found {}",
+                        t.type_name()
+                    ),
+                );
                 continue;
             }
             check_fields(ctx, t, &p, &["operation"]);
@@ -895,10 +1065,18 @@ fn field_attr(field: &str) -> (Attr, bool) {
 }
 
 /// Parses the list fields of a source or operation into key rules, pairing `x` with `notX`.
-fn parse_fields(ctx: &mut Ctx<'_>, node: &Node, path: &str, fields: &[&str], action: Action) -> Vec<KeyRule> {
+fn parse_fields(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    fields: &[&str],
+    action: Action,
+) -> Vec<KeyRule> {
     let mut out: Vec<KeyRule> = Vec::new();
     for f in fields {
-        let Some(values) = get_str_list(ctx, node, f, path) else { continue };
+        let Some(values) = get_str_list(ctx, node, f, path) else {
+            continue;
+        };
         let fp = join(path, f);
         let (attr, neg) = field_attr(f);
         for (i, (v, line, col)) in values.iter().enumerate() {
@@ -948,7 +1126,12 @@ fn validate_value(ctx: &mut Ctx<'_>, attr: &Attr, v: &str, line: u32, col: u32, 
         }
         Attr::SrcServiceAccount => {
             if v.contains('*') {
-                ctx.err_at(line, col, field, format!("wildcard not allowed in serviceAccounts, found `{v}`"));
+                ctx.err_at(
+                    line,
+                    col,
+                    field,
+                    format!("wildcard not allowed in serviceAccounts, found `{v}`"),
+                );
             } else if v.len() > 320 {
                 ctx.err_at(line, col, field, "value cannot exceed 320 characters");
             } else if v.split('/').count() > 2 || v.starts_with('/') || v.ends_with('/') {
@@ -1042,7 +1225,9 @@ pub fn condition_attr(key: &str) -> Result<Attr, String> {
     let map_key = |prefix: &str| -> Option<Result<String, String>> {
         let rest = key.strip_prefix(prefix)?;
         if !valid_map_key(key) {
-            return Some(Err(format!("bad key `{key}`: should have format {prefix}[<name>]")));
+            return Some(Err(format!(
+                "bad key `{key}`: should have format {prefix}[<name>]"
+            )));
         }
         Some(Ok(rest.to_owned()))
     };
@@ -1076,22 +1261,39 @@ pub fn condition_attr(key: &str) -> Result<Attr, String> {
         "destination.ip" => Attr::DstIp,
         "destination.port" => Attr::Port,
         "connection.sni" => Attr::Sni,
-        "destination.namespace" => return Err(format!("attribute `{key}` is replaced by the metadata.namespace of the policy")),
+        "destination.namespace" => {
+            return Err(format!(
+                "attribute `{key}` is replaced by the metadata.namespace of the policy"
+            ))
+        }
         k if k.starts_with("destination.labels") => {
-            return Err(format!("attribute `{key}` is replaced by the workload selector"));
+            return Err(format!(
+                "attribute `{key}` is replaced by the workload selector"
+            ));
         }
         "destination.name" | "destination.user" => {
-            return Err(format!("deprecated attribute `{key}`: only supported in v1alpha1"));
+            return Err(format!(
+                "deprecated attribute `{key}`: only supported in v1alpha1"
+            ));
         }
         other => {
-            return Err(format!("unknown attribute `{other}`; supported keys: {HTTP_ONLY_KEYS_HINT}"));
+            return Err(format!(
+                "unknown attribute `{other}`; supported keys: {HTTP_ONLY_KEYS_HINT}"
+            ));
         }
     })
 }
 
 fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> Option<KeyRule> {
     if c.as_map().is_none() {
-        ctx.err(c, path, format!("a condition must be a mapping (key, values, notValues), found {}", c.type_name()));
+        ctx.err(
+            c,
+            path,
+            format!(
+                "a condition must be a mapping (key, values, notValues), found {}",
+                c.type_name()
+            ),
+        );
         return None;
     }
     check_fields(ctx, c, path, &["key", "values", "notValues"]);
@@ -1110,7 +1312,11 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
         }
     };
     if values.is_empty() && not_values.is_empty() {
-        ctx.err(c, path, format!("at least one of `values` or `notValues` must be set for key `{key}`"));
+        ctx.err(
+            c,
+            path,
+            format!("at least one of `values` or `notValues` must be set for key `{key}`"),
+        );
         return None;
     }
     if action == Action::Custom && attr.is_authn() {
@@ -1118,7 +1324,14 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
     }
     for (list, name) in [(&values, "values"), (&not_values, "notValues")] {
         for (i, (v, line, col)) in list.iter().enumerate() {
-            validate_value(ctx, &attr, v, *line, *col, &format!("{}[{i}]", join(path, name)));
+            validate_value(
+                ctx,
+                &attr,
+                v,
+                *line,
+                *col,
+                &format!("{}[{i}]", join(path, name)),
+            );
         }
     }
     if matches!(attr, Attr::Claim(ref names) if names.len() == 1 && ["exp", "iat", "nbf", "auth_time"].contains(&names[0].as_str()))
@@ -1126,7 +1339,19 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
         ctx.warn_at(kl, kc, &kp, format!("`{key}` is a numeric claim: Istio (Envoy RBAC) matches only string and string-list claims, so this condition never matches (istio/istio#39703){}", if values.is_empty() { "" } else if action == Action::Allow { "; this rule can never allow a request" } else { "; this rule can never match" }));
     }
     if let Attr::Broken(_) = attr {
-        ctx.warn_at(kl, kc, &kp, format!("istiod accepts `{key}` but cannot generate a matcher for it: {}", if action == Action::Allow { "the whole rule is skipped (it never allows)" } else { "the condition is dropped, so the rule matches more widely" }));
+        ctx.warn_at(
+            kl,
+            kc,
+            &kp,
+            format!(
+                "istiod accepts `{key}` but cannot generate a matcher for it: {}",
+                if action == Action::Allow {
+                    "the whole rule is skipped (it never allows)"
+                } else {
+                    "the condition is dropped, so the rule matches more widely"
+                }
+            ),
+        );
     }
     if let Attr::EnvoyMetadata(_) = attr {
         ctx.warn_at(kl, kc, &kp, format!("`{key}` reads Envoy filter metadata, which meshguard does not have: the condition never matches (its notValues always do)"));
@@ -1141,7 +1366,11 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
 
 fn parse_mode(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> MtlsMode {
     if n.as_map().is_none() {
-        ctx.err(n, path, format!("must be a mapping with `mode`, found {}", n.type_name()));
+        ctx.err(
+            n,
+            path,
+            format!("must be a mapping with `mode`, found {}", n.type_name()),
+        );
         return MtlsMode::Unset;
     }
     check_fields(ctx, n, path, &["mode"]);
@@ -1154,7 +1383,9 @@ fn parse_mode(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> MtlsMode {
             "STRICT" => MtlsMode::Strict,
             other => {
                 let known = ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
-                let hint = suggest(other, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                let hint = suggest(other, &known)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
                 ctx.err_at(line, col, &join(path, "mode"), format!("unknown mTLS mode `{other}`{hint}: use UNSET, DISABLE, PERMISSIVE or STRICT"));
                 MtlsMode::Unset
             }
@@ -1162,7 +1393,13 @@ fn parse_mode(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> MtlsMode {
     }
 }
 
-fn parse_peer(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Origin) -> Option<PeerAuthentication> {
+fn parse_peer(
+    ctx: &mut Ctx<'_>,
+    spec: &Node,
+    path: &str,
+    meta: Meta,
+    origin: Origin,
+) -> Option<PeerAuthentication> {
     check_fields(ctx, spec, path, &["selector", "mtls", "portLevelMtls"]);
     let selector = parse_selector(ctx, spec, path);
     let mode = match spec.get("mtls") {
@@ -1173,10 +1410,18 @@ fn parse_peer(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Or
     if let Some(pl) = get_map(ctx, spec, "portLevelMtls", path) {
         let pp = join(path, "portLevelMtls");
         if selector.as_ref().is_none_or(BTreeMap::is_empty) {
-            ctx.err(pl, &pp, "portLevelMtls requires a workload selector with matchLabels");
+            ctx.err(
+                pl,
+                &pp,
+                "portLevelMtls requires a workload selector with matchLabels",
+            );
         }
         if pl.as_map().is_some_and(<[_]>::is_empty) {
-            ctx.err(pl, &pp, "port level mTLS, if defined, must have at least one element");
+            ctx.err(
+                pl,
+                &pp,
+                "port level mTLS, if defined, must have at least one element",
+            );
         }
         for (k, v) in pl.as_map().unwrap_or_default() {
             let kp = format!("{pp}[{}]", k.text);
@@ -1184,7 +1429,12 @@ fn parse_peer(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Or
                 Ok(p) if (1..=65535).contains(&p) => {
                     port_level.insert(p, parse_mode(ctx, v, &kp));
                 }
-                _ => ctx.err_at(k.line, k.col, &kp, format!("port `{}` must be an integer 1-65535", k.text)),
+                _ => ctx.err_at(
+                    k.line,
+                    k.col,
+                    &kp,
+                    format!("port `{}` must be an integer 1-65535", k.text),
+                ),
             }
         }
     }
@@ -1212,8 +1462,19 @@ const JWT_RULE_FIELDS: &[&str] = &[
     "spaceDelimitedClaims",
 ];
 
-fn parse_reqauthn(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin: Origin) -> Option<RequestAuthentication> {
-    check_fields(ctx, spec, path, &["selector", "targetRef", "targetRefs", "jwtRules"]);
+fn parse_reqauthn(
+    ctx: &mut Ctx<'_>,
+    spec: &Node,
+    path: &str,
+    meta: Meta,
+    origin: Origin,
+) -> Option<RequestAuthentication> {
+    check_fields(
+        ctx,
+        spec,
+        path,
+        &["selector", "targetRef", "targetRefs", "jwtRules"],
+    );
     let selector = parse_selector(ctx, spec, path);
     let has_target_refs = parse_target_refs(ctx, spec, path);
     let mut jwt_rules = Vec::new();
@@ -1242,16 +1503,29 @@ fn parse_reqauthn(ctx: &mut Ctx<'_>, spec: &Node, path: &str, meta: Meta, origin
 
 fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
     if r.as_map().is_none() {
-        ctx.err(r, path, format!("a jwtRule must be a mapping, found {}", r.type_name()));
+        ctx.err(
+            r,
+            path,
+            format!("a jwtRule must be a mapping, found {}", r.type_name()),
+        );
         return None;
     }
     check_fields(ctx, r, path, JWT_RULE_FIELDS);
-    let mut rule = JwtRule::default();
-    rule.issuer = get_str(ctx, r, "issuer", path).map(|i| i.0).unwrap_or_default();
+    let mut rule = JwtRule {
+        issuer: get_str(ctx, r, "issuer", path)
+            .map(|i| i.0)
+            .unwrap_or_default(),
+        ..JwtRule::default()
+    };
     let auds = get_str_list(ctx, r, "audiences", path).unwrap_or_default();
     for (i, (a, line, col)) in auds.iter().enumerate() {
         if a.is_empty() {
-            ctx.err_at(*line, *col, &format!("{}[{i}]", join(path, "audiences")), "audience must be non-empty string");
+            ctx.err_at(
+                *line,
+                *col,
+                &format!("{}[{i}]", join(path, "audiences")),
+                "audience must be non-empty string",
+            );
         }
     }
     rule.audiences = auds.into_iter().map(|a| a.0).collect();
@@ -1262,13 +1536,27 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
         rule.jwks_uri = Some(u);
     }
     if rule.issuer.is_empty() && rule.jwks_uri.is_none() {
-        ctx.err(r, &join(path, "issuer"), "issuer or jwksUri must be non-empty string");
+        ctx.err(
+            r,
+            &join(path, "issuer"),
+            "issuer or jwksUri must be non-empty string",
+        );
     }
     if let Some((j, line, col)) = get_str(ctx, r, "jwks", path) {
         match serde_json::from_str::<serde_json::Value>(&j) {
             Ok(v) if v.get("keys").is_some_and(serde_json::Value::is_array) => {}
-            Ok(_) => ctx.err_at(line, col, &join(path, "jwks"), "inline jwks must be a JSON Web Key Set: an object with a `keys` array"),
-            Err(e) => ctx.err_at(line, col, &join(path, "jwks"), format!("inline jwks is not valid JSON: {e}")),
+            Ok(_) => ctx.err_at(
+                line,
+                col,
+                &join(path, "jwks"),
+                "inline jwks must be a JSON Web Key Set: an object with a `keys` array",
+            ),
+            Err(e) => ctx.err_at(
+                line,
+                col,
+                &join(path, "jwks"),
+                format!("inline jwks is not valid JSON: {e}"),
+            ),
         }
         rule.jwks = Some(j);
     }
@@ -1279,7 +1567,11 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
         for (i, h) in items.iter().enumerate() {
             let hp = format!("{}[{i}]", join(path, "fromHeaders"));
             if h.as_map().is_none() {
-                ctx.err(h, &hp, "must be a mapping with `name` and optional `prefix`");
+                ctx.err(
+                    h,
+                    &hp,
+                    "must be a mapping with `name` and optional `prefix`",
+                );
                 continue;
             }
             check_fields(ctx, h, &hp, &["name", "prefix"]);
@@ -1290,13 +1582,18 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
                     continue;
                 }
             };
-            let prefix = get_str(ctx, h, "prefix", &hp).map(|p| p.0).unwrap_or_default();
+            let prefix = get_str(ctx, h, "prefix", &hp)
+                .map(|p| p.0)
+                .unwrap_or_default();
             rule.from_headers.push(JwtHeader { name, prefix });
         }
     }
     rule.from_params = strings(get_str_list(ctx, r, "fromParams", path));
     rule.from_cookies = strings(get_str_list(ctx, r, "fromCookies", path));
-    for (list, name) in [(&rule.from_params, "fromParams"), (&rule.from_cookies, "fromCookies")] {
+    for (list, name) in [
+        (&rule.from_params, "fromParams"),
+        (&rule.from_cookies, "fromCookies"),
+    ] {
         if list.iter().any(String::is_empty) {
             ctx.err(r, &join(path, name), "names must not be empty");
         }
@@ -1311,20 +1608,38 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
                 continue;
             }
             check_fields(ctx, h, &hp, &["header", "claim"]);
-            let header = get_str(ctx, h, "header", &hp).map(|p| p.0).unwrap_or_default();
-            let claim = get_str(ctx, h, "claim", &hp).map(|p| p.0).unwrap_or_default();
-            if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                ctx.err(h, &join(&hp, "header"), format!("`{header}` is not a valid header name"));
+            let header = get_str(ctx, h, "header", &hp)
+                .map(|p| p.0)
+                .unwrap_or_default();
+            let claim = get_str(ctx, h, "claim", &hp)
+                .map(|p| p.0)
+                .unwrap_or_default();
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                ctx.err(
+                    h,
+                    &join(&hp, "header"),
+                    format!("`{header}` is not a valid header name"),
+                );
             }
             if claim.is_empty() {
                 ctx.err(h, &join(&hp, "claim"), "claim must be set");
             }
-            rule.output_claim_to_headers.push(ClaimToHeader { header, claim });
+            rule.output_claim_to_headers
+                .push(ClaimToHeader { header, claim });
         }
     }
     if let Some((t, line, col)) = get_str(ctx, r, "timeout", path) {
         if parse_duration(&t).is_none() {
-            ctx.err_at(line, col, &join(path, "timeout"), format!("`{t}` is not a duration (e.g. 5s, 500ms, 1.5s)"));
+            ctx.err_at(
+                line,
+                col,
+                &join(path, "timeout"),
+                format!("`{t}` is not a duration (e.g. 5s, 500ms, 1.5s)"),
+            );
         }
         rule.timeout = Some(t);
     }
@@ -1354,7 +1669,10 @@ fn check_http_url(u: &str) -> Result<(), String> {
 }
 
 fn strings(v: Option<Vec<(String, u32, u32)>>) -> Vec<String> {
-    v.unwrap_or_default().into_iter().map(|(s, _, _)| s).collect()
+    v.unwrap_or_default()
+        .into_iter()
+        .map(|(s, _, _)| s)
+        .collect()
 }
 
 /// Parses a protobuf-JSON duration (`5s`, `1.5s`) or Go-style duration (`500ms`, `1m`).
@@ -1372,7 +1690,7 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return None;
     }
     Some(std::time::Duration::from_secs_f64(secs))

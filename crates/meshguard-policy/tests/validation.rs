@@ -20,31 +20,53 @@ fn istio_validation_cases() {
         let source = case.get("source").and_then(Node::as_str).unwrap_or("");
         assert!(!source.is_empty(), "case `{name}` has no source");
         let policy = case.get("policy").and_then(Node::as_str).expect("policy");
-        let valid = matches!(case.get("valid").map(|v| &v.kind), Some(NodeKind::Bool(true)));
+        let valid = matches!(
+            case.get("valid").map(|v| &v.kind),
+            Some(NodeKind::Bool(true))
+        );
         let mut l = Loaded::default();
         l.add_text(policy, "case.yaml");
         let errors: Vec<String> = l.errors().map(ToString::to_string).collect();
         if valid {
             if !errors.is_empty() {
-                failures.push(format!("`{name}` ({source}): Istio accepts it, meshguard refused:\n    {}", errors.join("\n    ")));
+                failures.push(format!(
+                    "`{name}` ({source}): Istio accepts it, meshguard refused:\n    {}",
+                    errors.join("\n    ")
+                ));
             } else if l.resources.is_empty() {
                 failures.push(format!("`{name}`: no resource loaded"));
             }
             continue;
         }
         if errors.is_empty() {
-            failures.push(format!("`{name}` ({source}): Istio refuses it, meshguard accepted it"));
+            failures.push(format!(
+                "`{name}` ({source}): Istio refuses it, meshguard accepted it"
+            ));
             continue;
         }
         if let Some(field) = case.get("error_field").and_then(Node::as_str) {
             // Every error names a line and a field; the field must be the one Istio complains about
             // (or a parent/child of it).
-            let ok = l.errors().any(|d| d.line > 0 && (d.field.starts_with(field) || field.starts_with(&d.field)));
+            let ok = l
+                .errors()
+                .any(|d| d.line > 0 && (d.field.starts_with(field) || field.starts_with(&d.field)));
             if !ok {
-                failures.push(format!("`{name}`: expected an error at `{field}`, got:\n    {}", errors.join("\n    ")));
+                failures.push(format!(
+                    "`{name}`: expected an error at `{field}`, got:\n    {}",
+                    errors.join("\n    ")
+                ));
             }
         }
     }
-    eprintln!("validation: {} cases, {} failures", cases.len(), failures.len());
-    assert!(failures.is_empty(), "{} validation failures:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "validation: {} cases, {} failures",
+        cases.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} validation failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

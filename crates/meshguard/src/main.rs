@@ -47,7 +47,12 @@ enum Command {
 struct PolicyArgs {
     /// Policy files or directories (searched recursively for *.yaml, *.yml, *.json). Multi-document
     /// YAML and `kind: List` are accepted. Default: the bundled example policies.
-    #[arg(long = "policies", short = 'p', env = "MESHGUARD_POLICIES", value_delimiter = ',')]
+    #[arg(
+        long = "policies",
+        short = 'p',
+        env = "MESHGUARD_POLICIES",
+        value_delimiter = ','
+    )]
     policies: Vec<PathBuf>,
     /// A MeshConfig YAML (rootNamespace, trustDomain, trustDomainAliases, pathNormalization,
     /// extensionProviders). Flags below override it.
@@ -134,10 +139,21 @@ fn main() -> ExitCode {
 fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
     let mut mesh = match &a.mesh_config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read mesh config {}", path.display()))?;
-            let docs = parse_documents(&text).map_err(|e| anyhow::anyhow!("{}:{}:{}: invalid YAML: {}", path.display(), e.line, e.col, e.message))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read mesh config {}", path.display()))?;
+            let docs = parse_documents(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{}:{}: invalid YAML: {}",
+                    path.display(),
+                    e.line,
+                    e.col,
+                    e.message
+                )
+            })?;
             match docs.first() {
-                Some(d) => parse_mesh_config(d).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                Some(d) => {
+                    parse_mesh_config(d).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                }
                 None => MeshConfig::default(),
             }
         }
@@ -189,30 +205,52 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     let requests: Vec<(String, String)> = match (&a.request, &a.example) {
         (Some(r), _) if r == "-" => {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the request from standard input")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the request from standard input")?;
             vec![("<stdin>".to_owned(), s)]
         }
-        (Some(r), _) => vec![(r.clone(), std::fs::read_to_string(r).with_context(|| format!("cannot read request file {r}"))?)],
+        (Some(r), _) => vec![(
+            r.clone(),
+            std::fs::read_to_string(r).with_context(|| format!("cannot read request file {r}"))?,
+        )],
         (None, Some(e)) => {
             let picked: Vec<(String, String)> = embedded::REQUESTS
                 .iter()
-                .filter(|(n, _)| e == "all" || *n == e.as_str() || n.trim_end_matches(".yaml") == e.as_str())
+                .filter(|(n, _)| {
+                    e == "all" || *n == e.as_str() || n.trim_end_matches(".yaml") == e.as_str()
+                })
                 .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
                 .collect();
             if picked.is_empty() {
                 let names: Vec<&str> = embedded::REQUESTS.iter().map(|(n, _)| *n).collect();
-                bail!("no bundled example request `{e}`; choose `all` or one of: {}", names.join(", "));
+                bail!(
+                    "no bundled example request `{e}`; choose `all` or one of: {}",
+                    names.join(", ")
+                );
             }
             picked
         }
-        (None, None) => bail!("give the request to decide: --request FILE (or - for stdin), or --example all"),
+        (None, None) => {
+            bail!("give the request to decide: --request FILE (or - for stdin), or --example all")
+        }
     };
 
     let mut all_allowed = true;
     for (name, text) in &requests {
-        let docs = parse_documents(text).map_err(|e| anyhow::anyhow!("{name}:{}:{}: invalid YAML/JSON: {}", e.line, e.col, e.message))?;
-        let Some(doc) = docs.first() else { bail!("{name}: the request is empty") };
-        let (req, id) = parse_request(doc, set.mesh().path_normalization).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let docs = parse_documents(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{name}:{}:{}: invalid YAML/JSON: {}",
+                e.line,
+                e.col,
+                e.message
+            )
+        })?;
+        let Some(doc) = docs.first() else {
+            bail!("{name}: the request is empty")
+        };
+        let (req, id) = parse_request(doc, set.mesh().path_normalization)
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let d = set.evaluate(&req, &id);
         all_allowed &= d.allowed;
         match a.output {
@@ -233,14 +271,24 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 if let Some(h) = &req.http {
                     if let Some(p) = h.normalized_path() {
                         if p != h.raw_path {
-                            println!("  path: {} -> {p} ({})", h.raw_path, set.mesh().path_normalization.as_str());
+                            println!(
+                                "  path: {} -> {p} ({})",
+                                h.raw_path,
+                                set.mesh().path_normalization.as_str()
+                            );
                         }
                     }
                 } else {
-                    println!("  TCP connection (no HTTP request): HTTP-only policy fields do not apply");
+                    println!(
+                        "  TCP connection (no HTTP request): HTTP-only policy fields do not apply"
+                    );
                 }
                 for au in &d.audit {
-                    println!("  audit: matched AUDIT policy {} rule {}", au.name(), au.rule);
+                    println!(
+                        "  audit: matched AUDIT policy {} rule {}",
+                        au.name(),
+                        au.rule
+                    );
                 }
                 if let Some(s) = &d.dry_run {
                     let what = if s.allowed { "allow" } else { "deny" };
@@ -252,7 +300,11 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if all_allowed { ExitCode::SUCCESS } else { ExitCode::from(EXIT_DENIED) })
+    Ok(if all_allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENIED)
+    })
 }
 
 fn lint(a: LintArgs) -> Result<ExitCode> {
@@ -289,5 +341,9 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
         bail!("no policy files found (looked for *.yaml, *.yml, *.json)");
     }
     let fail = errors > 0 || (a.deny_warnings && warnings > 0);
-    Ok(if fail { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if fail {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

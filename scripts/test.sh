@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The project's test command (README, "Run the tests"). Installs what it needs, then runs
+# formatting, lints and every test. Safe to run on a fresh machine and to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+need_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+# --- toolchain -------------------------------------------------------------------------------
+if ! need_cmd cargo; then
+  echo "error: cargo is not installed; install Rust (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if need_cmd rustup; then
+    log "installing rustfmt and clippy"
+    rustup component add rustfmt clippy
+  else
+    echo "error: cargo fmt / cargo clippy missing and rustup is not available to add them" >&2
+    exit 1
+  fi
+fi
+
+# --- checks ----------------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --workspace
+
+log "examples: lint the bundled policies"
+cargo run -q -p meshguard -- lint examples/policies
+
+log "benchmarks compile (run them with: cargo bench -p meshguard-policy)"
+cargo bench --workspace --no-run
+
+log "all checks passed"
