@@ -45,6 +45,8 @@ enum M {
 
 #[derive(Debug, Clone)]
 struct CKey {
+    /// The field or `when` key as written, for explanations.
+    field: String,
     attr: Attr,
     values: Vec<M>,
     not_values: Vec<M>,
@@ -454,6 +456,99 @@ impl PolicySet {
     }
 }
 
+impl PolicySet {
+    /// Explains, for a request that no ALLOW policy admitted, why each applicable ALLOW rule did
+    /// not match (one line per rule). Allocates; meant for `check` and logs, not the hot path.
+    pub fn explain_no_match(&self, req: &Request, id: &Identity) -> Vec<String> {
+        let dst = &req.destination;
+        let mode = self.mtls_mode(&dst.namespace, &dst.labels, dst.port);
+        let ctx = Ctx {
+            req,
+            peer: if mode == MtlsMode::Disable {
+                None
+            } else {
+                id.peer.as_deref()
+            },
+            jwt: id.jwt.as_ref(),
+            set: self,
+        };
+        let tcp = req.http.is_none();
+        let mut out = Vec::new();
+        self.for_each_applicable(&dst.namespace, &dst.labels, |p| {
+            if p.src.action != Action::Allow || p.src.dry_run {
+                return;
+            }
+            let name = format!("{}/{}", p.src.meta.namespace, p.src.meta.name);
+            if p.rules.is_empty() {
+                out.push(format!("{name}: has no rules, so it allows nothing"));
+            }
+            for r in &p.rules {
+                let why = if r.has_broken {
+                    "uses a key istiod cannot generate, so the rule is skipped".to_owned()
+                } else if tcp && r.has_http_only {
+                    "uses HTTP-only fields, so it is dropped for TCP connections".to_owned()
+                } else {
+                    ctx.why_not(r, tcp).unwrap_or_else(|| "matched".to_owned())
+                };
+                out.push(format!("{name} rule {}: {why}", r.index));
+            }
+        });
+        out
+    }
+}
+
+impl Ctx<'_> {
+    fn why_not(&self, r: &CRule, tcp: bool) -> Option<String> {
+        let first_failing = |keys: &[CKey]| {
+            keys.iter()
+                .find(|k| !self.key_matches(k, tcp))
+                .map(|k| k.field.clone())
+        };
+        let group = |g: &Option<Vec<Vec<CKey>>>, part: &str, item: &str| -> Option<String> {
+            let alts = g.as_ref()?;
+            if alts
+                .iter()
+                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp)))
+            {
+                return None;
+            }
+            let fields: Vec<String> = alts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, keys)| {
+                    first_failing(keys).map(|f| format!("{part}[{i}].{item}.{f}"))
+                })
+                .collect();
+            Some(format!(
+                "no `{part}` entry matched ({} did not match)",
+                fields.join(", ")
+            ))
+        };
+        if let Some(w) = group(&r.from, "from", "source") {
+            return Some(w);
+        }
+        if let Some(w) = group(&r.to, "to", "operation") {
+            return Some(w);
+        }
+        first_failing(&r.when).map(|f| match &self.set.lookup_claim_kind(&f) {
+            Some(note) => format!("condition `{f}` did not match ({note})"),
+            None => format!("condition `{f}` did not match"),
+        })
+    }
+}
+
+impl PolicySet {
+    fn lookup_claim_kind(&self, key: &str) -> Option<&'static str> {
+        [
+            "request.auth.claims[exp]",
+            "request.auth.claims[iat]",
+            "request.auth.claims[nbf]",
+        ]
+        .contains(&key)
+        .then_some("a numeric claim never matches in Istio")
+    }
+}
+
 struct Ctx<'a> {
     req: &'a Request,
     peer: Option<&'a str>,
@@ -707,6 +802,7 @@ fn compile_key(
         not_values.extend(compile_one(v)?);
     }
     Ok(CKey {
+        field: k.field.clone(),
         attr: k.attr.clone(),
         values,
         not_values,

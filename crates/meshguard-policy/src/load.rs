@@ -447,3 +447,62 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
     }
     Ok(m)
 }
+
+/// Warnings that depend on the mesh settings: CUSTOM providers that do not exist, and DENY path
+/// rules that common path tricks slip past under the chosen normalisation.
+pub fn mesh_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<Diagnostic> {
+    use crate::resource::{Action, Attr};
+    let mut out = Vec::new();
+    for r in resources {
+        let Resource::AuthorizationPolicy(p) = r else {
+            continue;
+        };
+        let mut warn = |field: &str, message: String| {
+            out.push(Diagnostic {
+                severity: Severity::Warning,
+                file: p.origin.file.clone(),
+                line: p.origin.line,
+                col: 1,
+                resource: Some(format!(
+                    "AuthorizationPolicy {}/{}",
+                    p.meta.namespace, p.meta.name
+                )),
+                field: field.to_owned(),
+                message,
+            });
+        };
+        if let (Action::Custom, Some(provider)) = (p.action, &p.provider) {
+            if !mesh.extension_providers.iter().any(|e| e == provider) {
+                warn(
+                    "spec.provider.name",
+                    format!("provider `{provider}` is not in meshConfig.extensionProviders: istiod turns this policy's rules into DENY rules (declare it with --provider or the mesh config)"),
+                );
+            }
+        }
+        let weak = matches!(
+            mesh.path_normalization,
+            PathNormalization::None | PathNormalization::Base
+        );
+        if !weak {
+            continue;
+        }
+        for (i, rule) in p.rules.iter().enumerate() {
+            let risky = rule.to.iter().flatten().flatten().any(|k| {
+                k.attr == Attr::Path
+                    && ((p.action == Action::Deny && !k.values.is_empty())
+                        || (p.action == Action::Allow && !k.not_values.is_empty()))
+            });
+            if risky {
+                warn(
+                    &format!("spec.rules[{i}].to"),
+                    format!(
+                        "path normalisation is {}: `//admin` and `/%2Fadmin` are not turned into `/admin`, so clients can slip past this {} path rule; set meshConfig pathNormalization to DECODE_AND_MERGE_SLASHES or also match those forms (istio.io security best practices)",
+                        mesh.path_normalization.as_str(),
+                        if p.action == Action::Deny { "DENY" } else { "ALLOW notPaths" }
+                    ),
+                );
+            }
+        }
+    }
+    out
+}

@@ -897,6 +897,28 @@ fn parse_authz(
             }
         }
     }
+    if action == Action::Deny {
+        for (i, r) in rules.iter().enumerate() {
+            let keys = r
+                .from
+                .iter()
+                .chain(r.to.iter())
+                .flatten()
+                .flatten()
+                .chain(r.when.iter());
+            let (mut http, mut tcp) = (false, false);
+            for k in keys {
+                if k.attr.http_only() {
+                    http = true;
+                } else {
+                    tcp = true;
+                }
+            }
+            if http && !tcp {
+                ctx.warn_at(origin.line, 1, &format!("{}[{i}]", join(path, "rules")), "this DENY rule uses only HTTP attributes, so on plain TCP connections it denies ALL traffic to the selected workloads (the HTTP conditions are dropped there); add `ports` to limit it");
+            }
+        }
+    }
     if rules_node.is_none_or(<[Node]>::is_empty) {
         match action {
             Action::Deny | Action::Custom => ctx.err(

@@ -105,6 +105,10 @@ struct LintArgs {
     /// Policy files or directories to validate.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    /// Mesh settings to lint against (see `check --help`): enables warnings about CUSTOM
+    /// providers that do not exist and path rules weakened by the path normalisation.
+    #[arg(long, env = "MESHGUARD_MESH_CONFIG")]
+    mesh_config: Option<PathBuf>,
     /// Output format: `file:line:col: severity: field: message` lines, or a JSON array.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     output: Output,
@@ -256,6 +260,9 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         match a.output {
             Output::Json => {
                 let mut j = d.to_json();
+                if matches!(d.reason, meshguard_policy::Reason::NoAllowMatched) {
+                    j["why"] = set.explain_no_match(&req, &id).into();
+                }
                 if requests.len() > 1 {
                     j["request"] = name.clone().into();
                 }
@@ -267,6 +274,11 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 }
                 let verdict = if d.allowed { "ALLOW" } else { "DENY" };
                 println!("{verdict} {} {}", d.status, d.reason);
+                if matches!(d.reason, meshguard_policy::Reason::NoAllowMatched) {
+                    for line in set.explain_no_match(&req, &id) {
+                        println!("  why: {line}");
+                    }
+                }
                 println!("  mTLS mode: {}", d.mtls_mode.as_str());
                 if let Some(h) = &req.http {
                     if let Some(p) = h.normalized_path() {
@@ -308,7 +320,21 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
 }
 
 fn lint(a: LintArgs) -> Result<ExitCode> {
-    let loaded = load_paths(&a.paths);
+    let mut loaded = load_paths(&a.paths);
+    if let Some(path) = &a.mesh_config {
+        let mesh = mesh_config(&PolicyArgs {
+            policies: Vec::new(),
+            mesh_config: Some(path.clone()),
+            root_namespace: None,
+            path_normalization: None,
+            providers: Vec::new(),
+        })?;
+        let extra = meshguard_policy::load::mesh_warnings(&loaded.resources, &mesh);
+        loaded.diagnostics.extend(extra);
+    }
+    loaded
+        .diagnostics
+        .sort_by(|x, y| (&x.file, x.line, x.col).cmp(&(&y.file, y.line, y.col)));
     let errors = loaded.errors().count();
     let warnings = loaded.diagnostics.len() - errors;
     match a.output {

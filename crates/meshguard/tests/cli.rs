@@ -1,0 +1,222 @@
+//! The CLI as a user drives it: exit codes, text and JSON output, errors that name what to fix.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run meshguard")
+}
+
+fn run_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every bundled example request says what it expects on its first line; the embedded policies
+/// must decide it that way, through the real binary.
+#[test]
+fn bundled_examples_decide_as_documented() {
+    let dir = format!("{EXAMPLES}/requests");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first = text.lines().next().unwrap_or("");
+        let expect_allowed = first.starts_with("# expect: allowed");
+        assert!(
+            first.starts_with("# expect: "),
+            "{} needs a `# expect:` line",
+            path.display()
+        );
+        let name = path.file_name().and_then(|f| f.to_str()).expect("name");
+        // Embedded default (no --policies) and the same files from disk must agree.
+        for extra in [
+            vec![],
+            vec!["--policies".to_owned(), format!("{EXAMPLES}/policies")],
+        ] {
+            let mut args = vec!["check", "--example", name, "--output", "json"];
+            args.extend(extra.iter().map(String::as_str));
+            let o = run(&args);
+            let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+            assert_eq!(v["allowed"], expect_allowed, "{name}: {v}");
+            assert_eq!(
+                o.status.code(),
+                Some(if expect_allowed { 0 } else { 3 }),
+                "{name}"
+            );
+            assert_eq!(v["status"], if expect_allowed { 200 } else { 403 });
+        }
+        n += 1;
+    }
+    assert!(n >= 5);
+}
+
+#[test]
+fn check_reports_policy_rule_and_reason() {
+    let o = run(&[
+        "check",
+        "--request",
+        &format!("{EXAMPLES}/requests/frontend-admin-bypass.yaml"),
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v["policy"], "production/deny-admin");
+    assert_eq!(v["rule"], 0);
+    assert_eq!(v["action"], "DENY");
+    assert_eq!(v["mtls_mode"], "STRICT");
+    assert_eq!(o.status.code(), Some(3));
+
+    let o = run(&["check", "--example", "frontend-legacy-write", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v["audit"], serde_json::json!(["production/audit-writes"]));
+    assert_eq!(v["dry_run"]["allowed"], false);
+    assert_eq!(v["dry_run"]["policy"], "production/deny-legacy-api");
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn check_explains_why_nothing_matched() {
+    let o = run(&["check", "--example", "api-with-jwt"]);
+    let out = stdout(&o);
+    assert!(out.contains("production/require-jwt rule 0"), "{out}");
+    assert!(out.contains("request.auth.claims[exp]"), "{out}");
+    assert_eq!(o.status.code(), Some(3));
+}
+
+#[test]
+fn check_reads_json_from_stdin() {
+    let req = r#"{"destination": {"namespace": "production", "labels": {"app": "backend"}, "port": 8080},
+                  "source": {"principal": "cluster.local/ns/production/sa/frontend", "ip": "10.0.0.1"},
+                  "request": {"method": "POST", "host": "backend", "path": "/api/orders"}}"#;
+    let o = run_stdin(&["check", "--request", "-", "-o", "json"], req);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v["allowed"], true, "{v}");
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn bad_request_is_exit_1_and_names_the_field() {
+    let o = run_stdin(
+        &["check", "-r", "-"],
+        "destination: {namespace: production, port: 99999}\n",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("destination.port"), "{}", stderr(&o));
+    let o = run_stdin(&["check", "-r", "-"], "destinaton: {}\n");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown field `destinaton`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let p = dir.join("policy.yaml");
+    std::fs::write(&p, text).expect("write");
+    dir
+}
+
+const BAD: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bad, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        ipBlocks: [\"10.0.0.0/33\"]
+        notPrincipls: [\"x\"]
+    to:
+    - operation:
+        ports: [\"*\"]
+";
+
+#[test]
+fn lint_reports_every_error_with_file_line_field() {
+    let dir = write_temp("lint", BAD);
+    let o = run(&["lint", dir.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("policy.yaml:9:20: error: spec.rules[0].from[0].source.ipBlocks[0]"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "policy.yaml:10:9: error: spec.rules[0].from[0].source.notPrincipls: unknown field"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `notPrincipals`"), "{out}");
+    assert!(
+        out.contains("policy.yaml:13:17: error: spec.rules[0].to[0].operation.ports[0]"),
+        "{out}"
+    );
+
+    let o = run(&["lint", "-o", "json", dir.to_str().expect("utf8")]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v[0]["line"], 9);
+
+    // check refuses to decide with a broken policy set, and says where.
+    let o = run(&[
+        "check",
+        "-p",
+        dir.to_str().expect("utf8"),
+        "--example",
+        "frontend-reads-users",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("policy.yaml:9:20"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn lint_warns_but_passes_on_the_bundled_examples() {
+    let o = run(&["lint", &format!("{EXAMPLES}/policies")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("numeric claim"), "{}", stdout(&o));
+    let o = run(&["lint", "--deny-warnings", &format!("{EXAMPLES}/policies")]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn help_explains_commands() {
+    let o = run(&["--help"]);
+    let out = stdout(&o);
+    for cmd in ["check", "lint", "examples"] {
+        assert!(out.contains(cmd), "{out}");
+    }
+    let o = run(&["check", "--help"]);
+    assert!(stdout(&o).contains("Exit status: 0 allowed, 3 denied, 1 bad input"));
+}
