@@ -85,16 +85,16 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Normalising twice changes nothing more than normalising once. Exception, faithful to
-    /// Envoy: the `..;` rewrite splits on `/` before `%5C`/`\` become slashes, so `/%5C..;`
-    /// normalises to `/..;` first and to `/` the second time; such inputs are left out here and
-    /// pinned in the unit table instead.
+    /// Envoy: the `..;`/`.;` rewrite runs before `%2e` is decoded and before `%5C`/`\` become
+    /// slashes, so `/%5C..;` or `/%2e;` come out as `/..;` or `/.;` the first time and change again
+    /// the second time. Those outputs are skipped here and pinned in the unit table instead.
     #[test]
     fn normalisation_is_idempotent(p in path_strategy()) {
-        if p.contains(".;") {
-            return Ok(());
-        }
         for o in OPTIONS {
             if let Ok(once) = normalize(&p, o) {
+                if once.path.split('/').any(|seg| seg.starts_with(".;") || seg.starts_with("..;")) {
+                    continue;
+                }
                 let twice = normalize(&once.path, o).expect("a normalised path normalises again");
                 prop_assert_eq!(&twice.path, &once.path, "option {:?}", o);
             }
