@@ -959,7 +959,12 @@ fn parse_authz(
 
 fn parse_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str, action: Action) -> Option<Rule> {
     if r.is_null() {
-        return Some(Rule::default());
+        ctx.err(
+            r,
+            path,
+            "`rule` must not be nil; write `{}` for a rule that matches every request",
+        );
+        return None;
     }
     if r.as_map().is_none() {
         ctx.err(
