@@ -1,0 +1,194 @@
+//! JSON Web Key Sets: parsed once into verification keys, matched to tokens by `kid` and
+//! algorithm family (so an RSA key can never verify an HMAC token: no key confusion).
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use crate::jose::{parse_json_strict, ParsedJwt};
+
+/// Largest JWKS document accepted (inline or fetched).
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+    /// A symmetric key; only accepted from inline JWKS.
+    Oct,
+}
+
+impl KeyKind {
+    fn accepts(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyKind::EcP256 => alg == ES256,
+            KeyKind::EcP384 => alg == ES384,
+            KeyKind::Ed25519 => alg == EdDSA,
+            KeyKind::Oct => matches!(alg, HS256 | HS384 | HS512),
+        }
+    }
+}
+
+/// One verification key.
+pub struct Key {
+    pub kid: Option<String>,
+    /// The `alg` the JWK pins, if any.
+    pub alg: Option<Algorithm>,
+    pub kind: KeyKind,
+    pub decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("JWKS is not valid JSON: {0}")]
+    Json(String),
+    #[error("JWKS has no `keys` array")]
+    NoKeys,
+    #[error("JWKS has no usable signing key ({0})")]
+    NoUsableKey(String),
+}
+
+/// A parsed key set.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+    /// Keys that were skipped, with the reason (for logs and `lint`).
+    pub skipped: Vec<String>,
+}
+
+fn s<'v>(k: &'v Value, name: &str) -> Option<&'v str> {
+    k.get(name).and_then(Value::as_str)
+}
+
+impl KeySet {
+    /// Parses a JWKS. `allow_oct` admits symmetric (`kty: oct`) keys, which Istio only takes from
+    /// inline `jwks`.
+    pub fn parse(bytes: &[u8], allow_oct: bool) -> Result<KeySet, JwksError> {
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err(JwksError::TooLarge);
+        }
+        let v = parse_json_strict(bytes).map_err(JwksError::Json)?;
+        let Some(list) = v.get("keys").and_then(Value::as_array) else {
+            return Err(JwksError::NoKeys);
+        };
+        let mut set = KeySet::default();
+        for (i, k) in list.iter().enumerate() {
+            match Self::parse_key(k, allow_oct) {
+                Ok(key) => set.keys.push(key),
+                Err(e) => set.skipped.push(format!("keys[{i}]: {e}")),
+            }
+        }
+        if set.keys.is_empty() {
+            return Err(JwksError::NoUsableKey(if set.skipped.is_empty() {
+                "the key list is empty".to_owned()
+            } else {
+                set.skipped.join("; ")
+            }));
+        }
+        Ok(set)
+    }
+
+    fn parse_key(k: &Value, allow_oct: bool) -> Result<Key, String> {
+        if let Some(u) = s(k, "use") {
+            if u != "sig" {
+                return Err(format!("`use` is `{u}`, not `sig`"));
+            }
+        }
+        let alg = match s(k, "alg") {
+            Some(a) => Some(crate::jose::parse_alg(a).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let bad = |e: jsonwebtoken::errors::Error| format!("invalid key material: {e}");
+        let (kind, decoding) = match s(k, "kty") {
+            Some("RSA") => {
+                let (n, e) = (
+                    s(k, "n").ok_or("RSA key without `n`")?,
+                    s(k, "e").ok_or("RSA key without `e`")?,
+                );
+                (
+                    KeyKind::Rsa,
+                    DecodingKey::from_rsa_components(n, e).map_err(bad)?,
+                )
+            }
+            Some("EC") => {
+                let kind = match s(k, "crv") {
+                    Some("P-256") => KeyKind::EcP256,
+                    Some("P-384") => KeyKind::EcP384,
+                    other => return Err(format!("unsupported EC curve {other:?}")),
+                };
+                let (x, y) = (
+                    s(k, "x").ok_or("EC key without `x`")?,
+                    s(k, "y").ok_or("EC key without `y`")?,
+                );
+                (kind, DecodingKey::from_ec_components(x, y).map_err(bad)?)
+            }
+            Some("OKP") => {
+                if s(k, "crv") != Some("Ed25519") {
+                    return Err(format!("unsupported OKP curve {:?}", s(k, "crv")));
+                }
+                (
+                    KeyKind::Ed25519,
+                    DecodingKey::from_ed_components(s(k, "x").ok_or("OKP key without `x`")?)
+                        .map_err(bad)?,
+                )
+            }
+            Some("oct") if allow_oct => {
+                let secret = s(k, "k").ok_or("oct key without `k`")?;
+                let raw = base64::Engine::decode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    secret.trim_end_matches('='),
+                )
+                .map_err(|_| "oct key `k` is not base64url".to_owned())?;
+                if raw.is_empty() {
+                    return Err("oct key is empty".to_owned());
+                }
+                (KeyKind::Oct, DecodingKey::from_secret(&raw))
+            }
+            Some("oct") => {
+                return Err("symmetric (oct) keys are only accepted from inline jwks".to_owned())
+            }
+            other => return Err(format!("unsupported key type {other:?}")),
+        };
+        if let Some(a) = alg {
+            if !kind.accepts(a) {
+                return Err(format!("`alg` {a:?} does not fit a {kind:?} key"));
+            }
+        }
+        Ok(Key {
+            kid: s(k, "kid").map(str::to_owned),
+            alg,
+            kind,
+            decoding,
+        })
+    }
+
+    /// Keys that may verify this token: same `kid` when the token names one, and a key type
+    /// (and pinned `alg`) that fits the token's algorithm.
+    pub fn candidates<'a>(&'a self, jwt: &'a ParsedJwt<'_>) -> impl Iterator<Item = &'a Key> + 'a {
+        self.keys.iter().filter(move |k| {
+            (jwt.kid.is_none() || k.kid.as_deref() == jwt.kid.as_deref())
+                && k.kind.accepts(jwt.alg)
+                && k.alg.is_none_or(|a| a == jwt.alg)
+        })
+    }
+
+    /// Whether a key with this `kid` exists at all.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}

@@ -1,0 +1,220 @@
+//! Remote JWKS (`jwksUri`, or OIDC discovery from the issuer): fetched with a bounded time and
+//! body size, cached, refreshed on an interval and on an unknown `kid` (rate-limited), and kept
+//! when the endpoint fails, so an outage of the identity provider does not turn valid tokens away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Mutex;
+
+use crate::jwks::{KeySet, MAX_JWKS_BYTES};
+
+/// How fetches behave.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Refresh interval for keys that were fetched (Istio: 5 minutes).
+    pub refresh: Duration,
+    /// Minimum time between fetches triggered by an unknown `kid`.
+    pub unknown_kid_min_interval: Duration,
+    /// Minimum time between fetches after a failed fetch, when no keys are cached.
+    pub retry_after_failure: Duration,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        FetchSettings {
+            refresh: Duration::from_secs(300),
+            unknown_kid_min_interval: Duration::from_secs(30),
+            retry_after_failure: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Outcome counters, for metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct FetchState {
+    last_attempt: Option<Instant>,
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// One remote key set.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    /// `jwksUri`, or `None` to discover it from `issuer`.
+    uri: Option<String>,
+    issuer: String,
+    timeout: Duration,
+    client: reqwest::Client,
+    settings: FetchSettings,
+    keys: ArcSwapOption<KeySet>,
+    /// Increases each time the key set changes (verified-token cache entries remember it).
+    generation: std::sync::atomic::AtomicU64,
+    state: Mutex<FetchState>,
+    pub stats: FetchStats,
+}
+
+impl RemoteJwks {
+    pub fn new(
+        uri: Option<String>,
+        issuer: String,
+        timeout: Duration,
+        client: reqwest::Client,
+        settings: FetchSettings,
+    ) -> RemoteJwks {
+        RemoteJwks {
+            uri,
+            issuer,
+            timeout,
+            client,
+            settings,
+            keys: ArcSwapOption::empty(),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            state: Mutex::new(FetchState {
+                last_attempt: None,
+                last_success: None,
+                last_error: None,
+            }),
+            stats: FetchStats::default(),
+        }
+    }
+
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The cached keys, fetching first if none were ever fetched, or refreshing if stale.
+    /// Returns the last error when no keys are available.
+    pub async fn keys(&self) -> Result<Arc<KeySet>, String> {
+        if let Some(k) = self.keys.load_full() {
+            let stale = {
+                let st = self.state.lock().await;
+                st.last_success
+                    .is_none_or(|t| t.elapsed() >= self.settings.refresh)
+                    && st
+                        .last_attempt
+                        .is_none_or(|t| t.elapsed() >= self.settings.retry_after_failure)
+            };
+            if stale {
+                // Refresh inline but keep serving the old keys if it fails.
+                let _ = self.fetch_now(false).await;
+                return Ok(self.keys.load_full().unwrap_or(k));
+            }
+            return Ok(k);
+        }
+        self.fetch_now(false).await?;
+        self.keys.load_full().ok_or_else(|| "no keys".to_owned())
+    }
+
+    /// Re-fetches because a token named a `kid` the cached set lacks (rate-limited).
+    pub async fn refresh_for_unknown_kid(&self) -> Option<Arc<KeySet>> {
+        let _ = self.fetch_now(true).await;
+        self.keys.load_full()
+    }
+
+    async fn fetch_now(&self, for_kid: bool) -> Result<(), String> {
+        let mut st = self.state.lock().await;
+        if let Some(t) = st.last_attempt {
+            let min = if for_kid {
+                self.settings.unknown_kid_min_interval
+            } else if st.last_success.is_some() && st.last_error.is_none() {
+                self.settings.refresh
+            } else {
+                self.settings.retry_after_failure
+            };
+            if t.elapsed() < min {
+                return match &st.last_error {
+                    Some(e) if self.keys.load().is_none() => Err(e.clone()),
+                    _ => Ok(()),
+                };
+            }
+        }
+        st.last_attempt = Some(Instant::now());
+        let result = tokio::time::timeout(self.timeout, self.fetch_keys()).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(format!("timed out after {:?}", self.timeout)),
+        };
+        match result {
+            Ok(set) => {
+                self.keys.store(Some(Arc::new(set)));
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                st.last_success = Some(Instant::now());
+                st.last_error = None;
+                self.stats
+                    .ok
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("fetching JWKS for issuer {}: {e}", self.issuer);
+                st.last_error = Some(msg.clone());
+                self.stats
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(msg)
+            }
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<KeySet, String> {
+        let uri = match &self.uri {
+            Some(u) => u.clone(),
+            None => self.discover().await?,
+        };
+        let body = self.get_bounded(&uri).await?;
+        KeySet::parse(&body, false).map_err(|e| format!("{uri}: {e}"))
+    }
+
+    /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` -> `jwks_uri`.
+    async fn discover(&self) -> Result<String, String> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let body = self.get_bounded(&url).await?;
+        let v = crate::jose::parse_json_strict(&body).map_err(|e| format!("{url}: {e}"))?;
+        v.get("jwks_uri")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{url}: no jwks_uri in the discovery document"))
+    }
+
+    async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, String> {
+        let mut resp = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+        {
+            return Err(format!("{url}: body larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("{url}: body larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
