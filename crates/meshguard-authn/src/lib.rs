@@ -379,7 +379,20 @@ impl Authenticator {
         let now = now_secs();
         if let Some((pi, claims)) = self.cache.get(token, now, |pi| self.generation(pi)) {
             if candidates.iter().any(|(c, _)| *c == pi) {
-                return Ok((pi, claims));
+                // Keys due for a refresh are refreshed first, so a key removed by rotation stops
+                // vouching for cached tokens (the generation changes and the entry is ignored).
+                let fresh = match self.providers.get(pi).map(|p| &p.keys) {
+                    Some(KeySource::Remote(r)) if r.is_stale() => {
+                        let _ = r.keys().await;
+                        self.cache
+                            .get(token, now, |pi| self.generation(pi))
+                            .is_some()
+                    }
+                    _ => true,
+                };
+                if fresh {
+                    return Ok((pi, claims));
+                }
             }
         }
         let jwt = jose::parse(token).map_err(|e| (TokenError::Malformed(e), None))?;

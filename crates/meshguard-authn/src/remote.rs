@@ -55,6 +55,10 @@ pub struct RemoteJwks {
     client: reqwest::Client,
     settings: FetchSettings,
     keys: ArcSwapOption<KeySet>,
+    /// Milliseconds since `epoch` of the last successful fetch (0: never), for a lock-free
+    /// staleness check on the cached-token path.
+    last_ok_ms: std::sync::atomic::AtomicU64,
+    epoch: Instant,
     /// Increases each time the key set changes (verified-token cache entries remember it).
     generation: std::sync::atomic::AtomicU64,
     state: Mutex<FetchState>,
@@ -76,6 +80,8 @@ impl RemoteJwks {
             client,
             settings,
             keys: ArcSwapOption::empty(),
+            last_ok_ms: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
             generation: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(FetchState {
                 last_attempt: None,
@@ -88,6 +94,15 @@ impl RemoteJwks {
 
     pub fn uri(&self) -> Option<&str> {
         self.uri.as_deref()
+    }
+
+    /// True when the keys are due for a refresh (or were never fetched).
+    pub fn is_stale(&self) -> bool {
+        let last = self.last_ok_ms.load(std::sync::atomic::Ordering::Acquire);
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last == 0
+            || now.saturating_sub(last)
+                >= u64::try_from(self.settings.refresh.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn generation(&self) -> u64 {
@@ -153,6 +168,11 @@ impl RemoteJwks {
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 st.last_success = Some(Instant::now());
                 st.last_error = None;
+                let ms = u64::try_from(self.epoch.elapsed().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                self.last_ok_ms
+                    .store(ms, std::sync::atomic::Ordering::Release);
                 self.stats
                     .ok
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
