@@ -350,21 +350,37 @@ pub fn parse_request(
                 },
                 _ => serde_json::Map::new(),
             };
-            if a.get("token").is_some() {
-                return Err(ierr(
-                    a,
-                    "request.auth.token",
-                    "raw tokens are verified by RequestAuthentication, which this build does not do yet; give the verified `claims` (and `principal`) instead",
-                ));
+            if let Some(token) = opt_str(a, "token", "request.auth")? {
+                if principal.is_some() || !claims.is_empty() {
+                    return Err(ierr(
+                        a,
+                        "request.auth.token",
+                        "give either a raw `token` (verified by the RequestAuthentication policies) or already-verified `claims`/`principal`, not both",
+                    ));
+                }
+                // The raw token travels as a client sends it; request authentication verifies it.
+                if let Some(h) = req.http.as_mut() {
+                    if h.header("authorization").is_some() {
+                        return Err(ierr(
+                            a,
+                            "request.auth.token",
+                            "the request already has an Authorization header; give the token in one place",
+                        ));
+                    }
+                    h.headers
+                        .push(("authorization".to_owned(), format!("Bearer {token}")));
+                    h.headers.sort_by(|x, y| x.0.cmp(&y.0));
+                }
+            } else {
+                if principal.is_none() && claims.is_empty() {
+                    return Err(ierr(
+                        a,
+                        "request.auth",
+                        "give `claims` (the verified JWT payload) and/or `principal` (iss/sub), or a raw `token`",
+                    ));
+                }
+                id.jwt = Some(JwtIdentity::new(claims, principal));
             }
-            if principal.is_none() && claims.is_empty() {
-                return Err(ierr(
-                    a,
-                    "request.auth",
-                    "give `claims` (the verified JWT payload) and/or `principal` (iss/sub)",
-                ));
-            }
-            id.jwt = Some(JwtIdentity::new(claims, principal));
         }
     }
     if let Some(c) = node.get("custom").filter(|c| !c.is_null()) {

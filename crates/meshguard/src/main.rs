@@ -8,9 +8,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use meshguard_authn::{Authenticator, AuthnOutcome, AuthnRequest, AuthnSettings, Rejected};
 use meshguard_policy::load::{load_paths, parse_mesh_config, parse_request, Loaded};
 use meshguard_policy::yaml::parse_documents;
-use meshguard_policy::{Diagnostic, MeshConfig, PathNormalization, PolicySet, Severity};
+use meshguard_policy::{
+    Diagnostic, Identity, MeshConfig, PathNormalization, PolicySet, Reason, Request, Severity,
+};
 
 /// Exit code when the request is denied (`check`).
 const EXIT_DENIED: u8 = 3;
@@ -205,6 +208,24 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         bail!("{n} error(s) in the policies; nothing was decided (run `meshguard lint` for warnings too)");
     }
     let set = PolicySet::compile(loaded.resources, mesh).context("compiling policies")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Raw tokens are verified against the RequestAuthentication resources; remote JWKS are
+    // fetched on first use, once.
+    let authn = if set
+        .resources()
+        .iter()
+        .any(|r| matches!(r, meshguard_policy::Resource::RequestAuthentication(_)))
+    {
+        let client = reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client for JWKS")?;
+        Some(Authenticator::new(&set, client, AuthnSettings::default()))
+    } else {
+        None
+    };
 
     let requests: Vec<(String, String)> = match (&a.request, &a.example) {
         (Some(r), _) if r == "-" => {
@@ -253,8 +274,21 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         let Some(doc) = docs.first() else {
             bail!("{name}: the request is empty")
         };
-        let (req, id) = parse_request(doc, set.mesh().path_normalization)
+        let (req, mut id) = parse_request(doc, set.mesh().path_normalization)
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let mut authenticated = None;
+        match authenticate(&rt, authn.as_ref(), &set, &req, &id) {
+            Some(AuthnOutcome::Rejected(r)) => {
+                all_allowed = false;
+                print_authn_rejection(a.output, name, requests.len() > 1, &r);
+                continue;
+            }
+            Some(AuthnOutcome::Authenticated(au)) => {
+                id.jwt = Some(au.identity.clone());
+                authenticated = Some(au);
+            }
+            Some(AuthnOutcome::NoToken) | None => {}
+        }
         let d = set.evaluate(&req, &id);
         all_allowed &= d.allowed;
         match a.output {
@@ -262,6 +296,16 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 let mut j = d.to_json();
                 if matches!(d.reason, meshguard_policy::Reason::NoAllowMatched) {
                     j["why"] = set.explain_no_match(&req, &id).into();
+                }
+                if let Some(au) = &authenticated {
+                    j["request_principal"] = au.identity.principal.clone().into();
+                    j["request_authentication"] = au.rule.clone().into();
+                    j["headers_to_add"] = au
+                        .headers_to_add
+                        .iter()
+                        .map(|(k, v)| serde_json::json!([k, v]))
+                        .collect();
+                    j["headers_to_remove"] = au.headers_to_remove.clone().into();
                 }
                 if requests.len() > 1 {
                     j["request"] = name.clone().into();
@@ -280,6 +324,18 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                     }
                 }
                 println!("  mTLS mode: {}", d.mtls_mode.as_str());
+                if let Some(au) = &authenticated {
+                    println!(
+                        "  request principal: {} (token verified by RequestAuthentication {})",
+                        au.identity.principal, au.rule
+                    );
+                    for (k, v) in &au.headers_to_add {
+                        println!("  header to add: {k}: {v}");
+                    }
+                    for k in &au.headers_to_remove {
+                        println!("  header to remove: {k}");
+                    }
+                }
                 if let Some(h) = &req.http {
                     if let Some(p) = h.normalized_path() {
                         if p != h.raw_path {
@@ -317,6 +373,79 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_DENIED)
     })
+}
+
+/// Runs request authentication when it can matter: an HTTP request that reaches the filters
+/// (not refused by STRICT mTLS or path normalisation) and whose JWT is not already given as
+/// verified claims.
+fn authenticate(
+    rt: &tokio::runtime::Runtime,
+    authn: Option<&Authenticator>,
+    set: &PolicySet,
+    req: &Request,
+    id: &Identity,
+) -> Option<AuthnOutcome> {
+    let a = authn?;
+    let h = req.http.as_ref()?;
+    if id.jwt.is_some() {
+        return None;
+    }
+    let pre = set.evaluate(req, id);
+    if matches!(
+        pre.reason,
+        Reason::PlaintextUnderStrict | Reason::Rejected(_)
+    ) {
+        return None;
+    }
+    Some(rt.block_on(a.authenticate(
+        set,
+        &AuthnRequest {
+            method: &h.method,
+            host: &h.host,
+            path: &h.raw_path,
+            headers: &h.headers,
+            namespace: &req.destination.namespace,
+            labels: &req.destination.labels,
+        },
+    )))
+}
+
+fn print_authn_rejection(output: Output, name: &str, many: bool, r: &Rejected) {
+    let reason = match &r.error {
+        meshguard_authn::TokenError::JwksUnavailable(detail) => format!("{}: {detail}", r.error),
+        e => e.to_string(),
+    };
+    match output {
+        Output::Json => {
+            let mut j = serde_json::json!({
+                "allowed": false,
+                "status": r.status,
+                "reason": format!("request authentication failed: {reason}"),
+            });
+            if let Some(w) = &r.www_authenticate {
+                j["www_authenticate"] = w.clone().into();
+            }
+            if let Some(rule) = &r.rule {
+                j["request_authentication"] = rule.clone().into();
+            }
+            if many {
+                j["request"] = name.into();
+            }
+            println!("{j}");
+        }
+        Output::Text => {
+            if many {
+                println!("== {name}");
+            }
+            println!("DENY {} request authentication failed: {reason}", r.status);
+            if let Some(rule) = &r.rule {
+                println!("  RequestAuthentication: {rule}");
+            }
+            if let Some(w) = &r.www_authenticate {
+                println!("  WWW-Authenticate: {w}");
+            }
+        }
+    }
 }
 
 fn lint(a: LintArgs) -> Result<ExitCode> {
