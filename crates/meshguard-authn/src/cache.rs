@@ -6,18 +6,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use meshguard_policy::JwtIdentity;
 
 struct Entry {
     provider: usize,
-    claims: Arc<Map<String, Value>>,
+    claims: Arc<JwtIdentity>,
     /// Unix seconds after which the entry is dead.
     expires: u64,
     generation: u64,
 }
 
 pub struct TokenCache {
-    map: Mutex<HashMap<Box<str>, Entry>>,
+    /// foldhash: tokens are long and hashing them with SipHash dominated a cache hit. Only
+    /// verified tokens are inserted, so an attacker cannot fill the map with chosen keys.
+    map: Mutex<HashMap<Box<str>, Entry, foldhash::fast::RandomState>>,
     capacity: usize,
     ttl: Duration,
 }
@@ -25,7 +27,10 @@ pub struct TokenCache {
 impl TokenCache {
     pub fn new(capacity: usize, ttl: Duration) -> TokenCache {
         TokenCache {
-            map: Mutex::new(HashMap::with_capacity(capacity.min(1024))),
+            map: Mutex::new(HashMap::with_capacity_and_hasher(
+                capacity.min(1024),
+                foldhash::fast::RandomState::default(),
+            )),
             capacity,
             ttl,
         }
@@ -37,7 +42,7 @@ impl TokenCache {
         token: &str,
         now: u64,
         generation: impl Fn(usize) -> u64,
-    ) -> Option<(usize, Arc<Map<String, Value>>)> {
+    ) -> Option<(usize, Arc<JwtIdentity>)> {
         let map = self.map.lock().ok()?;
         let e = map.get(token)?;
         (e.expires > now && e.generation == generation(e.provider))
@@ -48,7 +53,7 @@ impl TokenCache {
         &self,
         token: &str,
         provider: usize,
-        claims: Arc<Map<String, Value>>,
+        claims: Arc<JwtIdentity>,
         exp: Option<u64>,
         generation: u64,
         now: u64,
@@ -97,7 +102,7 @@ mod tests {
     #[test]
     fn entries_expire_at_exp_and_on_key_rotation() {
         let c = TokenCache::new(10, Duration::from_secs(300));
-        let claims = Arc::new(Map::new());
+        let claims = Arc::new(JwtIdentity::default());
         c.insert("t", 0, claims.clone(), Some(1_005), 7, 1_000);
         assert!(c.get("t", 1_004, |_| 7).is_some());
         assert!(c.get("t", 1_005, |_| 7).is_none(), "never past exp");
@@ -114,7 +119,7 @@ mod tests {
             c.insert(
                 &format!("t{i}"),
                 0,
-                Arc::new(Map::new()),
+                Arc::new(JwtIdentity::default()),
                 Some(10_000),
                 0,
                 1_000,

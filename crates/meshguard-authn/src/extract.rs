@@ -11,50 +11,71 @@ pub enum Location {
     Cookie(String),
 }
 
-/// Characters a compact JWS may contain (base64url and dots).
-fn is_jwt_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '='
+/// Bytes a compact JWS may contain (base64url, dots, and `=` which Envoy also takes).
+static JWT_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=';
+        i += 1;
+    }
+    t
+};
+
+/// The locations a rule reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locations {
+    /// (lower-case header name, value prefix)
+    pub headers: Vec<(String, String)>,
+    pub params: Vec<String>,
+    pub cookies: Vec<String>,
 }
 
 /// The locations a rule reads: its own, or `Authorization: Bearer` and `access_token` by default.
-pub fn locations(rule: &JwtRule) -> (Vec<(String, String)>, Vec<String>, Vec<String>) {
+pub fn locations(rule: &JwtRule) -> Locations {
     if rule.from_headers.is_empty() && rule.from_params.is_empty() && rule.from_cookies.is_empty() {
-        return (
-            vec![("authorization".to_owned(), "Bearer ".to_owned())],
-            vec!["access_token".to_owned()],
-            Vec::new(),
-        );
+        return Locations {
+            headers: vec![("authorization".to_owned(), "Bearer ".to_owned())],
+            params: vec!["access_token".to_owned()],
+            cookies: Vec::new(),
+        };
     }
-    (
-        rule.from_headers
+    Locations {
+        headers: rule
+            .from_headers
             .iter()
             .map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone()))
             .collect(),
-        rule.from_params.clone(),
-        rule.from_cookies.clone(),
-    )
+        params: rule.from_params.clone(),
+        cookies: rule.from_cookies.clone(),
+    }
 }
 
 /// Extracts the tokens a rule would see. `headers` have lower-case names; `query` is the raw
 /// query string (without `?`).
 pub fn extract(
-    rule: &JwtRule,
+    locs: &Locations,
     headers: &[(String, String)],
     query: Option<&str>,
 ) -> Vec<(String, Location)> {
-    let (hdrs, params, cookies) = locations(rule);
+    let (hdrs, params, cookies) = (&locs.headers, &locs.params, &locs.cookies);
     let mut out = Vec::new();
-    for (name, prefix) in &hdrs {
+    for (name, prefix) in hdrs {
         for (_, value) in headers.iter().filter(|(n, _)| n == name) {
             // Envoy: the prefix may stand anywhere in the value; a value without it is skipped.
             let token = if prefix.is_empty() {
                 value.trim().to_owned()
             } else {
                 match value.find(prefix.as_str()) {
-                    Some(pos) => value[pos + prefix.len()..]
-                        .chars()
-                        .take_while(|c| is_jwt_char(*c))
-                        .collect(),
+                    Some(pos) => {
+                        let rest = &value[pos + prefix.len()..];
+                        let end = rest
+                            .bytes()
+                            .position(|b| !JWT_BYTES[usize::from(b)])
+                            .unwrap_or(rest.len());
+                        rest[..end].to_owned()
+                    }
                     None => continue,
                 }
             };

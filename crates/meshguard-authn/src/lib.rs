@@ -81,7 +81,7 @@ pub enum AuthnOutcome {
 
 #[derive(Debug, Clone)]
 pub struct Authenticated {
-    pub identity: JwtIdentity,
+    pub identity: Arc<JwtIdentity>,
     /// `outputPayloadToHeader` and `outputClaimToHeaders`.
     pub headers_to_add: Vec<(String, String)>,
     /// Token headers to strip before forwarding (`forwardOriginalToken: false`).
@@ -122,6 +122,7 @@ struct Provider {
     /// `namespace/name` of the RequestAuthentication.
     owner: String,
     rule: JwtRule,
+    locations: extract::Locations,
     keys: KeySource,
 }
 
@@ -148,7 +149,8 @@ impl Default for AuthnSettings {
 /// Verifies tokens for every RequestAuthentication in a policy set.
 pub struct Authenticator {
     providers: Vec<Provider>,
-    by_owner: HashMap<String, Vec<usize>>,
+    /// namespace -> name -> providers of that RequestAuthentication.
+    by_owner: HashMap<String, HashMap<String, Vec<usize>>>,
     cache: TokenCache,
     remotes: Vec<Arc<RemoteJwks>>,
 }
@@ -165,7 +167,7 @@ impl Authenticator {
     /// fetched lazily (use [`Authenticator::prefetch`] to fetch at start).
     pub fn new(set: &PolicySet, client: reqwest::Client, settings: AuthnSettings) -> Authenticator {
         let mut providers = Vec::new();
-        let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_owner: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         let mut remotes: HashMap<(Option<String>, String), Arc<RemoteJwks>> = HashMap::new();
         for r in set.resources() {
             let meshguard_policy::Resource::RequestAuthentication(ra) = r else {
@@ -201,11 +203,14 @@ impl Authenticator {
                     KeySource::Remote(remote)
                 };
                 by_owner
-                    .entry(owner.clone())
+                    .entry(ra.meta.namespace.clone())
+                    .or_default()
+                    .entry(ra.meta.name.clone())
                     .or_default()
                     .push(providers.len());
                 providers.push(Provider {
                     owner: owner.clone(),
+                    locations: extract::locations(rule),
                     rule: rule.clone(),
                     keys,
                 });
@@ -255,7 +260,11 @@ impl Authenticator {
         }
         let mut active: Vec<usize> = set
             .request_authentications(req.namespace, req.labels)
-            .filter_map(|ra| self.by_owner.get(&owner_name(ra)))
+            .filter_map(|ra| {
+                self.by_owner
+                    .get(&ra.meta.namespace)
+                    .and_then(|m| m.get(&ra.meta.name))
+            })
             .flatten()
             .copied()
             .collect();
@@ -277,7 +286,8 @@ impl Authenticator {
         // Every distinct token any provider extracts, with the providers that extract it there.
         let mut found: Vec<(String, Vec<(usize, Location)>)> = Vec::new();
         for &pi in &active {
-            for (token, loc) in extract::extract(&self.providers[pi].rule, req.headers, query) {
+            for (token, loc) in extract::extract(&self.providers[pi].locations, req.headers, query)
+            {
                 match found.iter_mut().find(|(t, _)| *t == token) {
                     Some((_, ps)) => ps.push((pi, loc)),
                     None => found.push((token, vec![(pi, loc)])),
@@ -288,11 +298,6 @@ impl Authenticator {
             return AuthnOutcome::NoToken;
         }
 
-        let realm = format!(
-            "http://{}{}",
-            req.host,
-            req.path.split('?').next().unwrap_or(req.path)
-        );
         let mut first: Option<Authenticated> = None;
         let mut headers_to_remove: Vec<String> = Vec::new();
         for (token, candidates) in &found {
@@ -314,6 +319,11 @@ impl Authenticator {
                 }
                 Err((error, pi)) => {
                     let status = error.status();
+                    let realm = format!(
+                        "http://{}{}",
+                        req.host,
+                        req.path.split('?').next().unwrap_or(req.path)
+                    );
                     let www_authenticate = (status == 401).then(|| {
                         format!("Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"", realm.replace('"', "%22"), error)
                     });
@@ -335,12 +345,8 @@ impl Authenticator {
         }
     }
 
-    fn authenticated(
-        &self,
-        pi: usize,
-        token: &str,
-        claims: Arc<Map<String, Value>>,
-    ) -> Authenticated {
+    fn authenticated(&self, pi: usize, token: &str, identity: Arc<JwtIdentity>) -> Authenticated {
+        let claims = &identity.claims;
         let p = &self.providers[pi];
         let mut headers_to_add = Vec::new();
         if let Some(h) = &p.rule.output_payload_to_header {
@@ -363,7 +369,7 @@ impl Authenticator {
             }
         }
         Authenticated {
-            identity: JwtIdentity::new((*claims).clone(), None),
+            identity,
             headers_to_add,
             headers_to_remove: Vec::new(),
             rule: p.owner.clone(),
@@ -375,7 +381,7 @@ impl Authenticator {
         &self,
         token: &str,
         candidates: &[(usize, Location)],
-    ) -> Result<(usize, Arc<Map<String, Value>>), (TokenError, Option<usize>)> {
+    ) -> Result<(usize, Arc<JwtIdentity>), (TokenError, Option<usize>)> {
         let now = now_secs();
         if let Some((pi, claims)) = self.cache.get(token, now, |pi| self.generation(pi)) {
             if candidates.iter().any(|(c, _)| *c == pi) {
@@ -409,10 +415,10 @@ impl Authenticator {
             .await
             .map_err(|e| (e, Some(pi)))?;
         let exp = jwt.payload.get("exp").and_then(Value::as_u64);
-        let claims = Arc::new(jwt.payload);
+        let identity = Arc::new(JwtIdentity::new(jwt.payload, None));
         self.cache
-            .insert(token, pi, claims.clone(), exp, generation, now);
-        Ok((pi, claims))
+            .insert(token, pi, identity.clone(), exp, generation, now);
+        Ok((pi, identity))
     }
 
     fn generation(&self, pi: usize) -> u64 {

@@ -330,7 +330,7 @@ impl PolicySet {
         let ctx = Ctx {
             req,
             peer,
-            jwt: id.jwt.as_ref(),
+            jwt: id.jwt.as_deref(),
             set: self,
         };
 
@@ -469,7 +469,7 @@ impl PolicySet {
             } else {
                 id.peer.as_deref()
             },
-            jwt: id.jwt.as_ref(),
+            jwt: id.jwt.as_deref(),
             set: self,
         };
         let tcp = req.http.is_none();

@@ -379,7 +379,7 @@ pub fn parse_request(
                         "give `claims` (the verified JWT payload) and/or `principal` (iss/sub), or a raw `token`",
                     ));
                 }
-                id.jwt = Some(JwtIdentity::new(claims, principal));
+                id.jwt = Some(std::sync::Arc::new(JwtIdentity::new(claims, principal)));
             }
         }
     }

@@ -175,16 +175,17 @@ pub struct JwtIdentity {
     pub principal: String,
     pub iss: Option<String>,
     pub sub: Option<String>,
-    /// The verified payload.
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The verified payload (shared: a cached token hands out the same claims without copying).
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl JwtIdentity {
     /// From a verified payload; `principal` overrides `iss/sub` when the claims lack them.
     pub fn new(
-        claims: serde_json::Map<String, serde_json::Value>,
+        claims: impl Into<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
         principal: Option<String>,
     ) -> JwtIdentity {
+        let claims = claims.into();
         let claim = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let (mut iss, mut sub) = (claim("iss"), claim("sub"));
         if let Some(p) = &principal {
@@ -214,7 +215,8 @@ impl JwtIdentity {
 pub struct Identity {
     /// The peer's SPIFFE ID, always with the `spiffe://` scheme. `None` for plaintext.
     pub peer: Option<String>,
-    pub jwt: Option<JwtIdentity>,
+    /// Shared so a cached verification hands it out without copying.
+    pub jwt: Option<std::sync::Arc<JwtIdentity>>,
 }
 
 impl Identity {
