@@ -354,8 +354,10 @@ impl Authenticator {
             headers_to_add.push((h.to_ascii_lowercase(), payload.to_owned()));
         }
         for c in &p.rule.output_claim_to_headers {
-            let mut v = Some(&*claims).and_then(|m| m.get(c.claim.split('.').next().unwrap_or("")));
-            for part in c.claim.split('.').skip(1) {
+            // Nested claims are written with dots (`a.b.c`).
+            let mut parts = c.claim.split('.');
+            let mut v = parts.next().and_then(|first| claims.get(first));
+            for part in parts {
                 v = v.and_then(|x| x.get(part));
             }
             let text = match v {
