@@ -1,6 +1,7 @@
 //! `meshguard`: the zero-trust security layer of a service mesh, in one binary.
 
 mod embedded;
+mod serve;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ const EXIT_DENIED: u8 = 3;
     version,
     about = "Zero-trust security for a service mesh: Istio AuthorizationPolicy, PeerAuthentication and RequestAuthentication, decided exactly as Istio decides.",
     long_about = None,
-    after_help = "Start here:\n  meshguard check --example all          decide the bundled example requests against the bundled policies\n  meshguard check --request req.yaml     decide one request (see README for the request format)\n  meshguard lint policies/               validate policies as istiod would, with file:line:field errors"
+    after_help = "Start here:\n  meshguard serve                        run the authorization server on the bundled example policies
+  meshguard check --example all          decide the bundled example requests against the bundled policies\n  meshguard check --request req.yaml     decide one request (see README for the request format)\n  meshguard lint policies/               validate policies as istiod would, with file:line:field errors"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +35,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the authorization server: Envoy ext_authz gRPC, HTTP forward-auth and admin endpoints,
+    /// deciding with the policies (default: the bundled examples), reloading them on change.
+    Serve(Box<serve::ServeArgs>),
     /// Decide one request (or the bundled examples) and explain the decision.
     ///
     /// Exit status: 0 allowed, 3 denied, 1 bad input (policies that do not load, a malformed request).
@@ -47,7 +52,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct PolicyArgs {
+pub(crate) struct PolicyArgs {
     /// Policy files or directories (searched recursively for *.yaml, *.yml, *.json). Multi-document
     /// YAML and `kind: List` are accepted. Default: the bundled example policies.
     #[arg(
@@ -56,26 +61,26 @@ struct PolicyArgs {
         env = "MESHGUARD_POLICIES",
         value_delimiter = ','
     )]
-    policies: Vec<PathBuf>,
+    pub(crate) policies: Vec<PathBuf>,
     /// A MeshConfig YAML (rootNamespace, trustDomain, trustDomainAliases, pathNormalization,
     /// extensionProviders). Flags below override it.
     #[arg(long, env = "MESHGUARD_MESH_CONFIG")]
-    mesh_config: Option<PathBuf>,
+    pub(crate) mesh_config: Option<PathBuf>,
     /// The root namespace: policies there apply mesh-wide.
     #[arg(long, env = "MESHGUARD_ROOT_NAMESPACE")]
-    root_namespace: Option<String>,
+    pub(crate) root_namespace: Option<String>,
     /// Path normalisation applied before matching `paths` (Istio's meshConfig.pathNormalization).
     #[arg(long, env = "MESHGUARD_PATH_NORMALIZATION", value_enum)]
-    path_normalization: Option<Normalization>,
+    pub(crate) path_normalization: Option<Normalization>,
     /// Name of an ext_authz provider that exists (meshConfig.extensionProviders); repeatable.
     /// CUSTOM policies naming any other provider act as DENY, as in Istio.
     #[arg(long = "provider", env = "MESHGUARD_PROVIDERS", value_delimiter = ',')]
-    providers: Vec<String>,
+    pub(crate) providers: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 #[value(rename_all = "SCREAMING_SNAKE_CASE")]
-enum Normalization {
+pub(crate) enum Normalization {
     None,
     Base,
     MergeSlashes,
@@ -123,6 +128,7 @@ struct LintArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve::run(*a),
         Command::Check(a) => check(a),
         Command::Lint(a) => lint(a),
         Command::Examples => {
@@ -143,7 +149,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
+pub(crate) fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
     let mut mesh = match &a.mesh_config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -1,0 +1,150 @@
+//! Admin endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/config`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use meshguard_policy::Resource;
+use serde_json::json;
+
+use crate::decide::Shared;
+
+fn text(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+/// The active configuration, with secrets redacted (inline JWKS may hold symmetric keys).
+pub fn config_dump(state: &Shared) -> serde_json::Value {
+    let g = state.current();
+    let resources: Vec<serde_json::Value> = g
+        .set
+        .resources()
+        .iter()
+        .map(|r| {
+            let m = r.meta();
+            let mut o = json!({
+                "kind": r.kind(),
+                "namespace": m.namespace,
+                "name": m.name,
+                "file": r.origin().file,
+                "line": r.origin().line,
+            });
+            match r {
+                Resource::AuthorizationPolicy(p) => {
+                    o["action"] = p.action.as_str().into();
+                    o["rules"] = p.rules.len().into();
+                    o["dry_run"] = p.dry_run.into();
+                    o["selector"] = json!(p.selector);
+                    if let Some(pr) = &p.provider {
+                        o["provider"] = pr.clone().into();
+                    }
+                }
+                Resource::PeerAuthentication(p) => {
+                    o["mode"] = p.mode.as_str().into();
+                    o["selector"] = json!(p.selector);
+                    o["port_level"] = json!(p
+                        .port_level
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.as_str()))
+                        .collect::<std::collections::BTreeMap<_, _>>());
+                }
+                Resource::RequestAuthentication(p) => {
+                    o["selector"] = json!(p.selector);
+                    o["jwt_rules"] = p
+                        .jwt_rules
+                        .iter()
+                        .map(|j| {
+                            json!({
+                                "issuer": j.issuer,
+                                "audiences": j.audiences,
+                                "jwks_uri": j.jwks_uri,
+                                "jwks": j.jwks.as_ref().map(|_| "<redacted>"),
+                                "forward_original_token": j.forward_original_token,
+                            })
+                        })
+                        .collect();
+                }
+            }
+            o
+        })
+        .collect();
+    let mesh = g.set.mesh();
+    json!({
+        "generation": g.id,
+        "loaded_at": g.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "files": g.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        "warnings": g.warnings,
+        "mesh": {
+            "root_namespace": mesh.root_namespace,
+            "trust_domain": mesh.trust_domain,
+            "path_normalization": mesh.path_normalization.as_str(),
+            "extension_providers": mesh.extension_providers,
+        },
+        "last_reload_error": state.last_error.lock().ok().and_then(|e| e.clone()),
+        "resources": resources,
+    })
+}
+
+pub async fn handle(
+    state: Shared,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            let err = state.last_error.lock().ok().and_then(|e| e.clone());
+            match err {
+                None => text(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready: policy generation {}\n", state.current().id),
+                ),
+                Some(e) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "the last policy reload was refused; generation {} is still serving\n{e}\n",
+                        state.metrics.generation.load(Ordering::Relaxed)
+                    ),
+                ),
+            }
+        }
+        "/metrics" => {
+            let g = state.current();
+            let jwks: Vec<(String, u64, u64)> = g
+                .authn
+                .remotes()
+                .iter()
+                .map(|r| {
+                    (
+                        r.uri().unwrap_or("<oidc discovery>").to_owned(),
+                        r.stats.ok.load(Ordering::Relaxed),
+                        r.stats.failed.load(Ordering::Relaxed),
+                    )
+                })
+                .collect();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                state.metrics.render(&jwks),
+            )
+        }
+        "/config" => text(
+            StatusCode::OK,
+            "application/json",
+            format!("{:#}\n", config_dump(&state)),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz, /readyz, /config\n".to_owned(),
+        ),
+    })
+}

@@ -1,0 +1,177 @@
+//! The decision pipeline shared by every front end: refusals before authorization (STRICT mTLS,
+//! path normalisation), request authentication, then CUSTOM/DENY/ALLOW.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use meshguard_authn::{AuthnOutcome, AuthnRequest};
+use meshguard_policy::{Identity, Reason, Request};
+use serde_json::json;
+
+use crate::state::Generation;
+
+/// What the front end answers.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub allowed: bool,
+    /// 200, 400/404 (refused before authorization), 401 (authentication), 403 (authorization).
+    pub status: u16,
+    pub reason: String,
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    pub action: Option<&'static str>,
+    pub headers_to_add: Vec<(String, String)>,
+    pub headers_to_remove: Vec<String>,
+    pub www_authenticate: Option<String>,
+    pub request_principal: Option<String>,
+    pub audit: Vec<String>,
+    pub dry_run: Option<(bool, Option<String>)>,
+    pub generation: u64,
+}
+
+impl Outcome {
+    /// A fail-closed denial for requests that cannot be decided.
+    pub fn internal(reason: impl Into<String>, generation: u64) -> Outcome {
+        Outcome {
+            allowed: false,
+            status: 403,
+            reason: reason.into(),
+            policy: None,
+            rule: None,
+            action: None,
+            headers_to_add: Vec::new(),
+            headers_to_remove: Vec::new(),
+            www_authenticate: None,
+            request_principal: None,
+            audit: Vec::new(),
+            dry_run: None,
+            generation,
+        }
+    }
+
+    /// The short body of a denial, as Envoy's filters word them.
+    pub fn body(&self) -> &'static str {
+        match self.status {
+            401 => "Jwt authentication failed",
+            403 => "RBAC: access denied",
+            _ => "request refused",
+        }
+    }
+}
+
+/// Decides one request against one generation.
+pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome {
+    // Refusals that happen before any filter (connection refused under STRICT, 400 from path
+    // normalisation) come first; then request authentication; then authorization.
+    let mut authenticated = None;
+    {
+        let pre = g.set.evaluate(req, &id);
+        let early = matches!(
+            pre.reason,
+            Reason::PlaintextUnderStrict | Reason::Rejected(_)
+        );
+        if !early && id.jwt.is_none() {
+            if let Some(h) = &req.http {
+                let outcome = g
+                    .authn
+                    .authenticate(
+                        &g.set,
+                        &AuthnRequest {
+                            method: &h.method,
+                            host: &h.host,
+                            path: &h.raw_path,
+                            headers: &h.headers,
+                            namespace: &req.destination.namespace,
+                            labels: &req.destination.labels,
+                        },
+                    )
+                    .await;
+                match outcome {
+                    AuthnOutcome::Rejected(r) => {
+                        let mut o = Outcome::internal(
+                            format!("request authentication failed: {}", r.error),
+                            g.id,
+                        );
+                        o.status = r.status;
+                        o.www_authenticate = r.www_authenticate;
+                        o.policy = r.rule;
+                        return o;
+                    }
+                    AuthnOutcome::Authenticated(a) => {
+                        id.jwt = Some(a.identity.clone());
+                        authenticated = Some(a);
+                    }
+                    AuthnOutcome::NoToken => {}
+                }
+            }
+        }
+    }
+    let d = g.set.evaluate(req, &id);
+    let mut o = Outcome {
+        allowed: d.allowed,
+        status: d.status,
+        reason: d.reason.to_string(),
+        policy: d.policy().map(|p| p.name()),
+        rule: d.policy().map(|p| p.rule),
+        action: d.action().map(|a| a.as_str()),
+        headers_to_add: Vec::new(),
+        headers_to_remove: Vec::new(),
+        www_authenticate: None,
+        request_principal: id.jwt.as_ref().map(|j| j.principal.clone()),
+        audit: d.audit.iter().map(|p| p.name()).collect(),
+        dry_run: d.dry_run.map(|s| (s.allowed, s.policy.map(|p| p.name()))),
+        generation: g.id,
+    };
+    if o.allowed {
+        if let Some(a) = authenticated {
+            o.headers_to_add = a.headers_to_add;
+            o.headers_to_remove = a.headers_to_remove;
+        }
+    }
+    o
+}
+
+/// The decision log line for an outcome.
+pub fn log_entry(
+    mode: &str,
+    id: &str,
+    req: &Request,
+    identity: &Identity,
+    o: &Outcome,
+    started: Instant,
+) -> serde_json::Value {
+    let time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let http = req.http.as_ref();
+    let mut e = json!({
+        "time": time,
+        "id": id,
+        "mode": mode,
+        "allowed": o.allowed,
+        "status": o.status,
+        "reason": o.reason,
+        "policy": o.policy,
+        "rule": o.rule,
+        "source_principal": identity.peer,
+        "request_principal": o.request_principal,
+        "namespace": req.destination.namespace,
+        "method": http.map(|h| h.method.as_str()),
+        "host": http.map(|h| h.host.as_str()),
+        // The normalised path without the query: queries can carry tokens.
+        "path": http.and_then(|h| h.normalized_path()),
+        "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "generation": o.generation,
+    });
+    if !o.audit.is_empty() {
+        e["audit"] = o.audit.clone().into();
+    }
+    if let Some((allowed, policy)) = &o.dry_run {
+        e["dry_run"] = json!({"allowed": allowed, "policy": policy});
+    }
+    e
+}
+
+/// Shared handle type for front ends.
+pub type Shared = Arc<crate::state::State>;

@@ -1,0 +1,310 @@
+//! Envoy ext_authz v3 over gRPC: `envoy.service.auth.v3.Authorization/Check`.
+//!
+//! The destination workload (whose policies apply) is taken, in this order, from:
+//! 1. `context_extensions` set per route in Envoy: `namespace` and optional `labels`
+//!    (`app=backend,version=v1`); labels default to `destination.labels` from Envoy's node metadata;
+//! 2. the static `--workload` of a per-workload deployment;
+//! 3. the namespace in the destination principal (`spiffe://td/ns/<ns>/...`) with
+//!    `destination.labels`.
+//!
+//! A request where none of these is known is denied (fail closed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{address, Address};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use envoy_types::pb::google::rpc;
+use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
+use tonic::{Response, Status};
+
+use crate::decide::{decide, log_entry, Outcome, Shared};
+use crate::dlog::DecisionLog;
+use crate::state::Workload;
+
+/// gRPC status codes used in `CheckResponse.status`.
+const OK: i32 = 0;
+const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
+
+pub struct CheckService {
+    pub state: Shared,
+    pub log: DecisionLog,
+    pub workload: Option<Workload>,
+}
+
+fn socket(addr: Option<&Address>) -> (Option<IpAddr>, Option<u16>) {
+    match addr.and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(s)) => {
+            let port = match s.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
+                _ => None,
+            };
+            (s.address.parse().ok(), port)
+        }
+        _ => (None, None),
+    }
+}
+
+fn namespace_of(principal: &str) -> Option<&str> {
+    let rest = principal.strip_prefix("spiffe://").unwrap_or(principal);
+    let mut parts = rest.split('/');
+    while let Some(p) = parts.next() {
+        if p == "ns" {
+            return parts.next().filter(|n| !n.is_empty());
+        }
+    }
+    None
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    s.split(',')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Converts a CheckRequest into the engine's request, once.
+pub fn to_request(
+    cr: &CheckRequest,
+    workload: Option<&Workload>,
+    mesh: &meshguard_policy::MeshConfig,
+) -> Result<(Request, Identity), String> {
+    let attrs = cr
+        .attributes
+        .as_ref()
+        .ok_or("CheckRequest has no attributes")?;
+    let src = attrs.source.as_ref();
+    let dst = attrs.destination.as_ref();
+    let (src_ip, _) = socket(src.and_then(|p| p.address.as_ref()));
+    let (dst_ip, dst_port) = socket(dst.and_then(|p| p.address.as_ref()));
+    let dst_labels: BTreeMap<String, String> = dst
+        .map(|d| {
+            d.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ext = &attrs.context_extensions;
+    let (namespace, labels) = if let Some(ns) = ext.get("namespace").filter(|n| !n.is_empty()) {
+        let labels = ext
+            .get("labels")
+            .map(|l| parse_labels(l))
+            .unwrap_or(dst_labels);
+        (ns.clone(), labels)
+    } else if let Some(w) = workload {
+        (w.namespace.clone(), w.labels.clone())
+    } else if let Some(ns) = dst.and_then(|d| namespace_of(&d.principal)) {
+        (ns.to_owned(), dst_labels)
+    } else {
+        return Err("cannot tell which workload this request is for: set context_extensions `namespace` (and `labels`) on the route, start meshguard with --workload, or send the destination principal".to_owned());
+    };
+    let port = ext.get("port").and_then(|p| p.parse().ok()).or(dst_port);
+    let mut req = Request {
+        destination: Destination {
+            namespace,
+            labels,
+            port,
+            ip: dst_ip,
+        },
+        source: Source {
+            ip: src_ip,
+            remote_ip: None,
+        },
+        sni: attrs
+            .tls_session
+            .as_ref()
+            .map(|t| t.sni.clone())
+            .filter(|s| !s.is_empty()),
+        http: None,
+        custom: Vec::new(),
+    };
+    if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
+        let host = if h.host.is_empty() {
+            h.headers.get(":authority").cloned().unwrap_or_default()
+        } else {
+            h.host.clone()
+        };
+        let headers = h
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(':'))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        req.http = Some(HttpRequest::new(
+            h.method.clone(),
+            host,
+            h.path.clone(),
+            headers,
+            mesh.path_normalization,
+        ));
+    }
+    let mut id = Identity::default();
+    if let Some(p) = src.map(|s| s.principal.as_str()).filter(|p| !p.is_empty()) {
+        id = id.with_peer(p);
+    }
+    Ok((req, id))
+}
+
+fn string_value(s: impl Into<String>) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+fn metadata(o: &Outcome) -> Struct {
+    let mut fields = HashMap::new();
+    fields.insert(
+        "allowed".to_owned(),
+        Value {
+            kind: Some(Kind::BoolValue(o.allowed)),
+        },
+    );
+    fields.insert("reason".to_owned(), string_value(o.reason.clone()));
+    if let Some(p) = &o.policy {
+        fields.insert("policy".to_owned(), string_value(p.clone()));
+    }
+    if let Some(r) = o.rule {
+        fields.insert(
+            "rule".to_owned(),
+            Value {
+                kind: Some(Kind::NumberValue(r as f64)),
+            },
+        );
+    }
+    if let Some(p) = &o.request_principal {
+        fields.insert("request_principal".to_owned(), string_value(p.clone()));
+    }
+    fields.insert(
+        "generation".to_owned(),
+        Value {
+            kind: Some(Kind::NumberValue(o.generation as f64)),
+        },
+    );
+    Struct { fields }
+}
+
+fn header(k: &str, v: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: k.to_owned(),
+            value: v.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The CheckResponse for an outcome.
+pub fn to_response(o: &Outcome) -> CheckResponse {
+    if o.allowed {
+        return CheckResponse {
+            status: Some(rpc::Status {
+                code: OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: o.headers_to_add.iter().map(|(k, v)| header(k, v)).collect(),
+                headers_to_remove: o.headers_to_remove.clone(),
+                ..Default::default()
+            })),
+            dynamic_metadata: Some(metadata(o)),
+        };
+    }
+    let mut headers = Vec::new();
+    if let Some(w) = &o.www_authenticate {
+        headers.push(header("www-authenticate", w));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: if o.status == 401 {
+                UNAUTHENTICATED
+            } else {
+                PERMISSION_DENIED
+            },
+            message: o.reason.clone(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(o.status),
+            }),
+            headers,
+            body: o.body().to_owned(),
+        })),
+        dynamic_metadata: Some(metadata(o)),
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let g = self.state.current();
+        let cr = request.into_inner();
+        let req_id = cr
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| {
+                if h.id.is_empty() {
+                    h.headers.get("x-request-id").cloned().unwrap_or_default()
+                } else {
+                    h.id.clone()
+                }
+            })
+            .unwrap_or_default();
+        let (outcome, req, id) = match to_request(&cr, self.workload.as_ref(), g.set.mesh()) {
+            Ok((req, id)) => (decide(&g, &req, id.clone()).await, req, id),
+            Err(e) => {
+                self.state
+                    .metrics
+                    .internal_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "denying a request that cannot be decided");
+                (
+                    Outcome::internal(format!("denied (fail closed): {e}"), g.id),
+                    Request::default(),
+                    Identity::default(),
+                )
+            }
+        };
+        self.state.metrics.record_decision(
+            "grpc",
+            outcome.allowed,
+            outcome.status,
+            outcome.policy.as_deref(),
+            started.elapsed(),
+        );
+        self.log
+            .write(log_entry("grpc", &req_id, &req, &id, &outcome, started));
+        Ok(Response::new(to_response(&outcome)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_from_principal() {
+        assert_eq!(
+            namespace_of("spiffe://cluster.local/ns/prod/sa/web"),
+            Some("prod")
+        );
+        assert_eq!(namespace_of("cluster.local/ns/prod/sa/web"), Some("prod"));
+        assert_eq!(namespace_of("spiffe://cluster.local/x"), None);
+    }
+}

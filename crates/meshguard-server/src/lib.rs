@@ -1,0 +1,258 @@
+//! `meshguard serve`: Envoy ext_authz v3 over gRPC, an HTTP mode for nginx `auth_request` and
+//! forward-auth proxies, and admin endpoints, all deciding with the policy engine; hot reload
+//! with atomic swaps; a JSON decision log.
+
+pub mod admin;
+pub mod decide;
+pub mod dlog;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use state::{PolicySource, State, Workload};
+
+/// Listener and behaviour settings for `serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub workload: Option<Workload>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub http_path_prefix: String,
+    pub decision_log: dlog::Sink,
+    /// How often watched policy files are checked for changes (0: only on SIGHUP).
+    pub reload_interval: Duration,
+    pub max_grpc_message_bytes: usize,
+    /// Longest time one request may take before it fails (and the caller denies).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            grpc: Some(SocketAddr::from(([127, 0, 0, 1], 9191))),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 9192))),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 9193))),
+            workload: None,
+            trusted_proxies: vec![
+                "127.0.0.1/32".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+            http_path_prefix: String::new(),
+            decision_log: dlog::Sink::Stdout,
+            reload_interval: Duration::from_secs(2),
+            max_grpc_message_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The addresses actually bound (ports may have been 0).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub grpc: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the decision log: {0}")]
+    Log(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServeError> {
+    match addr {
+        None => Ok(None),
+        Some(a) => TcpListener::bind(a)
+            .await
+            .map(Some)
+            .map_err(|source| ServeError::Bind { addr: a, source }),
+    }
+}
+
+/// Serves hyper connections until `stop` flips, then lets open requests finish (bounded).
+async fn serve_hyper<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<
+            Output = Result<
+                hyper::Response<http_body_util::Full<bytes::Bytes>>,
+                std::convert::Infallible,
+            >,
+        > + Send
+        + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Bounded header block for HTTP/1 and HTTP/2.
+    builder.http1().max_buf_size(64 * 1024);
+    builder.http2().max_header_list_size(64 * 1024);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let h = handler.clone();
+                let svc = service_fn(move |req| h(req, peer));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Runs every listener until `shutdown` completes. `on_ready` is called once all are bound.
+pub async fn serve(
+    state: Arc<State>,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), ServeError> {
+    let log = dlog::DecisionLog::start(cfg.decision_log.clone(), state.clone())
+        .map_err(ServeError::Log)?;
+    for e in state.current().authn.prefetch().await {
+        tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
+    }
+    let grpc_l = bind(cfg.grpc).await?;
+    let http_l = bind(cfg.http).await?;
+    let admin_l = bind(cfg.admin).await?;
+    let bound = Bound {
+        grpc: grpc_l.as_ref().and_then(|l| l.local_addr().ok()),
+        http: http_l.as_ref().and_then(|l| l.local_addr().ok()),
+        admin: admin_l.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(l) = grpc_l {
+        let svc = AuthorizationServer::new(grpc::CheckService {
+            state: state.clone(),
+            log: log.clone(),
+            workload: cfg.workload.clone(),
+        })
+        .max_decoding_message_size(cfg.max_grpc_message_bytes);
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<AuthorizationServer<grpc::CheckService>>()
+            .await;
+        let mut stop = stop_rx.clone();
+        let timeout = cfg.request_timeout;
+        tasks.spawn(async move {
+            let r = tonic::transport::Server::builder()
+                .timeout(timeout)
+                .tcp_nodelay(true)
+                .add_service(health)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(l),
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        });
+    }
+    if let Some(l) = http_l {
+        let mode = http::HttpMode {
+            state: state.clone(),
+            log: log.clone(),
+            workload: cfg.workload.clone(),
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            path_prefix: cfg.http_path_prefix.clone(),
+        };
+        let stop = stop_rx.clone();
+        tasks.spawn(serve_hyper(l, stop, move |req, peer| {
+            let m = mode.clone();
+            async move { m.handle(req, peer).await }
+        }));
+    }
+    if let Some(l) = admin_l {
+        let st = state.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(serve_hyper(l, stop, move |req, _peer| {
+            admin::handle(st.clone(), req)
+        }));
+    }
+    // Hot reload: file changes (polled) and SIGHUP.
+    {
+        let st = state.clone();
+        let mut stop = stop_rx.clone();
+        let interval = cfg.reload_interval;
+        tasks.spawn(async move {
+            let mut last = st.fingerprint();
+            #[cfg(unix)]
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                let tick = async {
+                    if interval.is_zero() {
+                        std::future::pending::<()>().await;
+                    } else {
+                        tokio::time::sleep(interval).await;
+                    }
+                };
+                #[cfg(unix)]
+                let sighup = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let sighup = std::future::pending::<()>();
+                tokio::select! {
+                    _ = tick => {
+                        let now = st.fingerprint();
+                        if now != last {
+                            last = now;
+                            let _ = st.reload("policy files changed").await;
+                        }
+                    }
+                    _ = sighup => {
+                        last = st.fingerprint();
+                        let _ = st.reload("SIGHUP").await;
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+    on_ready(&bound);
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

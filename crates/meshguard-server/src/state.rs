@@ -1,0 +1,211 @@
+//! The active policy generation, and reloading it without ever serving a half-applied set.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use meshguard_authn::{Authenticator, AuthnSettings};
+use meshguard_policy::load::{load_paths, Loaded};
+use meshguard_policy::{MeshConfig, PolicySet};
+
+use crate::metrics::Metrics;
+
+/// Where policies come from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// Named YAML texts compiled into the binary (the bundled examples).
+    Embedded(Vec<(String, String)>),
+    /// Files and directories, watched for changes.
+    Paths(Vec<PathBuf>),
+}
+
+/// The destination workload for requests that do not say which workload they are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    /// Parses `namespace` or `namespace/key=value,key=value`.
+    pub fn parse(s: &str) -> Result<Workload, String> {
+        let (ns, labels) = s.split_once('/').unwrap_or((s, ""));
+        if ns.is_empty() {
+            return Err(format!(
+                "`{s}`: the workload needs a namespace, as `namespace/app=name,version=v1`"
+            ));
+        }
+        let mut map = BTreeMap::new();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` in `{s}`: labels are written key=value"))?;
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Ok(Workload {
+            namespace: ns.to_owned(),
+            labels: map,
+        })
+    }
+}
+
+/// One compiled policy set and the authenticator built for it.
+pub struct Generation {
+    pub id: u64,
+    pub set: PolicySet,
+    pub authn: Authenticator,
+    pub loaded_at: SystemTime,
+    pub files: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+}
+
+/// Server-wide state shared by every listener.
+pub struct State {
+    current: ArcSwap<Generation>,
+    pub source: PolicySource,
+    pub mesh: MeshConfig,
+    pub client: reqwest::Client,
+    pub metrics: Metrics,
+    /// The error of the last refused reload (cleared by a successful one).
+    pub last_error: Mutex<Option<String>>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Loads and compiles a policy source; every problem is returned at once.
+pub fn load(
+    source: &PolicySource,
+    mesh: &MeshConfig,
+    client: &reqwest::Client,
+    id: u64,
+) -> Result<Generation, String> {
+    let loaded = match source {
+        PolicySource::Embedded(docs) => {
+            let mut l = Loaded::default();
+            for (name, text) in docs {
+                l.add_text(text, name);
+            }
+            l
+        }
+        PolicySource::Paths(paths) => load_paths(paths),
+    };
+    if loaded.has_errors() {
+        let errs: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+        return Err(format!("{} error(s):\n{}", errs.len(), errs.join("\n")));
+    }
+    if matches!(source, PolicySource::Paths(_)) && loaded.files.is_empty() {
+        return Err("no policy files found (looked for *.yaml, *.yml, *.json)".to_owned());
+    }
+    let warnings = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == meshguard_policy::Severity::Warning)
+        .map(ToString::to_string)
+        .collect();
+    let files = loaded.files.clone();
+    let set = PolicySet::compile(loaded.resources, mesh.clone()).map_err(|e| e.to_string())?;
+    let authn = Authenticator::new(&set, client.clone(), AuthnSettings::default());
+    Ok(Generation {
+        id,
+        set,
+        authn,
+        loaded_at: SystemTime::now(),
+        files,
+        warnings,
+    })
+}
+
+impl State {
+    pub fn new(
+        source: PolicySource,
+        mesh: MeshConfig,
+        client: reqwest::Client,
+    ) -> Result<Arc<State>, String> {
+        let first = load(&source, &mesh, &client, 1)?;
+        let metrics = Metrics::new();
+        metrics.generation.store(1, Ordering::Relaxed);
+        Ok(Arc::new(State {
+            current: ArcSwap::from_pointee(first),
+            source,
+            mesh,
+            client,
+            metrics,
+            last_error: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The active generation: one lock-free load per request.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Loads, validates and compiles the source again, then swaps it in atomically. A set that
+    /// fails is refused: the error is kept for /readyz and metrics, and the previous set stays.
+    pub async fn reload(&self, why: &str) -> Result<u64, String> {
+        let _guard = self.reload_lock.lock().await;
+        let next_id = self.current().id + 1;
+        let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
+        let result = tokio::task::spawn_blocking(move || load(&source, &mesh, &client, next_id))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))
+            .and_then(|r| r);
+        match result {
+            Ok(g) => {
+                // Fetch remote keys before the new set serves, so the first tokens do not wait.
+                for e in g.authn.prefetch().await {
+                    tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
+                }
+                let id = g.id;
+                let warnings = g.warnings.len();
+                self.current.store(Arc::new(g));
+                self.metrics.reload_ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics.generation.store(id, Ordering::Relaxed);
+                self.metrics.last_reload_ok.store(1, Ordering::Relaxed);
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!(
+                    generation = id,
+                    warnings,
+                    trigger = why,
+                    "policies reloaded"
+                );
+                Ok(id)
+            }
+            Err(e) => {
+                self.metrics.reload_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.last_reload_ok.store(0, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.clone());
+                }
+                tracing::error!(trigger = why, error = %e, "policy reload refused; the previous policy set stays active");
+                Err(e)
+            }
+        }
+    }
+
+    /// A fingerprint of the watched files (path, size, mtime), to notice edits.
+    pub fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+        let PolicySource::Paths(paths) = &self.source else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut stack: Vec<PathBuf> = paths.clone();
+        while let Some(p) = stack.pop() {
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if let Ok(rd) = std::fs::read_dir(&p) {
+                        stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+                    }
+                }
+                Ok(m) => out.push((p, m.len(), m.modified().ok())),
+                Err(_) => out.push((p, u64::MAX, None)),
+            }
+        }
+        out.sort();
+        out
+    }
+}

@@ -1,0 +1,262 @@
+//! `meshguard serve`: wiring from flags, environment and config file to the server crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use meshguard_policy::yaml::{parse_documents, Node, NodeKind};
+use meshguard_server::dlog::Sink;
+use meshguard_server::{PolicySource, ServeConfig, State, Workload};
+
+use crate::{embedded, mesh_config, PolicyArgs};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// A YAML config file; its keys mirror these flags in camelCase (grpcListen, httpListen,
+    /// adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload,
+    /// trustedProxies, httpPathPrefix, decisionLog, reloadInterval, logLevel). Flags and
+    /// environment variables override it.
+    #[arg(long, env = "MESHGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Envoy ext_authz gRPC listener (`off` to disable). [default: 127.0.0.1:9191]
+    #[arg(long, env = "MESHGUARD_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
+    /// HTTP forward-auth listener for nginx auth_request, Traefik, Caddy, Envoy HTTP ext_authz
+    /// (`off` to disable). [default: 127.0.0.1:9192]
+    #[arg(long, env = "MESHGUARD_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Admin listener: /metrics, /healthz, /readyz, /config (`off` to disable). [default: 127.0.0.1:9193]
+    #[arg(long, env = "MESHGUARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// The destination workload when a request does not name one, as `namespace/app=name,version=v1`
+    /// (for a meshguard deployed beside one workload).
+    #[arg(long, env = "MESHGUARD_WORKLOAD")]
+    pub workload: Option<String>,
+    /// Peers (CIDRs) whose X-Original-*/X-Forwarded-*/X-Meshguard-Workload headers are believed in
+    /// HTTP mode. [default: 127.0.0.1/32,::1/128]
+    #[arg(long, env = "MESHGUARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Path prefix to strip in HTTP mode (Envoy HTTP ext_authz `path_prefix`).
+    #[arg(long, env = "MESHGUARD_HTTP_PATH_PREFIX")]
+    pub http_path_prefix: Option<String>,
+    /// Where decision lines (JSON) go: stdout, stderr, off, or a file path. [default: stdout]
+    #[arg(long, env = "MESHGUARD_DECISION_LOG")]
+    pub decision_log: Option<String>,
+    /// How often policy files are checked for changes (`0s`: only on SIGHUP). [default: 2s]
+    #[arg(long, env = "MESHGUARD_RELOAD_INTERVAL")]
+    pub reload_interval: Option<String>,
+    /// Operational log level (error, warn, info, debug), written to stderr. [default: info]
+    #[arg(long, env = "MESHGUARD_LOG")]
+    pub log_level: Option<String>,
+}
+
+/// Reads the config file into flag defaults (flags win).
+fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
+    let Some(path) = a.config.clone() else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let docs = parse_documents(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: invalid YAML: {}",
+            path.display(),
+            e.line,
+            e.col,
+            e.message
+        )
+    })?;
+    let Some(doc) = docs.first() else {
+        return Ok(());
+    };
+    let Some(entries) = doc.as_map() else {
+        bail!("{}: the config must be a mapping", path.display())
+    };
+    let text_of = |n: &Node, key: &str| -> Result<String> {
+        match &n.kind {
+            NodeKind::Str(s) => Ok(s.clone()),
+            NodeKind::Int(i) => Ok(i.to_string()),
+            NodeKind::Bool(b) => Ok(b.to_string()),
+            _ => bail!("{}:{}: `{key}` must be a string", path.display(), n.line),
+        }
+    };
+    let list_of = |n: &Node, key: &str| -> Result<Vec<String>> {
+        match &n.kind {
+            NodeKind::Seq(items) => items.iter().map(|i| text_of(i, key)).collect(),
+            _ => Ok(text_of(n, key)?
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect()),
+        }
+    };
+    for (k, v) in entries {
+        let key = k.text.as_str();
+        match key {
+            "grpcListen" => a.grpc_listen = a.grpc_listen.take().or(Some(text_of(v, key)?)),
+            "httpListen" => a.http_listen = a.http_listen.take().or(Some(text_of(v, key)?)),
+            "adminListen" => a.admin_listen = a.admin_listen.take().or(Some(text_of(v, key)?)),
+            "workload" => a.workload = a.workload.take().or(Some(text_of(v, key)?)),
+            "httpPathPrefix" => a.http_path_prefix = a.http_path_prefix.take().or(Some(text_of(v, key)?)),
+            "decisionLog" => a.decision_log = a.decision_log.take().or(Some(text_of(v, key)?)),
+            "reloadInterval" => a.reload_interval = a.reload_interval.take().or(Some(text_of(v, key)?)),
+            "logLevel" => a.log_level = a.log_level.take().or(Some(text_of(v, key)?)),
+            "rootNamespace" => a.policy.root_namespace = a.policy.root_namespace.take().or(Some(text_of(v, key)?)),
+            "meshConfig" => a.policy.mesh_config = a.policy.mesh_config.take().or(Some(text_of(v, key)?.into())),
+            "trustedProxies" if a.trusted_proxies.is_empty() => a.trusted_proxies = list_of(v, key)?,
+            "providers" if a.policy.providers.is_empty() => a.policy.providers = list_of(v, key)?,
+            "policies" if a.policy.policies.is_empty() => {
+                // Relative paths are relative to the config file.
+                let base = path.parent().map(PathBuf::from).unwrap_or_default();
+                a.policy.policies = list_of(v, key)?.into_iter().map(|p| base.join(p)).collect();
+            }
+            "pathNormalization" if a.policy.path_normalization.is_none() => {
+                let s = text_of(v, key)?;
+                a.policy.path_normalization = Some(<crate::Normalization as clap::ValueEnum>::from_str(&s, true).map_err(|_| {
+                    anyhow::anyhow!("{}:{}: pathNormalization `{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", path.display(), v.line)
+                })?);
+            }
+            "trustedProxies" | "providers" | "policies" | "pathNormalization" => {}
+            other => bail!(
+                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, httpPathPrefix, decisionLog, reloadInterval, logLevel)",
+                path.display(),
+                k.line
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn listen(v: Option<&str>, default: &str, what: &str) -> Result<Option<SocketAddr>> {
+    let v = v.unwrap_or(default);
+    if v == "off" {
+        return Ok(None);
+    }
+    v.parse().map(Some).with_context(|| {
+        format!("--{what}-listen `{v}` is not an address like 127.0.0.1:9191 (or `off`)")
+    })
+}
+
+pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
+    apply_config_file(&mut a)?;
+    let level = a.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .with_context(|| format!("--log-level `{level}`"))?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let mesh = mesh_config(&a.policy)?;
+    let (source, describe) = if a.policy.policies.is_empty() {
+        let docs = embedded::POLICIES
+            .iter()
+            .map(|(n, t)| (format!("<embedded>/examples/policies/{n}"), (*t).to_owned()))
+            .collect();
+        (
+            PolicySource::Embedded(docs),
+            "the embedded example policies (examples/policies)".to_owned(),
+        )
+    } else {
+        let list = a
+            .policy
+            .policies
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        (PolicySource::Paths(a.policy.policies.clone()), list)
+    };
+    let mut cfg = ServeConfig {
+        grpc: listen(a.grpc_listen.as_deref(), "127.0.0.1:9191", "grpc")?,
+        http: listen(a.http_listen.as_deref(), "127.0.0.1:9192", "http")?,
+        admin: listen(a.admin_listen.as_deref(), "127.0.0.1:9193", "admin")?,
+        ..ServeConfig::default()
+    };
+    if let Some(w) = &a.workload {
+        cfg.workload = Some(Workload::parse(w).map_err(|e| anyhow::anyhow!("--workload {e}"))?);
+    }
+    if !a.trusted_proxies.is_empty() {
+        cfg.trusted_proxies = a
+            .trusted_proxies
+            .iter()
+            .map(|c| {
+                meshguard_policy::resource::parse_ip_block(c.trim()).ok_or_else(|| {
+                    anyhow::anyhow!("--trusted-proxies: `{c}` is not an IP address or CIDR")
+                })
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(p) = &a.http_path_prefix {
+        cfg.http_path_prefix = p.clone();
+    }
+    if let Some(l) = &a.decision_log {
+        cfg.decision_log = Sink::parse(l);
+    }
+    if let Some(r) = &a.reload_interval {
+        cfg.reload_interval =
+            meshguard_policy::resource::parse_duration(r).unwrap_or(Duration::from_secs(2));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let client = reqwest::Client::builder().build().context("building the HTTP client for JWKS")?;
+        let state = match State::new(source, mesh, client) {
+            Ok(s) => s,
+            Err(e) => bail!("the policies do not load, so nothing is served:\n{e}"),
+        };
+        let g = state.current();
+        let resources = g.set.resources().len();
+        let warnings = g.warnings.len();
+        drop(g);
+        let shutdown = async {
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        meshguard_server::serve(state, cfg, shutdown, |b| {
+            eprintln!("meshguard serve: {resources} resources from {describe} (policy generation 1, {warnings} lint warnings; run `meshguard lint` to see them)");
+            if let Some(g) = b.grpc {
+                eprintln!("  Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check, grpc.health.v1): {g}");
+            }
+            if let Some(h) = b.http {
+                eprintln!("  HTTP forward-auth (nginx auth_request, Traefik, Caddy, Envoy HTTP ext_authz):  http://{h}");
+            }
+            if let Some(ad) = b.admin {
+                eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config");
+            }
+            eprintln!("  decision log: {}", match &a.decision_log { Some(s) => s.as_str(), None => "stdout" });
+            if let Some(h) = b.http {
+                eprintln!("try it (an allowed and a denied request against the bundled examples):");
+                eprintln!("  curl -i http://{h}/api/v1/users -H 'X-Meshguard-Workload: production/app=backend' -H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'");
+                eprintln!("  curl -i http://{h}/api/admin    -H 'X-Meshguard-Workload: production/app=backend' -H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'");
+            }
+            eprintln!("stop with Ctrl-C or SIGTERM; reload with SIGHUP (files are also watched)");
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
