@@ -23,6 +23,18 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   fi
 fi
 
+# --- test peers ------------------------------------------------------------------------------
+# nginx (auth_request end-to-end test). Installed without starting the distribution's service.
+if [ ! -x /usr/sbin/nginx ]; then
+  log "installing nginx (test peer)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
 # --- checks ----------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
