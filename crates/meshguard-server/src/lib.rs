@@ -171,7 +171,7 @@ pub async fn serve(
                 .add_service(health)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(l),
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                     async move {
                         let _ = stop.changed().await;
                     },

@@ -1,0 +1,162 @@
+//! Load client for `Authorization/Check`: closed loop at a fixed number of concurrent streams
+//! (throughput), or paced at a fixed rate (latency percentiles). Prints one JSON line.
+//!
+//! bench_check ADDR closed CONCURRENCY SECONDS TOKEN
+//! bench_check ADDR paced  RPS         SECONDS TOKEN
+//!
+//! The request is the bundled example "api-with-token": production/app=api from the frontend
+//! principal, GET /v1/orders with `Authorization: Bearer TOKEN`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use tonic::transport::Channel;
+
+fn request(token: &str) -> CheckRequest {
+    let ext = HashMap::from([
+        ("namespace".to_owned(), "production".to_owned()),
+        ("labels".to_owned(), "app=api".to_owned()),
+    ]);
+    let headers = HashMap::from([
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        ("user-agent".to_owned(), "bench".to_owned()),
+        (
+            "x-request-id".to_owned(),
+            "0f6c5e9e-1b1a-4f7e-9a51-0b9d3c6a2f10".to_owned(),
+        ),
+    ]);
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                principal: "spiffe://cluster.local/ns/production/sa/frontend".to_owned(),
+                ..Default::default()
+            }),
+            destination: Some(Peer::default()),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".to_owned(),
+                    path: "/v1/orders?page=1".to_owned(),
+                    host: "api.company.com".to_owned(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: ext,
+            ..Default::default()
+        }),
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 6 {
+        eprintln!("usage: bench_check ADDR closed|paced CONCURRENCY|RPS SECONDS TOKEN");
+        std::process::exit(2);
+    }
+    let (addr, mode, n, secs, token) = (
+        &args[1],
+        args[2].as_str(),
+        args[3].parse::<u64>()?,
+        args[4].parse::<u64>()?,
+        args[5].clone(),
+    );
+    let ch = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let req = request(&token);
+    // Warm up (first JWT verification, connection).
+    let mut c = AuthorizationClient::new(ch.clone());
+    for _ in 0..200 {
+        c.check(req.clone()).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    match mode {
+        "closed" => {
+            for _ in 0..n {
+                let (mut c, req, stop) = (
+                    AuthorizationClient::new(ch.clone()),
+                    req.clone(),
+                    stop.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if c.check(req.clone()).await.is_err() {
+                            errors += 1;
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    (lat, errors)
+                }));
+            }
+        }
+        _ => {
+            // Paced: one request every 1/RPS seconds, each on its own task (open loop).
+            let interval = Duration::from_secs_f64(1.0 / n.max(1) as f64);
+            let (ch2, req2, stop2) = (ch.clone(), req.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut inflight = Vec::new();
+                while !stop2.load(Ordering::Relaxed) {
+                    ticker.tick().await;
+                    let (mut c, req) = (AuthorizationClient::new(ch2.clone()), req2.clone());
+                    inflight.push(tokio::spawn(async move {
+                        let t = Instant::now();
+                        let ok = c.check(req).await.is_ok();
+                        (t.elapsed().as_micros() as u64, ok)
+                    }));
+                }
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                for h in inflight {
+                    if let Ok((l, ok)) = h.await {
+                        lat.push(l);
+                        errors += u64::from(!ok);
+                    }
+                }
+                (lat, errors)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    println!(
+        "{{\"mode\":\"{mode}\",\"param\":{n},\"requests\":{},\"errors\":{errors},\"rps\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{}}}",
+        all.len(),
+        all.len() as f64 / elapsed,
+        pct(&all, 0.5),
+        pct(&all, 0.9),
+        pct(&all, 0.99)
+    );
+    Ok(())
+}
