@@ -37,6 +37,8 @@ pub struct HttpMode {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Envoy HTTP ext_authz `path_prefix`, stripped from the path.
     pub path_prefix: String,
+    /// Longest time a decision may take; past it the request is denied (fail closed).
+    pub timeout: std::time::Duration,
 }
 
 /// Headers that describe the original request; never treated as request headers for policies.
@@ -177,7 +179,23 @@ impl HttpMode {
             .unwrap_or("")
             .to_owned();
         let (outcome, request, id) = match self.to_request(&req, peer) {
-            Ok((r, id)) => (decide(&g, &r, id.clone()).await, r, id),
+            Ok((r, id)) => {
+                match tokio::time::timeout(self.timeout, decide(&g, &r, id.clone())).await {
+                    Ok(o) => (o, r, id),
+                    Err(_) => {
+                        self.state
+                            .metrics
+                            .internal_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(timeout = ?self.timeout, "decision timed out; denying");
+                        (
+                            Outcome::internal("denied (fail closed): the decision timed out", g.id),
+                            r,
+                            id,
+                        )
+                    }
+                }
+            }
             Err(e) => {
                 self.state
                     .metrics

@@ -189,6 +189,7 @@ pub async fn serve(
             workload: cfg.workload.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             path_prefix: cfg.http_path_prefix.clone(),
+            timeout: cfg.request_timeout,
         };
         let stop = stop_rx.clone();
         tasks.spawn(serve_hyper(l, stop, move |req, peer| {
