@@ -227,3 +227,43 @@ fn help_explains_commands() {
     let o = run(&["check", "--help"]);
     assert!(stdout(&o).contains("Exit status: 0 allowed, 3 denied, 1 bad input"));
 }
+
+#[test]
+fn serve_explains_bad_settings() {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let cfg = dir.join("meshguard.yaml");
+    std::fs::write(&cfg, "grpcListen: 127.0.0.1:0\nhttpListn: 127.0.0.1:0\n").expect("write");
+    let o = run(&["serve", "--config", cfg.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown config key `httpListn`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["serve", "--grpc-listen", "nonsense"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--grpc-listen `nonsense`"),
+        "{}",
+        stderr(&o)
+    );
+    // Policies that do not load: nothing is served, and the errors say where.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(bad.join("p.yaml"), BAD).expect("write");
+    let o = run(&[
+        "serve",
+        "--policies",
+        bad.to_str().expect("utf8"),
+        "--grpc-listen",
+        "off",
+        "--http-listen",
+        "off",
+        "--admin-listen",
+        "off",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("p.yaml:9:20"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
