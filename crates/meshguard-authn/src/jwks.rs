@@ -181,7 +181,8 @@ impl KeySet {
     /// (and pinned `alg`) that fits the token's algorithm.
     pub fn candidates<'a>(&'a self, jwt: &'a ParsedJwt<'_>) -> impl Iterator<Item = &'a Key> + 'a {
         self.keys.iter().filter(move |k| {
-            (jwt.kid.is_none() || k.kid.as_deref() == jwt.kid.as_deref())
+            // jwt_verify_lib skips a key only when both it and the token name a kid and they differ.
+            (jwt.kid.is_none() || k.kid.is_none() || k.kid.as_deref() == jwt.kid.as_deref())
                 && k.kind.accepts(jwt.alg)
                 && k.alg.is_none_or(|a| a == jwt.alg)
         })

@@ -61,6 +61,30 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// A fixed message for answers sent to clients (Envoy's status strings). Details derived from
+    /// the token or the JWKS stay in logs: they could carry quotes or line breaks.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            TokenError::Malformed(JoseError::TooLarge(_)) => "Jwt is too large",
+            TokenError::Malformed(JoseError::AlgNone | JoseError::UnsupportedAlg(_)) => {
+                "Jwt algorithm is not supported"
+            }
+            TokenError::Malformed(_) => {
+                "Jwt is not in the form of Header.Payload.Signature with valid JSON"
+            }
+            TokenError::UnknownIssuer => "Jwt issuer is not configured",
+            TokenError::Expired => "Jwt is expired",
+            TokenError::NotYetValid => "Jwt not yet valid",
+            TokenError::IssuedInFuture => "Jwt is issued in the future",
+            TokenError::BadClaim(_) => "Jwt has a claim of the wrong type",
+            TokenError::AudienceNotAllowed => "Audiences in Jwt are not allowed",
+            TokenError::NoMatchingKey => "Jwks doesn't have key to match kid or alg from Jwt",
+            TokenError::BadSignature => "Jwt verification fails",
+            TokenError::JwksUnavailable(_) => "Jwks remote fetch is failed",
+            TokenError::JwksInvalid(_) => "Jwks is invalid",
+        }
+    }
+
     /// 403 for a disallowed audience (Envoy `JwtAudienceNotAllowed`), 401 otherwise.
     pub fn status(&self) -> u16 {
         match self {
@@ -250,11 +274,14 @@ impl Authenticator {
     pub async fn authenticate(&self, set: &PolicySet, req: &AuthnRequest<'_>) -> AuthnOutcome {
         // CORS preflight requests skip JWT checks (Istio sets bypass_cors_preflight).
         if req.method == "OPTIONS"
-            && req.headers.iter().any(|(n, _)| n == "origin")
             && req
                 .headers
                 .iter()
-                .any(|(n, _)| n == "access-control-request-method")
+                .any(|(n, v)| n == "origin" && !v.is_empty())
+            && req
+                .headers
+                .iter()
+                .any(|(n, v)| n == "access-control-request-method" && !v.is_empty())
         {
             return AuthnOutcome::NoToken;
         }
@@ -325,7 +352,11 @@ impl Authenticator {
                         req.path.split('?').next().unwrap_or(req.path)
                     );
                     let www_authenticate = (status == 401).then(|| {
-                        format!("Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"", realm.replace('"', "%22"), error)
+                        format!(
+                            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                            realm.replace(['"', '\r', '\n'], "%22"),
+                            error.public_message()
+                        )
                     });
                     return AuthnOutcome::Rejected(Rejected {
                         status,
@@ -391,6 +422,8 @@ impl Authenticator {
                 // vouching for cached tokens (the generation changes and the entry is ignored).
                 let fresh = match self.providers.get(pi).map(|p| &p.keys) {
                     Some(KeySource::Remote(r)) if r.is_stale() => {
+                        // Starts a background refresh; the entry stays valid until the keys
+                        // actually change.
                         let _ = r.keys().await;
                         self.cache
                             .get(token, now, |pi| self.generation(pi))
@@ -405,10 +438,16 @@ impl Authenticator {
         }
         let jwt = jose::parse(token).map_err(|e| (TokenError::Malformed(e), None))?;
         let iss = jwt.payload.get("iss").and_then(Value::as_str).unwrap_or("");
-        let Some(&(pi, _)) = candidates.iter().find(|(pi, _)| {
-            let want = &self.providers[*pi].rule.issuer;
-            want.is_empty() || want == iss
-        }) else {
+        // A rule naming this issuer first; a rule without an issuer (jwksUri only) after that.
+        let exact = candidates
+            .iter()
+            .find(|(pi, _)| self.providers[*pi].rule.issuer == iss);
+        let any = || {
+            candidates
+                .iter()
+                .find(|(pi, _)| self.providers[*pi].rule.issuer.is_empty())
+        };
+        let Some(&(pi, _)) = exact.or_else(any) else {
             return Err((TokenError::UnknownIssuer, None));
         };
         let p = &self.providers[pi];
@@ -416,7 +455,7 @@ impl Authenticator {
         self.verify_with_provider(p, &jwt, now)
             .await
             .map_err(|e| (e, Some(pi)))?;
-        let exp = jwt.payload.get("exp").and_then(Value::as_u64);
+        let exp = num_claim(&jwt.payload, "exp").ok().flatten();
         let identity = Arc::new(JwtIdentity::new(jwt.payload, None));
         self.cache
             .insert(token, pi, identity.clone(), exp, generation, now);

@@ -55,6 +55,8 @@ pub struct RemoteJwks {
     client: reqwest::Client,
     settings: FetchSettings,
     keys: ArcSwapOption<KeySet>,
+    /// Set while a background refresh runs (one at a time).
+    refreshing: std::sync::atomic::AtomicBool,
     /// Milliseconds since `epoch` of the last successful fetch (0: never), for a lock-free
     /// staleness check on the cached-token path.
     last_ok_ms: std::sync::atomic::AtomicU64,
@@ -80,6 +82,7 @@ impl RemoteJwks {
             client,
             settings,
             keys: ArcSwapOption::empty(),
+            refreshing: std::sync::atomic::AtomicBool::new(false),
             last_ok_ms: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
             generation: std::sync::atomic::AtomicU64::new(0),
@@ -111,20 +114,21 @@ impl RemoteJwks {
 
     /// The cached keys, fetching first if none were ever fetched, or refreshing if stale.
     /// Returns the last error when no keys are available.
-    pub async fn keys(&self) -> Result<Arc<KeySet>, String> {
+    pub async fn keys(self: &Arc<Self>) -> Result<Arc<KeySet>, String> {
         if let Some(k) = self.keys.load_full() {
-            let stale = {
-                let st = self.state.lock().await;
-                st.last_success
-                    .is_none_or(|t| t.elapsed() >= self.settings.refresh)
-                    && st
-                        .last_attempt
-                        .is_none_or(|t| t.elapsed() >= self.settings.retry_after_failure)
-            };
-            if stale {
-                // Refresh inline but keep serving the old keys if it fails.
-                let _ = self.fetch_now(false).await;
-                return Ok(self.keys.load_full().unwrap_or(k));
+            if self.is_stale()
+                && !self
+                    .refreshing
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                // Refresh in the background and keep serving the current keys meanwhile, so an
+                // identity provider outage never stalls requests for tokens we can verify.
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let _ = me.fetch_now(false).await;
+                    me.refreshing
+                        .store(false, std::sync::atomic::Ordering::Release);
+                });
             }
             return Ok(k);
         }
@@ -161,6 +165,9 @@ impl RemoteJwks {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {:?}", self.timeout)),
         };
+        // Rate limits count from the end of an attempt, so a slow endpoint is not hit again by
+        // every caller that queued behind it.
+        st.last_attempt = Some(Instant::now());
         match result {
             Ok(set) => {
                 self.keys.store(Some(Arc::new(set)));

@@ -133,11 +133,28 @@ pub fn to_request(
         } else {
             h.host.clone()
         };
-        let headers = h
+        // With `encode_raw_headers`, Envoy sends `header_map` (one entry per header line, raw
+        // bytes) instead of the merged `headers` map.
+        let mut headers: Vec<(String, String)> = h
             .headers
             .iter()
             .filter(|(k, _)| !k.starts_with(':'))
-            .map(|(k, v)| (k.clone(), v.clone()));
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(map) = &h.header_map {
+            for hv in &map.headers {
+                if hv.key.starts_with(':') || h.headers.contains_key(&hv.key) {
+                    continue;
+                }
+                let value = if hv.raw_value.is_empty() {
+                    hv.value.clone()
+                } else {
+                    String::from_utf8(hv.raw_value.clone())
+                        .map_err(|_| format!("header `{}` is not valid UTF-8", hv.key))?
+                };
+                headers.push((hv.key.clone(), value));
+            }
+        }
         req.http = Some(HttpRequest::new(
             h.method.clone(),
             host,

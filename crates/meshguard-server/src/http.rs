@@ -1,17 +1,19 @@
 //! HTTP authorization mode, for nginx `auth_request`, Traefik `forwardAuth`, Caddy
 //! `forward_auth` and Envoy's HTTP ext_authz.
 //!
-//! The original request is described by:
-//! - headers from a trusted proxy (the peer address is in `--trusted-proxies`):
-//!   `X-Original-Method` / `X-Forwarded-Method`, `X-Original-URI` / `X-Forwarded-Uri`,
-//!   `X-Forwarded-Host` (else `Host`), `X-Forwarded-Client-Cert` (`URI=spiffe://...`, the caller's
-//!   mesh identity), `X-Forwarded-For` (first address: the client) and `X-Meshguard-Workload`
-//!   (`namespace/app=name,...`, the destination workload);
-//! - otherwise the request itself (Envoy HTTP ext_authz copies the original method and path,
-//!   behind an optional `--http-path-prefix`), and the static `--workload`.
+//! Only peers in `--trusted-proxies` are answered (everyone else gets 403), and the original
+//! request is read from exactly one set of headers, chosen with `--forward-auth`:
+//! - `nginx`: `X-Original-Method` and `X-Original-URI` (both required), `X-Original-Host`;
+//! - `forwarded` (Traefik, Caddy): `X-Forwarded-Method` and `X-Forwarded-Uri` (required),
+//!   `X-Forwarded-Host`;
+//! - `envoy`: the request line itself, behind `--http-path-prefix`.
 //!
-//! Headers from an untrusted peer that try to describe another request are ignored, so a client
-//! that can reach meshguard directly cannot pick its own identity or path.
+//! A required header that is missing or not text denies the request; there is no fallback to a
+//! header the client could have written. `X-Meshguard-Workload` (`namespace/app=name,...`) names
+//! the destination workload (else `--workload`); `X-Forwarded-For` gives the original client
+//! (`remote.ip`), read right to left past the trusted proxies; `X-Forwarded-Client-Cert`
+//! (`URI=spiffe://...`) is the caller's mesh identity only with `--trust-forwarded-client-cert`.
+//! The proxy must set or clear every one of these headers so a client cannot supply its own.
 //!
 //! Answers: 200 allows (headers to add are response headers; headers to remove are listed in
 //! `x-envoy-auth-headers-to-remove`), 401/403 deny with a short body and `WWW-Authenticate`.
@@ -29,6 +31,37 @@ use crate::decide::{decide, log_entry, Outcome, Shared};
 use crate::dlog::DecisionLog;
 use crate::state::Workload;
 
+/// How the proxy in front describes the original request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardStyle {
+    /// nginx `auth_request`: `X-Original-Method`, `X-Original-URI` (required), `X-Original-Host`.
+    Nginx,
+    /// Traefik `forwardAuth`, Caddy `forward_auth`: `X-Forwarded-Method`, `X-Forwarded-Uri`
+    /// (required), `X-Forwarded-Host`.
+    Forwarded,
+    /// Envoy HTTP ext_authz: the request line itself, behind the path prefix.
+    Envoy,
+}
+
+impl ForwardStyle {
+    pub fn parse(s: &str) -> Option<ForwardStyle> {
+        match s {
+            "nginx" => Some(ForwardStyle::Nginx),
+            "forwarded" | "traefik" | "caddy" => Some(ForwardStyle::Forwarded),
+            "envoy" => Some(ForwardStyle::Envoy),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardStyle::Nginx => "nginx",
+            ForwardStyle::Forwarded => "forwarded",
+            ForwardStyle::Envoy => "envoy",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct HttpMode {
     pub state: Shared,
@@ -37,6 +70,11 @@ pub struct HttpMode {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Envoy HTTP ext_authz `path_prefix`, stripped from the path.
     pub path_prefix: String,
+    /// Which headers describe the original request.
+    pub style: ForwardStyle,
+    /// Believe `X-Forwarded-Client-Cert` (the caller's mesh identity) from the proxies. Only
+    /// safe when every proxy overwrites or removes the client's copy of that header.
+    pub trust_client_cert: bool,
     /// Longest time a decision may take; past it the request is denied (fail closed).
     pub timeout: std::time::Duration,
 }
@@ -45,6 +83,7 @@ pub struct HttpMode {
 const META_HEADERS: &[&str] = &[
     "x-original-method",
     "x-original-uri",
+    "x-original-host",
     "x-forwarded-method",
     "x-forwarded-uri",
     "x-forwarded-host",
@@ -75,60 +114,89 @@ impl HttpMode {
         req: &HRequest<hyper::body::Incoming>,
         peer: SocketAddr,
     ) -> Result<(Request, Identity), String> {
-        let trusted = self.trusted(peer.ip());
-        let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let from_proxy =
-            trusted && (h("x-original-uri").is_some() || h("x-forwarded-uri").is_some());
-        let (method, uri) = if from_proxy {
-            (
-                h("x-original-method")
-                    .or(h("x-forwarded-method"))
-                    .unwrap_or("GET")
-                    .to_owned(),
-                h("x-original-uri")
-                    .or(h("x-forwarded-uri"))
-                    .unwrap_or("/")
-                    .to_owned(),
-            )
-        } else {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            let stripped = pq
-                .strip_prefix(self.path_prefix.as_str())
-                .filter(|_| !self.path_prefix.is_empty())
-                .unwrap_or(pq);
-            let stripped = if stripped.starts_with('/') {
-                stripped.to_owned()
-            } else {
-                format!("/{stripped}")
-            };
-            (req.method().as_str().to_owned(), stripped)
-        };
-        let host = if trusted {
-            h("x-forwarded-host").or(h("host"))
-        } else {
-            h("host")
+        if !self.trusted(peer.ip()) {
+            return Err(format!(
+                "{} is not a trusted proxy (--trusted-proxies); HTTP mode answers only its proxies",
+                peer.ip()
+            ));
         }
-        .unwrap_or("")
-        .to_owned();
-        let workload = match (trusted, h("x-meshguard-workload")) {
-            (true, Some(w)) => Workload::parse(w)?,
-            _ => self
-                .workload
-                .clone()
-                .ok_or("cannot tell which workload this request is for: start meshguard with --workload, or have a trusted proxy send X-Meshguard-Workload")?,
+        // A header that is present must be usable: never fall back to another source of truth.
+        let h = |name: &str| -> Result<Option<&str>, String> {
+            match req.headers().get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .map(Some)
+                    .map_err(|_| format!("header `{name}` is not valid text")),
+            }
         };
-        let client_ip = if trusted {
-            h("x-forwarded-for")
-                .and_then(|x| x.split(',').next())
-                .and_then(|ip| ip.trim().parse().ok())
-                .unwrap_or(peer.ip())
-        } else {
-            peer.ip()
+        let need = |name: &str| -> Result<String, String> {
+            h(name)?.map(str::to_owned).ok_or_else(|| {
+                format!(
+                    "header `{name}` is missing: the proxy must send it (--forward-auth {})",
+                    self.style.as_str()
+                )
+            })
         };
+        let (method, uri, host) = match self.style {
+            ForwardStyle::Nginx => (
+                need("x-original-method")?,
+                need("x-original-uri")?,
+                h("x-original-host")?
+                    .or(h("host")?)
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            ForwardStyle::Forwarded => (
+                need("x-forwarded-method")?,
+                need("x-forwarded-uri")?,
+                h("x-forwarded-host")?
+                    .or(h("host")?)
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            ForwardStyle::Envoy => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let stripped = if self.path_prefix.is_empty() {
+                    pq
+                } else {
+                    pq.strip_prefix(self.path_prefix.as_str()).ok_or_else(|| {
+                        format!(
+                            "the path does not start with the configured prefix `{}`",
+                            self.path_prefix
+                        )
+                    })?
+                };
+                let stripped = if stripped.starts_with('/') {
+                    stripped.to_owned()
+                } else {
+                    format!("/{stripped}")
+                };
+                (
+                    req.method().as_str().to_owned(),
+                    stripped,
+                    h("host")?.unwrap_or("").to_owned(),
+                )
+            }
+        };
+        let workload = match h("x-meshguard-workload")? {
+            Some(w) => Workload::parse(w)?,
+            None => self.workload.clone().ok_or(
+                "cannot tell which workload this request is for: start meshguard with --workload, or have the proxy send X-Meshguard-Workload",
+            )?,
+        };
+        // The original client is the right-most X-Forwarded-For address that is not one of our
+        // proxies (entries further left are whatever the client wrote). It feeds `remote.ip` /
+        // `remoteIpBlocks`; `source.ip` stays the direct peer, as in Istio.
+        let remote_ip = h("x-forwarded-for")?.and_then(|xff| {
+            xff.rsplit(',')
+                .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
+                .find(|ip| !self.trusted(*ip))
+        });
         let mut headers = Vec::new();
         for (k, v) in req.headers() {
             let name = k.as_str();
@@ -149,16 +217,16 @@ impl HttpMode {
                 ip: None,
             },
             source: Source {
-                ip: Some(client_ip),
-                remote_ip: None,
+                ip: Some(peer.ip()),
+                remote_ip,
             },
             sni: None,
             http: Some(HttpRequest::new(method, host, uri, headers, mesh)),
             custom: Vec::new(),
         };
         let mut id = Identity::default();
-        if trusted {
-            if let Some(p) = h("x-forwarded-client-cert").and_then(xfcc_uri) {
+        if self.trust_client_cert {
+            if let Some(p) = h("x-forwarded-client-cert")?.and_then(xfcc_uri) {
                 id = id.with_peer(&p);
             }
         }

@@ -33,6 +33,10 @@ pub struct ServeConfig {
     pub workload: Option<Workload>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub http_path_prefix: String,
+    /// Which headers describe the original request in HTTP mode.
+    pub forward_auth: http::ForwardStyle,
+    /// Believe `X-Forwarded-Client-Cert` from the trusted proxies (HTTP mode).
+    pub trust_forwarded_client_cert: bool,
     pub decision_log: dlog::Sink,
     /// How often watched policy files are checked for changes (0: only on SIGHUP).
     pub reload_interval: Duration,
@@ -53,6 +57,8 @@ impl Default for ServeConfig {
                 "::1/128".parse().expect("literal CIDR"),
             ],
             http_path_prefix: String::new(),
+            forward_auth: http::ForwardStyle::Nginx,
+            trust_forwarded_client_cert: false,
             decision_log: dlog::Sink::Stdout,
             reload_interval: Duration::from_secs(2),
             max_grpc_message_bytes: 1024 * 1024,
@@ -189,6 +195,8 @@ pub async fn serve(
             workload: cfg.workload.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             path_prefix: cfg.http_path_prefix.clone(),
+            style: cfg.forward_auth,
+            trust_client_cert: cfg.trust_forwarded_client_cert,
             timeout: cfg.request_timeout,
         };
         let stop = stop_rx.clone();
@@ -211,6 +219,7 @@ pub async fn serve(
         let interval = cfg.reload_interval;
         tasks.spawn(async move {
             let mut last = st.fingerprint();
+            let mut pending = None;
             #[cfg(unix)]
             let mut hup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -235,10 +244,17 @@ pub async fn serve(
                 let sighup = std::future::pending::<()>();
                 tokio::select! {
                     _ = tick => {
+                        // Reload once a change has been stable for one interval, so a file
+                        // caught half-written is not compiled and served.
                         let now = st.fingerprint();
-                        if now != last {
+                        if now == last {
+                            pending = None;
+                        } else if pending.as_ref() == Some(&now) {
                             last = now;
+                            pending = None;
                             let _ = st.reload("policy files changed").await;
+                        } else {
+                            pending = Some(now);
                         }
                     }
                     _ = sighup => {

@@ -202,6 +202,24 @@ async fn allow_deny_401_and_header_mutations() {
         }
         other => panic!("{other:?}"),
     }
+    // The same, with Envoy's `encode_raw_headers` (headers arrive in `header_map`).
+    let mut raw = check("demo", "app=shop", "", "GET", "/cart", &[]);
+    if let Some(h) = raw
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        h.header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+            headers: vec![envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                key: "authorization".to_owned(),
+                raw_value: forged.clone().into_bytes(),
+                ..Default::default()
+            }],
+        });
+    }
+    let r = c.check(raw).await.expect("rpc").into_inner();
+    assert_eq!(code(&r), 16, "a forged token in header_map is still a 401");
     // No token: 403 from the ALLOW policy, not 401.
     let r = c
         .check(check("demo", "app=shop", "", "GET", "/cart", &[]))

@@ -19,40 +19,84 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trusted_proxy_headers_describe_the_original_request() {
+async fn nginx_style_headers_describe_the_original_request() {
     let dir = policy_dir("http");
-    let srv = start(&dir, Duration::ZERO).await;
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.trust_forwarded_client_cert = true
+    })
+    .await;
     let base = format!("http://{}", srv.bound.http.expect("http"));
     let wl = ("x-meshguard-workload", "production/app=backend");
-    // nginx auth_request style.
+    let xfcc = ("x-forwarded-client-cert", XFCC);
     let r = get(
         &format!("{base}/auth"),
         &[
             wl,
             ("x-original-uri", "/api/v1/users?page=2"),
             ("x-original-method", "GET"),
-            ("x-forwarded-client-cert", XFCC),
+            xfcc,
         ],
     )
     .await;
     assert_eq!(r.status(), 200);
-    // Traefik/Caddy style, with a path bypass attempt that normalises onto the denied path.
+    // A path bypass attempt that normalises onto the denied path.
     let r = get(
-        &format!("{base}/"),
+        &format!("{base}/auth"),
         &[
             wl,
-            ("x-forwarded-uri", "/api/v1/../admin"),
-            ("x-forwarded-method", "GET"),
-            ("x-forwarded-client-cert", XFCC),
+            ("x-original-uri", "/api/v1/../admin"),
+            ("x-original-method", "GET"),
+            xfcc,
         ],
     )
     .await;
     assert_eq!(r.status(), 403);
     assert_eq!(r.text().await.expect("body"), "RBAC: access denied");
+    // The method comes from the proxy too: DELETE is not allowed by frontend-to-backend.
+    let r = get(
+        &format!("{base}/auth"),
+        &[
+            wl,
+            ("x-original-uri", "/api/v1/users"),
+            ("x-original-method", "DELETE"),
+            xfcc,
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    // Missing required headers deny instead of falling back to the subrequest's own line, or to
+    // the X-Forwarded-* headers a client could have written.
+    let r = get(&format!("{base}/api/v1/users"), &[wl, xfcc]).await;
+    assert_eq!(r.status(), 403);
+    let r = get(
+        &format!("{base}/auth"),
+        &[
+            wl,
+            ("x-forwarded-uri", "/api/v1/users"),
+            ("x-forwarded-method", "GET"),
+            xfcc,
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let r = get(
+        &format!("{base}/auth"),
+        &[wl, ("x-original-uri", "/api/v1/users"), xfcc],
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        403,
+        "no X-Original-Method: not assumed to be GET"
+    );
     // No mesh identity: plaintext into a STRICT namespace.
     let r = get(
         &format!("{base}/auth"),
-        &[wl, ("x-original-uri", "/api/v1/users")],
+        &[
+            wl,
+            ("x-original-uri", "/api/v1/users"),
+            ("x-original-method", "GET"),
+        ],
     )
     .await;
     assert_eq!(r.status(), 403);
@@ -64,6 +108,7 @@ async fn trusted_proxy_headers_describe_the_original_request() {
         &[
             shop,
             ("x-original-uri", "/cart"),
+            ("x-original-method", "GET"),
             ("authorization", &bearer),
         ],
     )
@@ -85,46 +130,119 @@ async fn trusted_proxy_headers_describe_the_original_request() {
         &[
             shop,
             ("x-original-uri", "/cart"),
+            ("x-original-method", "GET"),
             ("authorization", &forged),
         ],
     )
     .await;
     assert_eq!(r.status(), 401);
-    assert!(r.headers().get("www-authenticate").is_some());
+    let w = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        w.starts_with("Bearer realm=") && w.contains("invalid_token"),
+        "{w}"
+    );
     srv.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn untrusted_peers_cannot_pick_identity_path_or_workload() {
-    let dir = policy_dir("untrusted");
+async fn forwarded_style_and_client_cert_trust_is_opt_in() {
+    let dir = policy_dir("forwarded");
     let srv = start_with(&dir, Duration::ZERO, |c| {
-        c.trusted_proxies = vec!["192.0.2.0/24".parse().expect("cidr")];
-        c.workload = Some(meshguard_server::Workload::parse("demo/app=shop").expect("workload"));
-        c.http_path_prefix = "/ext-authz".to_owned();
+        c.forward_auth = meshguard_server::http::ForwardStyle::Forwarded
     })
     .await;
     let base = format!("http://{}", srv.bound.http.expect("http"));
-    // The claimed identity, path and workload are ignored: the static workload (demo/shop) and
-    // the request's own path decide, and demo/shop needs a JWT.
+    let wl = ("x-meshguard-workload", "production/app=backend");
+    // Traefik/Caddy headers; the client-cert header is ignored without the opt-in, so this is
+    // plaintext to a STRICT namespace.
     let r = get(
-        &format!("{base}/ext-authz/cart"),
+        &format!("{base}/"),
         &[
-            ("x-meshguard-workload", "production/app=backend"),
+            wl,
+            ("x-forwarded-uri", "/api/v1/users"),
+            ("x-forwarded-method", "GET"),
             ("x-forwarded-client-cert", XFCC),
-            ("x-original-uri", "/api/v1/users"),
         ],
     )
     .await;
     assert_eq!(r.status(), 403);
-    // Envoy HTTP ext_authz style: the original request line behind the prefix.
+    // X-Original-* (which Traefik does not set, so a client could) is not read in this style.
+    let r = get(
+        &format!("{base}/"),
+        &[
+            ("x-meshguard-workload", "demo/app=shop"),
+            ("x-original-uri", "/cart"),
+            ("x-original-method", "GET"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
     let bearer = format!("Bearer {}", token("RS256"));
+    let r = get(
+        &format!("{base}/"),
+        &[
+            ("x-meshguard-workload", "demo/app=shop"),
+            ("x-forwarded-uri", "/cart"),
+            ("x-forwarded-method", "GET"),
+            ("authorization", &bearer),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    srv.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_peers_are_refused_and_envoy_style_uses_the_request_line() {
+    let dir = policy_dir("untrusted");
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.trusted_proxies = vec!["192.0.2.0/24".parse().expect("cidr")];
+        c.workload = Some(meshguard_server::Workload::parse("demo/app=shop").expect("workload"));
+    })
+    .await;
+    let base = format!("http://{}", srv.bound.http.expect("http"));
+    let bearer = format!("Bearer {}", token("RS256"));
+    // 127.0.0.1 is not a trusted proxy here: refused whatever it sends.
+    let r = get(
+        &format!("{base}/auth"),
+        &[
+            ("x-original-uri", "/cart"),
+            ("x-original-method", "GET"),
+            ("authorization", &bearer),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    srv.stop().await;
+
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.workload = Some(meshguard_server::Workload::parse("demo/app=shop").expect("workload"));
+        c.http_path_prefix = "/ext-authz".to_owned();
+        c.forward_auth = meshguard_server::http::ForwardStyle::Envoy;
+    })
+    .await;
+    let base = format!("http://{}", srv.bound.http.expect("http"));
+    // Envoy HTTP ext_authz style: the original request line behind the prefix.
     let r = get(
         &format!("{base}/ext-authz/cart"),
         &[("authorization", &bearer)],
     )
     .await;
     assert_eq!(r.status(), 200);
+    let r = get(&format!("{base}/ext-authz/cart"), &[]).await;
+    assert_eq!(
+        r.status(),
+        403,
+        "no token: the ALLOW policy needs a request principal"
+    );
+    let r = get(&format!("{base}/other/cart"), &[("authorization", &bearer)]).await;
+    assert_eq!(r.status(), 403, "outside the prefix");
     // /config: the active set, inline JWKS redacted.
     let admin = srv.bound.admin.expect("admin");
     let cfg: serde_json::Value = get(&format!("http://{admin}/config"), &[])

@@ -41,6 +41,15 @@ pub struct ServeArgs {
     /// HTTP mode. [default: 127.0.0.1/32,::1/128]
     #[arg(long, env = "MESHGUARD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// Which headers describe the original request in HTTP mode: `nginx` (X-Original-Method,
+    /// X-Original-URI, X-Original-Host), `forwarded` (Traefik/Caddy: X-Forwarded-Method,
+    /// X-Forwarded-Uri, X-Forwarded-Host) or `envoy` (the request line). [default: nginx]
+    #[arg(long, env = "MESHGUARD_FORWARD_AUTH")]
+    pub forward_auth: Option<String>,
+    /// Believe X-Forwarded-Client-Cert (URI=spiffe://...) from the trusted proxies as the caller's
+    /// mesh identity. Only safe when the proxy sets or clears that header on every request.
+    #[arg(long, env = "MESHGUARD_TRUST_FORWARDED_CLIENT_CERT")]
+    pub trust_forwarded_client_cert: bool,
     /// Path prefix to strip in HTTP mode (Envoy HTTP ext_authz `path_prefix`).
     #[arg(long, env = "MESHGUARD_HTTP_PATH_PREFIX")]
     pub http_path_prefix: Option<String>,
@@ -105,6 +114,8 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
             "decisionLog" => a.decision_log = a.decision_log.take().or(Some(text_of(v, key)?)),
             "reloadInterval" => a.reload_interval = a.reload_interval.take().or(Some(text_of(v, key)?)),
             "logLevel" => a.log_level = a.log_level.take().or(Some(text_of(v, key)?)),
+            "forwardAuth" => a.forward_auth = a.forward_auth.take().or(Some(text_of(v, key)?)),
+            "trustForwardedClientCert" => a.trust_forwarded_client_cert |= text_of(v, key)? == "true",
             "rootNamespace" => a.policy.root_namespace = a.policy.root_namespace.take().or(Some(text_of(v, key)?)),
             "meshConfig" => a.policy.mesh_config = a.policy.mesh_config.take().or(Some(text_of(v, key)?.into())),
             "trustedProxies" if a.trusted_proxies.is_empty() => a.trusted_proxies = list_of(v, key)?,
@@ -122,7 +133,7 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
             }
             "trustedProxies" | "providers" | "policies" | "pathNormalization" => {}
             other => bail!(
-                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, httpPathPrefix, decisionLog, reloadInterval, logLevel)",
+                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, forwardAuth, trustForwardedClientCert, httpPathPrefix, decisionLog, reloadInterval, logLevel)",
                 path.display(),
                 k.line
             ),
@@ -194,6 +205,13 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     if let Some(p) = &a.http_path_prefix {
         cfg.http_path_prefix = p.clone();
     }
+    if let Some(f) = &a.forward_auth {
+        cfg.forward_auth = meshguard_server::http::ForwardStyle::parse(f).ok_or_else(|| {
+            anyhow::anyhow!("--forward-auth `{f}`: use nginx, forwarded (Traefik, Caddy) or envoy")
+        })?;
+    }
+    cfg.trust_forwarded_client_cert = a.trust_forwarded_client_cert;
+    let trust_xfcc = cfg.trust_forwarded_client_cert;
     if let Some(l) = &a.decision_log {
         cfg.decision_log = Sink::parse(l);
     }
@@ -249,9 +267,15 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
             }
             eprintln!("  decision log: {}", match &a.decision_log { Some(s) => s.as_str(), None => "stdout" });
             if let Some(h) = b.http {
-                eprintln!("try it (an allowed and a denied request against the bundled examples):");
-                eprintln!("  curl -i http://{h}/api/v1/users -H 'X-Meshguard-Workload: production/app=backend' -H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'");
-                eprintln!("  curl -i http://{h}/api/admin    -H 'X-Meshguard-Workload: production/app=backend' -H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'");
+                let id = "-H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'";
+                eprintln!("try it (nginx-style forward-auth against the bundled examples):");
+                if trust_xfcc {
+                    eprintln!("  curl -i http://{h}/auth -H 'X-Original-Method: GET' -H 'X-Original-URI: /api/v1/users' -H 'X-Meshguard-Workload: production/app=backend' {id}   # 200");
+                    eprintln!("  curl -i http://{h}/auth -H 'X-Original-Method: GET' -H 'X-Original-URI: /api/admin'    -H 'X-Meshguard-Workload: production/app=backend' {id}   # 403");
+                } else {
+                    eprintln!("  curl -i http://{h}/auth -H 'X-Original-Method: GET' -H 'X-Original-URI: /api/v1/users' -H 'X-Meshguard-Workload: production/app=backend'   # 403: plaintext under STRICT mTLS");
+                    eprintln!("  (restart with --trust-forwarded-client-cert and add {id} to call as the frontend: 200)");
+                }
             }
             eprintln!("stop with Ctrl-C or SIGTERM; reload with SIGHUP (files are also watched)");
         })

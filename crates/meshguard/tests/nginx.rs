@@ -182,6 +182,7 @@ fn nginx_auth_request_in_front_of_an_upstream() {
                 "off",
                 "--log-level",
                 "warn",
+                "--trust-forwarded-client-cert",
             ])
             .args([
                 "--http-listen",
@@ -202,6 +203,8 @@ fn nginx_auth_request_in_front_of_an_upstream() {
     wait_for(mg_admin, "/readyz");
 
     let frontend_identity = "      proxy_set_header X-Forwarded-Client-Cert \"URI=spiffe://cluster.local/ns/production/sa/frontend\";\n";
+    // The shop location clears any client-supplied identity header.
+    let no_identity = "      proxy_set_header X-Forwarded-Client-Cert \"\";\n";
     let conf = format!(
         "daemon off;
 master_process off;
@@ -241,7 +244,7 @@ http {{
             "production/app=backend",
             frontend_identity
         ),
-        auth_shop = auth_location("_auth", mg_http, "demo/app=shop", ""),
+        auth_shop = auth_location("_auth", mg_http, "demo/app=shop", no_identity),
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -298,6 +301,16 @@ http {{
         );
         assert!(!body.contains("UPSTREAM"));
     }
+    // A client that sends its own mesh identity header gets nowhere: nginx clears it.
+    let (s, _) = http(
+        front_shop,
+        "/cart",
+        &[(
+            "X-Forwarded-Client-Cert",
+            "URI=spiffe://cluster.local/ns/demo/sa/admin",
+        )],
+    );
+    assert_eq!(s, 403);
     // No token: no request principal, and the ALLOW policy then denies with 403 (Istio's
     // semantics: a missing JWT is not a 401).
     let (s, _) = http(front_shop, "/cart", &[]);
