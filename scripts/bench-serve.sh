@@ -25,4 +25,7 @@ echo "ratio meshguard/noop throughput: $(awk "BEGIN{printf \"%.2f\", $MG_RPS/$NO
 echo "== paced at half of meshguard's throughput (${HALF} rps), ${SECS}s"
 echo "noop:      $(run 127.0.0.1:9291 paced "$HALF" "$SECS" "$TOKEN")"
 echo "meshguard: $(run 127.0.0.1:9391 paced "$HALF" "$SECS" "$TOKEN")"
+echo "== paced at 2000 rps (light load), ${SECS}s"
+echo "noop:      $(run 127.0.0.1:9291 paced 2000 "$SECS" "$TOKEN")"
+echo "meshguard: $(run 127.0.0.1:9391 paced 2000 "$SECS" "$TOKEN")"
 curl -s 127.0.0.1:9393/metrics | grep -E '^meshguard_decisions_total' || true
