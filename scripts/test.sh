@@ -35,6 +35,15 @@ if [ ! -x /usr/sbin/nginx ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
+# openssl CLI (verifies issued SVID chains as an independent implementation).
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl (test peer)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl
+fi
+
 # --- checks ----------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check

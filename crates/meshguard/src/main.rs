@@ -1,5 +1,6 @@
 //! `meshguard`: the zero-trust security layer of a service mesh, in one binary.
 
+mod ca_cmd;
 mod embedded;
 mod serve;
 
@@ -49,6 +50,8 @@ enum Command {
     Lint(LintArgs),
     /// Print the bundled example policies (the embedded default), e.g. to start your own set.
     Examples,
+    /// A SPIFFE certificate authority: create one, issue X.509-SVIDs, print the trust bundle.
+    Ca(ca_cmd::CaArgs),
 }
 
 #[derive(Args)]
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::run(*a),
         Command::Check(a) => check(a),
+        Command::Ca(a) => ca_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {

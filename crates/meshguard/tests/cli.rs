@@ -267,3 +267,62 @@ fn serve_explains_bad_settings() {
     assert!(stderr(&o).contains("p.yaml:9:20"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn ca_init_issue_show() {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = dir.join("ca");
+    let o = run(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "cluster.local",
+        "--dir",
+        ca.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = dir.join("web");
+    let o = run(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.to_str().expect("utf8"),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/prod/sa/web",
+        "--ttl",
+        "10m",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(out.join("svid.pem"))
+        .expect("svid")
+        .contains("BEGIN CERTIFICATE"));
+    let o = run(&["ca", "show", "--dir", ca.to_str().expect("utf8")]);
+    assert!(stdout(&o).contains("BEGIN CERTIFICATE"));
+    // A second init into the same directory is refused; a bad SPIFFE ID says why.
+    let o = run(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "cluster.local",
+        "--dir",
+        ca.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let o = run(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.to_str().expect("utf8"),
+        "--spiffe-id",
+        "spiffe://cluster.local/a//b",
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("empty segment"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}

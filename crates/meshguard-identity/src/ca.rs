@@ -1,0 +1,279 @@
+//! A SPIFFE certificate authority: a root (or an intermediate under your own root) that issues
+//! short-lived X.509-SVIDs as the X509-SVID standard requires (spiffe/spiffe
+//! standards/X509-SVID.md): exactly one URI SAN, an explicit `CA:FALSE`, key usage
+//! `digitalSignature` without `keyCertSign`/`cRLSign`, extended key usages serverAuth and
+//! clientAuth, chaining to the trust bundle.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+};
+use time::OffsetDateTime;
+
+use crate::spiffe_id::{validate_trust_domain, SpiffeId, SpiffeIdError};
+
+/// Validity of a CA certificate created by `init`.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Backdating of `notBefore`, for peers whose clocks run a little behind.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Default SVID lifetime.
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0}")]
+    SpiffeId(#[from] SpiffeIdError),
+    #[error("certificate generation failed: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} already exists; refusing to overwrite a CA (remove it or choose another --dir)")]
+    Exists(PathBuf),
+    #[error("RSA key generation failed")]
+    KeyGen,
+    #[error("the SVID lifetime must be between 1 minute and the CA's remaining validity")]
+    BadTtl,
+    #[error("{0}: not a CA created by `meshguard ca init` ({1})")]
+    NotACa(PathBuf, String),
+}
+
+/// Key algorithm for a CA or an SVID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    EcdsaP256,
+    Rsa2048,
+}
+
+impl KeyType {
+    fn generate(self) -> Result<KeyPair, CaError> {
+        Ok(match self {
+            KeyType::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+            // rcgen cannot generate RSA keys with its aws-lc backend; aws-lc-rs itself can.
+            KeyType::Rsa2048 => {
+                use aws_lc_rs::encoding::AsDer;
+                let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| CaError::KeyGen)?;
+                let der = rsa.as_der().map_err(|_| CaError::KeyGen)?;
+                let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_ref().to_vec());
+                KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &PKCS_RSA_SHA256)?
+            }
+        })
+    }
+}
+
+/// An issued SVID: the leaf plus the intermediates up to (not including) the root, and its key.
+#[derive(Debug, Clone)]
+pub struct Svid {
+    pub id: SpiffeId,
+    pub cert_chain_pem: String,
+    pub leaf_der: Vec<u8>,
+    pub key_pem: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// A loaded CA.
+pub struct Ca {
+    pub trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// This CA's certificate followed by its parents up to (not including) the root.
+    chain_pem: String,
+    /// The trust bundle (root certificates), PEM.
+    bundle_pem: String,
+    not_after: OffsetDateTime,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes a private key readable by the owner only.
+fn write_private(path: &Path, pem: &str) -> Result<(), CaError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(pem.as_bytes()).map_err(io(path))
+}
+
+fn ca_params(
+    trust_domain: &str,
+    name: &str,
+    path_len: Option<u8>,
+) -> Result<CertificateParams, CaError> {
+    let td_id = SpiffeId::trust_domain_id(trust_domain)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "meshguard");
+    dn.push(DnType::CommonName, format!("{name} {trust_domain}"));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.subject_alt_names = vec![SanType::URI(td_id.to_string().try_into()?)];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - CLOCK_SKEW;
+    p.not_after = now + CA_VALIDITY;
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+impl Ca {
+    /// Creates a root CA in `dir` (`ca.crt`, `ca.key` (0600), `bundle.crt`).
+    pub fn init(dir: &Path, trust_domain: &str, key_type: KeyType) -> Result<Ca, CaError> {
+        validate_trust_domain(trust_domain)?;
+        let key = key_type.generate()?;
+        let params = ca_params(trust_domain, "meshguard root CA", None)?;
+        let cert = params.self_signed(&key)?;
+        let pem = cert.pem();
+        Self::write(dir, &pem, &key.serialize_pem(), &pem)?;
+        Self::load(dir)
+    }
+
+    /// Creates an intermediate CA in `dir`, signed by the CA in `parent_dir` ("plug in your own
+    /// CA": the parent may be any CA in `ca.crt`/`ca.key`/`bundle.crt` form).
+    pub fn init_intermediate(
+        dir: &Path,
+        parent_dir: &Path,
+        key_type: KeyType,
+    ) -> Result<Ca, CaError> {
+        let parent = Ca::load(parent_dir)?;
+        let key = key_type.generate()?;
+        let params = ca_params(&parent.trust_domain, "meshguard intermediate CA", Some(0))?;
+        let cert = params.signed_by(&key, &parent.issuer)?;
+        let chain = format!("{}{}", cert.pem(), parent.chain_pem_without_root());
+        Self::write(dir, &chain, &key.serialize_pem(), &parent.bundle_pem)?;
+        Self::load(dir)
+    }
+
+    fn write(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<(), CaError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let key_path = dir.join("ca.key");
+        if key_path.exists() {
+            return Err(CaError::Exists(key_path));
+        }
+        write_private(&key_path, key_pem)?;
+        fs::write(dir.join("ca.crt"), chain_pem).map_err(io(dir))?;
+        fs::write(dir.join("bundle.crt"), bundle_pem).map_err(io(dir))?;
+        Ok(())
+    }
+
+    /// Loads a CA from `dir`.
+    pub fn load(dir: &Path) -> Result<Ca, CaError> {
+        let read = |f: &str| fs::read_to_string(dir.join(f)).map_err(io(&dir.join(f)));
+        let chain_pem = read("ca.crt")?;
+        let key_pem = read("ca.key")?;
+        let bundle_pem = read("bundle.crt")?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| CaError::NotACa(dir.join("ca.key"), e.to_string()))?;
+        let first = chain_pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .next()
+            .ok_or_else(|| CaError::NotACa(dir.join("ca.crt"), "no certificate".into()))?;
+        let bad = |e: String| CaError::NotACa(dir.join("ca.crt"), e);
+        let der = x509_parser::pem::parse_x509_pem(first.as_bytes())
+            .map_err(|e| bad(e.to_string()))?
+            .1;
+        let cert = der.parse_x509().map_err(|e| bad(e.to_string()))?;
+        let trust_domain = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u) => {
+                        u.strip_prefix("spiffe://").map(str::to_owned)
+                    }
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| bad("no spiffe:// trust domain SAN".into()))?;
+        let not_after = cert.validity().not_after.to_datetime();
+        let issuer = Issuer::from_ca_cert_pem(first, key).map_err(|e| bad(e.to_string()))?;
+        Ok(Ca {
+            trust_domain,
+            issuer,
+            chain_pem,
+            bundle_pem,
+            not_after,
+        })
+    }
+
+    fn chain_pem_without_root(&self) -> String {
+        // The chain file of a root CA is the root itself; the root never goes in chains.
+        if self.chain_pem.trim() == self.bundle_pem.trim() {
+            String::new()
+        } else {
+            self.chain_pem.clone()
+        }
+    }
+
+    /// The trust bundle (root certificates), PEM.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// Issues an X.509-SVID for `id` with a fresh key, valid for `ttl` (backdated by the clock
+    /// skew allowance).
+    pub fn issue(&self, id: &SpiffeId, ttl: Duration, key_type: KeyType) -> Result<Svid, CaError> {
+        if id.trust_domain() != self.trust_domain {
+            return Err(CaError::SpiffeId(SpiffeIdError::TrustDomainChars(format!(
+                "{} (this CA issues for {})",
+                id.trust_domain(),
+                self.trust_domain
+            ))));
+        }
+        if id.path().is_empty() {
+            return Err(CaError::SpiffeId(SpiffeIdError::NoPath(
+                id.trust_domain().to_owned(),
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        if ttl < Duration::from_secs(60) || now + ttl > self.not_after {
+            return Err(CaError::BadTtl);
+        }
+        let key = key_type.generate()?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "SPIFFE");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        p.not_before = now - CLOCK_SKEW;
+        p.not_after = now + ttl;
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Svid {
+            id: id.clone(),
+            cert_chain_pem: format!("{}{}", cert.pem(), self.chain_pem_without_root()),
+            leaf_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            not_after: p.not_after,
+        })
+    }
+}
