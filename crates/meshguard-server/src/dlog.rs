@@ -74,6 +74,11 @@ impl DecisionLog {
         })
     }
 
+    /// Whether lines are written at all (callers skip building them otherwise).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn write(&self, entry: serde_json::Value) {
         if let Some(tx) = &self.tx {
             if tx.try_send(entry.to_string()).is_err() {

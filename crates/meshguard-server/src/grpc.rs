@@ -305,8 +305,10 @@ impl Authorization for CheckService {
             outcome.policy.as_deref(),
             started.elapsed(),
         );
-        self.log
-            .write(log_entry("grpc", &req_id, &req, &id, &outcome, started));
+        if self.log.enabled() {
+            self.log
+                .write(log_entry("grpc", &req_id, &req, &id, &outcome, started));
+        }
         Ok(Response::new(to_response(&outcome)))
     }
 }

@@ -284,8 +284,10 @@ impl HttpMode {
             outcome.policy.as_deref(),
             started.elapsed(),
         );
-        self.log
-            .write(log_entry("http", &req_id, &request, &id, &outcome, started));
+        if self.log.enabled() {
+            self.log
+                .write(log_entry("http", &req_id, &request, &id, &outcome, started));
+        }
         Ok(response(&outcome))
     }
 }
