@@ -260,6 +260,42 @@ impl Authenticator {
         errors
     }
 
+    /// Authenticates an engine request the way the filter chain orders it: nothing to do for a
+    /// TCP connection, for a request already refused before any filter (plaintext under STRICT
+    /// mTLS, a path or method Envoy answers 400), or when verified claims are already known.
+    pub async fn authenticate_request(
+        &self,
+        set: &PolicySet,
+        req: &meshguard_policy::Request,
+        id: &meshguard_policy::Identity,
+    ) -> AuthnOutcome {
+        let Some(h) = &req.http else {
+            return AuthnOutcome::NoToken;
+        };
+        if id.jwt.is_some() {
+            return AuthnOutcome::NoToken;
+        }
+        let pre = set.evaluate(req, id);
+        if matches!(
+            pre.reason,
+            meshguard_policy::Reason::PlaintextUnderStrict | meshguard_policy::Reason::Rejected(_)
+        ) {
+            return AuthnOutcome::NoToken;
+        }
+        self.authenticate(
+            set,
+            &AuthnRequest {
+                method: &h.method,
+                host: &h.host,
+                path: &h.raw_path,
+                headers: &h.headers,
+                namespace: &req.destination.namespace,
+                labels: &req.destination.labels,
+            },
+        )
+        .await
+    }
+
     /// Number of verified tokens currently cached.
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use meshguard_authn::{AuthnOutcome, AuthnRequest};
-use meshguard_policy::{Identity, Reason, Request};
+use meshguard_authn::AuthnOutcome;
+use meshguard_policy::{Identity, Request};
 use serde_json::json;
 
 use crate::state::Generation;
@@ -64,47 +64,20 @@ pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome 
     // Refusals that happen before any filter (connection refused under STRICT, 400 from path
     // normalisation) come first; then request authentication; then authorization.
     let mut authenticated = None;
-    {
-        let pre = g.set.evaluate(req, &id);
-        let early = matches!(
-            pre.reason,
-            Reason::PlaintextUnderStrict | Reason::Rejected(_)
-        );
-        if !early && id.jwt.is_none() {
-            if let Some(h) = &req.http {
-                let outcome = g
-                    .authn
-                    .authenticate(
-                        &g.set,
-                        &AuthnRequest {
-                            method: &h.method,
-                            host: &h.host,
-                            path: &h.raw_path,
-                            headers: &h.headers,
-                            namespace: &req.destination.namespace,
-                            labels: &req.destination.labels,
-                        },
-                    )
-                    .await;
-                match outcome {
-                    AuthnOutcome::Rejected(r) => {
-                        let mut o = Outcome::internal(
-                            format!("request authentication failed: {}", r.error),
-                            g.id,
-                        );
-                        o.status = r.status;
-                        o.www_authenticate = r.www_authenticate;
-                        o.policy = r.rule;
-                        return o;
-                    }
-                    AuthnOutcome::Authenticated(a) => {
-                        id.jwt = Some(a.identity.clone());
-                        authenticated = Some(a);
-                    }
-                    AuthnOutcome::NoToken => {}
-                }
-            }
+    match g.authn.authenticate_request(&g.set, req, &id).await {
+        AuthnOutcome::Rejected(r) => {
+            let mut o =
+                Outcome::internal(format!("request authentication failed: {}", r.error), g.id);
+            o.status = r.status;
+            o.www_authenticate = r.www_authenticate;
+            o.policy = r.rule;
+            return o;
         }
+        AuthnOutcome::Authenticated(a) => {
+            id.jwt = Some(a.identity.clone());
+            authenticated = Some(a);
+        }
+        AuthnOutcome::NoToken => {}
     }
     let d = g.set.evaluate(req, &id);
     let mut o = Outcome {
@@ -171,6 +144,48 @@ pub fn log_entry(
         e["dry_run"] = json!({"allowed": allowed, "policy": policy});
     }
     e
+}
+
+/// A fail-closed denial for a request the front end could not turn into an engine request.
+pub fn undecidable(
+    state: &crate::state::State,
+    error: &str,
+    generation: u64,
+) -> (Outcome, Request, Identity) {
+    state
+        .metrics
+        .internal_errors
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(error = %error, "denying a request that cannot be decided");
+    (
+        Outcome::internal(format!("denied (fail closed): {error}"), generation),
+        Request::default(),
+        Identity::default(),
+    )
+}
+
+/// Records a finished decision: metrics, and the decision log line when the log is on.
+#[allow(clippy::too_many_arguments)]
+pub fn record(
+    state: &crate::state::State,
+    log: &crate::dlog::DecisionLog,
+    mode: &'static str,
+    req_id: &str,
+    req: &Request,
+    id: &Identity,
+    o: &Outcome,
+    started: Instant,
+) {
+    state.metrics.record_decision(
+        mode,
+        o.allowed,
+        o.status,
+        o.policy.as_deref(),
+        started.elapsed(),
+    );
+    if log.enabled() {
+        log.write(log_entry(mode, req_id, req, id, o, started));
+    }
 }
 
 /// Shared handle type for front ends.

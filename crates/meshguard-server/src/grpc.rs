@@ -25,7 +25,7 @@ use envoy_types::pb::google::rpc;
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 use tonic::{Response, Status};
 
-use crate::decide::{decide, log_entry, Outcome, Shared};
+use crate::decide::{decide, record, undecidable, Outcome, Shared};
 use crate::dlog::DecisionLog;
 use crate::state::Workload;
 
@@ -285,30 +285,18 @@ impl Authorization for CheckService {
             .unwrap_or_default();
         let (outcome, req, id) = match to_request(&cr, self.workload.as_ref(), g.set.mesh()) {
             Ok((req, id)) => (decide(&g, &req, id.clone()).await, req, id),
-            Err(e) => {
-                self.state
-                    .metrics
-                    .internal_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "denying a request that cannot be decided");
-                (
-                    Outcome::internal(format!("denied (fail closed): {e}"), g.id),
-                    Request::default(),
-                    Identity::default(),
-                )
-            }
+            Err(e) => undecidable(&self.state, &e, g.id),
         };
-        self.state.metrics.record_decision(
+        record(
+            &self.state,
+            &self.log,
             "grpc",
-            outcome.allowed,
-            outcome.status,
-            outcome.policy.as_deref(),
-            started.elapsed(),
+            &req_id,
+            &req,
+            &id,
+            &outcome,
+            started,
         );
-        if self.log.enabled() {
-            self.log
-                .write(log_entry("grpc", &req_id, &req, &id, &outcome, started));
-        }
         Ok(Response::new(to_response(&outcome)))
     }
 }

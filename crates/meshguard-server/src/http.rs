@@ -27,7 +27,7 @@ use http_body_util::Full;
 use hyper::{Request as HRequest, Response as HResponse, StatusCode};
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 
-use crate::decide::{decide, log_entry, Outcome, Shared};
+use crate::decide::{decide, record, undecidable, Outcome, Shared};
 use crate::dlog::DecisionLog;
 use crate::state::Workload;
 
@@ -264,30 +264,18 @@ impl HttpMode {
                     }
                 }
             }
-            Err(e) => {
-                self.state
-                    .metrics
-                    .internal_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "denying a request that cannot be decided");
-                (
-                    Outcome::internal(format!("denied (fail closed): {e}"), g.id),
-                    Request::default(),
-                    Identity::default(),
-                )
-            }
+            Err(e) => undecidable(&self.state, &e, g.id),
         };
-        self.state.metrics.record_decision(
+        record(
+            &self.state,
+            &self.log,
             "http",
-            outcome.allowed,
-            outcome.status,
-            outcome.policy.as_deref(),
-            started.elapsed(),
+            &req_id,
+            &request,
+            &id,
+            &outcome,
+            started,
         );
-        if self.log.enabled() {
-            self.log
-                .write(log_entry("http", &req_id, &request, &id, &outcome, started));
-        }
         Ok(response(&outcome))
     }
 }

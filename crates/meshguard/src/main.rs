@@ -10,11 +10,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshguard_authn::{Authenticator, AuthnOutcome, AuthnRequest, AuthnSettings, Rejected};
+use meshguard_authn::{Authenticator, AuthnOutcome, AuthnSettings, Rejected};
 use meshguard_policy::load::{load_paths, parse_mesh_config, parse_request, Loaded};
 use meshguard_policy::yaml::parse_documents;
 use meshguard_policy::{
-    Diagnostic, Identity, MeshConfig, PathNormalization, PolicySet, Reason, Request, Severity,
+    Diagnostic, Identity, MeshConfig, PathNormalization, PolicySet, Request, Severity,
 };
 
 /// Exit code when the request is denied (`check`).
@@ -385,9 +385,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// Runs request authentication when it can matter: an HTTP request that reaches the filters
-/// (not refused by STRICT mTLS or path normalisation) and whose JWT is not already given as
-/// verified claims.
+/// Runs request authentication where the policy set has RequestAuthentication resources.
 fn authenticate(
     rt: &tokio::runtime::Runtime,
     authn: Option<&Authenticator>,
@@ -396,28 +394,7 @@ fn authenticate(
     id: &Identity,
 ) -> Option<AuthnOutcome> {
     let a = authn?;
-    let h = req.http.as_ref()?;
-    if id.jwt.is_some() {
-        return None;
-    }
-    let pre = set.evaluate(req, id);
-    if matches!(
-        pre.reason,
-        Reason::PlaintextUnderStrict | Reason::Rejected(_)
-    ) {
-        return None;
-    }
-    Some(rt.block_on(a.authenticate(
-        set,
-        &AuthnRequest {
-            method: &h.method,
-            host: &h.host,
-            path: &h.raw_path,
-            headers: &h.headers,
-            namespace: &req.destination.namespace,
-            labels: &req.destination.labels,
-        },
-    )))
+    Some(rt.block_on(a.authenticate_request(set, req, id)))
 }
 
 fn print_authn_rejection(output: Output, name: &str, many: bool, r: &Rejected) {
