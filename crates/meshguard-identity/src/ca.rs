@@ -39,7 +39,7 @@ pub enum CaError {
     Exists(PathBuf),
     #[error("RSA key generation failed")]
     KeyGen,
-    #[error("the SVID lifetime must be between 1 minute and the CA's remaining validity")]
+    #[error("the SVID lifetime must be between 1 second and the CA's remaining validity")]
     BadTtl,
     #[error("{0}: not a CA created by `meshguard ca init` ({1})")]
     NotACa(PathBuf, String),
@@ -75,8 +75,30 @@ pub struct Svid {
     pub id: SpiffeId,
     pub cert_chain_pem: String,
     pub leaf_der: Vec<u8>,
+    /// The chain as DER certificates, leaf first (the Workload API's `x509_svid`).
+    pub chain_der: Vec<Vec<u8>>,
     pub key_pem: String,
+    /// The private key as unencrypted PKCS#8 DER (the Workload API's `x509_svid_key`).
+    pub key_der: Vec<u8>,
+    pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// When it was issued (notBefore is backdated by the clock-skew allowance).
+    pub issued_at: OffsetDateTime,
+}
+
+impl Svid {
+    /// Half of the lifetime, counted from issuance: when rotation is due.
+    pub fn half_life(&self) -> OffsetDateTime {
+        self.issued_at + (self.not_after - self.issued_at) / 2
+    }
+}
+
+/// The DER certificates in a PEM text.
+pub fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|p| p.contents)
+        .collect()
 }
 
 /// A loaded CA.
@@ -233,6 +255,11 @@ impl Ca {
         &self.bundle_pem
     }
 
+    /// The trust bundle as concatenated DER certificates (the Workload API's `bundle`).
+    pub fn bundle_der(&self) -> Vec<u8> {
+        pem_to_der(&self.bundle_pem).concat()
+    }
+
     /// Issues an X.509-SVID for `id` with a fresh key, valid for `ttl` (backdated by the clock
     /// skew allowance).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration, key_type: KeyType) -> Result<Svid, CaError> {
@@ -249,7 +276,7 @@ impl Ca {
             )));
         }
         let now = OffsetDateTime::now_utc();
-        if ttl < Duration::from_secs(60) || now + ttl > self.not_after {
+        if ttl < Duration::from_secs(1) || now + ttl > self.not_after {
             return Err(CaError::BadTtl);
         }
         let key = key_type.generate()?;
@@ -268,12 +295,17 @@ impl Ca {
         p.not_after = now + ttl;
         p.use_authority_key_identifier_extension = true;
         let cert = p.signed_by(&key, &self.issuer)?;
+        let cert_chain_pem = format!("{}{}", cert.pem(), self.chain_pem_without_root());
         Ok(Svid {
             id: id.clone(),
-            cert_chain_pem: format!("{}{}", cert.pem(), self.chain_pem_without_root()),
+            chain_der: pem_to_der(&cert_chain_pem),
+            cert_chain_pem,
             leaf_der: cert.der().to_vec(),
             key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+            not_before: p.not_before,
             not_after: p.not_after,
+            issued_at: now,
         })
     }
 }

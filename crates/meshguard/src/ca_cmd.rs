@@ -55,7 +55,7 @@ pub enum CaCommand {
         /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/prod/sa/web.
         #[arg(long)]
         spiffe_id: String,
-        /// Lifetime, e.g. 1h, 30m (at least 1 minute).
+        /// Lifetime, e.g. 1h, 30m (at least 1s).
         #[arg(long, default_value = "1h")]
         ttl: String,
         /// Output directory.
