@@ -44,6 +44,20 @@ if ! command -v openssl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl
 fi
 
+# The Python `spiffe` client (py-spiffe) talks to the Workload API agent in a test.
+if ! target/pyenv/bin/python -c "import spiffe" >/dev/null 2>&1; then
+  log "installing the Python spiffe client into target/pyenv (test peer)"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  mkdir -p target
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install -q spiffe
+fi
+
 # --- checks ----------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
