@@ -1,5 +1,6 @@
 //! `meshguard`: the zero-trust security layer of a service mesh, in one binary.
 
+mod agent_cmd;
 mod ca_cmd;
 mod embedded;
 mod serve;
@@ -52,6 +53,8 @@ enum Command {
     Examples,
     /// A SPIFFE certificate authority: create one, issue X.509-SVIDs, print the trust bundle.
     Ca(ca_cmd::CaArgs),
+    /// Serve the SPIFFE Workload API (X.509-SVIDs with rotation) on a Unix socket.
+    Agent(agent_cmd::AgentArgs),
 }
 
 #[derive(Args)]
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(*a),
         Command::Check(a) => check(a),
         Command::Ca(a) => ca_cmd::run(a),
+        Command::Agent(a) => agent_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {

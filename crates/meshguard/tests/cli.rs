@@ -326,3 +326,45 @@ fn ca_init_issue_show() {
     assert!(stderr(&o).contains("empty segment"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn agent_refuses_bad_registration_entries() {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = dir.join("ca");
+    assert_eq!(
+        run(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--dir",
+            ca.to_str().expect("utf8")
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    let entries = dir.join("entries.yaml");
+    std::fs::write(
+        &entries,
+        "entries:\n- spiffeId: spiffe://cluster.local/ns/a/sa/b\n  selectors: [\"unix:shoe:1\"]\n",
+    )
+    .expect("write");
+    let o = run(&[
+        "agent",
+        "--ca-dir",
+        ca.to_str().expect("utf8"),
+        "--entries",
+        entries.to_str().expect("utf8"),
+        "--socket",
+        dir.join("s.sock").to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("entries.yaml:3") && stderr(&o).contains("unix:uid"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
