@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshguard_identity::agent::{Agent, Entry, Selector};
 use meshguard_identity::{Ca, SpiffeId};
-use meshguard_policy::yaml::{parse_documents, Node, NodeKind};
+use meshguard_policy::yaml::{Node, NodeKind};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -32,18 +32,8 @@ pub struct AgentArgs {
     ttl: String,
 }
 
-fn load_entries(path: &PathBuf) -> Result<Vec<Entry>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let docs = parse_documents(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: invalid YAML: {}",
-            path.display(),
-            e.line,
-            e.col,
-            e.message
-        )
-    })?;
+fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
+    let docs = crate::read_yaml(path, "registration entries")?;
     let Some(list) = docs.first().and_then(|d| d.get("entries")) else {
         bail!(
             "{}: expected `entries:` with a list of {{spiffeId, selectors}}",

@@ -157,20 +157,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads a YAML (or JSON) file into documents; errors name the file, line and column.
+pub(crate) fn read_yaml(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Vec<meshguard_policy::yaml::Node>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    parse_documents(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{}:{}: invalid YAML: {}",
+            path.display(),
+            e.line,
+            e.col,
+            e.message
+        )
+    })
+}
+
 pub(crate) fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
     let mut mesh = match &a.mesh_config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read mesh config {}", path.display()))?;
-            let docs = parse_documents(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{}:{}: invalid YAML: {}",
-                    path.display(),
-                    e.line,
-                    e.col,
-                    e.message
-                )
-            })?;
+            let docs = read_yaml(path, "mesh config")?;
             match docs.first() {
                 Some(d) => {
                     parse_mesh_config(d).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?

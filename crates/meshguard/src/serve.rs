@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use meshguard_policy::yaml::{parse_documents, Node, NodeKind};
+use meshguard_policy::yaml::{Node, NodeKind};
 use meshguard_server::dlog::Sink;
 use meshguard_server::{PolicySource, ServeConfig, State, Workload};
 
@@ -69,17 +69,7 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
     let Some(path) = a.config.clone() else {
         return Ok(());
     };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let docs = parse_documents(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: invalid YAML: {}",
-            path.display(),
-            e.line,
-            e.col,
-            e.message
-        )
-    })?;
+    let docs = crate::read_yaml(&path, "config file")?;
     let Some(doc) = docs.first() else {
         return Ok(());
     };
