@@ -2,12 +2,14 @@
 //! SPIFFE_Workload_Endpoint.md): callers are identified by the kernel (SO_PEERCRED), matched
 //! against registration entries, and get their X.509-SVIDs on a stream that pushes rotations.
 //!
-//! Status: X.509 profile served; the JWT-SVID methods answer `Unimplemented` until they are built.
+//! Both SVID profiles are served: X.509-SVIDs (pushed again at every rotation) and JWT-SVIDs
+//! signed by the CA directory's JWT authority (`jwt.key`). The WIT-SVID profile answers
+//! `Unimplemented`, as the standard requires of servers that do not support it.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -15,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::ca::{Ca, KeyType, Svid};
+use crate::jwt::{self, JwtSvidError};
 use crate::spiffe_id::SpiffeId;
 
 /// Generated from proto/workload.proto (the standard's proto has no package).
@@ -82,8 +85,9 @@ pub struct Entry {
 
 struct Inner {
     ca: Ca,
-    entries: Vec<Entry>,
+    entries: RwLock<Vec<Entry>>,
     ttl: Duration,
+    jwt_ttl: RwLock<Duration>,
     svids: Mutex<HashMap<SpiffeId, Svid>>,
     /// Bumped on every rotation; streams resend the full state when it changes.
     rotation: watch::Sender<u64>,
@@ -112,41 +116,70 @@ impl Agent {
         Agent {
             inner: Arc::new(Inner {
                 ca,
-                entries,
+                entries: RwLock::new(entries),
                 ttl,
+                jwt_ttl: RwLock::new(jwt::DEFAULT_JWT_TTL),
                 svids: Mutex::new(HashMap::new()),
                 rotation,
             }),
         }
     }
 
-    /// SPIFFE IDs the caller is entitled to, from its kernel credentials.
-    fn attest<T>(&self, r: &Request<T>) -> Result<Vec<SpiffeId>, Status> {
-        let cred = r
-            .extensions()
+    /// Sets the lifetime of JWT-SVIDs (default 5 minutes).
+    pub fn set_jwt_ttl(&self, ttl: Duration) {
+        if let Ok(mut t) = self.inner.jwt_ttl.write() {
+            *t = ttl;
+        }
+    }
+
+    /// Replaces the registration entries. Open streams re-attest their caller at once: they get
+    /// the new set of SVIDs, or end with `PermissionDenied` when the caller lost every identity.
+    pub fn set_entries(&self, entries: Vec<Entry>) {
+        if let Ok(mut e) = self.inner.entries.write() {
+            *e = entries;
+        }
+        self.inner.rotation.send_modify(|g| *g += 1);
+    }
+
+    /// The kernel credentials (uid, gid) of the caller.
+    fn caller<T>(r: &Request<T>) -> Result<(u32, u32), Status> {
+        r.extensions()
             .get::<tonic::transport::server::UdsConnectInfo>()
             .and_then(|i| i.peer_cred)
+            .map(|c| (c.uid(), c.gid()))
             .ok_or_else(|| {
                 Status::permission_denied(
                     "no identity issued: the caller's credentials are unknown",
                 )
-            })?;
-        let ids: Vec<SpiffeId> = self
+            })
+    }
+
+    /// SPIFFE IDs a caller with these credentials is entitled to, in entry order (the first is
+    /// the default SVID clients pick).
+    fn ids_for(&self, (uid, gid): (u32, u32)) -> Result<Vec<SpiffeId>, Status> {
+        let entries = self
             .inner
             .entries
-            .iter()
-            .filter(|e| {
-                !e.selectors.is_empty()
-                    && e.selectors
-                        .iter()
-                        .all(|s| s.matches(cred.uid(), cred.gid()))
-            })
-            .map(|e| e.spiffe_id.clone())
-            .collect();
+            .read()
+            .map_err(|_| Status::internal("state poisoned"))?;
+        let mut ids: Vec<SpiffeId> = Vec::new();
+        for e in entries.iter() {
+            if !e.selectors.is_empty()
+                && e.selectors.iter().all(|s| s.matches(uid, gid))
+                && !ids.contains(&e.spiffe_id)
+            {
+                ids.push(e.spiffe_id.clone());
+            }
+        }
         if ids.is_empty() {
             return Err(Status::permission_denied("no identity issued"));
         }
         Ok(ids)
+    }
+
+    /// SPIFFE IDs the caller is entitled to, from its kernel credentials.
+    fn attest<T>(&self, r: &Request<T>) -> Result<Vec<SpiffeId>, Status> {
+        self.ids_for(Self::caller(r)?)
     }
 
     /// The current SVID for `id`, issuing one when there is none or it has reached half-life.
@@ -227,6 +260,26 @@ impl Agent {
         rotated
     }
 
+    /// Re-issues every SVID now (for example after the CA changed) and pushes them to every
+    /// open stream. Returns how many were re-issued.
+    pub fn rotate_all(&self) -> usize {
+        let ids: Vec<SpiffeId> = match self.inner.svids.lock() {
+            Ok(mut m) => m.drain().map(|(k, _)| k).collect(),
+            Err(_) => return 0,
+        };
+        let n = ids.iter().filter(|id| self.svid(id).is_ok()).count();
+        self.inner.rotation.send_modify(|g| *g += 1);
+        n
+    }
+
+    fn jwt_bundle_response(&self) -> Result<pb::JwtBundlesResponse, Status> {
+        let signer = self.inner.ca.jwt_signer().ok_or_else(no_jwt_authority)?;
+        let td = format!("spiffe://{}", self.inner.ca.trust_domain);
+        Ok(pb::JwtBundlesResponse {
+            bundles: HashMap::from([(td, jwt::jwks(&[signer]))]),
+        })
+    }
+
     /// Checks for due rotations every `every` until the runtime stops.
     pub fn spawn_rotation(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -242,7 +295,9 @@ impl Agent {
         SpiffeWorkloadApiServer::new(self.clone())
     }
 
-    /// Serves on a Unix socket until `shutdown` completes. The socket file is replaced if stale.
+    /// Serves on a Unix socket until `shutdown` completes. The socket file is replaced if stale
+    /// and made connectable by every local user (mode 0777, as SPIRE does): who gets an
+    /// identity is decided by attestation, not by file permissions.
     pub async fn serve_uds(
         &self,
         path: &Path,
@@ -250,6 +305,11 @@ impl Agent {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
+        }
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         tonic::transport::Server::builder()
             .add_service(self.service())
@@ -274,19 +334,22 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&r)?;
-        let ids = self.attest(&r)?;
+        let caller = Self::caller(&r)?;
+        let ids = self.ids_for(caller)?;
+        let mut rot = self.inner.rotation.subscribe();
         let first = self.x509_response(&ids)?;
         let (tx, rx) = mpsc::channel(4);
         let me = self.clone();
-        let mut rot = self.inner.rotation.subscribe();
         tokio::spawn(async move {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            // Every later message carries the full state again, after each rotation.
+            // Every later message carries the full state again, after each rotation or change
+            // of registration entries; a caller that lost every identity gets PermissionDenied.
             while rot.changed().await.is_ok() {
-                let msg = me.x509_response(&ids);
-                if tx.send(msg).await.is_err() {
+                let msg = me.ids_for(caller).and_then(|ids| me.x509_response(&ids));
+                let end = msg.is_err();
+                if tx.send(msg).await.is_err() || end {
                     return;
                 }
             }
@@ -315,7 +378,45 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
         check_header(&r)?;
-        Err(Status::unimplemented("JWT-SVIDs are not served yet"))
+        let ids = self.attest(&r)?;
+        let req = r.get_ref();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience must name at least one non-empty audience",
+            ));
+        }
+        let wanted: Vec<SpiffeId> = if req.spiffe_id.is_empty() {
+            ids
+        } else {
+            let id = SpiffeId::parse_workload(&req.spiffe_id)
+                .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
+            if !ids.contains(&id) {
+                // Never someone else's identity: the caller is not entitled to this one.
+                return Err(Status::permission_denied("no identity issued"));
+            }
+            vec![id]
+        };
+        let signer = self.inner.ca.jwt_signer().ok_or_else(no_jwt_authority)?;
+        let ttl = self
+            .inner
+            .jwt_ttl
+            .read()
+            .map(|t| *t)
+            .unwrap_or(jwt::DEFAULT_JWT_TTL);
+        let svids = wanted
+            .into_iter()
+            .map(|id| {
+                let svid = signer
+                    .sign(&id, &req.audience, ttl)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                Ok(pb::Jwtsvid {
+                    spiffe_id: id.to_string(),
+                    svid,
+                    hint: String::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
@@ -323,7 +424,14 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&r)?;
-        Err(Status::unimplemented("JWT-SVIDs are not served yet"))
+        self.attest(&r)?;
+        let msg = self.jwt_bundle_response()?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(msg)).await;
+            tx.closed().await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn validate_jwtsvid(
@@ -331,7 +439,27 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
         check_header(&r)?;
-        Err(Status::unimplemented("JWT-SVIDs are not served yet"))
+        self.attest(&r)?;
+        let req = r.get_ref();
+        if req.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be set"));
+        }
+        if req.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be set"));
+        }
+        let signer = self.inner.ca.jwt_signer().ok_or_else(no_jwt_authority)?;
+        let (id, claims) = signer
+            .validate(&req.svid, &req.audience, &self.inner.ca.trust_domain)
+            .map_err(|e: JwtSvidError| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(pb::ValidateJwtsvidResponse {
+            spiffe_id: id.to_string(),
+            claims: Some(prost_types::Struct {
+                fields: claims
+                    .into_iter()
+                    .map(|(k, v)| (k, to_proto_value(v)))
+                    .collect(),
+            }),
+        }))
     }
 
     async fn fetch_witsvid(
@@ -351,4 +479,29 @@ impl SpiffeWorkloadApi for Agent {
             "the WIT-SVID profile is not supported",
         ))
     }
+}
+
+fn no_jwt_authority() -> Status {
+    Status::unavailable(
+        "this agent's CA directory has no JWT authority (jwt.key); create one with `meshguard ca jwt-key`",
+    )
+}
+
+/// JSON to google.protobuf.Value, for ValidateJWTSVID's claims.
+fn to_proto_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(to_proto_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, to_proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -15,6 +15,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+use crate::jwt::{JwtSigner, JwtSvidError};
 use crate::spiffe_id::{validate_trust_domain, SpiffeId, SpiffeIdError};
 
 /// Validity of a CA certificate created by `init`.
@@ -41,6 +42,8 @@ pub enum CaError {
     KeyGen,
     #[error("the SVID lifetime must be between 1 second and the CA's remaining validity")]
     BadTtl,
+    #[error("{0}: not a JWT signing key ({1})")]
+    JwtKey(PathBuf, JwtSvidError),
     #[error("{0}: not a CA created by `meshguard ca init` ({1})")]
     NotACa(PathBuf, String),
 }
@@ -110,7 +113,12 @@ pub struct Ca {
     /// The trust bundle (root certificates), PEM.
     bundle_pem: String,
     not_after: OffsetDateTime,
+    /// The JWT authority (`jwt.key`), when the CA directory has one.
+    jwt: Option<JwtSigner>,
 }
+
+/// The file holding the JWT authority's key in a CA directory.
+pub const JWT_KEY_FILE: &str = "jwt.key";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
@@ -195,9 +203,40 @@ impl Ca {
             return Err(CaError::Exists(key_path));
         }
         write_private(&key_path, key_pem)?;
+        Self::write_jwt_key(dir)?;
         fs::write(dir.join("ca.crt"), chain_pem).map_err(io(dir))?;
         fs::write(dir.join("bundle.crt"), bundle_pem).map_err(io(dir))?;
         Ok(())
+    }
+
+    /// Creates the JWT authority key (`jwt.key`, 0600) in `dir`; an existing one is kept.
+    /// `init` does this; run it for CA directories made elsewhere ("bring your own CA").
+    pub fn write_jwt_key(dir: &Path) -> Result<(), CaError> {
+        let path = dir.join(JWT_KEY_FILE);
+        if path.exists() {
+            return Ok(());
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        write_private(&path, &key.serialize_pem())
+    }
+
+    fn load_jwt_key(dir: &Path) -> Result<Option<JwtSigner>, CaError> {
+        let path = dir.join(JWT_KEY_FILE);
+        let pem = match fs::read_to_string(&path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let key = KeyPair::from_pem(&pem)
+            .map_err(|_| CaError::JwtKey(path.clone(), JwtSvidError::BadKey))?;
+        JwtSigner::from_pkcs8(&key.serialize_der())
+            .map(Some)
+            .map_err(|e| CaError::JwtKey(path, e))
+    }
+
+    /// The JWT authority, if this CA directory has a `jwt.key`.
+    pub fn jwt_signer(&self) -> Option<&JwtSigner> {
+        self.jwt.as_ref()
     }
 
     /// Loads a CA from `dir`.
@@ -232,7 +271,9 @@ impl Ca {
             .ok_or_else(|| bad("no spiffe:// trust domain SAN".into()))?;
         let not_after = cert.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_pem(first, key).map_err(|e| bad(e.to_string()))?;
+        let jwt = Self::load_jwt_key(dir)?;
         Ok(Ca {
+            jwt,
             trust_domain,
             issuer,
             chain_pem,
@@ -253,6 +294,46 @@ impl Ca {
     /// The trust bundle (root certificates), PEM.
     pub fn bundle_pem(&self) -> &str {
         &self.bundle_pem
+    }
+
+    /// The trust bundle in the SPIFFE bundle format (SPIFFE_Trust_Domain_and_Bundle.md): a JWK
+    /// Set with one `use: x509-svid` key per root certificate (its public key and `x5c`) and the
+    /// JWT authority as a `use: jwt-svid` key with its `kid`.
+    pub fn spiffe_bundle_json(&self, refresh_hint: Duration) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let std = base64::engine::general_purpose::STANDARD;
+        let mut keys = Vec::new();
+        for der in pem_to_der(&self.bundle_pem) {
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+                continue;
+            };
+            use x509_parser::public_key::PublicKey;
+            let mut jwk = match cert.public_key().parsed() {
+                Ok(PublicKey::EC(point)) if point.data().len() == 65 => serde_json::json!({
+                    "kty": "EC", "crv": "P-256",
+                    "x": b64.encode(&point.data()[1..33]), "y": b64.encode(&point.data()[33..]),
+                }),
+                Ok(PublicKey::RSA(rsa)) => serde_json::json!({
+                    "kty": "RSA",
+                    "n": b64.encode(rsa.modulus.strip_prefix(&[0]).unwrap_or(rsa.modulus)),
+                    "e": b64.encode(rsa.exponent),
+                }),
+                _ => continue,
+            };
+            jwk["use"] = "x509-svid".into();
+            jwk["x5c"] = serde_json::json!([std.encode(&der)]);
+            keys.push(jwk);
+        }
+        if let Some(j) = &self.jwt {
+            keys.push(j.jwk());
+        }
+        let doc = serde_json::json!({
+            "keys": keys,
+            "spiffe_sequence": 1,
+            "spiffe_refresh_hint": refresh_hint.as_secs(),
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
     }
 
     /// The trust bundle as concatenated DER certificates (the Workload API's `bundle`).

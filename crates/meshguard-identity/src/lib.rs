@@ -1,8 +1,9 @@
-//! Workload identity for meshguard: SPIFFE IDs and a SPIFFE CA issuing X.509-SVIDs.
-//! (The SPIFFE Workload API server and rotation are not built yet.)
+//! Workload identity for meshguard: SPIFFE IDs, a SPIFFE CA issuing X.509-SVIDs and
+//! JWT-SVIDs, and the SPIFFE Workload API server that hands them to workloads and rotates them.
 
 pub mod agent;
 pub mod ca;
+pub mod jwt;
 pub mod spiffe_id;
 
 pub use ca::{Ca, CaError, KeyType, Svid};

@@ -1,28 +1,47 @@
 //! A real SPIFFE client, the Python `spiffe` package (py-spiffe, from PyPI; scripts/test.sh
-//! installs it into target/pyenv), fetches an X.509-SVID and the bundles from the agent socket.
+//! installs it into target/pyenv), fetches an X.509-SVID, the X.509 and JWT bundles and a
+//! JWT-SVID from the agent socket, verifies the JWT-SVID's signature with the bundle it got
+//! (PyJWT + cryptography underneath), and has the agent validate it.
 //!
 //! grpc C-core sends the percent-encoded socket path as `:authority`, which the h2 crate refuses
 //! (hyperium/h2#487). The documented layout that avoids it without patching the client: run the
 //! workload with its working directory at the socket's directory and
 //! `SPIFFE_ENDPOINT_SOCKET=unix:agent.sock` (a relative path is a valid authority).
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use meshguard_identity::agent::{Agent, Entry, Selector};
-use meshguard_identity::{Ca, KeyType, SpiffeId};
+use common::{entry, my_uid, start};
+use meshguard_identity::SpiffeId;
 
 const SCRIPT: &str = r#"
 import json
-from spiffe import WorkloadApiClient
+from spiffe import WorkloadApiClient, JwtSvid
 with WorkloadApiClient(default_timeout=10) as c:
     svid = c.fetch_x509_svid()
     bundles = c.fetch_x509_bundles()
+    jwt = c.fetch_jwt_svid(audience={"backend"})
+    jwt_bundles = c.fetch_jwt_bundles()
+    td_bundle = jwt_bundles.get_bundle_for_trust_domain(jwt.spiffe_id.trust_domain)
+    verified = JwtSvid.parse_and_validate(jwt.token, td_bundle, {"backend"})
+    validated = c.validate_jwt_svid(jwt.token, "backend")
+    try:
+        JwtSvid.parse_and_validate(jwt.token, td_bundle, {"someone-else"})
+        wrong_aud = "accepted"
+    except Exception as e:
+        wrong_aud = type(e).__name__
     print(json.dumps({
         "spiffe_id": str(svid.spiffe_id),
         "chain": len(svid.cert_chain),
         "bundles": sorted(str(b.trust_domain) for b in bundles.bundles),
+        "jwt_sub": str(verified.spiffe_id),
+        "jwt_aud": sorted(verified.audience),
+        "jwt_authorities": len(td_bundle.jwt_authorities),
+        "validated_sub": str(validated.spiffe_id),
+        "wrong_aud": wrong_aud,
     }))
 "#;
 
@@ -41,18 +60,8 @@ fn python() -> Option<PathBuf> {
     })
 }
 
-fn my_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|u| u.parse().ok())
-        .expect("uid")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn py_spiffe_fetches_an_svid_and_bundles() {
+async fn py_spiffe_fetches_and_verifies_x509_and_jwt_svids() {
     let Some(py) = python() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("the Python `spiffe` package is missing; scripts/test.sh installs it into target/pyenv");
@@ -60,34 +69,14 @@ async fn py_spiffe_fetches_an_svid_and_bundles() {
         eprintln!("SKIPPED: python `spiffe` package not installed (run scripts/test.sh)");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("meshguard-pyspiffe-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
     let id = SpiffeId::istio("cluster.local", "py", "client").expect("id");
-    let agent = Agent::new(
-        ca,
-        vec![Entry {
-            spiffe_id: id.clone(),
-            selectors: vec![Selector::Uid(my_uid())],
-        }],
+    let t = start(
+        "pyspiffe",
+        vec![entry(&id, my_uid())],
         Duration::from_secs(3600),
-    );
-    let sock = dir.join("agent.sock");
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let (a, s) = (agent.clone(), sock.clone());
-    tokio::spawn(async move {
-        a.serve_uds(&s, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("serve");
-    });
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    )
+    .await;
+    let dir = t.dir.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(py)
             .args(["-c", SCRIPT])
@@ -107,5 +96,9 @@ async fn py_spiffe_fetches_an_svid_and_bundles() {
     assert_eq!(v["spiffe_id"], id.to_string());
     assert_eq!(v["chain"], 1);
     assert_eq!(v["bundles"], serde_json::json!(["cluster.local"]));
-    let _ = stop.send(());
+    assert_eq!(v["jwt_sub"], id.to_string());
+    assert_eq!(v["jwt_aud"], serde_json::json!(["backend"]));
+    assert_eq!(v["jwt_authorities"], 1);
+    assert_eq!(v["validated_sub"], id.to_string());
+    assert_ne!(v["wrong_aud"], "accepted");
 }

@@ -30,6 +30,23 @@ pub struct AgentArgs {
     /// X.509-SVID lifetime; SVIDs are re-issued and pushed at half-life.
     #[arg(long, env = "MESHGUARD_SVID_TTL", default_value = "1h")]
     ttl: String,
+    /// JWT-SVID lifetime (FetchJWTSVID signs a fresh token on every call).
+    #[arg(long, env = "MESHGUARD_JWT_SVID_TTL", default_value = "5m")]
+    jwt_ttl: String,
+    /// How often to check the entries file for changes. A changed file is re-read; open
+    /// streams then get the new set of SVIDs, or PermissionDenied when their caller lost every
+    /// identity. A file with errors is refused and the last good entries stay.
+    #[arg(long, env = "MESHGUARD_ENTRIES_INTERVAL", default_value = "2s")]
+    entries_interval: String,
+}
+
+fn duration(flag: &str, v: &str) -> Result<Duration> {
+    meshguard_policy::resource::parse_duration(v)
+        .with_context(|| format!("--{flag} `{v}` is not a duration like 1h, 5m or 2s"))
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
@@ -80,8 +97,16 @@ fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
 pub fn run(a: AgentArgs) -> Result<ExitCode> {
     let ca = Ca::load(&a.ca_dir)?;
     let entries = load_entries(&a.entries)?;
-    let ttl = meshguard_policy::resource::parse_duration(&a.ttl)
-        .with_context(|| format!("--ttl `{}` is not a duration like 1h", a.ttl))?;
+    let ttl = duration("ttl", &a.ttl)?;
+    let jwt_ttl = duration("jwt-ttl", &a.jwt_ttl)?;
+    let interval = duration("entries-interval", &a.entries_interval)?;
+    if ca.jwt_signer().is_none() {
+        eprintln!(
+            "meshguard agent: warning: {} has no jwt.key, so JWT-SVID calls answer Unavailable; create one with `meshguard ca jwt-key --dir {}`",
+            a.ca_dir.display(),
+            a.ca_dir.display()
+        );
+    }
     let socket = PathBuf::from(
         a.socket
             .strip_prefix("unix://")
@@ -95,7 +120,34 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     let count = entries.len();
     rt.block_on(async move {
         let agent = Agent::new(ca, entries, ttl);
+        agent.set_jwt_ttl(jwt_ttl);
         agent.spawn_rotation(Duration::from_secs(1).min(ttl / 4));
+        let (watcher, path) = (agent.clone(), a.entries.clone());
+        tokio::spawn(async move {
+            let mut seen = modified(&path);
+            loop {
+                tokio::time::sleep(interval).await;
+                let now = modified(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load_entries(&path) {
+                    Ok(e) => {
+                        eprintln!(
+                            "meshguard agent: reloaded {} ({} registration entries)",
+                            path.display(),
+                            e.len()
+                        );
+                        watcher.set_entries(e);
+                    }
+                    Err(e) => eprintln!(
+                        "meshguard agent: refused {} ({e:#}); the last good entries stay",
+                        path.display()
+                    ),
+                }
+            }
+        });
         eprintln!("meshguard agent: SPIFFE Workload API on unix:{} ({} registration entries, SVID TTL {:?})", socket.display(), count, ttl);
         agent
             .serve_uds(&socket, async {

@@ -33,7 +33,7 @@ impl From<KeyArg> for KeyType {
 #[derive(Subcommand)]
 pub enum CaCommand {
     /// Create a root CA (or, with --parent, an intermediate signed by your own CA) in --dir:
-    /// ca.crt, ca.key (mode 0600), bundle.crt.
+    /// ca.crt, ca.key (mode 0600), bundle.crt, and jwt.key (0600), the key that signs JWT-SVIDs.
     Init {
         /// The trust domain, e.g. cluster.local.
         #[arg(long, required_unless_present = "parent")]
@@ -64,11 +64,48 @@ pub enum CaCommand {
         #[arg(long, value_enum, default_value = "ec-p256")]
         key_type: KeyArg,
     },
-    /// Print the trust bundle (PEM) of the CA in --dir.
-    Show {
+    /// Sign a JWT-SVID with the CA's JWT authority and print it.
+    IssueJwt {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/prod/sa/web.
+        #[arg(long)]
+        spiffe_id: String,
+        /// An audience the token is for; repeat for several.
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Lifetime, e.g. 5m.
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+    },
+    /// Create the JWT authority key (jwt.key, 0600) in a CA directory made without one, such as
+    /// your own CA; `ca init` creates it already.
+    JwtKey {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Print the trust bundle of the CA in --dir: PEM certificates, or the SPIFFE bundle format
+    /// (a JWK Set with the X.509 roots and the JWT authority) with --format spiffe.
+    Show {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: BundleFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BundleFormat {
+    /// Root certificates, PEM.
+    Pem,
+    /// The SPIFFE bundle format (JWK Set with use x509-svid and jwt-svid keys).
+    Spiffe,
+}
+
+fn parse_ttl(ttl: &str) -> Result<std::time::Duration> {
+    meshguard_policy::resource::parse_duration(ttl)
+        .with_context(|| format!("--ttl `{ttl}` is not a duration like 1h or 30m"))
 }
 
 pub fn run(a: CaArgs) -> Result<ExitCode> {
@@ -98,6 +135,10 @@ pub fn run(a: CaArgs) -> Result<ExitCode> {
                 dir.join("ca.key").display(),
                 dir.join("bundle.crt").display()
             );
+            eprintln!(
+                "  JWT-SVID authority: {} (0600)",
+                dir.join("jwt.key").display()
+            );
         }
         CaCommand::Issue {
             dir,
@@ -109,8 +150,7 @@ pub fn run(a: CaArgs) -> Result<ExitCode> {
             let ca = Ca::load(&dir)?;
             let id = SpiffeId::parse_workload(&spiffe_id)
                 .with_context(|| format!("--spiffe-id `{spiffe_id}`"))?;
-            let ttl = meshguard_policy::resource::parse_duration(&ttl)
-                .with_context(|| format!("--ttl `{ttl}` is not a duration like 1h or 30m"))?;
+            let ttl = parse_ttl(&ttl)?;
             let svid = ca.issue(&id, ttl, key_type.into())?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             std::fs::write(out.join("svid.pem"), &svid.cert_chain_pem)
@@ -137,8 +177,49 @@ pub fn run(a: CaArgs) -> Result<ExitCode> {
                 out.display()
             );
         }
-        CaCommand::Show { dir } => {
-            print!("{}", Ca::load(&dir)?.bundle_pem());
+        CaCommand::IssueJwt {
+            dir,
+            spiffe_id,
+            audience,
+            ttl,
+        } => {
+            let ca = Ca::load(&dir)?;
+            let id = SpiffeId::parse_workload(&spiffe_id)
+                .with_context(|| format!("--spiffe-id `{spiffe_id}`"))?;
+            if id.trust_domain() != ca.trust_domain {
+                anyhow::bail!(
+                    "--spiffe-id `{spiffe_id}` is not in this CA's trust domain {}",
+                    ca.trust_domain
+                );
+            }
+            let signer = ca.jwt_signer().with_context(|| {
+                format!(
+                    "{} has no jwt.key; create it with `meshguard ca jwt-key --dir {}`",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+            println!("{}", signer.sign(&id, &audience, parse_ttl(&ttl)?)?);
+        }
+        CaCommand::JwtKey { dir } => {
+            Ca::load(&dir)?;
+            Ca::write_jwt_key(&dir)?;
+            let ca = Ca::load(&dir)?;
+            eprintln!(
+                "JWT authority in {} (kid {})",
+                dir.join("jwt.key").display(),
+                ca.jwt_signer().map(|s| s.kid()).unwrap_or("?")
+            );
+        }
+        CaCommand::Show { dir, format } => {
+            let ca = Ca::load(&dir)?;
+            match format {
+                BundleFormat::Pem => print!("{}", ca.bundle_pem()),
+                BundleFormat::Spiffe => println!(
+                    "{}",
+                    ca.spiffe_bundle_json(std::time::Duration::from_secs(300))
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -301,6 +301,56 @@ fn ca_init_issue_show() {
         .contains("BEGIN CERTIFICATE"));
     let o = run(&["ca", "show", "--dir", ca.to_str().expect("utf8")]);
     assert!(stdout(&o).contains("BEGIN CERTIFICATE"));
+    // The SPIFFE bundle format: the root as a use=x509-svid JWK with x5c, the JWT authority
+    // as a use=jwt-svid JWK with a kid.
+    let o = run(&[
+        "ca",
+        "show",
+        "--dir",
+        ca.to_str().expect("utf8"),
+        "--format",
+        "spiffe",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let bundle: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON bundle");
+    let keys = bundle["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["use"], "x509-svid");
+    assert_eq!(keys[0]["x5c"].as_array().map(Vec::len), Some(1));
+    assert_eq!(keys[1]["use"], "jwt-svid");
+    let kid = keys[1]["kid"].as_str().expect("kid").to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ca.join("jwt.key"))
+            .expect("jwt.key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // An operator-issued JWT-SVID carries that kid, the subject and the audiences.
+    let o = run(&[
+        "ca",
+        "issue-jwt",
+        "--dir",
+        ca.to_str().expect("utf8"),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/prod/sa/web",
+        "--audience",
+        "backend",
+        "--audience",
+        "billing",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let token = stdout(&o);
+    let part = |i: usize| -> serde_json::Value {
+        let seg = token.trim().split('.').nth(i).expect("segment");
+        let bytes = base64_url_decode(seg);
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    assert_eq!(part(0)["kid"], kid);
+    assert_eq!(part(1)["sub"], "spiffe://cluster.local/ns/prod/sa/web");
+    assert_eq!(part(1)["aud"], serde_json::json!(["backend", "billing"]));
     // A second init into the same directory is refused; a bad SPIFFE ID says why.
     let o = run(&[
         "ca",
@@ -367,4 +417,21 @@ fn agent_refuses_bad_registration_entries() {
         stderr(&o)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// base64url without padding (RFC 7515), enough to read a token in a test.
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("base64url") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
