@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             selectors: vec![Selector::Uid(uid())],
         }],
         Duration::from_secs(3600),
-    );
+    )?;
     let sock = dir.join("agent.sock");
     let (a, s) = (agent.clone(), sock.clone());
     tokio::spawn(async move {

@@ -101,6 +101,19 @@ pub struct Agent {
 
 const HEADER: &str = "workload.spiffe.io";
 
+fn check_entries(ca: &Ca, entries: &[Entry]) -> Result<(), String> {
+    match entries
+        .iter()
+        .find(|e| e.spiffe_id.trust_domain() != ca.trust_domain)
+    {
+        Some(e) => Err(format!(
+            "entry {} is not in the CA's trust domain {}",
+            e.spiffe_id, ca.trust_domain
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_header<T>(r: &Request<T>) -> Result<(), Status> {
     match r.metadata().get(HEADER).and_then(|v| v.to_str().ok()) {
         Some("true") => Ok(()),
@@ -111,9 +124,15 @@ fn check_header<T>(r: &Request<T>) -> Result<(), Status> {
 }
 
 impl Agent {
-    pub fn new(ca: Ca, entries: Vec<Entry>, ttl: Duration) -> Agent {
+    /// An agent for `ca`. Entries outside the CA's trust domain or a lifetime under one second
+    /// are refused.
+    pub fn new(ca: Ca, entries: Vec<Entry>, ttl: Duration) -> Result<Agent, String> {
+        check_entries(&ca, &entries)?;
+        if ttl < Duration::from_secs(1) {
+            return Err(format!("the SVID lifetime {ttl:?} is under one second"));
+        }
         let (rotation, _) = watch::channel(0);
-        Agent {
+        Ok(Agent {
             inner: Arc::new(Inner {
                 ca,
                 entries: RwLock::new(entries),
@@ -122,7 +141,7 @@ impl Agent {
                 svids: Mutex::new(HashMap::new()),
                 rotation,
             }),
-        }
+        })
     }
 
     /// Sets the lifetime of JWT-SVIDs (default 5 minutes).
@@ -134,11 +153,25 @@ impl Agent {
 
     /// Replaces the registration entries. Open streams re-attest their caller at once: they get
     /// the new set of SVIDs, or end with `PermissionDenied` when the caller lost every identity.
-    pub fn set_entries(&self, entries: Vec<Entry>) {
+    /// Entries for another trust domain than the CA's are refused as a whole.
+    pub fn set_entries(&self, entries: Vec<Entry>) -> Result<(), String> {
+        check_entries(&self.inner.ca, &entries)?;
         if let Ok(mut e) = self.inner.entries.write() {
             *e = entries;
         }
+        if let Ok(mut m) = self.inner.svids.lock() {
+            // Forget SVIDs of identities no entry names any more, so they stop being renewed.
+            let live = self
+                .inner
+                .entries
+                .read()
+                .map(|e| e.iter().map(|x| x.spiffe_id.clone()).collect::<Vec<_>>());
+            if let Ok(live) = live {
+                m.retain(|id, _| live.contains(id));
+            }
+        }
         self.inner.rotation.send_modify(|g| *g += 1);
+        Ok(())
     }
 
     /// The kernel credentials (uid, gid) of the caller.
@@ -280,6 +313,36 @@ impl Agent {
         })
     }
 
+    /// A bundle stream: the bundle now, then open until the client leaves (the bundle changes
+    /// only with a new CA) or the caller loses every identity (PermissionDenied).
+    fn bundle_stream<T: Send + 'static>(
+        &self,
+        caller: (u32, u32),
+        msg: T,
+    ) -> Result<Response<Stream<T>>, Status> {
+        let mut rot = self.inner.rotation.subscribe();
+        rot.borrow_and_update();
+        self.ids_for(caller)?;
+        let (tx, rx) = mpsc::channel(1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = rot.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                if let Err(e) = me.ids_for(caller) {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     /// Checks for due rotations every `every` until the runtime stops.
     pub fn spawn_rotation(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -303,7 +366,22 @@ impl Agent {
         path: &Path,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let _ = std::fs::remove_file(path);
+        // Replace a stale socket, never another kind of file.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if let Ok(m) = std::fs::symlink_metadata(path) {
+                if m.file_type().is_socket() {
+                    std::fs::remove_file(path)?;
+                } else {
+                    return Err(format!(
+                        "{} exists and is not a socket; refusing to replace it",
+                        path.display()
+                    )
+                    .into());
+                }
+            }
+        }
         let listener = tokio::net::UnixListener::bind(path)?;
         #[cfg(unix)]
         {
@@ -335,8 +413,11 @@ impl SpiffeWorkloadApi for Agent {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&r)?;
         let caller = Self::caller(&r)?;
-        let ids = self.ids_for(caller)?;
+        // Subscribe before attesting: an entry change in between is then seen as a change,
+        // never lost (a revoked identity must not stay on the stream).
         let mut rot = self.inner.rotation.subscribe();
+        rot.borrow_and_update();
+        let ids = self.ids_for(caller)?;
         let first = self.x509_response(&ids)?;
         let (tx, rx) = mpsc::channel(4);
         let me = self.clone();
@@ -346,7 +427,12 @@ impl SpiffeWorkloadApi for Agent {
             }
             // Every later message carries the full state again, after each rotation or change
             // of registration entries; a caller that lost every identity gets PermissionDenied.
-            while rot.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    changed = rot.changed() => if changed.is_err() { return },
+                    // The client went away: end the task now, not at the next rotation.
+                    _ = tx.closed() => return,
+                }
                 let msg = me.ids_for(caller).and_then(|ids| me.x509_response(&ids));
                 let end = msg.is_err();
                 if tx.send(msg).await.is_err() || end {
@@ -362,15 +448,8 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&r)?;
-        self.attest(&r)?;
-        let (tx, rx) = mpsc::channel(1);
         let msg = self.bundles_response();
-        tokio::spawn(async move {
-            let _ = tx.send(Ok(msg)).await;
-            // The bundle only changes with a new CA; keep the stream open until the client leaves.
-            tx.closed().await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.bundle_stream(Self::caller(&r)?, msg)
     }
 
     async fn fetch_jwtsvid(
@@ -424,14 +503,8 @@ impl SpiffeWorkloadApi for Agent {
         r: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&r)?;
-        self.attest(&r)?;
         let msg = self.jwt_bundle_response()?;
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            let _ = tx.send(Ok(msg)).await;
-            tx.closed().await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.bundle_stream(Self::caller(&r)?, msg)
     }
 
     async fn validate_jwtsvid(

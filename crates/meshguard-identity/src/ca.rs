@@ -96,12 +96,63 @@ impl Svid {
     }
 }
 
-/// The DER certificates in a PEM text.
+/// The DER certificates in a PEM text. Only `CERTIFICATE` blocks are taken: a private key
+/// that found its way into a certificate file must never be handed out as part of a chain.
 pub fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
         .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
         .map(|p| p.contents)
         .collect()
+}
+
+/// Refuses certificate files that hold anything but certificates (a key pasted into ca.crt or
+/// bundle.crt would otherwise travel with every SVID).
+fn only_certificates(path: &Path, pem: &str) -> Result<(), CaError> {
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        match block {
+            Ok(b) if b.label == "CERTIFICATE" => {}
+            Ok(b) => {
+                return Err(CaError::NotACa(
+                    path.to_owned(),
+                    format!(
+                        "it holds a `{}` block; only certificates belong here",
+                        b.label
+                    ),
+                ))
+            }
+            Err(e) => return Err(CaError::NotACa(path.to_owned(), e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a private key file that other users could read or that another user owns.
+fn check_key_file(path: &Path) -> Result<(), CaError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).map_err(io(path))?;
+        if m.mode() & 0o077 != 0 {
+            return Err(CaError::NotACa(
+                path.to_owned(),
+                format!(
+                    "the key file is accessible to other users (mode {:o}); run chmod 600",
+                    m.mode() & 0o777
+                ),
+            ));
+        }
+        // This process's uid without libc: /proc/self belongs to it.
+        if let Ok(me) = fs::metadata("/proc/self") {
+            if m.uid() != me.uid() {
+                return Err(CaError::NotACa(
+                    path.to_owned(),
+                    format!("the key file is owned by uid {}, not by this user", m.uid()),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A loaded CA.
@@ -115,6 +166,9 @@ pub struct Ca {
     not_after: OffsetDateTime,
     /// The JWT authority (`jwt.key`), when the CA directory has one.
     jwt: Option<JwtSigner>,
+    /// The SPIFFE bundle sequence number: the newest modification time (Unix seconds) of the
+    /// files the bundle is made of, so it changes whenever the bundle does.
+    sequence: u64,
 }
 
 /// The file holding the JWT authority's key in a CA directory.
@@ -197,12 +251,20 @@ impl Ca {
     }
 
     fn write(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<(), CaError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let key_path = dir.join("ca.key");
-        if key_path.exists() {
-            return Err(CaError::Exists(key_path));
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
         }
-        write_private(&key_path, key_pem)?;
+        builder.create(dir).map_err(io(dir))?;
+        for f in ["ca.key", JWT_KEY_FILE] {
+            if dir.join(f).exists() {
+                return Err(CaError::Exists(dir.join(f)));
+            }
+        }
+        write_private(&dir.join("ca.key"), key_pem)?;
         Self::write_jwt_key(dir)?;
         fs::write(dir.join("ca.crt"), chain_pem).map_err(io(dir))?;
         fs::write(dir.join("bundle.crt"), bundle_pem).map_err(io(dir))?;
@@ -222,11 +284,11 @@ impl Ca {
 
     fn load_jwt_key(dir: &Path) -> Result<Option<JwtSigner>, CaError> {
         let path = dir.join(JWT_KEY_FILE);
-        let pem = match fs::read_to_string(&path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
-        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        check_key_file(&path)?;
+        let pem = fs::read_to_string(&path).map_err(io(&path))?;
         let key = KeyPair::from_pem(&pem)
             .map_err(|_| CaError::JwtKey(path.clone(), JwtSvidError::BadKey))?;
         JwtSigner::from_pkcs8(&key.serialize_der())
@@ -243,8 +305,11 @@ impl Ca {
     pub fn load(dir: &Path) -> Result<Ca, CaError> {
         let read = |f: &str| fs::read_to_string(dir.join(f)).map_err(io(&dir.join(f)));
         let chain_pem = read("ca.crt")?;
+        check_key_file(&dir.join("ca.key"))?;
         let key_pem = read("ca.key")?;
         let bundle_pem = read("bundle.crt")?;
+        only_certificates(&dir.join("ca.crt"), &chain_pem)?;
+        only_certificates(&dir.join("bundle.crt"), &bundle_pem)?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| CaError::NotACa(dir.join("ca.key"), e.to_string()))?;
         let first = chain_pem
@@ -262,18 +327,27 @@ impl Ca {
             .flatten()
             .and_then(|san| {
                 san.value.general_names.iter().find_map(|g| match g {
-                    x509_parser::extensions::GeneralName::URI(u) => {
-                        u.strip_prefix("spiffe://").map(str::to_owned)
-                    }
+                    x509_parser::extensions::GeneralName::URI(u) => u
+                        .strip_prefix("spiffe://")
+                        .map(|td| td.trim_end_matches('/').to_owned()),
                     _ => None,
                 })
             })
             .ok_or_else(|| bad("no spiffe:// trust domain SAN".into()))?;
+        validate_trust_domain(&trust_domain).map_err(|e| bad(e.to_string()))?;
         let not_after = cert.validity().not_after.to_datetime();
         let issuer = Issuer::from_ca_cert_pem(first, key).map_err(|e| bad(e.to_string()))?;
         let jwt = Self::load_jwt_key(dir)?;
+        let sequence = ["bundle.crt", JWT_KEY_FILE]
+            .iter()
+            .filter_map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .max()
+            .unwrap_or(1);
         Ok(Ca {
             jwt,
+            sequence,
             trust_domain,
             issuer,
             chain_pem,
@@ -309,8 +383,15 @@ impl Ca {
                 continue;
             };
             use x509_parser::public_key::PublicKey;
+            let p256 = cert
+                .public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .is_some_and(|oid| oid.to_id_string() == "1.2.840.10045.3.1.7");
             let mut jwk = match cert.public_key().parsed() {
-                Ok(PublicKey::EC(point)) if point.data().len() == 65 => serde_json::json!({
+                Ok(PublicKey::EC(point)) if p256 && point.data().len() == 65 => serde_json::json!({
                     "kty": "EC", "crv": "P-256",
                     "x": b64.encode(&point.data()[1..33]), "y": b64.encode(&point.data()[33..]),
                 }),
@@ -330,7 +411,7 @@ impl Ca {
         }
         let doc = serde_json::json!({
             "keys": keys,
-            "spiffe_sequence": 1,
+            "spiffe_sequence": self.sequence,
             "spiffe_refresh_hint": refresh_hint.as_secs(),
         });
         serde_json::to_string_pretty(&doc).unwrap_or_default()

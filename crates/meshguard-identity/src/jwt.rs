@@ -69,11 +69,13 @@ impl std::fmt::Debug for JwtSigner {
     }
 }
 
+/// Seconds since the Unix epoch; a clock before 1970 reads as the far future, so every token
+/// counts as expired (fail closed) and nothing signed then looks valid.
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(u64::MAX / 2)
 }
 
 impl JwtSigner {
@@ -106,7 +108,8 @@ impl JwtSigner {
     /// The public key as a JWK for the trust bundle (`use: jwt-svid`, with `kid`).
     pub fn jwk(&self) -> Value {
         let (x, y) = xy(self.key.public_key().as_ref()).unwrap_or_default();
-        json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": self.kid, "use": "jwt-svid", "alg": "ES256"})
+        // Only the members the bundle and JWT-SVID standards define (no `alg`).
+        json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": self.kid, "use": "jwt-svid"})
     }
 
     /// Signs a JWT-SVID for `id` valid for `ttl`, with every audience in `aud`.

@@ -172,3 +172,36 @@ fn intermediate_under_your_own_root() {
     let _ = std::fs::remove_dir_all(root);
     let _ = std::fs::remove_dir_all(inter);
 }
+
+#[test]
+fn ca_files_that_would_leak_keys_are_refused() {
+    let dir = std::env::temp_dir().join(format!("meshguard-ca-leak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    meshguard_identity::Ca::init(
+        &dir,
+        "cluster.local",
+        meshguard_identity::KeyType::EcdsaP256,
+    )
+    .expect("ca");
+    // A second init into the same directory is refused (jwt.key or ca.key exists).
+    assert!(meshguard_identity::Ca::init(
+        &dir,
+        "cluster.local",
+        meshguard_identity::KeyType::EcdsaP256
+    )
+    .is_err());
+    // A private key pasted into ca.crt would travel with every SVID chain: refused.
+    let crt = std::fs::read_to_string(dir.join("ca.crt")).expect("crt");
+    let key = std::fs::read_to_string(dir.join("ca.key")).expect("key");
+    std::fs::write(dir.join("ca.crt"), format!("{crt}{key}")).expect("write");
+    let e = meshguard_identity::Ca::load(&dir).err().expect("refused");
+    assert!(e.to_string().contains("only certificates"), "{e}");
+    std::fs::write(dir.join("ca.crt"), &crt).expect("write");
+    // A CA key readable by other users: refused with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let e = meshguard_identity::Ca::load(&dir).err().expect("refused");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

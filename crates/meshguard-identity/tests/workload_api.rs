@@ -224,7 +224,8 @@ async fn changed_entries_reach_open_streams() {
 
     // A second identity for the same caller: the stream pushes both.
     t.agent
-        .set_entries(vec![entry(&me(), my_uid()), entry(&second, my_uid())]);
+        .set_entries(vec![entry(&me(), my_uid()), entry(&second, my_uid())])
+        .expect("entries");
     let next = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("pushed")
@@ -235,7 +236,8 @@ async fn changed_entries_reach_open_streams() {
 
     // Every entry for this caller removed: the stream ends with PermissionDenied.
     t.agent
-        .set_entries(vec![entry(&me(), my_uid().wrapping_add(1))]);
+        .set_entries(vec![entry(&me(), my_uid().wrapping_add(1))])
+        .expect("entries");
     let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await
         .expect("pushed");
@@ -312,7 +314,8 @@ async fn a_process_under_another_uid_is_refused() {
 
     // Registering the child's uid gives it its own identity, and only that one.
     t.agent
-        .set_entries(vec![entry(&me(), registered), entry(&nobody, child_uid)]);
+        .set_entries(vec![entry(&me(), registered), entry(&nobody, child_uid)])
+        .expect("entries");
     if child_uid != registered {
         let (e, s) = (exe.clone(), t.sock.clone());
         let got = tokio::task::spawn_blocking(move || run(e, s))
@@ -320,4 +323,29 @@ async fn a_process_under_another_uid_is_refused() {
             .expect("join");
         assert_eq!(got, format!("ok {nobody}"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_outside_the_trust_domain_are_refused() {
+    let t = start(
+        "td",
+        vec![entry(&me(), my_uid())],
+        Duration::from_secs(3600),
+    )
+    .await;
+    let foreign = SpiffeId::parse_workload("spiffe://other.td/ns/x/sa/y").expect("id");
+    let e = t
+        .agent
+        .set_entries(vec![entry(&foreign, my_uid())])
+        .expect_err("foreign trust domain");
+    assert!(e.contains("other.td"), "{e}");
+    // The previous entries stay.
+    let mut c = client(t.sock.clone()).await;
+    let mut s = c
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream")
+        .into_inner();
+    let m = s.message().await.expect("rpc").expect("message");
+    assert_eq!(m.svids[0].spiffe_id, me().to_string());
 }

@@ -27,6 +27,9 @@ pub struct Outcome {
     pub audit: Vec<String>,
     pub dry_run: Option<(bool, Option<String>)>,
     pub generation: u64,
+    /// Allowed only because no enforced ALLOW policy applies to the workload (Istio's default);
+    /// a default-deny front end (the mTLS proxy) refuses these.
+    pub by_default: bool,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
             audit: Vec::new(),
             dry_run: None,
             generation,
+            by_default: false,
         }
     }
 
@@ -94,6 +98,10 @@ pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome 
         audit: d.audit.iter().map(|p| p.name()).collect(),
         dry_run: d.dry_run.map(|s| (s.allowed, s.policy.map(|p| p.name()))),
         generation: g.id,
+        by_default: matches!(
+            d.reason,
+            meshguard_policy::decision::Reason::NoAllowPolicies
+        ),
     };
     if o.allowed {
         if let Some(a) = authenticated {

@@ -98,6 +98,15 @@ async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServeErro
     }
 }
 
+/// Serves the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/config`) on `listener`
+/// until `stop` flips. Used by `serve` and by the mTLS proxy.
+pub async fn serve_admin(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
+    serve_hyper(listener, stop, move |req, _peer| {
+        admin::handle(state.clone(), req)
+    })
+    .await
+}
+
 /// Serves hyper connections until `stop` flips, then lets open requests finish (bounded).
 async fn serve_hyper<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
 where
@@ -206,70 +215,66 @@ pub async fn serve(
         }));
     }
     if let Some(l) = admin_l {
-        let st = state.clone();
-        let stop = stop_rx.clone();
-        tasks.spawn(serve_hyper(l, stop, move |req, _peer| {
-            admin::handle(st.clone(), req)
-        }));
+        tasks.spawn(serve_admin(l, state.clone(), stop_rx.clone()));
     }
-    // Hot reload: file changes (polled) and SIGHUP.
-    {
-        let st = state.clone();
-        let mut stop = stop_rx.clone();
-        let interval = cfg.reload_interval;
-        tasks.spawn(async move {
-            let mut last = st.fingerprint();
-            let mut pending = None;
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            loop {
-                let tick = async {
-                    if interval.is_zero() {
-                        std::future::pending::<()>().await;
-                    } else {
-                        tokio::time::sleep(interval).await;
-                    }
-                };
-                #[cfg(unix)]
-                let sighup = async {
-                    match hup.as_mut() {
-                        Some(h) => {
-                            h.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let sighup = std::future::pending::<()>();
-                tokio::select! {
-                    _ = tick => {
-                        // Reload once a change has been stable for one interval, so a file
-                        // caught half-written is not compiled and served.
-                        let now = st.fingerprint();
-                        if now == last {
-                            pending = None;
-                        } else if pending.as_ref() == Some(&now) {
-                            last = now;
-                            pending = None;
-                            let _ = st.reload("policy files changed").await;
-                        } else {
-                            pending = Some(now);
-                        }
-                    }
-                    _ = sighup => {
-                        last = st.fingerprint();
-                        let _ = st.reload("SIGHUP").await;
-                    }
-                    _ = stop.changed() => break,
-                }
-            }
-        });
-    }
+    tasks.spawn(watch_policies(
+        state.clone(),
+        cfg.reload_interval,
+        stop_rx.clone(),
+    ));
     on_ready(&bound);
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Hot reload until `stop` flips: policy files polled every `interval` (a change must be stable
+/// for one interval before it is compiled, so a half-written file is never served) and SIGHUP.
+/// A refused set leaves the previous one active. Used by `serve` and by the mTLS proxy.
+pub async fn watch_policies(st: Arc<State>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut last = st.fingerprint();
+    let mut pending = None;
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let tick = async {
+            if interval.is_zero() {
+                std::future::pending::<()>().await;
+            } else {
+                tokio::time::sleep(interval).await;
+            }
+        };
+        #[cfg(unix)]
+        let sighup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        tokio::select! {
+            _ = tick => {
+                let now = st.fingerprint();
+                if now == last {
+                    pending = None;
+                } else if pending.as_ref() == Some(&now) {
+                    last = now;
+                    pending = None;
+                    let _ = st.reload("policy files changed").await;
+                } else {
+                    pending = Some(now);
+                }
+            }
+            _ = sighup => {
+                last = st.fingerprint();
+                let _ = st.reload("SIGHUP").await;
+            }
+            _ = stop.changed() => break,
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "SPIFFE_ENDPOINT_SOCKET",
-        default_value = "/tmp/meshguard-agent.sock"
+        default_value = "/run/meshguard/agent.sock"
     )]
     socket: String,
     /// X.509-SVID lifetime; SVIDs are re-issued and pushed at half-life.
@@ -45,8 +45,39 @@ fn duration(flag: &str, v: &str) -> Result<Duration> {
         .with_context(|| format!("--{flag} `{v}` is not a duration like 1h, 5m or 2s"))
 }
 
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What identifies a version of the entries file: size, inode and modification time.
+fn stamp(path: &std::path::Path) -> Option<(u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.ino(), m.modified().ok()?))
+}
+
+/// The socket's directory must not be writable by other users, or one of them could replace
+/// the socket with their own Workload API.
+fn check_socket_dir(socket: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match socket.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+    }
+    let m = std::fs::metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+        bail!(
+            "{} is writable by other users, who could replace the agent's socket; use a directory only this user can write (e.g. /run/meshguard)",
+            dir.display()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        eprintln!(
+            "meshguard agent: warning: {} is writable by other users (sticky); prefer a directory only this user can write, such as /run/meshguard",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
@@ -100,6 +131,14 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     let ttl = duration("ttl", &a.ttl)?;
     let jwt_ttl = duration("jwt-ttl", &a.jwt_ttl)?;
     let interval = duration("entries-interval", &a.entries_interval)?;
+    for (flag, d) in [("ttl", ttl), ("jwt-ttl", jwt_ttl)] {
+        if d < Duration::from_secs(1) {
+            bail!("--{flag} must be at least 1s");
+        }
+    }
+    if interval < Duration::from_millis(10) {
+        bail!("--entries-interval must be at least 10ms");
+    }
     if ca.jwt_signer().is_none() {
         eprintln!(
             "meshguard agent: warning: {} has no jwt.key, so JWT-SVID calls answer Unavailable; create one with `meshguard ca jwt-key --dir {}`",
@@ -119,32 +158,48 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let count = entries.len();
     rt.block_on(async move {
-        let agent = Agent::new(ca, entries, ttl);
+        check_socket_dir(&socket)?;
+        let agent = Agent::new(ca, entries, ttl).map_err(|e| anyhow::anyhow!("{}: {e}", a.entries.display()))?;
         agent.set_jwt_ttl(jwt_ttl);
         agent.spawn_rotation(Duration::from_secs(1).min(ttl / 4));
         let (watcher, path) = (agent.clone(), a.entries.clone());
         tokio::spawn(async move {
-            let mut seen = modified(&path);
+            let mut seen = stamp(&path);
+            let mut refused = None;
             loop {
                 tokio::time::sleep(interval).await;
-                let now = modified(&path);
-                if now == seen {
+                let now = stamp(&path);
+                if now == seen || now == refused {
                     continue;
                 }
-                seen = now;
-                match load_entries(&path) {
-                    Ok(e) => {
+                // Reading /etc/passwd and the file is blocking work: off the runtime threads.
+                let p = path.clone();
+                let loaded = tokio::task::spawn_blocking(move || load_entries(&p))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|r| r)
+                    .and_then(|e| {
+                        let n = e.len();
+                        watcher.set_entries(e).map(|()| n).map_err(|e| anyhow::anyhow!(e))
+                    });
+                match loaded {
+                    Ok(n) => {
+                        // Only a version that loaded counts as seen, so a later write in the
+                        // same second is never skipped.
+                        seen = now;
+                        refused = None;
                         eprintln!(
-                            "meshguard agent: reloaded {} ({} registration entries)",
-                            path.display(),
-                            e.len()
+                            "meshguard agent: reloaded {} ({n} registration entries)",
+                            path.display()
                         );
-                        watcher.set_entries(e);
                     }
-                    Err(e) => eprintln!(
-                        "meshguard agent: refused {} ({e:#}); the last good entries stay",
-                        path.display()
-                    ),
+                    Err(e) => {
+                        refused = now;
+                        eprintln!(
+                            "meshguard agent: refused {} ({e:#}); the last good entries stay",
+                            path.display()
+                        );
+                    }
                 }
             }
         });

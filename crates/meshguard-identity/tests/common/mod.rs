@@ -48,8 +48,16 @@ impl Drop for TestAgent {
 pub async fn start(tag: &str, entries: Vec<Entry>, ttl: Duration) -> TestAgent {
     let dir = std::env::temp_dir().join(format!("meshguard-agent-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // Created before the CA (which makes its own directories 0700) so other uids can reach
+    // the socket.
+    std::fs::create_dir_all(&dir).expect("dir");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
     let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
-    let agent = Agent::new(ca, entries, ttl);
+    let agent = Agent::new(ca, entries, ttl).expect("agent");
     let sock = dir.join("agent.sock");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (a, s) = (agent.clone(), sock.clone());
