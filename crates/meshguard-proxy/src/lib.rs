@@ -1,0 +1,663 @@
+//! `meshguard proxy`: an mTLS sidecar that enforces PeerAuthentication and AuthorizationPolicy
+//! in the data path, with the policy engine in-process.
+//!
+//! Inbound, in front of a local app: the effective PeerAuthentication mode of the port decides
+//! whether TLS is required (STRICT), detected from the first byte (PERMISSIVE) or not used
+//! (DISABLE). mTLS peers must present an X.509-SVID of our trust domain. TCP listeners decide
+//! once per connection with the L4 view of the policies; HTTP listeners decide every request
+//! (HTTP/1.1 and HTTP/2, request authentication included) and forward allowed ones with the
+//! peer in `x-forwarded-client-cert`. Outbound: the local app connects in plaintext and the proxy
+//! originates mTLS to the upstream proxy, which must present the expected SPIFFE ID.
+//!
+//! Default deny: a workload that no ALLOW policy selects is refused (Istio would allow it),
+//! unless `default_deny` is turned off.
+
+pub mod source;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshguard_identity::SpiffeId;
+use meshguard_policy::{Destination, HttpRequest, Identity, MtlsMode, Request, Source};
+use meshguard_server::decide::{decide, record, Outcome};
+use meshguard_server::dlog::{DecisionLog, Sink};
+use meshguard_server::{State, Workload};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use tls::{SvidMaterial, SvidStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the decision log: {0}")]
+    Log(std::io::Error),
+}
+
+/// What an inbound listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Opaque TCP: one decision per connection with the L4 parts of the policies.
+    Tcp,
+    /// HTTP/1.1 or HTTP/2 (detected per connection): one decision per request.
+    Http,
+}
+
+/// A listener in front of the local app.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The workload port as policies and PeerAuthentication `portLevelMtls` see it.
+    pub port: u16,
+    /// Where the app listens (plaintext, usually loopback).
+    pub app: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// A plaintext listener for the local app, originating mTLS to an upstream proxy.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The upstream proxy's inbound listener.
+    pub upstream: SocketAddr,
+    /// The SPIFFE ID the upstream must present.
+    pub spiffe_id: SpiffeId,
+}
+
+/// Everything `run` needs besides the policy state and the identity.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub workload: Workload,
+    pub inbound: Vec<Inbound>,
+    pub outbound: Vec<Outbound>,
+    /// Refuse what no ALLOW policy covers (the default); `false` gives Istio's allow-by-default.
+    pub default_deny: bool,
+    /// PERMISSIVE: how long to wait for a client's first byte before treating it as plaintext
+    /// (server-first protocols send nothing).
+    pub detect_timeout: Duration,
+    /// Bound on a TLS handshake and on a connection to the app or upstream.
+    pub connect_timeout: Duration,
+    /// Bound on one decision (remote JWKS fetches included); exceeding it denies.
+    pub decision_timeout: Duration,
+    pub admin: Option<SocketAddr>,
+    pub reload_interval: Duration,
+    pub decision_log: Sink,
+}
+
+impl ProxyConfig {
+    pub fn new(workload: Workload) -> ProxyConfig {
+        ProxyConfig {
+            workload,
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            default_deny: true,
+            detect_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            decision_timeout: Duration::from_secs(5),
+            admin: None,
+            reload_interval: Duration::from_secs(2),
+            decision_log: Sink::Off,
+        }
+    }
+}
+
+/// Addresses actually bound (ports chosen by the OS when 0 was asked for), in config order.
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub inbound: Vec<SocketAddr>,
+    pub outbound: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+struct InCtx {
+    state: Arc<State>,
+    store: Arc<SvidStore>,
+    log: DecisionLog,
+    cfg: Arc<ProxyConfig>,
+    listener: Inbound,
+    tls: tokio_rustls::TlsAcceptor,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        BoxBody<Bytes, hyper::Error>,
+    >,
+}
+
+/// Runs every listener until `shutdown` completes; policies reload as `serve`'s do.
+pub async fn run(
+    state: Arc<State>,
+    store: Arc<SvidStore>,
+    cfg: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), ProxyError> {
+    let cfg = Arc::new(cfg);
+    let log =
+        DecisionLog::start(cfg.decision_log.clone(), state.clone()).map_err(ProxyError::Log)?;
+    for e in state.current().authn.prefetch().await {
+        tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
+    }
+    let server_tls = tokio_rustls::TlsAcceptor::from(store.server_config()?);
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(cfg.connect_timeout));
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = Bound::default();
+    for l in &cfg.inbound {
+        let listener = bind(l.listen).await?;
+        bound
+            .inbound
+            .push(listener.local_addr().unwrap_or(l.listen));
+        let ctx = Arc::new(InCtx {
+            state: state.clone(),
+            store: store.clone(),
+            log: log.clone(),
+            cfg: cfg.clone(),
+            listener: l.clone(),
+            tls: server_tls.clone(),
+            client: client.clone(),
+        });
+        tasks.spawn(accept_loop(listener, stop_rx.clone(), move |s, peer| {
+            inbound_conn(ctx.clone(), s, peer)
+        }));
+    }
+    for o in &cfg.outbound {
+        let listener = bind(o.listen).await?;
+        bound
+            .outbound
+            .push(listener.local_addr().unwrap_or(o.listen));
+        let connector = tokio_rustls::TlsConnector::from(store.client_config(o.spiffe_id.clone())?);
+        let (o, timeout) = (Arc::new(o.clone()), cfg.connect_timeout);
+        tasks.spawn(accept_loop(listener, stop_rx.clone(), move |s, _peer| {
+            outbound_conn(o.clone(), connector.clone(), timeout, s)
+        }));
+    }
+    if let Some(a) = cfg.admin {
+        let l = bind(a).await?;
+        bound.admin = l.local_addr().ok();
+        tasks.spawn(meshguard_server::serve_admin(
+            l,
+            state.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    tasks.spawn(meshguard_server::watch_policies(
+        state.clone(),
+        cfg.reload_interval,
+        stop_rx.clone(),
+    ));
+    on_ready(&bound);
+    shutdown.await;
+    tracing::info!("proxy shutting down: no new connections");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(handle(s, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Copies both ways until either side closes (64 KiB buffers: four full TLS records).
+async fn splice<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, 64 * 1024, 64 * 1024).await;
+}
+
+/// What the inbound side knows about a connection.
+struct Conn {
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// The mTLS peer's SPIFFE ID and the SHA-256 of its certificate.
+    peer_id: Option<(SpiffeId, String)>,
+}
+
+impl Conn {
+    fn identity(&self) -> Identity {
+        match &self.peer_id {
+            Some((id, _)) => Identity::default().with_peer(&id.to_string()),
+            None => Identity::default(),
+        }
+    }
+}
+
+fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
+    Request {
+        destination: Destination {
+            namespace: ctx.cfg.workload.namespace.clone(),
+            labels: ctx.cfg.workload.labels.clone(),
+            port: Some(ctx.listener.port),
+            ip: Some(conn.local.ip()),
+        },
+        source: Source {
+            ip: Some(conn.peer.ip()),
+            remote_ip: None,
+        },
+        sni: None,
+        http,
+        custom: Vec::new(),
+    }
+}
+
+/// Decides with a time bound and applies default deny; failures deny.
+async fn decide_bounded(ctx: &InCtx, req: &Request, id: &Identity) -> Outcome {
+    let g = ctx.state.current();
+    let mut o =
+        match tokio::time::timeout(ctx.cfg.decision_timeout, decide(&g, req, id.clone())).await {
+            Ok(o) => o,
+            Err(_) => {
+                ctx.state
+                    .metrics
+                    .internal_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Outcome::internal("denied (fail closed): the decision timed out", g.id)
+            }
+        };
+    if o.allowed && o.by_default && ctx.cfg.default_deny {
+        o.allowed = false;
+        o.status = 403;
+        o.reason = "denied: no ALLOW AuthorizationPolicy applies to this workload (meshguard proxy denies by default; set defaultDeny: false for Istio's allow-by-default)".into();
+    }
+    o
+}
+
+/// The L4 decision for a connection, recorded; true when allowed.
+async fn decide_connection(ctx: &InCtx, conn: &Conn, started: Instant) -> bool {
+    let req = request_for(ctx, conn, None);
+    let id = conn.identity();
+    let o = decide_bounded(ctx, &req, &id).await;
+    record(
+        &ctx.state,
+        &ctx.log,
+        "proxy-tcp",
+        "",
+        &req,
+        &id,
+        &o,
+        started,
+    );
+    o.allowed
+}
+
+async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let local = stream.local_addr().unwrap_or(ctx.listener.listen);
+    let mode = ctx.state.current().set.mtls_mode(
+        &ctx.cfg.workload.namespace,
+        &ctx.cfg.workload.labels,
+        Some(ctx.listener.port),
+    );
+    let tls = match mode {
+        MtlsMode::Disable => false,
+        // STRICT also peeks, so plaintext is refused with a logged reason, not a TLS error.
+        _ => looks_like_tls(&stream, ctx.cfg.detect_timeout).await,
+    };
+    let plain_conn = Conn {
+        peer,
+        local,
+        peer_id: None,
+    };
+    if !tls {
+        if mode == MtlsMode::Strict {
+            // The engine's own verdict: plaintext under STRICT is refused, with its reason.
+            decide_connection(&ctx, &plain_conn, started).await;
+            return;
+        }
+        serve_inbound(ctx, stream, plain_conn, started).await;
+        return;
+    }
+    let accepted = tokio::time::timeout(ctx.cfg.connect_timeout, ctx.tls.accept(stream)).await;
+    let tls_stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse_handshake(&ctx, &plain_conn, &e.to_string(), started),
+        Err(_) => return refuse_handshake(&ctx, &plain_conn, "handshake timed out", started),
+    };
+    let peer_id = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| {
+            tls::spiffe_id_of(leaf)
+                .ok()
+                .map(|id| (id, tls::cert_sha256(leaf)))
+        });
+    if peer_id.is_none() {
+        // The verifier requires a valid SVID, so this cannot happen; deny if it ever does.
+        return refuse_handshake(
+            &ctx,
+            &plain_conn,
+            "no peer SVID after the handshake",
+            started,
+        );
+    }
+    let conn = Conn {
+        peer,
+        local,
+        peer_id,
+    };
+    serve_inbound(ctx, tls_stream, conn, started).await;
+}
+
+fn refuse_handshake(ctx: &InCtx, conn: &Conn, why: &str, started: Instant) {
+    let o = Outcome::internal(
+        format!("denied: mTLS handshake refused: {why}"),
+        ctx.state.current().id,
+    );
+    let req = request_for(ctx, conn, None);
+    record(
+        &ctx.state,
+        &ctx.log,
+        "proxy-tcp",
+        "",
+        &req,
+        &Identity::default(),
+        &o,
+        started,
+    );
+    tracing::info!(peer = %conn.peer, reason = why, "inbound connection refused");
+}
+
+/// PERMISSIVE detection: a TLS connection starts with a handshake record (0x16).
+async fn looks_like_tls(s: &TcpStream, wait: Duration) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, s.peek(&mut b)).await,
+        Ok(Ok(1)) if b[0] == 0x16
+    )
+}
+
+async fn serve_inbound<S>(ctx: Arc<InCtx>, mut io: S, conn: Conn, started: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match ctx.listener.protocol {
+        Protocol::Tcp => {
+            if !decide_connection(&ctx, &conn, started).await {
+                // Closing is the TCP denial (Envoy's RBAC network filter does the same).
+                return;
+            }
+            let app = match tokio::time::timeout(
+                ctx.cfg.connect_timeout,
+                TcpStream::connect(ctx.listener.app),
+            )
+            .await
+            {
+                Ok(Ok(a)) => a,
+                _ => {
+                    tracing::warn!(app = %ctx.listener.app, "cannot reach the app; closing the connection");
+                    return;
+                }
+            };
+            let _ = app.set_nodelay(true);
+            let mut app = app;
+            splice(&mut io, &mut app).await;
+        }
+        Protocol::Http => {
+            let conn = Arc::new(conn);
+            let svc = service_fn(move |req| {
+                let (ctx, conn) = (ctx.clone(), conn.clone());
+                async move { Ok::<_, Infallible>(handle_http(&ctx, &conn, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().max_buf_size(64 * 1024);
+            builder.http2().max_header_list_size(64 * 1024);
+            let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(status: u16, body: &'static str) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::FORBIDDEN);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) a proxy must not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+];
+
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+async fn handle_http(
+    ctx: &InCtx,
+    conn: &Conn,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Body> {
+    let started = Instant::now();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    let headers = req.headers().iter().map(|(k, v)| {
+        (
+            k.as_str().to_owned(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    });
+    let http = HttpRequest::new(
+        req.method().as_str(),
+        host.clone(),
+        target,
+        headers,
+        ctx.state.mesh.path_normalization,
+    );
+    let request = request_for(ctx, conn, Some(http));
+    let id = conn.identity();
+    let o = decide_bounded(ctx, &request, &id).await;
+    let req_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    record(
+        &ctx.state,
+        &ctx.log,
+        "proxy-http",
+        req_id,
+        &request,
+        &id,
+        &o,
+        started,
+    );
+    if !o.allowed {
+        let mut r = full(o.status, o.body());
+        if let Some(w) = o
+            .www_authenticate
+            .as_deref()
+            .and_then(|w| HeaderValue::from_str(w).ok())
+        {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, w);
+        }
+        return r;
+    }
+
+    let (mut parts, body) = req.into_parts();
+    // The app receives the path that was authorised (normalised as Envoy forwards it).
+    let path = match request.http.as_ref().and_then(|h| h.path.as_ref().ok()) {
+        Some(p) => match &p.query {
+            Some(q) => format!("{}?{q}", p.path),
+            None => p.path.clone(),
+        },
+        None => return full(400, "Bad Request"),
+    };
+    let uri = match format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() {
+        Ok(u) => u,
+        Err(_) => return full(400, "Bad Request"),
+    };
+    parts.uri = uri;
+    parts.version = hyper::Version::HTTP_11;
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    if !h.contains_key(hyper::header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            h.insert(hyper::header::HOST, v);
+        }
+    }
+    // Only this proxy speaks for the peer: a client-sent XFCC never reaches the app.
+    h.remove("x-forwarded-client-cert");
+    if let Some((peer, hash)) = &conn.peer_id {
+        let xfcc = format!("By={};Hash={hash};URI={peer}", ctx.store.id());
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            h.insert("x-forwarded-client-cert", v);
+        }
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.peer_id.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+    );
+    for name in &o.headers_to_remove {
+        h.remove(name.as_str());
+    }
+    for (k, v) in &o.headers_to_add {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.insert(k, v);
+        }
+    }
+    let upstream = hyper::Request::from_parts(parts, body.boxed());
+    match ctx.client.request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            hyper::Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            tracing::warn!(app = %ctx.listener.app, error = %e, "the app did not answer");
+            full(
+                503,
+                "upstream connect error or disconnect/reset before headers",
+            )
+        }
+    }
+}
+
+async fn outbound_conn(
+    o: Arc<Outbound>,
+    connector: tokio_rustls::TlsConnector,
+    timeout: Duration,
+    mut local: TcpStream,
+) {
+    let up = match tokio::time::timeout(timeout, TcpStream::connect(o.upstream)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::warn!(upstream = %o.upstream, "cannot reach the upstream proxy");
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::IpAddress(o.upstream.ip().into());
+    let mut tls = match tokio::time::timeout(timeout, connector.connect(name, up)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(upstream = %o.upstream, expected = %o.spiffe_id, error = %e, "upstream refused: mTLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(upstream = %o.upstream, "upstream handshake timed out");
+            return;
+        }
+    };
+    splice(&mut local, &mut tls).await;
+}

@@ -1,0 +1,216 @@
+//! Where the proxy's SVID comes from: PEM files (polled for rotation) or the SPIFFE Workload API
+//! (a FetchX509SVID stream whose pushes are rotations).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use meshguard_identity::agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use meshguard_identity::agent::pb::{X509svidRequest, X509svidResponse};
+use meshguard_identity::SpiffeId;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tonic::transport::Endpoint;
+
+use crate::tls::{spiffe_id_of, SvidMaterial, SvidStore};
+use crate::ProxyError;
+
+/// SVID, key and bundle files (PEM), as `meshguard ca issue` writes them.
+#[derive(Debug, Clone)]
+pub struct SvidFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, ProxyError> {
+    std::fs::read(p).map_err(|e| ProxyError::Identity(format!("{}: {e}", p.display())))
+}
+
+impl SvidFiles {
+    pub fn load(&self) -> Result<SvidMaterial, ProxyError> {
+        let bad = |p: &Path, e: String| ProxyError::Identity(format!("{}: {e}", p.display()));
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read(&self.cert)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(&self.cert, e.to_string()))?;
+        let bundle: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&read(&self.bundle)?)
+                .collect::<Result<_, _>>()
+                .map_err(|e| bad(&self.bundle, e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key)?)
+            .map_err(|e| bad(&self.key, e.to_string()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad(&self.cert, "no certificate".into()))?;
+        let id = spiffe_id_of(leaf).map_err(|e| bad(&self.cert, e))?;
+        Ok(SvidMaterial {
+            id,
+            chain,
+            key: Arc::new(key),
+            bundle,
+        })
+    }
+
+    fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [&self.cert, &self.key, &self.bundle]
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Re-reads the files when they change (checked every `every`) and installs the new SVID;
+    /// a set that does not load is refused and the current SVID stays.
+    pub async fn watch(self, store: Arc<SvidStore>, every: Duration) {
+        let mut seen = self.stamp();
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.stamp();
+            if now == seen {
+                continue;
+            }
+            // Give a writer of three files a moment to finish before reading them.
+            tokio::time::sleep(every.min(Duration::from_millis(200))).await;
+            seen = self.stamp();
+            match self.load().and_then(|m| store.update(m)) {
+                Ok(()) => {
+                    tracing::info!(id = %store.id(), "SVID files changed; new handshakes use the new certificate")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SVID files changed but cannot be used; keeping the current SVID")
+                }
+            }
+        }
+    }
+}
+
+/// The SPIFFE Workload API as the proxy's identity source.
+#[derive(Debug, Clone)]
+pub struct WorkloadApi {
+    /// The agent's socket path.
+    pub socket: PathBuf,
+    /// Which SVID to use when the agent returns several (default: the first).
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+/// Splits concatenated DER certificates (the Workload API's `x509_svid` and `bundle`).
+fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
+            .map_err(|e| format!("a certificate in the response does not parse: {e}"))?;
+        let used = bytes.len() - rest.len();
+        out.push(CertificateDer::from(bytes[..used].to_vec()));
+        bytes = rest;
+    }
+    Ok(out)
+}
+
+impl WorkloadApi {
+    fn pick(&self, resp: &X509svidResponse) -> Result<SvidMaterial, ProxyError> {
+        let svid = match &self.spiffe_id {
+            Some(want) => resp.svids.iter().find(|s| s.spiffe_id == want.to_string()),
+            None => resp.svids.first(),
+        }
+        .ok_or_else(|| {
+            ProxyError::Identity(match &self.spiffe_id {
+                Some(w) => format!("the agent did not issue {w} to this process"),
+                None => "the agent returned no SVID".into(),
+            })
+        })?;
+        let id = SpiffeId::parse_workload(&svid.spiffe_id)
+            .map_err(|e| ProxyError::Identity(format!("agent sent a bad SPIFFE ID: {e}")))?;
+        Ok(SvidMaterial {
+            id,
+            chain: split_der(&svid.x509_svid).map_err(ProxyError::Identity)?,
+            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                svid.x509_svid_key.clone(),
+            ))),
+            bundle: split_der(&svid.bundle).map_err(ProxyError::Identity)?,
+        })
+    }
+
+    async fn stream(&self) -> Result<tonic::Streaming<X509svidResponse>, ProxyError> {
+        let sock = self.socket.clone();
+        let ch = Endpoint::try_from("http://localhost")
+            .map_err(|e| ProxyError::Identity(e.to_string()))?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let s = sock.clone();
+                async move { tokio::net::UnixStream::connect(s).await.map(TokioIo::new) }
+            }))
+            .await
+            .map_err(|e| {
+                ProxyError::Identity(format!(
+                    "cannot reach the Workload API at {}: {e}",
+                    self.socket.display()
+                ))
+            })?;
+        let mut req = tonic::Request::new(X509svidRequest {});
+        req.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        let s = SpiffeWorkloadApiClient::new(ch)
+            .fetch_x509svid(req)
+            .await
+            .map_err(|e| ProxyError::Identity(format!("FetchX509SVID: {}", e.message())))?;
+        Ok(s.into_inner())
+    }
+
+    /// Connects and waits for the first SVID.
+    pub async fn first(
+        &self,
+    ) -> Result<(SvidMaterial, tonic::Streaming<X509svidResponse>), ProxyError> {
+        let mut s = self.stream().await?;
+        let msg = s
+            .message()
+            .await
+            .map_err(|e| ProxyError::Identity(format!("FetchX509SVID: {}", e.message())))?
+            .ok_or_else(|| ProxyError::Identity("the agent closed the stream".into()))?;
+        Ok((self.pick(&msg)?, s))
+    }
+
+    /// Installs every pushed SVID; reconnects with backoff when the stream ends. The current SVID
+    /// keeps serving in between (until it expires).
+    pub async fn follow(
+        self,
+        store: Arc<SvidStore>,
+        mut stream: tonic::Streaming<X509svidResponse>,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            loop {
+                match stream.message().await {
+                    Ok(Some(msg)) => {
+                        backoff = Duration::from_millis(200);
+                        match self.pick(&msg).and_then(|m| store.update(m)) {
+                            Ok(()) => {
+                                tracing::info!(id = %store.id(), "new SVID from the Workload API")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "unusable SVID from the Workload API; keeping the current one")
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "Workload API stream ended");
+                        break;
+                    }
+                }
+            }
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                match self.stream().await {
+                    Ok(s) => {
+                        stream = s;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reconnecting to the Workload API"),
+                }
+            }
+        }
+    }
+}
