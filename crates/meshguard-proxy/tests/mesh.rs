@@ -738,3 +738,40 @@ async fn svid_from_the_workload_api_follows_rotations() {
     };
     assert!(wrong.first().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_on_one_connection_are_decided_one_by_one() {
+    let mesh = Mesh::new("h2").await;
+    let (_, other) = mesh.client(OTHER, SERVER).await;
+    // h2c with prior knowledge from the app to its proxy; the bytes travel inside mTLS.
+    let tcp = tokio::net::TcpStream::connect(other.outbound[0])
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake through both proxies");
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    for path in [
+        "/public/info",
+        "/orders",
+        "/public/../orders",
+        "/public/again",
+    ] {
+        let req = hyper::Request::builder()
+            .uri(format!("http://api.backend{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("response");
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 403, 403, 200]);
+    assert_eq!(
+        mesh.hits.load(Ordering::SeqCst),
+        2,
+        "denied requests never reach the app"
+    );
+}

@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod ca_cmd;
 mod embedded;
+mod proxy_cmd;
 mod serve;
 
 use std::io::Read;
@@ -51,10 +52,15 @@ enum Command {
     Lint(LintArgs),
     /// Print the bundled example policies (the embedded default), e.g. to start your own set.
     Examples,
-    /// A SPIFFE certificate authority: create one, issue X.509-SVIDs, print the trust bundle.
+    /// A SPIFFE certificate authority: create one, issue X.509-SVIDs and JWT-SVIDs, print the
+    /// trust bundle (PEM or SPIFFE JWK Set).
     Ca(ca_cmd::CaArgs),
-    /// Serve the SPIFFE Workload API (X.509-SVIDs with rotation) on a Unix socket.
+    /// Serve the SPIFFE Workload API (X.509-SVIDs with rotation, JWT-SVIDs) on a Unix socket.
     Agent(agent_cmd::AgentArgs),
+    /// Run the mTLS sidecar: inbound listeners terminate mTLS and enforce PeerAuthentication and
+    /// AuthorizationPolicy (per connection for TCP, per request for HTTP) in front of the app;
+    /// outbound listeners take the app's plaintext and originate mTLS to upstream proxies.
+    Proxy(proxy_cmd::ProxyArgs),
 }
 
 #[derive(Args)]
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
         Command::Check(a) => check(a),
         Command::Ca(a) => ca_cmd::run(a),
         Command::Agent(a) => agent_cmd::run(a),
+        Command::Proxy(a) => proxy_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {
@@ -500,4 +507,27 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

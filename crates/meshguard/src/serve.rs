@@ -224,26 +224,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         let resources = g.set.resources().len();
         let warnings = g.warnings.len();
         drop(g);
-        let shutdown = async {
-            #[cfg(unix)]
-            {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            #[cfg(not(unix))]
-            {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        };
+        let shutdown = crate::shutdown_signal();
         meshguard_server::serve(state, cfg, shutdown, |b| {
             eprintln!("meshguard serve: {resources} resources from {describe} (policy generation 1, {warnings} lint warnings; run `meshguard lint` to see them)");
             if let Some(g) = b.grpc {
