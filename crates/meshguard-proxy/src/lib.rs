@@ -101,6 +101,8 @@ pub struct ProxyConfig {
     pub admin: Option<SocketAddr>,
     pub reload_interval: Duration,
     pub decision_log: Sink,
+    /// Open connections per listener; beyond it new connections are closed at once.
+    pub max_connections: usize,
 }
 
 impl ProxyConfig {
@@ -116,6 +118,7 @@ impl ProxyConfig {
             admin: None,
             reload_interval: Duration::from_secs(2),
             decision_log: Sink::Off,
+            max_connections: 16_384,
         }
     }
 }
@@ -167,6 +170,7 @@ pub async fn run(
     connector.set_connect_timeout(Some(cfg.connect_timeout));
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
         .build(connector);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -186,9 +190,12 @@ pub async fn run(
             tls: server_tls.clone(),
             client: client.clone(),
         });
-        tasks.spawn(accept_loop(listener, stop_rx.clone(), move |s, peer| {
-            inbound_conn(ctx.clone(), s, peer)
-        }));
+        tasks.spawn(accept_loop(
+            listener,
+            stop_rx.clone(),
+            cfg.max_connections,
+            move |s, peer| inbound_conn(ctx.clone(), s, peer),
+        ));
     }
     for o in &cfg.outbound {
         let listener = bind(o.listen).await?;
@@ -197,9 +204,12 @@ pub async fn run(
             .push(listener.local_addr().unwrap_or(o.listen));
         let connector = tokio_rustls::TlsConnector::from(store.client_config(o.spiffe_id.clone())?);
         let (o, timeout) = (Arc::new(o.clone()), cfg.connect_timeout);
-        tasks.spawn(accept_loop(listener, stop_rx.clone(), move |s, _peer| {
-            outbound_conn(o.clone(), connector.clone(), timeout, s)
-        }));
+        tasks.spawn(accept_loop(
+            listener,
+            stop_rx.clone(),
+            cfg.max_connections,
+            move |s, _peer| outbound_conn(o.clone(), connector.clone(), timeout, s),
+        ));
     }
     if let Some(a) = cfg.admin {
         let l = bind(a).await?;
@@ -223,17 +233,31 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handle: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    max: usize,
+    handle: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((s, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Shed load: closing at once is cheaper than queueing handshakes.
+                        tracing::warn!(%peer, max, "connection limit reached; closing");
+                        continue;
+                    };
                     let _ = s.set_nodelay(true);
-                    tokio::spawn(handle(s, peer));
+                    let conn = handle(s, peer);
+                    tokio::spawn(async move {
+                        conn.await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -278,10 +302,12 @@ fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
             namespace: ctx.cfg.workload.namespace.clone(),
             labels: ctx.cfg.workload.labels.clone(),
             port: Some(ctx.listener.port),
-            ip: Some(conn.local.ip()),
+            // IPv4 peers on a dual-stack listener arrive as ::ffff:a.b.c.d; policies name them
+            // as IPv4 (ipBlocks, source.ip), so compare in canonical form.
+            ip: Some(conn.local.ip().to_canonical()),
         },
         source: Source {
-            ip: Some(conn.peer.ip()),
+            ip: Some(conn.peer.ip().to_canonical()),
             remote_ip: None,
         },
         sni: None,
@@ -451,8 +477,18 @@ where
                 async move { Ok::<_, Infallible>(handle_http(&ctx, &conn, req).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(64 * 1024);
-            builder.http2().max_header_list_size(64 * 1024);
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(64 * 1024);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .max_concurrent_streams(256)
+                .max_header_list_size(64 * 1024);
             let _ = builder.serve_connection(TokioIo::new(io), svc).await;
         }
     }
@@ -503,36 +539,115 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     }
 }
 
+/// Why a request is refused before any policy runs.
+fn malformed(why: &'static str) -> hyper::Response<Body> {
+    tracing::info!(reason = why, "request refused before authorization");
+    full(400, "Bad Request")
+}
+
+/// Header names that request authentication may write for this workload
+/// (`outputClaimToHeaders`, `outputPayloadToHeader`): a client must not be able to send them.
+fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
+    let g = ctx.state.current();
+    let mut names = Vec::new();
+    for ra in g
+        .set
+        .request_authentications(&ctx.cfg.workload.namespace, &ctx.cfg.workload.labels)
+    {
+        for rule in &ra.jwt_rules {
+            names.extend(
+                rule.output_claim_to_headers
+                    .iter()
+                    .map(|c| c.header.to_ascii_lowercase()),
+            );
+            names.extend(
+                rule.output_payload_to_header
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase()),
+            );
+        }
+    }
+    names
+}
+
 async fn handle_http(
     ctx: &InCtx,
     conn: &Conn,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
     let started = Instant::now();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(hyper::header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        })
-        .unwrap_or_default();
-    let target = req
-        .uri()
+    let (mut parts, body) = req.into_parts();
+    if parts.method == hyper::Method::CONNECT {
+        return full(405, "Method Not Allowed");
+    }
+    let upgrade = parts
+        .headers
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if upgrade.as_deref().is_some_and(|u| u != "h2c") {
+        // WebSocket and other upgrades would turn into an unchecked byte stream.
+        return full(
+            501,
+            "upgrades are not supported on HTTP listeners; use protocol: tcp",
+        );
+    }
+    // One host, decided and forwarded alike: the URI authority (HTTP/2 :authority or an
+    // absolute-form target) and every Host header must agree (RFC 9113 section 8.3.1).
+    let mut hosts = parts.headers.get_all(hyper::header::HOST).iter();
+    let host_header = hosts.next().map(|h| h.to_str());
+    if hosts.next().is_some() {
+        return malformed("several Host headers");
+    }
+    let host = match (parts.uri.authority().map(|a| a.as_str()), host_header) {
+        (_, Some(Err(_))) => return malformed("a Host header that is not text"),
+        (Some(a), Some(Ok(h))) if !a.eq_ignore_ascii_case(h) => {
+            return malformed("the Host header differs from the request's authority")
+        }
+        (Some(a), _) => a.to_owned(),
+        (None, Some(Ok(h))) => h.to_owned(),
+        (None, None) => String::new(),
+    };
+    // Sanitise first, then decide on exactly the headers the app will receive.
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    h.remove("x-forwarded-client-cert");
+    for name in jwt_output_headers(ctx) {
+        h.remove(name.as_str());
+    }
+    if let Some((peer, hash)) = &conn.peer_id {
+        let xfcc = format!("By={};Hash={hash};URI={peer}", ctx.store.id());
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            h.insert("x-forwarded-client-cert", v);
+        }
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.peer_id.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        h.insert(hyper::header::HOST, v);
+    }
+    let mut headers = Vec::with_capacity(h.len());
+    for (k, v) in h.iter() {
+        match v.to_str() {
+            Ok(t) => headers.push((k.as_str().to_owned(), t.to_owned())),
+            // The engine must see what the app sees; bytes it cannot compare are refused.
+            Err(_) => return malformed("a header value that is not visible ASCII"),
+        }
+    }
+    let target = parts
+        .uri
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    let headers = req.headers().iter().map(|(k, v)| {
-        (
-            k.as_str().to_owned(),
-            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-        )
-    });
     let http = HttpRequest::new(
-        req.method().as_str(),
-        host.clone(),
+        parts.method.as_str(),
+        host,
         target,
         headers,
         ctx.state.mesh.path_normalization,
@@ -540,8 +655,8 @@ async fn handle_http(
     let request = request_for(ctx, conn, Some(http));
     let id = conn.identity();
     let o = decide_bounded(ctx, &request, &id).await;
-    let req_id = req
-        .headers()
+    let req_id = parts
+        .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -567,7 +682,6 @@ async fn handle_http(
         return r;
     }
 
-    let (mut parts, body) = req.into_parts();
     // The app receives the path that was authorised (normalised as Envoy forwards it).
     let path = match request.http.as_ref().and_then(|h| h.path.as_ref().ok()) {
         Some(p) => match &p.query {
@@ -576,35 +690,12 @@ async fn handle_http(
         },
         None => return full(400, "Bad Request"),
     };
-    let uri = match format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() {
-        Ok(u) => u,
-        Err(_) => return full(400, "Bad Request"),
+    let Ok(uri) = format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() else {
+        return full(400, "Bad Request");
     };
     parts.uri = uri;
     parts.version = hyper::Version::HTTP_11;
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
-    if !h.contains_key(hyper::header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            h.insert(hyper::header::HOST, v);
-        }
-    }
-    // Only this proxy speaks for the peer: a client-sent XFCC never reaches the app.
-    h.remove("x-forwarded-client-cert");
-    if let Some((peer, hash)) = &conn.peer_id {
-        let xfcc = format!("By={};Hash={hash};URI={peer}", ctx.store.id());
-        if let Ok(v) = HeaderValue::from_str(&xfcc) {
-            h.insert("x-forwarded-client-cert", v);
-        }
-    }
-    h.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if conn.peer_id.is_some() {
-            "https"
-        } else {
-            "http"
-        }),
-    );
     for name in &o.headers_to_remove {
         h.remove(name.as_str());
     }

@@ -109,12 +109,20 @@ fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 
 impl WorkloadApi {
     fn pick(&self, resp: &X509svidResponse) -> Result<SvidMaterial, ProxyError> {
-        let svid = match &self.spiffe_id {
+        self.pick_id(resp, self.spiffe_id.as_ref())
+    }
+
+    fn pick_id(
+        &self,
+        resp: &X509svidResponse,
+        want: Option<&SpiffeId>,
+    ) -> Result<SvidMaterial, ProxyError> {
+        let svid = match want {
             Some(want) => resp.svids.iter().find(|s| s.spiffe_id == want.to_string()),
             None => resp.svids.first(),
         }
         .ok_or_else(|| {
-            ProxyError::Identity(match &self.spiffe_id {
+            ProxyError::Identity(match want {
                 Some(w) => format!("the agent did not issue {w} to this process"),
                 None => "the agent returned no SVID".into(),
             })
@@ -184,7 +192,10 @@ impl WorkloadApi {
                 match stream.message().await {
                     Ok(Some(msg)) => {
                         backoff = Duration::from_millis(200);
-                        match self.pick(&msg).and_then(|m| store.update(m)) {
+                        // Follow the identity the proxy started with, wherever the agent
+                        // lists it.
+                        let me = store.id();
+                        match self.pick_id(&msg, Some(&me)).and_then(|m| store.update(m)) {
                             Ok(()) => {
                                 tracing::info!(id = %store.id(), "new SVID from the Workload API")
                             }

@@ -163,13 +163,15 @@ impl SvidStore {
     }
 
     /// Installs a new SVID (rotation). New handshakes use it; open connections are untouched.
-    /// Refused (the old SVID stays) if it is unusable or for another SPIFFE ID's trust domain.
+    /// Refused (the old SVID stays) if it is unusable or for another SPIFFE ID.
     pub fn update(&self, material: SvidMaterial) -> Result<(), ProxyError> {
         let next = build(&material, &self.provider)?;
-        let td = self.current.load().id.trust_domain().to_owned();
-        if next.id.trust_domain() != td {
+        // The identity is pinned: a rotation renews it, it never turns the proxy into someone
+        // else (for example when the agent reorders several SVIDs).
+        let current = self.current.load().id.clone();
+        if next.id != current {
             return Err(ProxyError::Identity(format!(
-                "the new SVID {} is not in trust domain {td}",
+                "the new SVID is for {}, but this proxy is {current}",
                 next.id
             )));
         }
@@ -206,6 +208,11 @@ impl SvidStore {
                 expect: None,
             }))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        // No session resumption: a resumed session would skip the peer checks, so an expired
+        // SVID or a CA dropped from the bundle could keep connecting.
+        let mut cfg = cfg;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(Arc::new(cfg))
     }
 
@@ -223,8 +230,9 @@ impl SvidStore {
                 expect: Some(expect),
             }))
             .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
-        // Peers are named by SPIFFE ID, not DNS: no SNI.
+        // Peers are named by SPIFFE ID, not DNS: no SNI. No resumption (see server_config).
         cfg.enable_sni = false;
+        cfg.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(cfg))
     }
 

@@ -53,6 +53,23 @@ const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
 const OTHER: &str = "spiffe://cluster.local/ns/frontend/sa/other";
 
 fn policies(mode: &str) -> String {
+    // `STRICT_EXCEPT_8080`: STRICT for the namespace, PERMISSIVE on workload port 8080 only.
+    let (mode, port_level) = match mode {
+        "STRICT_EXCEPT_8080" => (
+            "STRICT",
+            "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: api-ports, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  mtls: {mode: STRICT}
+  portLevelMtls:
+    8080: {mode: PERMISSIVE}
+",
+        ),
+        m => (m, ""),
+    };
     let jwks = std::fs::read_to_string(format!("{AUTHN_DATA}/jwks.json"))
         .expect("jwks")
         .replace('\n', " ")
@@ -73,6 +90,8 @@ spec:
   - issuer: https://issuer.test
     audiences: [api.test]
     jwks: '{jwks}'
+    outputClaimToHeaders:
+    - {{header: x-jwt-sub, claim: sub}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -85,7 +104,7 @@ spec:
   - to: [{{operation: {{paths: [/public/*]}}}}]
   - from: [{{source: {{requestPrincipals: [\"https://issuer.test/*\"]}}}}]
     to: [{{operation: {{paths: [/jwt/*]}}}}]
-"
+{port_level}"
     )
 }
 
@@ -107,6 +126,8 @@ async fn http_app(hits: Arc<AtomicUsize>) -> SocketAddr {
                         "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
                         "xfcc": req.headers().get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()),
                         "proto": req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()),
+                        "jwt_sub": req.headers().get("x-jwt-sub").and_then(|v| v.to_str().ok()),
+                        "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
                     })
                     .to_string();
                         async move {
@@ -182,6 +203,24 @@ fn http(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<(u16, 
         .unwrap_or("")
         .to_owned();
     Some((status, body))
+}
+
+/// Sends `raw` (a whole request) and returns the status, `None` when closed without answer.
+fn http_raw(addr: SocketAddr, raw: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_owned(),
+    ))
 }
 
 /// Writes `msg` and reads the echo; `None` if the connection is closed instead.
@@ -450,6 +489,20 @@ async fn strict_permissive_and_reload() {
         .expect("answer");
     assert_eq!(status, 200);
 
+    // portLevelMtls: STRICT for the workload but PERMISSIVE on workload port 8080 (the HTTP
+    // listener); the TCP listener (port 9000) stays STRICT.
+    mesh.set_mode("STRICT_EXCEPT_8080").await;
+    let (status, _) = blocking(move || http(inbound, "/public/x", &[]))
+        .await
+        .expect("answer");
+    assert_eq!(status, 200);
+    let got = blocking(move || {
+        let mut s = TcpStream::connect(tcp).expect("connect");
+        echo(&mut s, b"plain")
+    })
+    .await;
+    assert_eq!(got, None);
+
     // DISABLE: plaintext only; an mTLS client's handshake bytes reach no TLS server.
     mesh.set_mode("DISABLE").await;
     let (status, _) = blocking(move || http(inbound, "/public/x", &[]))
@@ -501,13 +554,25 @@ mod raw {
         }
     }
 
+    /// The same without any client certificate.
+    pub async fn get_without_cert(addr: SocketAddr) -> Option<String> {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        .with_no_client_auth();
+        exchange(addr, cfg).await
+    }
+
     /// Connects with `chain`/`key`, sends a GET, returns what came back (None: refused).
     pub async fn get(
         addr: SocketAddr,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -517,6 +582,11 @@ mod raw {
         .with_custom_certificate_verifier(Arc::new(AnyServer))
         .with_client_auth_cert(chain, key)
         .expect("client cert");
+        exchange(addr, cfg).await
+    }
+
+    async fn exchange(addr: SocketAddr, cfg: rustls::ClientConfig) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
         let name = rustls::pki_types::ServerName::try_from("api.backend").expect("name");
         let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -774,4 +844,118 @@ async fn http2_requests_on_one_connection_are_decided_one_by_one() {
         2,
         "denied requests never reach the app"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_identity_headers_cannot_be_smuggled() {
+    let mesh = Mesh::new("smuggle").await;
+    let (_, web) = mesh.client(WEB, SERVER).await;
+    let w = web.outbound[0];
+    let cases = [
+        // The decided host must be the forwarded host.
+        "GET http://public.example/orders HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+        "GET /orders HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        // Bytes the engine cannot compare as text.
+        "GET /orders HTTP/1.1\r\nHost: a\r\nx-role: adm\u{ff}in\r\nConnection: close\r\n\r\n",
+        // CONNECT and WebSocket upgrades would become unchecked byte streams.
+        "CONNECT admin.internal:22 HTTP/1.1\r\nHost: admin.internal:22\r\nConnection: close\r\n\r\n",
+        "GET /orders HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
+    ];
+    let hits_before = mesh.hits.load(Ordering::SeqCst);
+    for raw in cases {
+        let got = blocking(move || http_raw(w, raw)).await.map(|r| r.0);
+        assert!(matches!(got, Some(400 | 405 | 501)), "{raw:?} -> {got:?}");
+    }
+    assert_eq!(
+        mesh.hits.load(Ordering::SeqCst),
+        hits_before,
+        "none reached the app"
+    );
+    // Absolute form with a matching Host is fine; the app sees that host.
+    let (status, body) = blocking(move || {
+        http_raw(w, "GET http://api.backend/orders HTTP/1.1\r\nHost: api.backend\r\nConnection: close\r\n\r\n")
+    })
+    .await
+    .expect("answer");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["host"], "api.backend");
+
+    // A header request authentication writes (outputClaimToHeaders) cannot be sent by the
+    // client: without a token it is removed, with one it carries the verified claim.
+    let (_, body) = blocking(move || http(w, "/orders", &[("x-jwt-sub", "admin")]))
+        .await
+        .expect("answer");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["jwt_sub"], serde_json::Value::Null);
+    let bearer = format!("Bearer {}", token("RS256"));
+    let (_, body) = blocking(move || {
+        http(
+            w,
+            "/orders",
+            &[("x-jwt-sub", "admin"), ("authorization", &bearer)],
+        )
+    })
+    .await
+    .expect("answer");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_ne!(v["jwt_sub"], "admin");
+    assert!(v["jwt_sub"].is_string());
+}
+
+/// A leaf signed by our CA's key but shaped by the attacker (rcgen), to reach the SPIFFE checks
+/// behind chain validation.
+fn forged_leaf(
+    mesh: &Mesh,
+    uris: &[&str],
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let ca_pem = std::fs::read_to_string(mesh.dir.join("ca/ca.crt")).expect("ca.crt");
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(mesh.dir.join("ca/ca.key")).expect("key"),
+    )
+    .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.subject_alt_names = uris
+        .iter()
+        .map(|u| rcgen::SanType::URI((*u).try_into().expect("uri")))
+        .collect();
+    p.is_ca = rcgen::IsCa::ExplicitNoCa;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = p.signed_by(&key, &issuer).expect("sign");
+    (
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_valid_leaves_without_one_spiffe_id_of_our_domain_are_refused() {
+    let mesh = Mesh::new("spiffe-checks").await;
+    let inbound = mesh.server.inbound[0];
+    // Control: the forging helper makes acceptable SVIDs when the SAN is right.
+    let (chain, key) = forged_leaf(&mesh, &[WEB]);
+    let got = raw::get(inbound, chain, key).await;
+    assert!(
+        got.is_some_and(|t| t.starts_with("HTTP/1.1 200")),
+        "control"
+    );
+    for uris in [
+        &["spiffe://other.td/ns/frontend/sa/web"][..],
+        &[WEB, "spiffe://cluster.local/ns/admin/sa/root"][..],
+        &[][..],
+        &["https://cluster.local/ns/frontend/sa/web"][..],
+        &["spiffe://cluster.local"][..],
+    ] {
+        let (chain, key) = forged_leaf(&mesh, uris);
+        assert_eq!(raw::get(inbound, chain, key).await, None, "{uris:?}");
+    }
+    // No client certificate at all.
+    assert_eq!(raw::get_without_cert(inbound).await, None);
+    assert_eq!(mesh.hits.load(Ordering::SeqCst), 1);
 }

@@ -226,16 +226,17 @@ fn parse(path: &Path) -> Result<Parsed> {
                 }
             };
             let port_node = r.required(l, &key, "port")?;
-            let port =
-                match port_node.kind {
-                    NodeKind::Int(p) if (1..=65535).contains(&p) => p as u16,
-                    _ => return Err(r.err(
+            let port = match port_node.kind {
+                NodeKind::Int(p) if (1..=65535).contains(&p) => p as u16,
+                _ => {
+                    return Err(r.err(
                         port_node,
                         &format!(
                             "`{key}.port` must be a port number (the workload port policies name)"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             cfg.inbound.push(Inbound {
                 name: l
                     .get("name")
@@ -265,6 +266,14 @@ fn parse(path: &Path) -> Result<Parsed> {
                 spiffe_id: SpiffeId::parse_workload(&r.text(idn, "spiffeId")?)
                     .map_err(|e| r.err(idn, &format!("`{key}.spiffeId`: {e}")))?,
             });
+        }
+    }
+    for o in &cfg.outbound {
+        if !o.listen.ip().is_loopback() {
+            eprintln!(
+                "meshguard proxy: warning: outbound listener {} ({}) is not on loopback: anyone who reaches it can call {} with this workload's identity",
+                o.name, o.listen, o.spiffe_id
+            );
         }
     }
     if cfg.inbound.is_empty() && cfg.outbound.is_empty() {
