@@ -127,18 +127,12 @@ async fn http_app() -> Result<SocketAddr, Error> {
 async fn forwarder(to: SocketAddr) -> Result<SocketAddr, Error> {
     let (l, a) = listener().await?;
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        while let Ok((s, _)) = l.accept().await {
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                if let Ok(mut up) = TcpStream::connect(to).await {
+                if let Ok(up) = TcpStream::connect(to).await {
                     let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut s,
-                        &mut up,
-                        64 * 1024,
-                        64 * 1024,
-                    )
-                    .await;
+                    meshguard_proxy::splice(s, up).await;
                 }
             });
         }

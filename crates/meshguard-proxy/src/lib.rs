@@ -270,13 +270,113 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-/// Copies both ways until either side closes (64 KiB buffers: four full TLS records).
-async fn splice<A, B>(a: &mut A, b: &mut B)
+/// First buffer of each copy direction: idle connections hold only this much.
+const SMALL_BUF: usize = 4 * 1024;
+/// Buffer once a read fills the small one (bulk transfer): four full TLS records.
+const LARGE_BUF: usize = 64 * 1024;
+
+/// One direction of a splice: an adaptive buffer that is small while traffic is small (an idle
+/// connection costs little memory) and grows once a read fills it (bulk transfer).
+struct Pump {
+    buf: Vec<u8>,
+    pos: usize,
+    cap: usize,
+    eof: bool,
+    done: bool,
+    /// Written since the last flush (a TLS writer may hold records until flushed).
+    unflushed: bool,
+}
+
+impl Pump {
+    fn new() -> Pump {
+        Pump {
+            buf: vec![0u8; SMALL_BUF],
+            pos: 0,
+            cap: 0,
+            eof: false,
+            done: false,
+            unflushed: false,
+        }
+    }
+
+    /// Moves bytes from `r` to `w` until `r` is pending (flushing `w` first) or at EOF (then
+    /// shuts `w` down, half-closing that direction).
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut r: std::pin::Pin<&mut R>,
+        mut w: std::pin::Pin<&mut W>,
+    ) -> std::task::Poll<std::io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        use std::task::Poll;
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.pos == self.cap && !self.eof {
+                let mut rb = tokio::io::ReadBuf::new(&mut self.buf);
+                match r.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        if self.unflushed {
+                            std::task::ready!(w.as_mut().poll_flush(cx))?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        self.pos = 0;
+                        self.cap = n;
+                        if n == 0 {
+                            self.eof = true;
+                        }
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    std::task::ready!(w.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.unflushed = true;
+            }
+            // A read that filled the buffer means bulk traffic: grow (only when empty).
+            if self.cap == self.buf.len() && self.buf.len() < LARGE_BUF {
+                self.buf.resize(LARGE_BUF, 0);
+            }
+            if self.eof {
+                std::task::ready!(w.as_mut().poll_shutdown(cx))?;
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// Copies both ways until both sides have closed, or either fails. The proxy's byte pump;
+/// public so benchmarks build their baseline hops with the same loop.
+pub async fn splice<A, B>(mut a: A, mut b: B)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::io::copy_bidirectional_with_sizes(a, b, 64 * 1024, 64 * 1024).await;
+    use std::pin::Pin;
+    use std::task::Poll;
+    let (mut ab, mut ba) = (Pump::new(), Pump::new());
+    let _ = std::future::poll_fn(|cx| {
+        let x = ab.poll_pump(cx, Pin::new(&mut a), Pin::new(&mut b))?;
+        let y = ba.poll_pump(cx, Pin::new(&mut b), Pin::new(&mut a))?;
+        match (x, y) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), std::io::Error>(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
 }
 
 /// What the inbound side knows about a connection.
@@ -444,7 +544,7 @@ async fn looks_like_tls(s: &TcpStream, wait: Duration) -> bool {
     )
 }
 
-async fn serve_inbound<S>(ctx: Arc<InCtx>, mut io: S, conn: Conn, started: Instant)
+async fn serve_inbound<S>(ctx: Arc<InCtx>, io: S, conn: Conn, started: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -467,8 +567,7 @@ where
                 }
             };
             let _ = app.set_nodelay(true);
-            let mut app = app;
-            splice(&mut io, &mut app).await;
+            splice(io, app).await;
         }
         Protocol::Http => {
             let conn = Arc::new(conn);
@@ -728,7 +827,7 @@ async fn outbound_conn(
     o: Arc<Outbound>,
     connector: tokio_rustls::TlsConnector,
     timeout: Duration,
-    mut local: TcpStream,
+    local: TcpStream,
 ) {
     let up = match tokio::time::timeout(timeout, TcpStream::connect(o.upstream)).await {
         Ok(Ok(s)) => s,
@@ -739,7 +838,7 @@ async fn outbound_conn(
     };
     let _ = up.set_nodelay(true);
     let name = rustls::pki_types::ServerName::IpAddress(o.upstream.ip().into());
-    let mut tls = match tokio::time::timeout(timeout, connector.connect(name, up)).await {
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, up)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(upstream = %o.upstream, expected = %o.spiffe_id, error = %e, "upstream refused: mTLS handshake failed");
@@ -750,5 +849,35 @@ async fn outbound_conn(
             return;
         }
     };
-    splice(&mut local, &mut tls).await;
+    splice(local, tls).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes cross intact both ways (sizes that make the buffer grow), and a half-close in one
+    /// direction leaves the other direction working, as TCP allows.
+    #[tokio::test]
+    async fn splice_copies_both_ways_and_keeps_half_close() {
+        let (mut client, proxy_a) = tokio::io::duplex(7 * 1024);
+        let (proxy_b, mut server) = tokio::io::duplex(5 * 1024);
+        tokio::spawn(super::splice(proxy_a, proxy_b));
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let expect = up.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&up).await.expect("write");
+            client.shutdown().await.expect("half-close");
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.expect("read back");
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, expect);
+        // The client has closed its sending side; the server can still answer.
+        server.write_all(b"reply after EOF").await.expect("write");
+        server.shutdown().await.expect("close");
+        assert_eq!(writer.await.expect("join"), b"reply after EOF");
+    }
 }
