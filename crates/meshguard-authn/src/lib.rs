@@ -9,6 +9,7 @@
 //! - Valid: request principal `iss/sub`, claims for AuthorizationPolicy, headers to add/remove.
 
 pub mod cache;
+pub mod extauth;
 pub mod extract;
 pub mod jose;
 pub mod jwks;

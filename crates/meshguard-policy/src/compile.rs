@@ -112,6 +112,9 @@ pub struct PolicySet {
     request_authn: Vec<RequestAuthentication>,
     /// issuer -> extra claim names split on spaces (besides `scope` and `permission`).
     space_delimited: HashMap<String, Vec<String>>,
+    auth_configs: Vec<crate::extauth::AuthConfig>,
+    secrets: Vec<crate::extauth::Secret>,
+    config_maps: Vec<crate::extauth::ConfigMap>,
 }
 
 fn rbac_name(p: &AuthorizationPolicy, rule: usize) -> String {
@@ -127,15 +130,35 @@ fn rbac_name(p: &AuthorizationPolicy, rule: usize) -> String {
 
 impl PolicySet {
     /// Compiles validated resources (see [`crate::load`] for loading and validation).
-    pub fn compile(resources: Vec<Resource>, mesh: MeshConfig) -> Result<PolicySet, CompileError> {
+    pub fn compile(
+        resources: Vec<Resource>,
+        mut mesh: MeshConfig,
+    ) -> Result<PolicySet, CompileError> {
+        // Every AuthConfig is an extension provider CUSTOM policies may name, as
+        // `namespace.name` or `name`.
+        for r in &resources {
+            if let Resource::AuthConfig(c) = r {
+                for id in c.ids() {
+                    if !mesh.extension_providers.contains(&id) {
+                        mesh.extension_providers.push(id);
+                    }
+                }
+            }
+        }
         let mut authz_src = Vec::new();
         let mut peer = Vec::new();
         let mut request_authn = Vec::new();
+        let mut auth_configs = Vec::new();
+        let mut secrets = Vec::new();
+        let mut config_maps = Vec::new();
         for r in &resources {
             match r {
                 Resource::AuthorizationPolicy(p) => authz_src.push(p.clone()),
                 Resource::PeerAuthentication(p) => peer.push(p.clone()),
                 Resource::RequestAuthentication(p) => request_authn.push(p.clone()),
+                Resource::AuthConfig(c) => auth_configs.push(c.clone()),
+                Resource::Secret(x) => secrets.push(x.clone()),
+                Resource::ConfigMap(x) => config_maps.push(x.clone()),
             }
         }
         // Oldest first, ties by name: the order istiod composes PeerAuthentication in.
@@ -198,7 +221,28 @@ impl PolicySet {
             peer,
             request_authn,
             space_delimited,
+            auth_configs,
+            secrets,
+            config_maps,
         })
+    }
+
+    /// Gloo AuthConfigs loaded with the policies.
+    pub fn auth_configs(&self) -> &[crate::extauth::AuthConfig] {
+        &self.auth_configs
+    }
+
+    /// The AuthConfig named `id` (`namespace.name`, or a unique `name`).
+    pub fn auth_config(&self, id: &str) -> Option<&crate::extauth::AuthConfig> {
+        crate::extauth::find(&self.auth_configs, id)
+    }
+
+    pub fn secrets(&self) -> &[crate::extauth::Secret] {
+        &self.secrets
+    }
+
+    pub fn config_maps(&self) -> &[crate::extauth::ConfigMap] {
+        &self.config_maps
     }
 
     pub fn mesh(&self) -> &MeshConfig {

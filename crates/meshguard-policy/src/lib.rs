@@ -4,9 +4,11 @@
 //!
 //! No IO beyond reading policy files, no async, no wire formats.
 
+pub mod boolexpr;
 pub mod compile;
 pub mod decision;
 pub mod diag;
+pub mod extauth;
 pub mod load;
 pub mod matcher;
 pub mod mesh;

@@ -488,10 +488,13 @@ pub fn mesh_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<Diagnosti
             });
         };
         if let (Action::Custom, Some(provider)) = (p.action, &p.provider) {
-            if !mesh.extension_providers.iter().any(|e| e == provider) {
+            let is_auth_config = resources.iter().any(
+                |r| matches!(r, Resource::AuthConfig(c) if c.ids().iter().any(|id| id == provider)),
+            );
+            if !is_auth_config && !mesh.extension_providers.iter().any(|e| e == provider) {
                 warn(
                     "spec.provider.name",
-                    format!("provider `{provider}` is not in meshConfig.extensionProviders: istiod turns this policy's rules into DENY rules (declare it with --provider or the mesh config)"),
+                    format!("provider `{provider}` is neither an AuthConfig loaded with the policies nor in meshConfig.extensionProviders: istiod turns this policy's rules into DENY rules (declare it with --provider or the mesh config)"),
                 );
             }
         }

@@ -230,6 +230,12 @@ pub enum Resource {
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
     RequestAuthentication(RequestAuthentication),
+    /// Gloo `AuthConfig` (enterprise.gloo.solo.io/v1).
+    AuthConfig(crate::extauth::AuthConfig),
+    /// Kubernetes `Secret` (API keys, passwords).
+    Secret(crate::extauth::Secret),
+    /// Kubernetes `ConfigMap` (Rego modules and data documents).
+    ConfigMap(crate::extauth::ConfigMap),
 }
 
 impl Resource {
@@ -238,6 +244,9 @@ impl Resource {
             Resource::AuthorizationPolicy(p) => &p.meta,
             Resource::PeerAuthentication(p) => &p.meta,
             Resource::RequestAuthentication(p) => &p.meta,
+            Resource::AuthConfig(p) => &p.meta,
+            Resource::Secret(p) => &p.meta,
+            Resource::ConfigMap(p) => &p.meta,
         }
     }
 
@@ -246,6 +255,9 @@ impl Resource {
             Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Resource::PeerAuthentication(_) => "PeerAuthentication",
             Resource::RequestAuthentication(_) => "RequestAuthentication",
+            Resource::AuthConfig(_) => "AuthConfig",
+            Resource::Secret(_) => "Secret",
+            Resource::ConfigMap(_) => "ConfigMap",
         }
     }
 
@@ -254,6 +266,9 @@ impl Resource {
             Resource::AuthorizationPolicy(p) => &p.origin,
             Resource::PeerAuthentication(p) => &p.origin,
             Resource::RequestAuthentication(p) => &p.origin,
+            Resource::AuthConfig(p) => &p.origin,
+            Resource::Secret(p) => &p.origin,
+            Resource::ConfigMap(p) => &p.origin,
         }
     }
 }
@@ -339,6 +354,10 @@ fn parse_object(ctx: &mut Ctx<'_>, doc: &Node, prefix: &str, out: &mut Vec<Resou
         return;
     }
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    if crate::extauth::handles(&kind, api_version) {
+        crate::extauth::parse_object(ctx, doc, prefix, &kind, out);
+        return;
+    }
     if group != SECURITY_GROUP {
         if SECURITY_KINDS.contains(&kind.as_str()) {
             ctx.err(
@@ -450,7 +469,7 @@ pub(crate) fn check_fields(ctx: &mut Ctx<'_>, node: &Node, path: &str, known: &[
     }
 }
 
-fn join(path: &str, f: &str) -> String {
+pub(crate) fn join(path: &str, f: &str) -> String {
     if path.is_empty() {
         f.to_owned()
     } else {
@@ -458,7 +477,12 @@ fn join(path: &str, f: &str) -> String {
     }
 }
 
-fn get_map<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Option<&'n Node> {
+pub(crate) fn get_map<'n>(
+    ctx: &mut Ctx<'_>,
+    parent: &'n Node,
+    key: &str,
+    path: &str,
+) -> Option<&'n Node> {
     let n = parent.get(key)?;
     match n.kind {
         NodeKind::Map(_) => Some(n),
@@ -474,7 +498,12 @@ fn get_map<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Op
     }
 }
 
-fn get_str(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<(String, u32, u32)> {
+pub(crate) fn get_str(
+    ctx: &mut Ctx<'_>,
+    parent: &Node,
+    key: &str,
+    path: &str,
+) -> Option<(String, u32, u32)> {
     let n = parent.get(key)?;
     match &n.kind {
         NodeKind::Str(s) => Some((s.clone(), n.line, n.col)),
@@ -499,7 +528,7 @@ fn quote_hint(n: &Node) -> String {
     }
 }
 
-fn get_bool(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<bool> {
+pub(crate) fn get_bool(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<bool> {
     let n = parent.get(key)?;
     match &n.kind {
         NodeKind::Bool(b) => Some(*b),
@@ -516,7 +545,7 @@ fn get_bool(ctx: &mut Ctx<'_>, parent: &Node, key: &str, path: &str) -> Option<b
 }
 
 /// A list of strings. `Some(vec![])` for an explicitly empty list; each item with its position.
-fn get_str_list(
+pub(crate) fn get_str_list(
     ctx: &mut Ctx<'_>,
     parent: &Node,
     key: &str,
@@ -555,7 +584,12 @@ fn get_str_list(
     }
 }
 
-fn get_seq<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Option<&'n [Node]> {
+pub(crate) fn get_seq<'n>(
+    ctx: &mut Ctx<'_>,
+    parent: &'n Node,
+    key: &str,
+    path: &str,
+) -> Option<&'n [Node]> {
     let n = parent.get(key)?;
     match &n.kind {
         NodeKind::Seq(items) => Some(items),
@@ -571,7 +605,7 @@ fn get_seq<'n>(ctx: &mut Ctx<'_>, parent: &'n Node, key: &str, path: &str) -> Op
     }
 }
 
-fn string_map(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, String> {
+pub(crate) fn string_map(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(entries) = n.as_map() {
         for (k, v) in entries {
@@ -618,7 +652,7 @@ const META_FIELDS: &[&str] = &[
     "selfLink",
 ];
 
-fn parse_meta(ctx: &mut Ctx<'_>, doc: &Node, path: &str) -> Option<Meta> {
+pub(crate) fn parse_meta(ctx: &mut Ctx<'_>, doc: &Node, path: &str) -> Option<Meta> {
     let Some(m) = doc.get("metadata") else {
         ctx.err(doc, path, "missing `metadata` (name and namespace)");
         return None;

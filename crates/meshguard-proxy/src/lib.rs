@@ -595,9 +595,9 @@ where
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(status: u16, body: &'static str) -> hyper::Response<Body> {
+fn full(status: u16, body: impl Into<Bytes>) -> hyper::Response<Body> {
     let mut r = hyper::Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(body.into())
             .map_err(|never| match never {})
             .boxed(),
     );
@@ -770,7 +770,15 @@ async fn handle_http(
         started,
     );
     if !o.allowed {
-        let mut r = full(o.status, o.body());
+        let mut r = full(o.status, o.body().to_owned());
+        for (k, v) in &o.response_headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                r.headers_mut().append(k, v);
+            }
+        }
         if let Some(w) = o
             .www_authenticate
             .as_deref()

@@ -71,6 +71,22 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
                         })
                         .collect();
                 }
+                Resource::AuthConfig(c) => {
+                    o["steps"] = c
+                        .steps
+                        .iter()
+                        .map(|s| json!({"name": s.name, "model": s.model.key()}))
+                        .collect();
+                    o["boolean_expr"] = c.boolean_expr.is_some().into();
+                }
+                // Secret values never leave the process; only which keys exist.
+                Resource::Secret(x) => {
+                    o["type"] = x.secret_type.clone().into();
+                    o["keys"] = json!(x.data.keys().collect::<Vec<_>>());
+                }
+                Resource::ConfigMap(x) => {
+                    o["keys"] = json!(x.data.keys().collect::<Vec<_>>());
+                }
             }
             o
         })

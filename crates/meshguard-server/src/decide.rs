@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use meshguard_authn::extauth::{CheckExtra, StepOutcome};
 use meshguard_authn::AuthnOutcome;
-use meshguard_policy::{Identity, Request};
+use meshguard_policy::{Decision, Identity, Reason, Request};
 use serde_json::json;
 
 use crate::state::Generation;
@@ -30,6 +31,13 @@ pub struct Outcome {
     /// Allowed only because no enforced ALLOW policy applies to the workload (Istio's default);
     /// a default-deny front end (the mTLS proxy) refuses these.
     pub by_default: bool,
+    /// Headers for the client: a denial's (`WWW-Authenticate` from API key or basic auth,
+    /// Rego `headers`) or, on success, Rego `response_headers_to_add`.
+    pub response_headers: Vec<(String, String)>,
+    /// A denial body chosen by an AuthConfig step (Rego `body`); otherwise Envoy's wording.
+    pub custom_body: Option<String>,
+    /// The AuthConfig that ran, if any.
+    pub auth_config: Option<String>,
 }
 
 impl Outcome {
@@ -50,11 +58,17 @@ impl Outcome {
             dry_run: None,
             generation,
             by_default: false,
+            response_headers: Vec::new(),
+            custom_body: None,
+            auth_config: None,
         }
     }
 
-    /// The short body of a denial, as Envoy's filters word them.
-    pub fn body(&self) -> &'static str {
+    /// The body of a denial: an AuthConfig's own, or the short text Envoy's filters use.
+    pub fn body(&self) -> &str {
+        if let Some(b) = &self.custom_body {
+            return b;
+        }
         match self.status {
             401 => "Jwt authentication failed",
             403 => "RBAC: access denied",
@@ -63,8 +77,43 @@ impl Outcome {
     }
 }
 
-/// Decides one request against one generation.
-pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome {
+/// Decides one request against one generation (no AuthConfig bound by the caller).
+pub async fn decide(g: &Generation, req: &Request, id: Identity) -> Outcome {
+    decide_ext(g, req, id, &CheckExtra::default(), None).await
+}
+
+/// A denial decided by an AuthConfig step.
+fn chain_denial(g: &Generation, chain: &str, r: StepOutcome, policy: Option<String>) -> Outcome {
+    let mut o = Outcome::internal(format!("denied by AuthConfig {chain}: {}", r.reason), g.id);
+    o.status = r.status;
+    o.policy = policy;
+    o.action = Some("CUSTOM");
+    o.www_authenticate = r
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone());
+    o.response_headers = r
+        .response_headers
+        .into_iter()
+        .filter(|(k, _)| k != "www-authenticate")
+        .collect();
+    o.custom_body = (!r.body.is_empty()).then_some(r.body);
+    o.auth_config = Some(chain.to_owned());
+    o
+}
+
+/// Decides one request. `bound` names an AuthConfig the caller chose for this request (Envoy
+/// `context_extensions.config_id`, an HTTP-mode binding); it runs first. A CUSTOM
+/// AuthorizationPolicy whose provider is an AuthConfig runs that chain where Istio consults its
+/// ext_authz provider: after request authentication, before DENY and ALLOW.
+pub async fn decide_ext(
+    g: &Generation,
+    req: &Request,
+    mut id: Identity,
+    extra: &CheckExtra,
+    bound: Option<&str>,
+) -> Outcome {
     // Refusals that happen before any filter (connection refused under STRICT, 400 from path
     // normalisation) come first; then request authentication; then authorization.
     let mut authenticated = None;
@@ -83,8 +132,67 @@ pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome 
         }
         AuthnOutcome::NoToken => {}
     }
-    let d = g.set.evaluate(req, &id);
-    let mut o = Outcome {
+    let mut chain_ok: Vec<StepOutcome> = Vec::new();
+    let mut chain_names: Vec<String> = Vec::new();
+    if let Some(cid) = bound {
+        let Some(chain) = g.chains.get(cid) else {
+            return Outcome::internal(
+                format!("denied (fail closed): the request names AuthConfig `{cid}`, which is not loaded"),
+                g.id,
+            );
+        };
+        let r = chain.run(req, &id, extra);
+        if !r.allowed {
+            return chain_denial(g, &chain.id, r, None);
+        }
+        chain_names.push(chain.id.clone());
+        chain_ok.push(r);
+    }
+    let first = g.set.evaluate(req, &id);
+    let mut o = if let Reason::CustomPending { at } = first.reason {
+        let provider = at.policy.provider.clone().unwrap_or_default();
+        let policy = Some(at.name());
+        let Some(chain) = g.chains.get(&provider) else {
+            let mut o = Outcome::internal(
+                format!("denied (fail closed): CUSTOM policy {} names provider `{provider}`, which is not an AuthConfig meshguard runs (external ext_authz providers are not called)", at.name()),
+                g.id,
+            );
+            o.policy = policy;
+            o.action = Some("CUSTOM");
+            return o;
+        };
+        let r = chain.run(req, &id, extra);
+        if !r.allowed {
+            return chain_denial(g, &chain.id, r, policy);
+        }
+        chain_names.push(chain.id.clone());
+        chain_ok.push(r);
+        let mut with_verdict = req.clone();
+        with_verdict.custom.push((provider, true));
+        let d = g.set.evaluate(&with_verdict, &id);
+        outcome_of(g, &d, &id)
+    } else {
+        outcome_of(g, &first, &id)
+    };
+    if o.allowed {
+        if let Some(a) = authenticated {
+            o.headers_to_add = a.headers_to_add;
+            o.headers_to_remove = a.headers_to_remove;
+        }
+        for r in chain_ok {
+            o.headers_to_add.extend(r.headers_to_add);
+            o.headers_to_remove.extend(r.headers_to_remove);
+            o.response_headers.extend(r.response_headers);
+        }
+    }
+    if !chain_names.is_empty() {
+        o.auth_config = Some(chain_names.join(","));
+    }
+    o
+}
+
+fn outcome_of(g: &Generation, d: &Decision<'_>, id: &Identity) -> Outcome {
+    Outcome {
         allowed: d.allowed,
         status: d.status,
         reason: d.reason.to_string(),
@@ -98,18 +206,11 @@ pub async fn decide(g: &Generation, req: &Request, mut id: Identity) -> Outcome 
         audit: d.audit.iter().map(|p| p.name()).collect(),
         dry_run: d.dry_run.map(|s| (s.allowed, s.policy.map(|p| p.name()))),
         generation: g.id,
-        by_default: matches!(
-            d.reason,
-            meshguard_policy::decision::Reason::NoAllowPolicies
-        ),
-    };
-    if o.allowed {
-        if let Some(a) = authenticated {
-            o.headers_to_add = a.headers_to_add;
-            o.headers_to_remove = a.headers_to_remove;
-        }
+        by_default: matches!(d.reason, Reason::NoAllowPolicies),
+        response_headers: Vec::new(),
+        custom_body: None,
+        auth_config: None,
     }
-    o
 }
 
 /// The decision log line for an outcome.
@@ -150,6 +251,9 @@ pub fn log_entry(
     }
     if let Some((allowed, policy)) = &o.dry_run {
         e["dry_run"] = json!({"allowed": allowed, "policy": policy});
+    }
+    if let Some(c) = &o.auth_config {
+        e["auth_config"] = c.clone().into();
     }
     e
 }

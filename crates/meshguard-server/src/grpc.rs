@@ -25,9 +25,10 @@ use envoy_types::pb::google::rpc;
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 use tonic::{Response, Status};
 
-use crate::decide::{decide, record, undecidable, Outcome, Shared};
+use crate::decide::{decide_ext, record, undecidable, Outcome, Shared};
 use crate::dlog::DecisionLog;
 use crate::state::Workload;
+use meshguard_authn::extauth::CheckExtra;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -69,6 +70,47 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect()
+}
+
+/// What an AuthConfig step may read beyond the engine's request, and the AuthConfig the route
+/// names (`context_extensions.config_id`, Gloo's `<namespace>.<name>`, or `auth_config`).
+pub fn extra_of(cr: &CheckRequest) -> (CheckExtra, Option<String>) {
+    let mut extra = CheckExtra::default();
+    let Some(attrs) = cr.attributes.as_ref() else {
+        return (extra, None);
+    };
+    extra.context_extensions = attrs
+        .context_extensions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let sock = |p: Option<&Address>| match socket(p) {
+        (Some(ip), Some(port)) => Some(std::net::SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    extra.source = sock(attrs.source.as_ref().and_then(|p| p.address.as_ref()));
+    extra.destination = sock(attrs.destination.as_ref().and_then(|p| p.address.as_ref()));
+    if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
+        extra.request_id = h.id.clone();
+        extra.protocol = h.protocol.clone();
+        extra.scheme = h.scheme.clone();
+        if !h.raw_body.is_empty() {
+            extra.body = Some(h.raw_body.clone());
+        } else if !h.body.is_empty() {
+            extra.body = Some(h.body.clone().into_bytes());
+        }
+        extra.body_truncated = h
+            .headers
+            .get("x-envoy-auth-partial-body")
+            .is_some_and(|v| v == "true");
+    }
+    let bound = attrs
+        .context_extensions
+        .get("config_id")
+        .or_else(|| attrs.context_extensions.get("auth_config"))
+        .filter(|v| !v.is_empty())
+        .cloned();
+    (extra, bound)
 }
 
 /// Converts a CheckRequest into the engine's request, once.
@@ -231,6 +273,11 @@ pub fn to_response(o: &Outcome) -> CheckResponse {
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: o.headers_to_add.iter().map(|(k, v)| header(k, v)).collect(),
                 headers_to_remove: o.headers_to_remove.clone(),
+                response_headers_to_add: o
+                    .response_headers
+                    .iter()
+                    .map(|(k, v)| header(k, v))
+                    .collect(),
                 ..Default::default()
             })),
             dynamic_metadata: Some(metadata(o)),
@@ -240,6 +287,7 @@ pub fn to_response(o: &Outcome) -> CheckResponse {
     if let Some(w) = &o.www_authenticate {
         headers.push(header("www-authenticate", w));
     }
+    headers.extend(o.response_headers.iter().map(|(k, v)| header(k, v)));
     CheckResponse {
         status: Some(rpc::Status {
             code: if o.status == 401 {
@@ -284,7 +332,14 @@ impl Authorization for CheckService {
             })
             .unwrap_or_default();
         let (outcome, req, id) = match to_request(&cr, self.workload.as_ref(), g.set.mesh()) {
-            Ok((req, id)) => (decide(&g, &req, id.clone()).await, req, id),
+            Ok((req, id)) => {
+                let (extra, bound) = extra_of(&cr);
+                (
+                    decide_ext(&g, &req, id.clone(), &extra, bound.as_deref()).await,
+                    req,
+                    id,
+                )
+            }
             Err(e) => undecidable(&self.state, &e, g.id),
         };
         record(

@@ -27,7 +27,7 @@ use http_body_util::Full;
 use hyper::{Request as HRequest, Response as HResponse, StatusCode};
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 
-use crate::decide::{decide, record, undecidable, Outcome, Shared};
+use crate::decide::{decide_ext, record, undecidable, Outcome, Shared};
 use crate::dlog::DecisionLog;
 use crate::state::Workload;
 
@@ -77,6 +77,73 @@ pub struct HttpMode {
     pub trust_client_cert: bool,
     /// Longest time a decision may take; past it the request is denied (fail closed).
     pub timeout: std::time::Duration,
+    /// AuthConfigs bound to hosts and path prefixes, for callers that cannot name one.
+    pub bindings: Vec<AuthBinding>,
+}
+
+/// An AuthConfig bound to a host (or any host) and a path prefix, for HTTP-mode callers that
+/// cannot send Envoy context extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthBinding {
+    /// `None`: any host. Compared case-insensitively, without the port.
+    pub host: Option<String>,
+    /// Matched on the normalised path, at segment boundaries (`/api` matches `/api/x`, not
+    /// `/apix`).
+    pub path_prefix: String,
+    /// The AuthConfig (`namespace.name` or `name`).
+    pub config: String,
+}
+
+impl AuthBinding {
+    /// Parses `[host]/path/prefix=config`, e.g. `shop.example.com/api=gloo-system.api-keys` or
+    /// `/admin=basic-auth`.
+    pub fn parse(s: &str) -> Result<AuthBinding, String> {
+        let (target, config) = s.rsplit_once('=').ok_or_else(|| {
+            format!("`{s}`: write [host]/path=authconfig, e.g. /api=gloo-system.api-keys")
+        })?;
+        let slash = target
+            .find('/')
+            .ok_or_else(|| format!("`{s}`: the path prefix must start with /"))?;
+        let (host, path) = target.split_at(slash);
+        if config.trim().is_empty() {
+            return Err(format!("`{s}`: no AuthConfig named after `=`"));
+        }
+        Ok(AuthBinding {
+            host: (!host.is_empty() && host != "*").then(|| host.to_ascii_lowercase()),
+            path_prefix: path.trim_end_matches('/').to_owned(),
+            config: config.trim().to_owned(),
+        })
+    }
+
+    fn matches(&self, host: &str, path: &str) -> bool {
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let host_ok = self
+            .host
+            .as_deref()
+            .is_none_or(|h| h.eq_ignore_ascii_case(host));
+        let path_ok = path == self.path_prefix
+            || self.path_prefix.is_empty()
+            || path
+                .strip_prefix(self.path_prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'));
+        host_ok && path_ok
+    }
+}
+
+/// The binding for a request: the longest matching path prefix, host-specific ones first.
+pub fn binding_for<'a>(bindings: &'a [AuthBinding], req: &Request) -> Option<&'a AuthBinding> {
+    let http = req.http.as_ref()?;
+    let path = http.normalized_path()?;
+    bindings
+        .iter()
+        .filter(|b| b.matches(&http.host, path))
+        .max_by_key(|b| (b.path_prefix.len(), b.host.is_some()))
 }
 
 /// Headers that describe the original request; never treated as request headers for policies.
@@ -248,7 +315,18 @@ impl HttpMode {
             .to_owned();
         let (outcome, request, id) = match self.to_request(&req, peer) {
             Ok((r, id)) => {
-                match tokio::time::timeout(self.timeout, decide(&g, &r, id.clone())).await {
+                let bound = binding_for(&self.bindings, &r).map(|b| b.config.clone());
+                let extra = meshguard_authn::extauth::CheckExtra {
+                    source: Some(peer),
+                    request_id: req_id.clone(),
+                    ..Default::default()
+                };
+                match tokio::time::timeout(
+                    self.timeout,
+                    decide_ext(&g, &r, id.clone(), &extra, bound.as_deref()),
+                )
+                .await
+                {
                     Ok(o) => (o, r, id),
                     Err(_) => {
                         self.state
@@ -296,10 +374,15 @@ pub fn response(o: &Outcome) -> HResponse<Full<Bytes>> {
                 o.headers_to_remove.join(", "),
             );
         }
-    } else if let Some(w) = &o.www_authenticate {
-        b = b.header("www-authenticate", w.as_str());
+    } else {
+        if let Some(w) = &o.www_authenticate {
+            b = b.header("www-authenticate", w.as_str());
+        }
+        for (k, v) in &o.response_headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
     }
-    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+    b.body(Full::new(Bytes::from(body.to_owned())))
         .unwrap_or_else(|_| {
             let mut r = HResponse::new(Full::new(Bytes::from_static(b"RBAC: access denied")));
             *r.status_mut() = StatusCode::FORBIDDEN;

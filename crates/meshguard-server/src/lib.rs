@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub max_grpc_message_bytes: usize,
     /// Longest time one request may take before it fails (and the caller denies).
     pub request_timeout: Duration,
+    /// HTTP mode: AuthConfigs bound to hosts and path prefixes.
+    pub auth_bindings: Vec<http::AuthBinding>,
 }
 
 impl Default for ServeConfig {
@@ -63,6 +65,7 @@ impl Default for ServeConfig {
             reload_interval: Duration::from_secs(2),
             max_grpc_message_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            auth_bindings: Vec::new(),
         }
     }
 }
@@ -207,6 +210,7 @@ pub async fn serve(
             style: cfg.forward_auth,
             trust_client_cert: cfg.trust_forwarded_client_cert,
             timeout: cfg.request_timeout,
+            bindings: cfg.auth_bindings.clone(),
         };
         let stop = stop_rx.clone();
         tasks.spawn(serve_hyper(l, stop, move |req, peer| {

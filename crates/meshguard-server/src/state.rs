@@ -57,6 +57,8 @@ pub struct Generation {
     pub id: u64,
     pub set: PolicySet,
     pub authn: Authenticator,
+    /// Gloo AuthConfigs, compiled (Secrets resolved, Rego parsed).
+    pub chains: meshguard_authn::extauth::Chains,
     pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub warnings: Vec<String>,
@@ -107,10 +109,12 @@ pub fn load(
     let files = loaded.files.clone();
     let set = PolicySet::compile(loaded.resources, mesh.clone()).map_err(|e| e.to_string())?;
     let authn = Authenticator::new(&set, client.clone(), AuthnSettings::default());
+    let chains = meshguard_authn::extauth::Chains::build(&set)?;
     Ok(Generation {
         id,
         set,
         authn,
+        chains,
         loaded_at: SystemTime::now(),
         files,
         warnings,

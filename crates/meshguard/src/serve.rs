@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// mesh identity. Only safe when the proxy sets or clears that header on every request.
     #[arg(long, env = "MESHGUARD_TRUST_FORWARDED_CLIENT_CERT")]
     pub trust_forwarded_client_cert: bool,
+    /// HTTP mode: run an AuthConfig for requests to a host and path prefix, as
+    /// `[host]/path=authconfig` (e.g. `shop.example.com/api=gloo-system.api-keys`, `/admin=basic`).
+    /// gRPC callers name the AuthConfig per route in context_extensions `config_id` instead.
+    #[arg(
+        long = "auth-binding",
+        env = "MESHGUARD_AUTH_BINDINGS",
+        value_delimiter = ','
+    )]
+    pub auth_bindings: Vec<String>,
     /// Path prefix to strip in HTTP mode (Envoy HTTP ext_authz `path_prefix`).
     #[arg(long, env = "MESHGUARD_HTTP_PATH_PREFIX")]
     pub http_path_prefix: Option<String>,
@@ -109,6 +118,7 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
             "rootNamespace" => a.policy.root_namespace = a.policy.root_namespace.take().or(Some(text_of(v, key)?)),
             "meshConfig" => a.policy.mesh_config = a.policy.mesh_config.take().or(Some(text_of(v, key)?.into())),
             "trustedProxies" if a.trusted_proxies.is_empty() => a.trusted_proxies = list_of(v, key)?,
+            "authBindings" if a.auth_bindings.is_empty() => a.auth_bindings = list_of(v, key)?,
             "providers" if a.policy.providers.is_empty() => a.policy.providers = list_of(v, key)?,
             "policies" if a.policy.policies.is_empty() => {
                 // Relative paths are relative to the config file.
@@ -121,9 +131,9 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
                     anyhow::anyhow!("{}:{}: pathNormalization `{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", path.display(), v.line)
                 })?);
             }
-            "trustedProxies" | "providers" | "policies" | "pathNormalization" => {}
+            "trustedProxies" | "providers" | "policies" | "pathNormalization" | "authBindings" => {}
             other => bail!(
-                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, forwardAuth, trustForwardedClientCert, httpPathPrefix, decisionLog, reloadInterval, logLevel)",
+                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, forwardAuth, trustForwardedClientCert, httpPathPrefix, authBindings, decisionLog, reloadInterval, logLevel)",
                 path.display(),
                 k.line
             ),
@@ -195,6 +205,14 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     if let Some(p) = &a.http_path_prefix {
         cfg.http_path_prefix = p.clone();
     }
+    cfg.auth_bindings = a
+        .auth_bindings
+        .iter()
+        .map(|b| {
+            meshguard_server::http::AuthBinding::parse(b.trim())
+                .map_err(|e| anyhow::anyhow!("--auth-binding {e}"))
+        })
+        .collect::<Result<_>>()?;
     if let Some(f) = &a.forward_auth {
         cfg.forward_auth = meshguard_server::http::ForwardStyle::parse(f).ok_or_else(|| {
             anyhow::anyhow!("--forward-auth `{f}`: use nginx, forwarded (Traefik, Caddy) or envoy")

@@ -1,0 +1,287 @@
+//! Gloo-compatible external auth: the steps of an `AuthConfig` (API keys, basic auth, Rego)
+//! run in order (AND) or as its `booleanExpr` says, sharing state and collecting headers.
+//!
+//! Everything an AuthConfig needs (Secrets, ConfigMaps, compiled Rego) is resolved when the
+//! policy set loads; a config that cannot be built makes the whole set fail to load, so a
+//! reload with a broken AuthConfig is refused and the previous set keeps serving.
+
+pub mod apikey;
+pub mod basic;
+pub mod rego;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use meshguard_policy::boolexpr::BoolExpr;
+use meshguard_policy::extauth::{AuthConfig, AuthModel};
+use meshguard_policy::{Identity, PolicySet, Request};
+use serde_json::{Map, Value};
+
+/// What a check knows about the request beyond the engine's [`Request`].
+#[derive(Debug, Clone, Default)]
+pub struct CheckExtra {
+    /// Envoy per-route `context_extensions`.
+    pub context_extensions: BTreeMap<String, String>,
+    /// The request body, when the proxy sent it (Envoy `with_request_body`).
+    pub body: Option<Vec<u8>>,
+    /// Whether the proxy cut the body (`x-envoy-auth-partial-body: true`).
+    pub body_truncated: bool,
+    pub source: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
+    pub request_id: String,
+    pub protocol: String,
+    pub scheme: String,
+}
+
+/// The result of one step or of a whole chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub allowed: bool,
+    /// On denial: 401 (no or bad credentials) or 403 (known caller, not allowed), or what a Rego
+    /// decision asked for.
+    pub status: u16,
+    pub body: String,
+    /// Headers for the upstream request (on success).
+    pub headers_to_add: Vec<(String, String)>,
+    pub headers_to_remove: Vec<String>,
+    /// Headers for the client: `WWW-Authenticate` on a 401, Rego `headers` on a denial, Rego
+    /// `response_headers_to_add` on success.
+    pub response_headers: Vec<(String, String)>,
+    /// Why, for the decision log (never a credential).
+    pub reason: String,
+}
+
+impl StepOutcome {
+    pub fn allow(reason: impl Into<String>) -> StepOutcome {
+        StepOutcome {
+            allowed: true,
+            status: 200,
+            body: String::new(),
+            headers_to_add: Vec::new(),
+            headers_to_remove: Vec::new(),
+            response_headers: Vec::new(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn deny(status: u16, reason: impl Into<String>) -> StepOutcome {
+        StepOutcome {
+            allowed: false,
+            status,
+            ..StepOutcome::allow(reason)
+        }
+    }
+}
+
+/// Everything a step reads, and the chain's shared state it may extend.
+pub struct StepInput<'a> {
+    pub req: &'a Request,
+    pub id: &'a Identity,
+    pub extra: &'a CheckExtra,
+    /// Chain state: values earlier steps left for later ones (Gloo's `AuthorizationRequest.State`).
+    pub state: &'a mut Map<String, Value>,
+}
+
+impl StepInput<'_> {
+    /// A request header (lower-case name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.req.http.as_ref().and_then(|h| h.header(name))
+    }
+}
+
+enum Step {
+    ApiKey(apikey::ApiKeyStep),
+    Basic(basic::BasicStep),
+    Rego(Box<rego::RegoStep>),
+    Jwt,
+}
+
+struct CompiledStep {
+    name: String,
+    step: Step,
+}
+
+/// One compiled AuthConfig.
+pub struct Chain {
+    pub id: String,
+    steps: Vec<CompiledStep>,
+    expr: Option<BoolExpr>,
+}
+
+/// Every AuthConfig of a policy set, compiled, by id (`namespace.name` and unique `name`).
+#[derive(Default)]
+pub struct Chains {
+    by_id: HashMap<String, Arc<Chain>>,
+}
+
+impl Chains {
+    /// Compiles every AuthConfig of `set`; the first problem is returned with the config named.
+    pub fn build(set: &PolicySet) -> Result<Chains, String> {
+        let mut by_id = HashMap::new();
+        let mut name_count: HashMap<&str, usize> = HashMap::new();
+        for c in set.auth_configs() {
+            *name_count.entry(c.meta.name.as_str()).or_default() += 1;
+        }
+        for c in set.auth_configs() {
+            let chain = Arc::new(compile(set, c).map_err(|e| {
+                format!(
+                    "{}:{}: AuthConfig {}/{}: {e}",
+                    c.origin.file, c.origin.line, c.meta.namespace, c.meta.name
+                )
+            })?);
+            let [full, short] = c.ids();
+            by_id.insert(full, chain.clone());
+            if name_count.get(c.meta.name.as_str()) == Some(&1) {
+                by_id.entry(short).or_insert(chain);
+            }
+        }
+        Ok(Chains { by_id })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Chain>> {
+        self.by_id.get(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+fn compile(set: &PolicySet, c: &AuthConfig) -> Result<Chain, String> {
+    let mut steps = Vec::new();
+    for s in &c.steps {
+        let step = match &s.model {
+            AuthModel::ApiKey(a) => {
+                Step::ApiKey(apikey::ApiKeyStep::build(set, &c.meta.namespace, a)?)
+            }
+            AuthModel::Basic(b) => Step::Basic(basic::BasicStep::build(set, b)?),
+            AuthModel::Rego(r) => Step::Rego(Box::new(
+                rego::RegoStep::build(set, r).map_err(|e| format!("config `{}`: {e}", s.name))?,
+            )),
+            AuthModel::Jwt => Step::Jwt,
+        };
+        steps.push(CompiledStep {
+            name: s.name.clone(),
+            step,
+        });
+    }
+    Ok(Chain {
+        id: c.ids()[0].clone(),
+        steps,
+        expr: c.boolean_expr.clone(),
+    })
+}
+
+impl Chain {
+    fn run_step(&self, name: &str, input: &mut StepInput<'_>) -> StepOutcome {
+        let Some(s) = self.steps.iter().find(|s| s.name == name) else {
+            return StepOutcome::deny(403, format!("config `{name}` does not exist"));
+        };
+        let mut o = match &s.step {
+            Step::ApiKey(k) => k.check(input),
+            Step::Basic(b) => b.check(input),
+            Step::Rego(r) => r.check(input),
+            Step::Jwt => match &input.id.jwt {
+                Some(j) => {
+                    if let Some(tok) = input.header("authorization").and_then(|a| {
+                        a.strip_prefix("Bearer ")
+                            .or_else(|| a.strip_prefix("bearer "))
+                    }) {
+                        input
+                            .state
+                            .insert("jwt".into(), Value::String(tok.trim().to_owned()));
+                    }
+                    StepOutcome::allow(format!("JWT verified for {}", j.principal))
+                }
+                None => StepOutcome::deny(401, "no JWT verified by request authentication"),
+            },
+        };
+        o.reason = format!("{}: {}", s.name, o.reason);
+        o
+    }
+
+    /// Runs the chain. Denials carry the status and headers of the step that decided.
+    pub fn run(&self, req: &Request, id: &Identity, extra: &CheckExtra) -> StepOutcome {
+        let mut state = Map::new();
+        let mut input = StepInput {
+            req,
+            id,
+            extra,
+            state: &mut state,
+        };
+        let mut passed: Vec<StepOutcome> = Vec::new();
+        let mut last_denial: Option<StepOutcome> = None;
+        let allowed = match &self.expr {
+            None => {
+                let mut ok = true;
+                for s in &self.steps {
+                    let o = self.run_step(&s.name, &mut input);
+                    if o.allowed {
+                        passed.push(o);
+                    } else {
+                        last_denial = Some(o);
+                        ok = false;
+                        break;
+                    }
+                }
+                ok
+            }
+            Some(e) => self.eval(e, &mut input, &mut passed, &mut last_denial),
+        };
+        if !allowed {
+            return last_denial.unwrap_or_else(|| {
+                StepOutcome::deny(403, format!("AuthConfig {} denied", self.id))
+            });
+        }
+        let mut out = StepOutcome::allow(format!(
+            "AuthConfig {} allowed ({})",
+            self.id,
+            passed
+                .iter()
+                .map(|p| p.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        for p in passed {
+            out.headers_to_add.extend(p.headers_to_add);
+            out.headers_to_remove.extend(p.headers_to_remove);
+            out.response_headers.extend(p.response_headers);
+        }
+        out
+    }
+
+    /// Short-circuit evaluation, left to right; steps not needed are not run.
+    fn eval(
+        &self,
+        e: &BoolExpr,
+        input: &mut StepInput<'_>,
+        passed: &mut Vec<StepOutcome>,
+        last_denial: &mut Option<StepOutcome>,
+    ) -> bool {
+        match e {
+            BoolExpr::Step(n) => {
+                let o = self.run_step(n, input);
+                if o.allowed {
+                    passed.push(o);
+                    true
+                } else {
+                    *last_denial = Some(o);
+                    false
+                }
+            }
+            BoolExpr::Not(inner) => {
+                // A negated step's own headers do not apply either way.
+                let mut scratch = Vec::new();
+                let mut denial = None;
+                !self.eval(inner, input, &mut scratch, &mut denial)
+            }
+            BoolExpr::And(a, b) => {
+                self.eval(a, input, passed, last_denial) && self.eval(b, input, passed, last_denial)
+            }
+            BoolExpr::Or(a, b) => {
+                self.eval(a, input, passed, last_denial) || self.eval(b, input, passed, last_denial)
+            }
+        }
+    }
+}

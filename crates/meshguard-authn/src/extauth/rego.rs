@@ -1,0 +1,626 @@
+//! Rego steps, evaluated in-process with regorus:
+//!
+//! - `opaAuth` (Gloo): input `{check_request, http_request, state}`; the `query`'s first
+//!   expression must be `true` (or an array whose first element is `true`) to allow.
+//! - `opaEnvoy` (meshguard): opa-envoy-plugin's input (`attributes` in protojson names,
+//!   `parsed_path`, `parsed_query`, `parsed_body`, `truncated_body`, `version`) and its decision:
+//!   a rule (default `envoy/authz/allow`) that is a boolean or an object with `allowed` and
+//!   optional `headers`, `response_headers_to_add`, `request_headers_to_remove`, `http_status`,
+//!   `body`, `dynamic_metadata`.
+//!
+//! Builtins real policies use that regorus leaves to the host are provided as extensions:
+//! `io.jwt.decode`, `io.jwt.decode_verify` and `io.jwt.verify_{rs,ps,es,hs}{256,384,512}`.
+//! Any error (a policy that fails, a bad result shape, the time limit) denies with the reason.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use meshguard_policy::extauth::{RegoAuth, RegoMode};
+use meshguard_policy::PolicySet;
+use regorus::Value as RValue;
+use serde_json::{json, Map, Value};
+
+use super::{StepInput, StepOutcome};
+
+/// Wall-clock bound on one evaluation.
+pub const EVAL_LIMIT: Duration = Duration::from_millis(100);
+
+pub struct RegoStep {
+    template: regorus::Engine,
+    mode: RegoMode,
+}
+
+fn b64url(s: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))?)
+}
+
+fn to_rvalue(v: &Value) -> RValue {
+    RValue::from(v.clone())
+}
+
+fn from_rvalue(v: &RValue) -> Value {
+    if matches!(v, RValue::Undefined) {
+        return Value::Null;
+    }
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// `io.jwt.decode(token)`: `[header, payload, signature_hex]`, no verification.
+fn jwt_decode(token: &str) -> anyhow::Result<(Value, Value, String)> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        anyhow::bail!("io.jwt.decode: not a compact JWS");
+    };
+    let header: Value = serde_json::from_slice(&b64url(h)?)?;
+    let payload: Value = serde_json::from_slice(&b64url(p)?)?;
+    let sig: String = b64url(s)?.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((header, payload, sig))
+}
+
+/// Keys from OPA's `cert` argument: a JWKS, a single JWK, a PEM certificate or public key.
+fn keys_from(cert: &str, alg: Algorithm) -> Vec<DecodingKey> {
+    let t = cert.trim();
+    if t.starts_with('{') {
+        if let Ok(set) = serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(t) {
+            return set
+                .keys
+                .iter()
+                .filter_map(|k| DecodingKey::from_jwk(k).ok())
+                .collect();
+        }
+        if let Ok(k) = serde_json::from_str::<jsonwebtoken::jwk::Jwk>(t) {
+            return DecodingKey::from_jwk(&k).into_iter().collect();
+        }
+        return Vec::new();
+    }
+    let pem = t.as_bytes();
+    let key = match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem).ok(),
+        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem).ok(),
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(pem).ok(),
+        _ => None,
+    };
+    key.into_iter().collect()
+}
+
+/// Signature check only (OPA's `io.jwt.verify_*`): exp/nbf are not looked at.
+fn verify_sig(token: &str, alg: Algorithm, keys: &[DecodingKey]) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    if header.alg != alg {
+        return false;
+    }
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    keys.iter()
+        .any(|k| jsonwebtoken::decode::<Value>(token, k, &v).is_ok())
+}
+
+fn alg_of(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// `io.jwt.decode_verify(token, constraints)` as OPA defines it: `[valid, header, payload]`,
+/// `[false, {}, {}]` when anything fails. Constraints: `cert` or `secret`, optional `alg`,
+/// `iss`, `aud`, `time` (ns since the epoch).
+fn decode_verify(token: &str, c: &Value) -> Value {
+    let fail = json!([false, {}, {}]);
+    let Ok((header, payload, _)) = jwt_decode(token) else {
+        return fail;
+    };
+    let Some(alg) = header["alg"].as_str().and_then(alg_of) else {
+        return fail;
+    };
+    if let Some(want) = c["alg"].as_str() {
+        if header["alg"].as_str() != Some(want) {
+            return fail;
+        }
+    }
+    let keys = match (c["cert"].as_str(), c["secret"].as_str()) {
+        (Some(cert), None)
+            if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) =>
+        {
+            keys_from(cert, alg)
+        }
+        (None, Some(secret))
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) =>
+        {
+            vec![DecodingKey::from_secret(secret.as_bytes())]
+        }
+        _ => return fail,
+    };
+    if !verify_sig(token, alg, &keys) {
+        return fail;
+    }
+    let now = c["time"].as_f64().map(|ns| ns / 1e9).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(f64::MAX)
+    });
+    if payload["exp"].as_f64().is_some_and(|e| now >= e)
+        || payload["nbf"].as_f64().is_some_and(|n| now < n)
+    {
+        return fail;
+    }
+    if let Some(iss) = c["iss"].as_str() {
+        if payload["iss"].as_str() != Some(iss) {
+            return fail;
+        }
+    }
+    // OPA: a token with `aud` needs a matching `aud` constraint, and a constraint needs a token
+    // `aud` that contains it.
+    let token_aud: Vec<&str> = match &payload["aud"] {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    match c["aud"].as_str() {
+        Some(a) if !token_aud.contains(&a) => return fail,
+        None if !token_aud.is_empty() => return fail,
+        _ => {}
+    }
+    json!([true, header, payload])
+}
+
+/// The `i`th argument of a builtin as a string (a non-string is an error, as in OPA).
+fn str_arg(args: &[RValue], i: usize) -> anyhow::Result<String> {
+    match args.get(i) {
+        Some(a) => Ok(a.as_string()?.to_string()),
+        None => anyhow::bail!("missing argument {}", i + 1),
+    }
+}
+
+fn add_jwt_builtins(e: &mut regorus::Engine) -> anyhow::Result<()> {
+    e.add_extension(
+        "io.jwt.decode".into(),
+        1,
+        Box::new(|args: Vec<RValue>| {
+            let t = str_arg(&args, 0)?;
+            let (h, p, s) = jwt_decode(&t)?;
+            Ok(to_rvalue(&json!([h, p, s])))
+        }),
+    )?;
+    e.add_extension(
+        "io.jwt.decode_verify".into(),
+        2,
+        Box::new(|args: Vec<RValue>| {
+            let t = str_arg(&args, 0)?;
+            let c = args.get(1).map(from_rvalue).unwrap_or(Value::Null);
+            Ok(to_rvalue(&decode_verify(&t, &c)))
+        }),
+    )?;
+    for name in [
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "HS256", "HS384",
+        "HS512",
+    ] {
+        let alg = alg_of(name).ok_or_else(|| anyhow::anyhow!("alg"))?;
+        let hmac = name.starts_with("HS");
+        e.add_extension(
+            format!("io.jwt.verify_{}", name.to_ascii_lowercase()),
+            2,
+            Box::new(move |args: Vec<RValue>| {
+                let t = str_arg(&args, 0)?;
+                let k = str_arg(&args, 1)?;
+                let keys = if hmac {
+                    vec![DecodingKey::from_secret(k.as_bytes())]
+                } else {
+                    keys_from(&k, alg)
+                };
+                Ok(RValue::from(verify_sig(&t, alg, &keys)))
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+impl RegoStep {
+    pub fn build(set: &PolicySet, r: &RegoAuth) -> Result<RegoStep, String> {
+        let mut modules: Vec<(String, String)> = Vec::new();
+        let mut data: Vec<(String, String)> = Vec::new();
+        for m in &r.modules {
+            let cm = set
+                .config_maps()
+                .iter()
+                .find(|c| c.meta.name == m.name && c.meta.namespace == m.namespace)
+                .ok_or_else(|| format!("ConfigMap {}/{} is not loaded", m.namespace, m.name))?;
+            for (k, v) in &cm.data {
+                let name = format!("{}/{}/{k}", m.namespace, m.name);
+                if k.ends_with(".json") {
+                    data.push((name, v.clone()));
+                } else {
+                    modules.push((name, v.clone()));
+                }
+            }
+        }
+        if modules.is_empty() {
+            return Err("the referenced ConfigMaps hold no Rego module".into());
+        }
+        // Current OPA parses Rego v1; Gloo-era policies are v0. Try v1, then v0.
+        let build = |v0: bool| -> Result<regorus::Engine, String> {
+            let mut e = regorus::Engine::new();
+            e.set_rego_v0(v0);
+            for (name, src) in &modules {
+                e.add_policy(name.clone(), src.clone())
+                    .map_err(|err| format!("{name}: {err}"))?;
+            }
+            for (name, json) in &data {
+                e.add_data_json(json)
+                    .map_err(|err| format!("{name}: {err}"))?;
+            }
+            add_jwt_builtins(&mut e).map_err(|err| err.to_string())?;
+            e.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+                limit: EVAL_LIMIT,
+                check_interval: NonZeroU32::MIN.saturating_add(63),
+            });
+            Ok(e)
+        };
+        let template = match build(false) {
+            Ok(e) => e,
+            Err(v1) => build(true).map_err(|_| v1)?,
+        };
+        Ok(RegoStep {
+            template,
+            mode: r.mode.clone(),
+        })
+    }
+
+    pub fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+        let mut e = self.template.clone();
+        match &self.mode {
+            RegoMode::Gloo { query } => {
+                e.set_input(to_rvalue(&gloo_input(input)));
+                match e.eval_query(query.clone(), false) {
+                    Ok(r) => {
+                        let v = r
+                            .result
+                            .first()
+                            .and_then(|q| q.expressions.first())
+                            .map(|x| x.value.clone())
+                            .unwrap_or(RValue::Undefined);
+                        let allowed = match &v {
+                            RValue::Bool(b) => *b,
+                            RValue::Array(a) => matches!(a.first(), Some(RValue::Bool(true))),
+                            _ => false,
+                        };
+                        if allowed {
+                            StepOutcome::allow(format!("Rego query `{query}` is true"))
+                        } else {
+                            StepOutcome::deny(403, format!("Rego query `{query}` is not true"))
+                        }
+                    }
+                    Err(err) => {
+                        StepOutcome::deny(403, format!("Rego evaluation failed (denied): {err}"))
+                    }
+                }
+            }
+            RegoMode::Envoy { path } => {
+                e.set_input(to_rvalue(&envoy_input(input)));
+                let rule = format!("data.{}", path.replace('/', "."));
+                match e.eval_rule(rule.clone()) {
+                    Ok(v) => {
+                        envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined))
+                    }
+                    Err(err) => {
+                        StepOutcome::deny(403, format!("Rego evaluation failed (denied): {err}"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn headers_object(input: &StepInput<'_>) -> Map<String, Value> {
+    let mut h = Map::new();
+    if let Some(http) = &input.req.http {
+        for (k, v) in &http.headers {
+            h.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    h
+}
+
+fn http_object(input: &StepInput<'_>, headers: &Map<String, Value>) -> Value {
+    let Some(http) = &input.req.http else {
+        return json!({});
+    };
+    let mut o = json!({
+        "id": input.extra.request_id,
+        "method": http.method,
+        "headers": headers,
+        "path": http.raw_path,
+        "host": http.host,
+        "scheme": input.extra.scheme,
+        "protocol": input.extra.protocol,
+    });
+    if let Some(b) = &input.extra.body {
+        o["body"] = Value::String(String::from_utf8_lossy(b).into_owned());
+        o["size"] = json!(b.len());
+    }
+    o
+}
+
+/// Gloo's input: `check_request` as Go's encoding/json renders the Envoy CheckRequest,
+/// `http_request` (its http part) and the chain `state`.
+fn gloo_input(input: &StepInput<'_>) -> Value {
+    let headers = headers_object(input);
+    let http = http_object(input, &headers);
+    let addr = |a: Option<std::net::SocketAddr>| match a {
+        Some(a) => {
+            json!({"Address": {"SocketAddress": {"address": a.ip().to_string(), "PortSpecifier": {"PortValue": a.port()}}}})
+        }
+        None => json!({}),
+    };
+    let mut source = json!({"address": addr(input.extra.source)});
+    if let Some(p) = &input.id.peer {
+        source["principal"] = Value::String(p.clone());
+    }
+    json!({
+        "check_request": {"attributes": {
+            "source": source,
+            "destination": {"address": addr(input.extra.destination)},
+            "request": {"http": http},
+            "context_extensions": input.extra.context_extensions,
+            "metadata_context": {},
+        }},
+        "http_request": http,
+        "state": if input.state.is_empty() { Value::Null } else { Value::Object(input.state.clone()) },
+    })
+}
+
+fn parsed_path(raw: &str) -> Vec<Value> {
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    trimmed
+        .split('/')
+        .map(|seg| Value::String(percent_decode(seg)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            // Bytes, not &str slices: a `%` before a multi-byte character must not panic.
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parsed_query(raw: &str) -> Map<String, Value> {
+    let mut q: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    if let Some((_, query)) = raw.split_once('?') {
+        let query = query.split('#').next().unwrap_or("");
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| percent_decode(&s.replace('+', " "));
+            q.entry(dec(k)).or_default().push(Value::String(dec(v)));
+        }
+    }
+    q.into_iter().map(|(k, v)| (k, Value::Array(v))).collect()
+}
+
+/// opa-envoy-plugin's input document (envoyauth/request.go), protojson (camelCase) names.
+fn envoy_input(input: &StepInput<'_>) -> Value {
+    let headers = headers_object(input);
+    let http = http_object(input, &headers);
+    let raw_path = input
+        .req
+        .http
+        .as_ref()
+        .map(|h| h.raw_path.as_str())
+        .unwrap_or("/");
+    let addr = |a: Option<std::net::SocketAddr>| match a {
+        Some(a) => json!({"socketAddress": {"address": a.ip().to_string(), "portValue": a.port()}}),
+        None => json!({}),
+    };
+    let mut source = json!({"address": addr(input.extra.source)});
+    if let Some(p) = &input.id.peer {
+        source["principal"] = Value::String(p.clone());
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (parsed_body, truncated) = match &input.extra.body {
+        Some(b) if content_type.starts_with("application/json") => {
+            let declared = headers
+                .get("content-length")
+                .and_then(Value::as_str)
+                .and_then(|l| l.parse::<usize>().ok());
+            let truncated = input.extra.body_truncated || declared.is_some_and(|l| l > b.len());
+            if truncated {
+                (Value::Null, true)
+            } else {
+                (serde_json::from_slice(b).unwrap_or(Value::Null), false)
+            }
+        }
+        Some(b) if content_type.starts_with("application/x-www-form-urlencoded") => (
+            Value::Object(parsed_query(&format!("?{}", String::from_utf8_lossy(b)))),
+            input.extra.body_truncated,
+        ),
+        _ => (Value::Null, input.extra.body_truncated),
+    };
+    let mut doc = json!({
+        "attributes": {
+            "source": source,
+            "destination": {"address": addr(input.extra.destination)},
+            "request": {"http": http},
+            "contextExtensions": input.extra.context_extensions,
+            "metadataContext": {},
+        },
+        "parsed_path": parsed_path(raw_path),
+        "parsed_query": parsed_query(raw_path),
+        "parsed_body": parsed_body,
+        "truncated_body": truncated,
+        "version": {"ext_authz": "v3", "encoding": "protojson"},
+    });
+    if let Some(p) = &input.id.peer {
+        doc["source_principal"] = Value::String(p.clone());
+    }
+    doc
+}
+
+fn header_pairs(v: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(o) = v.as_object() {
+        for (k, val) in o {
+            match val {
+                Value::String(s) => out.push((k.to_ascii_lowercase(), s.clone())),
+                Value::Array(a) => {
+                    for s in a.iter().filter_map(Value::as_str) {
+                        out.push((k.to_ascii_lowercase(), s.to_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// opa-envoy-plugin's decision (envoyauth/response.go): a boolean, or an object with a
+/// required boolean `allowed`.
+fn envoy_decision(rule: &str, v: &Value, undefined: bool) -> StepOutcome {
+    if undefined {
+        return StepOutcome::deny(403, format!("{rule} is undefined"));
+    }
+    match v {
+        Value::Bool(true) => StepOutcome::allow(format!("{rule} is true")),
+        Value::Bool(false) => StepOutcome::deny(403, format!("{rule} is false")),
+        Value::Object(o) => {
+            let Some(allowed) = o.get("allowed").and_then(Value::as_bool) else {
+                return StepOutcome::deny(
+                    403,
+                    format!("{rule}: the decision object needs a boolean `allowed`"),
+                );
+            };
+            let mut out = if allowed {
+                StepOutcome::allow(format!("{rule}.allowed is true"))
+            } else {
+                let status = o.get("http_status").and_then(Value::as_u64).unwrap_or(403);
+                if !(100..=599).contains(&status) {
+                    return StepOutcome::deny(
+                        403,
+                        format!("{rule}: http_status {status} is not an HTTP status"),
+                    );
+                }
+                StepOutcome::deny(status as u16, format!("{rule}.allowed is false"))
+            };
+            if let Some(b) = o.get("body").and_then(Value::as_str) {
+                out.body = b.to_owned();
+            }
+            let headers = header_pairs(o.get("headers").unwrap_or(&Value::Null));
+            if allowed {
+                out.headers_to_add = headers;
+                out.response_headers =
+                    header_pairs(o.get("response_headers_to_add").unwrap_or(&Value::Null));
+                out.headers_to_remove = o
+                    .get("request_headers_to_remove")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_ascii_lowercase)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            } else {
+                out.response_headers = headers;
+            }
+            out
+        }
+        other => StepOutcome::deny(
+            403,
+            format!("{rule} must be a boolean or an object with `allowed`, found {other}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_queries_as_opa_envoy_parses_them() {
+        assert_eq!(
+            parsed_path("/a/b%20c/?x=1"),
+            vec![json!("a"), json!("b c"), json!("")]
+        );
+        assert_eq!(parsed_path("/"), vec![json!("")]);
+        // Hostile escapes: a `%` before a multi-byte character, truncated escapes.
+        assert_eq!(
+            parsed_path("/%aé/%/%4"),
+            vec![json!("%aé"), json!("%"), json!("%4")]
+        );
+        let q = parsed_query("/p?a=1&a=2&b=x%2By&c");
+        assert_eq!(
+            Value::Object(q),
+            json!({"a": ["1", "2"], "b": ["x+y"], "c": [""]})
+        );
+    }
+
+    #[test]
+    fn decision_shapes() {
+        assert!(envoy_decision("r", &json!(true), false).allowed);
+        assert!(!envoy_decision("r", &json!(true), true).allowed);
+        assert!(!envoy_decision("r", &json!("yes"), false).allowed);
+        assert!(!envoy_decision("r", &json!({"headers": {}}), false).allowed);
+        let d = envoy_decision(
+            "r",
+            &json!({"allowed": false, "http_status": 401, "body": "no", "headers": {"x": "y"}}),
+            false,
+        );
+        assert_eq!(
+            (d.status, d.body.as_str(), d.response_headers.clone()),
+            (401, "no", vec![("x".into(), "y".into())])
+        );
+        let a = envoy_decision(
+            "r",
+            &json!({"allowed": true, "headers": {"x-a": ["1", "2"]}, "request_headers_to_remove": ["Authorization"]}),
+            false,
+        );
+        assert!(a.allowed);
+        assert_eq!(a.headers_to_add.len(), 2);
+        assert_eq!(a.headers_to_remove, vec!["authorization".to_owned()]);
+    }
+}

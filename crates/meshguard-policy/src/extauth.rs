@@ -1,0 +1,697 @@
+//! External-auth resources read from the same policy paths as the Istio kinds: Gloo's
+//! `AuthConfig` (enterprise.gloo.solo.io/v1), and the Kubernetes `Secret` and `ConfigMap` objects
+//! its steps refer to (API keys, passwords, Rego modules and data documents).
+//!
+//! Field names follow Gloo's extauth.proto (solo-io/gloo
+//! projects/gloo/api/v1/enterprise/options/extauth/v1/extauth.proto) and the Gloo Edge guides.
+//! Models meshguard recognises but does not run yet are refused with a clear error, so a config
+//! never silently means less than it says.
+
+use std::collections::BTreeMap;
+
+use crate::boolexpr::BoolExpr;
+use crate::diag::Ctx;
+use crate::resource::{
+    check_fields, get_bool, get_map, get_seq, get_str, join, parse_meta, string_map, Meta, Origin,
+    Resource,
+};
+use crate::yaml::Node;
+
+/// A reference to a Secret or ConfigMap. `namespace` defaults to the referring object's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub meta: Meta,
+    pub origin: Origin,
+    /// `type` (e.g. `extauth.solo.io/apikey`, `Opaque`).
+    pub secret_type: String,
+    /// `data` (base64-decoded) merged with `stringData` (which wins, as in Kubernetes).
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigMap {
+    pub meta: Meta,
+    pub origin: Origin,
+    pub data: BTreeMap<String, String>,
+}
+
+/// A header filled from an API key's metadata (`headersFromMetadataEntry`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataHeader {
+    pub header: String,
+    /// The Secret data key holding the value.
+    pub key: String,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    /// Default `api-key`.
+    pub header_name: String,
+    /// Secrets in the AuthConfig's namespace with these labels (`labelSelector`).
+    pub label_selector: Option<BTreeMap<String, String>>,
+    pub secret_refs: Vec<ObjectRef>,
+    pub headers_from_metadata: Vec<MetadataHeader>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordEncryption {
+    /// Apache apr1 (MD5 crypt).
+    Apr,
+    /// Hex SHA-1 of password followed by salt.
+    Sha1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub salt: String,
+    pub hashed_password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub realm: String,
+    pub encryption: PasswordEncryption,
+    pub users: BTreeMap<String, StoredUser>,
+    /// meshguard extension: a Secret whose `htpasswd` (or `.htpasswd`) entry holds htpasswd
+    /// lines (`$apr1$` or bcrypt `$2y$`), for teams that keep one file of users.
+    pub htpasswd_secret: Option<ObjectRef>,
+}
+
+/// Which input document and decision convention a Rego step uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegoMode {
+    /// Gloo `opaAuth`: input `{check_request, http_request, state}`, a query whose first
+    /// expression is `true` (or an array starting with `true`) allows.
+    Gloo { query: String },
+    /// meshguard `opaEnvoy`: opa-envoy-plugin's input (`attributes`, `parsed_path`, ...), and a
+    /// rule path (default `envoy/authz/allow`) that yields a boolean or a decision object.
+    Envoy { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegoAuth {
+    /// ConfigMaps: `*.rego` entries are modules, `*.json` entries data documents.
+    pub modules: Vec<ObjectRef>,
+    pub mode: RegoMode,
+}
+
+/// One step of an AuthConfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthModel {
+    ApiKey(ApiKeyAuth),
+    Basic(BasicAuth),
+    Rego(RegoAuth),
+    /// Gloo's `jwt: {}` placeholder: passes when request authentication (an Istio
+    /// RequestAuthentication) verified a token for this request.
+    Jwt,
+}
+
+impl AuthModel {
+    /// The model's key in AuthConfig YAML.
+    pub fn key(&self) -> &'static str {
+        match self {
+            AuthModel::ApiKey(_) => "apiKeyAuth",
+            AuthModel::Basic(_) => "basicAuth",
+            AuthModel::Rego(RegoAuth {
+                mode: RegoMode::Gloo { .. },
+                ..
+            }) => "opaAuth",
+            AuthModel::Rego(_) => "opaEnvoy",
+            AuthModel::Jwt => "jwt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthStep {
+    pub name: String,
+    pub line: u32,
+    pub model: AuthModel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub meta: Meta,
+    pub origin: Origin,
+    pub steps: Vec<AuthStep>,
+    /// `None`: every step must pass (AND).
+    pub boolean_expr: Option<BoolExpr>,
+}
+
+impl AuthConfig {
+    /// The names a request can use for this config: `namespace.name` (Gloo's `config_id`) and
+    /// `name`.
+    pub fn ids(&self) -> [String; 2] {
+        [
+            format!("{}.{}", self.meta.namespace, self.meta.name),
+            self.meta.name.clone(),
+        ]
+    }
+}
+
+const GLOO_GROUP: &str = "enterprise.gloo.solo.io";
+
+/// Whether this module parses a document of `kind` and `apiVersion`.
+pub(crate) fn handles(kind: &str, api_version: &str) -> bool {
+    (kind == "AuthConfig" && api_version.split('/').next() == Some(GLOO_GROUP))
+        || (api_version == "v1" && (kind == "Secret" || kind == "ConfigMap"))
+}
+
+/// Models Gloo defines that meshguard does not run (yet).
+const NOT_YET: &[&str] = &[
+    "ldap",
+    "oauth2",
+    "passThroughAuth",
+    "hmacAuth",
+    "opaServerAuth",
+    "pluginAuth",
+    "oauth",
+];
+const MODELS: &[&str] = &["apiKeyAuth", "basicAuth", "opaAuth", "opaEnvoy", "jwt"];
+
+pub(crate) fn parse_object(
+    ctx: &mut Ctx<'_>,
+    doc: &Node,
+    prefix: &str,
+    kind: &str,
+    out: &mut Vec<Resource>,
+) {
+    let field = |f: &str| join(prefix, f);
+    let known: &[&str] = match kind {
+        "AuthConfig" => &["apiVersion", "kind", "metadata", "spec", "status"],
+        "Secret" => &[
+            "apiVersion",
+            "kind",
+            "metadata",
+            "type",
+            "data",
+            "stringData",
+            "immutable",
+        ],
+        _ => &[
+            "apiVersion",
+            "kind",
+            "metadata",
+            "data",
+            "binaryData",
+            "immutable",
+        ],
+    };
+    check_fields(ctx, doc, prefix, known);
+    let errors_before = ctx.error_count();
+    let Some(meta) = parse_meta(ctx, doc, &field("metadata")) else {
+        return;
+    };
+    ctx.resource = Some(format!("{kind} {}/{}", meta.namespace, meta.name));
+    let origin = Origin {
+        file: ctx.file.to_owned(),
+        line: doc.line,
+    };
+    let res = match kind {
+        "Secret" => parse_secret(ctx, doc, prefix, meta, origin).map(Resource::Secret),
+        "ConfigMap" => {
+            let data = doc
+                .get("data")
+                .map(|d| string_map(ctx, d, &field("data")))
+                .unwrap_or_default();
+            Some(Resource::ConfigMap(ConfigMap { meta, origin, data }))
+        }
+        _ => parse_auth_config(ctx, doc, &field("spec"), meta, origin).map(Resource::AuthConfig),
+    };
+    if let Some(r) = res {
+        if ctx.error_count() == errors_before {
+            out.push(r);
+        }
+    }
+}
+
+fn parse_secret(
+    ctx: &mut Ctx<'_>,
+    doc: &Node,
+    prefix: &str,
+    meta: Meta,
+    origin: Origin,
+) -> Option<Secret> {
+    use base64::Engine as _;
+    let mut data = BTreeMap::new();
+    if let Some(d) = doc.get("data") {
+        for (k, v) in string_map(ctx, d, &join(prefix, "data")) {
+            let clean: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+            match base64::engine::general_purpose::STANDARD.decode(clean.as_bytes()) {
+                Ok(bytes) => {
+                    data.insert(k, bytes);
+                }
+                Err(_) => {
+                    let at = d.get(&k).unwrap_or(d);
+                    ctx.err(
+                        at,
+                        &join(prefix, &format!("data.{k}")),
+                        "is not base64 (Secret `data` values are base64; use `stringData` for plain text)",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(d) = doc.get("stringData") {
+        for (k, v) in string_map(ctx, d, &join(prefix, "stringData")) {
+            data.insert(k, v.into_bytes());
+        }
+    }
+    let secret_type = get_str(ctx, doc, "type", prefix)
+        .map(|t| t.0)
+        .unwrap_or_else(|| "Opaque".to_owned());
+    Some(Secret {
+        meta,
+        origin,
+        secret_type,
+        data,
+    })
+}
+
+fn object_ref(ctx: &mut Ctx<'_>, n: &Node, path: &str, default_ns: &str) -> Option<ObjectRef> {
+    if n.as_map().is_none() {
+        ctx.err(
+            n,
+            path,
+            format!(
+                "must be a mapping {{name, namespace}}, found {}",
+                n.type_name()
+            ),
+        );
+        return None;
+    }
+    check_fields(ctx, n, path, &["name", "namespace"]);
+    let Some((name, _, _)) = get_str(ctx, n, "name", path) else {
+        ctx.err(n, &join(path, "name"), "missing `name`");
+        return None;
+    };
+    let namespace = get_str(ctx, n, "namespace", path)
+        .map(|x| x.0)
+        .unwrap_or_else(|| default_ns.to_owned());
+    Some(ObjectRef { name, namespace })
+}
+
+fn object_refs(
+    ctx: &mut Ctx<'_>,
+    parent: &Node,
+    key: &str,
+    path: &str,
+    ns: &str,
+) -> Vec<ObjectRef> {
+    let mut out = Vec::new();
+    if let Some(items) = get_seq(ctx, parent, key, path) {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(r) = object_ref(ctx, item, &format!("{}[{i}]", join(path, key)), ns) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+fn parse_auth_config(
+    ctx: &mut Ctx<'_>,
+    doc: &Node,
+    sp: &str,
+    meta: Meta,
+    origin: Origin,
+) -> Option<AuthConfig> {
+    let Some(spec) = doc.get("spec").filter(|s| s.as_map().is_some()) else {
+        ctx.err(doc, sp, "an AuthConfig needs `spec.configs`");
+        return None;
+    };
+    check_fields(ctx, spec, sp, &["configs", "booleanExpr", "failOnRedirect"]);
+    let mut steps: Vec<AuthStep> = Vec::new();
+    let Some(configs) = get_seq(ctx, spec, "configs", sp) else {
+        ctx.err(
+            spec,
+            &join(sp, "configs"),
+            "missing `configs` (the list of auth steps)",
+        );
+        return None;
+    };
+    if configs.is_empty() {
+        ctx.err(
+            spec,
+            &join(sp, "configs"),
+            "at least one config is required",
+        );
+    }
+    for (i, c) in configs.iter().enumerate() {
+        let path = format!("{}[{i}]", join(sp, "configs"));
+        let Some(entries) = c.as_map() else {
+            ctx.err(
+                c,
+                &path,
+                format!("must be a mapping, found {}", c.type_name()),
+            );
+            continue;
+        };
+        let name = get_str(ctx, c, "name", &path)
+            .map(|x| x.0)
+            .unwrap_or_else(|| format!("config_{i}"));
+        if steps.iter().any(|s| s.name == name) {
+            ctx.err(
+                c,
+                &join(&path, "name"),
+                format!("duplicate config name `{name}`"),
+            );
+        }
+        let models: Vec<&str> = entries
+            .iter()
+            .map(|(k, _)| k.text.as_str())
+            .filter(|k| *k != "name")
+            .collect();
+        let mut all: Vec<&str> = MODELS.to_vec();
+        all.extend(NOT_YET);
+        all.push("name");
+        check_fields(ctx, c, &path, &all);
+        let model = match models.as_slice() {
+            [one] if NOT_YET.contains(one) => {
+                ctx.err(
+                    c,
+                    &join(&path, one),
+                    format!("`{one}` is a Gloo model meshguard does not run yet (supported: apiKeyAuth, basicAuth, opaAuth, opaEnvoy, jwt); refusing rather than skipping it"),
+                );
+                None
+            }
+            [one] if MODELS.contains(one) => {
+                let node = c.get(one).unwrap_or(c);
+                let p = join(&path, one);
+                match *one {
+                    "apiKeyAuth" => {
+                        parse_api_key(ctx, node, &p, &meta.namespace).map(AuthModel::ApiKey)
+                    }
+                    "basicAuth" => {
+                        parse_basic(ctx, node, &p, &meta.namespace).map(AuthModel::Basic)
+                    }
+                    "opaAuth" => {
+                        parse_rego(ctx, node, &p, &meta.namespace, false).map(AuthModel::Rego)
+                    }
+                    "opaEnvoy" => {
+                        parse_rego(ctx, node, &p, &meta.namespace, true).map(AuthModel::Rego)
+                    }
+                    _ => Some(AuthModel::Jwt),
+                }
+            }
+            [] => {
+                ctx.err(
+                    c,
+                    &path,
+                    format!(
+                        "config `{name}` names no auth model (one of {})",
+                        MODELS.join(", ")
+                    ),
+                );
+                None
+            }
+            many => {
+                ctx.err(
+                    c,
+                    &path,
+                    format!(
+                        "config `{name}` has {} models ({}); each config holds exactly one",
+                        many.len(),
+                        many.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        if let Some(model) = model {
+            steps.push(AuthStep {
+                name,
+                line: c.line,
+                model,
+            });
+        }
+    }
+    let boolean_expr = match get_str(ctx, spec, "booleanExpr", sp) {
+        Some((text, line, col)) if !text.trim().is_empty() => match BoolExpr::parse(&text) {
+            Ok(e) => {
+                for n in e.names() {
+                    if !steps.iter().any(|s| s.name == n) && !configs.is_empty() {
+                        ctx.err_at(
+                            line,
+                            col,
+                            &join(sp, "booleanExpr"),
+                            format!("`{n}` is not the name of a config here"),
+                        );
+                    }
+                }
+                Some(e)
+            }
+            Err(e) => {
+                ctx.err_at(line, col, &join(sp, "booleanExpr"), e);
+                None
+            }
+        },
+        _ => None,
+    };
+    if get_bool(ctx, spec, "failOnRedirect", sp) == Some(true) {
+        ctx.warn(
+            spec,
+            &join(sp, "failOnRedirect"),
+            "has no effect: no supported model redirects",
+        );
+    }
+    Some(AuthConfig {
+        meta,
+        origin,
+        steps,
+        boolean_expr,
+    })
+}
+
+fn parse_api_key(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<ApiKeyAuth> {
+    check_fields(
+        ctx,
+        n,
+        p,
+        &[
+            "headerName",
+            "labelSelector",
+            "apiKeySecretRefs",
+            "k8sSecretApikeyStorage",
+            "headersFromMetadataEntry",
+            "headersFromMetadata",
+            "skipMetadataValidation",
+        ],
+    );
+    let header_name = get_str(ctx, n, "headerName", p)
+        .map(|x| x.0.to_ascii_lowercase())
+        .unwrap_or_else(|| "api-key".to_owned());
+    let mut label_selector = n
+        .get("labelSelector")
+        .map(|l| string_map(ctx, l, &join(p, "labelSelector")));
+    let mut secret_refs = object_refs(ctx, n, "apiKeySecretRefs", p, ns);
+    if let Some(storage) = get_map(ctx, n, "k8sSecretApikeyStorage", p) {
+        let sp = join(p, "k8sSecretApikeyStorage");
+        check_fields(ctx, storage, &sp, &["labelSelector", "apiKeySecretRefs"]);
+        if let Some(l) = storage.get("labelSelector") {
+            label_selector = Some(string_map(ctx, l, &join(&sp, "labelSelector")));
+        }
+        secret_refs.extend(object_refs(ctx, storage, "apiKeySecretRefs", &sp, ns));
+    }
+    if label_selector.is_none() && secret_refs.is_empty() {
+        ctx.err(
+            n,
+            p,
+            "name the API key Secrets with `labelSelector` or `apiKeySecretRefs`",
+        );
+    }
+    let mut headers_from_metadata = Vec::new();
+    for key in ["headersFromMetadataEntry", "headersFromMetadata"] {
+        if let Some(m) = get_map(ctx, n, key, p) {
+            for (k, v) in m.as_map().unwrap_or(&[]) {
+                let hp = join(&join(p, key), &k.text);
+                if v.as_map().is_none() {
+                    ctx.err(v, &hp, "must be a mapping {name, required}");
+                    continue;
+                }
+                check_fields(ctx, v, &hp, &["name", "required"]);
+                let Some((name, _, _)) = get_str(ctx, v, "name", &hp) else {
+                    ctx.err(
+                        v,
+                        &join(&hp, "name"),
+                        "missing `name` (the Secret data key)",
+                    );
+                    continue;
+                };
+                headers_from_metadata.push(MetadataHeader {
+                    header: k.text.to_ascii_lowercase(),
+                    key: name,
+                    required: get_bool(ctx, v, "required", &hp).unwrap_or(false),
+                });
+            }
+        }
+    }
+    let _ = get_bool(ctx, n, "skipMetadataValidation", p);
+    Some(ApiKeyAuth {
+        header_name,
+        label_selector,
+        secret_refs,
+        headers_from_metadata,
+    })
+}
+
+fn parse_users(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> BTreeMap<String, StoredUser> {
+    let mut users = BTreeMap::new();
+    let Some(u) = get_map(ctx, n, "users", p) else {
+        ctx.err(
+            n,
+            &join(p, "users"),
+            "missing `users` (user name -> {salt, hashedPassword})",
+        );
+        return users;
+    };
+    for (k, v) in u.as_map().unwrap_or(&[]) {
+        let up = join(&join(p, "users"), &k.text);
+        check_fields(ctx, v, &up, &["salt", "hashedPassword"]);
+        match (
+            get_str(ctx, v, "salt", &up),
+            get_str(ctx, v, "hashedPassword", &up),
+        ) {
+            (Some(salt), Some(hash)) => {
+                users.insert(
+                    k.text.clone(),
+                    StoredUser {
+                        salt: salt.0,
+                        hashed_password: hash.0,
+                    },
+                );
+            }
+            _ => ctx.err(v, &up, "needs `salt` and `hashedPassword`"),
+        }
+    }
+    users
+}
+
+fn parse_basic(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<BasicAuth> {
+    check_fields(
+        ctx,
+        n,
+        p,
+        &[
+            "realm",
+            "apr",
+            "encryption",
+            "userList",
+            "htpasswdSecretRef",
+        ],
+    );
+    let realm = get_str(ctx, n, "realm", p).map(|x| x.0).unwrap_or_default();
+    let htpasswd_secret = n
+        .get("htpasswdSecretRef")
+        .and_then(|r| object_ref(ctx, r, &join(p, "htpasswdSecretRef"), ns));
+    let legacy = get_map(ctx, n, "apr", p);
+    let extended = (n.get("encryption"), n.get("userList"));
+    let (encryption, users) = match (legacy, extended) {
+        (Some(apr), (None, None)) => {
+            let ap = join(p, "apr");
+            check_fields(ctx, apr, &ap, &["users"]);
+            (PasswordEncryption::Apr, parse_users(ctx, apr, &ap))
+        }
+        (None, (Some(enc), Some(list))) => {
+            let ep = join(p, "encryption");
+            check_fields(ctx, enc, &ep, &["apr", "sha1"]);
+            let e = match (enc.get("apr"), enc.get("sha1")) {
+                (Some(_), None) => PasswordEncryption::Apr,
+                (None, Some(_)) => PasswordEncryption::Sha1,
+                _ => {
+                    ctx.err(enc, &ep, "exactly one of `apr: {}` or `sha1: {}`");
+                    PasswordEncryption::Apr
+                }
+            };
+            let lp = join(p, "userList");
+            check_fields(ctx, list, &lp, &["users"]);
+            (e, parse_users(ctx, list, &lp))
+        }
+        (None, (None, None)) if htpasswd_secret.is_some() => {
+            (PasswordEncryption::Apr, BTreeMap::new())
+        }
+        _ => {
+            ctx.err(n, p, "define exactly one of `apr` or (`encryption` and `userList`), or `htpasswdSecretRef`");
+            return None;
+        }
+    };
+    Some(BasicAuth {
+        realm,
+        encryption,
+        users,
+        htpasswd_secret,
+    })
+}
+
+fn parse_rego(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str, envoy: bool) -> Option<RegoAuth> {
+    if envoy {
+        check_fields(ctx, n, p, &["modules", "path"]);
+    } else {
+        check_fields(ctx, n, p, &["modules", "query", "options"]);
+        if let Some(o) = get_map(ctx, n, "options", p) {
+            let op = join(p, "options");
+            check_fields(
+                ctx,
+                o,
+                &op,
+                &["fastInputConversion", "returnDecisionReason"],
+            );
+        }
+    }
+    let modules = object_refs(ctx, n, "modules", p, ns);
+    if modules.is_empty() {
+        ctx.err(
+            n,
+            &join(p, "modules"),
+            "name at least one ConfigMap holding Rego modules",
+        );
+    }
+    let mode = if envoy {
+        let path = get_str(ctx, n, "path", p)
+            .map(|x| x.0)
+            .unwrap_or_else(|| "envoy/authz/allow".to_owned());
+        RegoMode::Envoy {
+            path: path.trim_matches('/').to_owned(),
+        }
+    } else {
+        match get_str(ctx, n, "query", p) {
+            Some((q, _, _)) => RegoMode::Gloo { query: q },
+            None => {
+                ctx.err(
+                    n,
+                    &join(p, "query"),
+                    "missing `query` (e.g. `data.test.allow == true`)",
+                );
+                return None;
+            }
+        }
+    };
+    Some(RegoAuth { modules, mode })
+}
+
+/// The AuthConfig a request names, by `namespace.name` or by `name` when that is unique.
+pub fn find<'a>(configs: &'a [AuthConfig], id: &str) -> Option<&'a AuthConfig> {
+    if let Some(c) = configs.iter().find(|c| c.ids()[0] == id) {
+        return Some(c);
+    }
+    let mut by_name = configs.iter().filter(|c| c.meta.name == id);
+    match (by_name.next(), by_name.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// Kubernetes label selector semantics for `matchLabels`: every pair must be present.
+pub fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
