@@ -467,6 +467,26 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
         let extra = meshguard_policy::load::mesh_warnings(&loaded.resources, &mesh);
         loaded.diagnostics.extend(extra);
     }
+    // AuthConfigs are checked as the server builds them: referenced Secrets and ConfigMaps
+    // must be loaded, Rego must parse.
+    if loaded.errors().count() == 0 && !loaded.resources.is_empty() {
+        if let Ok(set) = meshguard_policy::PolicySet::compile(
+            loaded.resources.clone(),
+            meshguard_policy::MeshConfig::default(),
+        ) {
+            for (c, e) in meshguard_authn::extauth::Chains::problems(&set) {
+                loaded.diagnostics.push(meshguard_policy::Diagnostic {
+                    severity: Severity::Error,
+                    file: c.origin.file.clone(),
+                    line: c.origin.line,
+                    col: 1,
+                    resource: Some(format!("AuthConfig {}/{}", c.meta.namespace, c.meta.name)),
+                    field: "spec.configs".into(),
+                    message: e,
+                });
+            }
+        }
+    }
     loaded
         .diagnostics
         .sort_by(|x, y| (&x.file, x.line, x.col).cmp(&(&y.file, y.line, y.col)));

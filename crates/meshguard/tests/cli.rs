@@ -435,3 +435,61 @@ fn base64_url_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn lint_checks_auth_configs_fields_expressions_and_references() {
+    let dir = write_temp(
+        "authconfig",
+        "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: a, namespace: gloo-system}
+spec:
+  booleanExpr: \"one && tw\"
+  configs:
+  - name: one
+    apiKeyAuth:
+      labelSelector: {team: x}
+      headerNme: x
+  - name: two
+    ldap: {address: \"ldap://x\"}
+",
+    );
+    let o = run(&["lint", dir.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("policy.yaml:5:16") && out.contains("`tw` is not the name of a config"),
+        "{out}"
+    );
+    assert!(
+        out.contains("policy.yaml:10:7") && out.contains("did you mean `headerName`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("policy.yaml:11:5") && out.contains("does not run yet"),
+        "{out}"
+    );
+    // Well-formed, but its Rego module is in no loaded ConfigMap: found by lint too.
+    let dir = write_temp(
+        "authconfig-ref",
+        "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: b, namespace: gloo-system}
+spec:
+  configs:
+  - name: opa
+    opaAuth: {modules: [{name: nope}], query: \"data.x.allow == true\"}
+",
+    );
+    let o = run(&["lint", dir.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("ConfigMap gloo-system/nope is not loaded"),
+        "{}",
+        stdout(&o)
+    );
+    // The bundled extauth examples lint clean.
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
+    let o = run(&["lint", examples]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+}

@@ -139,6 +139,15 @@ impl Chains {
         Ok(Chains { by_id })
     }
 
+    /// Every AuthConfig that cannot be built, with why (for `lint`): missing Secrets or
+    /// ConfigMaps, Rego that does not parse, unusable keys.
+    pub fn problems(set: &PolicySet) -> Vec<(&AuthConfig, String)> {
+        set.auth_configs()
+            .iter()
+            .filter_map(|c| compile(set, c).err().map(|e| (c, e)))
+            .collect()
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Chain>> {
         self.by_id.get(id)
     }
