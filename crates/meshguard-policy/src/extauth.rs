@@ -102,12 +102,43 @@ pub struct RegoAuth {
     pub mode: RegoMode,
 }
 
+/// How an access token is validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenValidation {
+    /// A JWT checked against a JWKS (inline or fetched and refreshed), and `issuer` if set.
+    Jwt {
+        local_jwks: Option<String>,
+        remote_jwks: Option<(String, std::time::Duration)>,
+        issuer: String,
+    },
+    /// RFC 7662 token introspection.
+    Introspection {
+        url: String,
+        client_id: String,
+        /// Secret holding the client secret (`client-secret` key).
+        client_secret: Option<ObjectRef>,
+        user_id_attribute: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessTokenValidation {
+    pub validation: TokenValidation,
+    /// Introspection results are cached this long (default 10 minutes; 0 disables).
+    pub cache_timeout: std::time::Duration,
+    /// Every one of these must be in the token's `scope` (space-separated) or `scp`.
+    pub required_scopes: Vec<String>,
+    /// meshguard extension: claims copied into upstream headers.
+    pub claims_to_headers: Vec<(String, String)>,
+}
+
 /// One step of an AuthConfig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthModel {
     ApiKey(ApiKeyAuth),
     Basic(BasicAuth),
     Rego(RegoAuth),
+    AccessToken(AccessTokenValidation),
     /// Gloo's `jwt: {}` placeholder: passes when request authentication (an Istio
     /// RequestAuthentication) verified a token for this request.
     Jwt,
@@ -124,6 +155,7 @@ impl AuthModel {
                 ..
             }) => "opaAuth",
             AuthModel::Rego(_) => "opaEnvoy",
+            AuthModel::AccessToken(_) => "oauth2",
             AuthModel::Jwt => "jwt",
         }
     }
@@ -167,14 +199,20 @@ pub(crate) fn handles(kind: &str, api_version: &str) -> bool {
 /// Models Gloo defines that meshguard does not run (yet).
 const NOT_YET: &[&str] = &[
     "ldap",
-    "oauth2",
     "passThroughAuth",
     "hmacAuth",
     "opaServerAuth",
     "pluginAuth",
     "oauth",
 ];
-const MODELS: &[&str] = &["apiKeyAuth", "basicAuth", "opaAuth", "opaEnvoy", "jwt"];
+const MODELS: &[&str] = &[
+    "apiKeyAuth",
+    "basicAuth",
+    "opaAuth",
+    "opaEnvoy",
+    "oauth2",
+    "jwt",
+];
 
 pub(crate) fn parse_object(
     ctx: &mut Ctx<'_>,
@@ -378,7 +416,7 @@ fn parse_auth_config(
                 ctx.err(
                     c,
                     &join(&path, one),
-                    format!("`{one}` is a Gloo model meshguard does not run yet (supported: apiKeyAuth, basicAuth, opaAuth, opaEnvoy, jwt); refusing rather than skipping it"),
+                    format!("`{one}` is a Gloo model meshguard does not run yet (supported: apiKeyAuth, basicAuth, opaAuth, opaEnvoy, oauth2.accessTokenValidation, jwt); refusing rather than skipping it"),
                 );
                 None
             }
@@ -397,6 +435,9 @@ fn parse_auth_config(
                     }
                     "opaEnvoy" => {
                         parse_rego(ctx, node, &p, &meta.namespace, true).map(AuthModel::Rego)
+                    }
+                    "oauth2" => {
+                        parse_oauth2(ctx, node, &p, &meta.namespace).map(AuthModel::AccessToken)
                     }
                     _ => Some(AuthModel::Jwt),
                 }
@@ -674,6 +715,199 @@ fn parse_rego(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str, envoy: bool) -> Op
         }
     };
     Some(RegoAuth { modules, mode })
+}
+
+fn duration_field(
+    ctx: &mut Ctx<'_>,
+    n: &Node,
+    key: &str,
+    path: &str,
+) -> Option<std::time::Duration> {
+    let (text, line, col) = get_str(ctx, n, key, path)?;
+    match crate::resource::parse_duration(&text) {
+        Some(d) => Some(d),
+        None => {
+            ctx.err_at(
+                line,
+                col,
+                &join(path, key),
+                format!("`{text}` is not a duration like 5m or 30s"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_oauth2(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<AccessTokenValidation> {
+    check_fields(
+        ctx,
+        n,
+        p,
+        &["accessTokenValidation", "oidcAuthorizationCode"],
+    );
+    if n.get("oidcAuthorizationCode").is_some() {
+        ctx.err(n, &join(p, "oidcAuthorizationCode"), "the browser login (oidcAuthorizationCode) is not run by meshguard yet; refusing rather than skipping it");
+        return None;
+    }
+    let Some(v) = get_map(ctx, n, "accessTokenValidation", p) else {
+        ctx.err(
+            n,
+            &join(p, "accessTokenValidation"),
+            "missing `accessTokenValidation`",
+        );
+        return None;
+    };
+    let p = join(p, "accessTokenValidation");
+    check_fields(
+        ctx,
+        v,
+        &p,
+        &[
+            "jwt",
+            "introspection",
+            "introspectionUrl",
+            "userinfoUrl",
+            "cacheTimeout",
+            "requiredScopes",
+            "dynamicMetadataFromClaims",
+            "claimsToHeaders",
+        ],
+    );
+    if v.get("userinfoUrl").is_some() {
+        ctx.err(
+            v,
+            &join(&p, "userinfoUrl"),
+            "userinfo lookups are not run by meshguard yet; refusing rather than skipping it",
+        );
+    }
+    if v.get("dynamicMetadataFromClaims").is_some() {
+        ctx.warn(
+            v,
+            &join(&p, "dynamicMetadataFromClaims"),
+            "ignored: meshguard does not emit dynamic metadata from claims",
+        );
+    }
+    let validation = match (
+        v.get("jwt"),
+        v.get("introspection"),
+        v.get("introspectionUrl"),
+    ) {
+        (Some(j), None, None) => {
+            let jp = join(&p, "jwt");
+            check_fields(ctx, j, &jp, &["remoteJwks", "localJwks", "issuer"]);
+            let local = get_map(ctx, j, "localJwks", &jp).and_then(|l| {
+                check_fields(ctx, l, &join(&jp, "localJwks"), &["inlineString"]);
+                get_str(ctx, l, "inlineString", &join(&jp, "localJwks")).map(|x| x.0)
+            });
+            let remote = get_map(ctx, j, "remoteJwks", &jp).and_then(|r| {
+                let rp = join(&jp, "remoteJwks");
+                check_fields(ctx, r, &rp, &["url", "refreshInterval"]);
+                let url = get_str(ctx, r, "url", &rp).map(|x| x.0);
+                let every = duration_field(ctx, r, "refreshInterval", &rp)
+                    .unwrap_or(std::time::Duration::from_secs(300));
+                url.map(|u| (u, every))
+            });
+            if local.is_some() == remote.is_some() {
+                ctx.err(
+                    j,
+                    &jp,
+                    "exactly one of `localJwks.inlineString` or `remoteJwks.url`",
+                );
+                return None;
+            }
+            TokenValidation::Jwt {
+                local_jwks: local,
+                remote_jwks: remote,
+                issuer: get_str(ctx, j, "issuer", &jp)
+                    .map(|x| x.0)
+                    .unwrap_or_default(),
+            }
+        }
+        (None, Some(i), None) => {
+            let ip = join(&p, "introspection");
+            check_fields(
+                ctx,
+                i,
+                &ip,
+                &[
+                    "introspectionUrl",
+                    "clientId",
+                    "clientSecretRef",
+                    "userIdAttributeName",
+                    "disableClientSecret",
+                ],
+            );
+            let Some((url, _, _)) = get_str(ctx, i, "introspectionUrl", &ip) else {
+                ctx.err(
+                    i,
+                    &join(&ip, "introspectionUrl"),
+                    "missing `introspectionUrl`",
+                );
+                return None;
+            };
+            let client_secret = if get_bool(ctx, i, "disableClientSecret", &ip) == Some(true) {
+                None
+            } else {
+                i.get("clientSecretRef")
+                    .and_then(|r| object_ref(ctx, r, &join(&ip, "clientSecretRef"), ns))
+            };
+            TokenValidation::Introspection {
+                url,
+                client_id: get_str(ctx, i, "clientId", &ip)
+                    .map(|x| x.0)
+                    .unwrap_or_default(),
+                client_secret,
+                user_id_attribute: get_str(ctx, i, "userIdAttributeName", &ip)
+                    .map(|x| x.0)
+                    .unwrap_or_else(|| "sub".into()),
+            }
+        }
+        (None, None, Some(_)) => TokenValidation::Introspection {
+            url: get_str(ctx, v, "introspectionUrl", &p)
+                .map(|x| x.0)
+                .unwrap_or_default(),
+            client_id: String::new(),
+            client_secret: None,
+            user_id_attribute: "sub".into(),
+        },
+        _ => {
+            ctx.err(
+                v,
+                &p,
+                "exactly one of `jwt`, `introspection` or `introspectionUrl`",
+            );
+            return None;
+        }
+    };
+    let required_scopes = get_map(ctx, v, "requiredScopes", &p)
+        .and_then(|r| {
+            let rp = join(&p, "requiredScopes");
+            check_fields(ctx, r, &rp, &["scope"]);
+            crate::resource::get_str_list(ctx, r, "scope", &rp)
+        })
+        .map(|l| l.into_iter().map(|x| x.0).collect())
+        .unwrap_or_default();
+    let mut claims_to_headers = Vec::new();
+    if let Some(items) = get_seq(ctx, v, "claimsToHeaders", &p) {
+        for (i, item) in items.iter().enumerate() {
+            let ip = format!("{}[{i}]", join(&p, "claimsToHeaders"));
+            check_fields(ctx, item, &ip, &["claim", "header", "append"]);
+            match (
+                get_str(ctx, item, "claim", &ip),
+                get_str(ctx, item, "header", &ip),
+            ) {
+                (Some(c), Some(h)) => claims_to_headers.push((c.0, h.0.to_ascii_lowercase())),
+                _ => ctx.err(item, &ip, "needs `claim` and `header`"),
+            }
+        }
+    }
+    Some(AccessTokenValidation {
+        validation,
+        cache_timeout: duration_field(ctx, v, "cacheTimeout", &p)
+            .unwrap_or(std::time::Duration::from_secs(600)),
+        required_scopes,
+        claims_to_headers,
+    })
 }
 
 /// The AuthConfig a request names, by `namespace.name` or by `name` when that is unique.

@@ -141,7 +141,7 @@ pub async fn decide_ext(
                 g.id,
             );
         };
-        let r = chain.run(req, &id, extra);
+        let r = chain.run(req, &id, extra).await;
         if !r.allowed {
             return chain_denial(g, &chain.id, r, None);
         }
@@ -161,7 +161,7 @@ pub async fn decide_ext(
             o.action = Some("CUSTOM");
             return o;
         };
-        let r = chain.run(req, &id, extra);
+        let r = chain.run(req, &id, extra).await;
         if !r.allowed {
             return chain_denial(g, &chain.id, r, policy);
         }

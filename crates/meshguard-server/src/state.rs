@@ -109,7 +109,7 @@ pub fn load(
     let files = loaded.files.clone();
     let set = PolicySet::compile(loaded.resources, mesh.clone()).map_err(|e| e.to_string())?;
     let authn = Authenticator::new(&set, client.clone(), AuthnSettings::default());
-    let chains = meshguard_authn::extauth::Chains::build(&set)?;
+    let chains = meshguard_authn::extauth::Chains::build(&set, client)?;
     Ok(Generation {
         id,
         set,

@@ -577,3 +577,244 @@ async fn http_mode_binds_auth_configs_by_host_and_path() {
     assert_eq!(ask("shop.test", "/x/../api/orders", vec![]).await.0, 401);
     r.stop().await;
 }
+
+/// A tiny OAuth2 server on loopback: RFC 7662 introspection at /introspect (client
+/// `mesh:s3cret`; token `good` is active with scope `read`, anything else inactive) and the
+/// test JWKS at /jwks. Counts introspection calls.
+async fn oauth_server(
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let jwks = std::fs::read_to_string(format!("{AUTHN_DATA}/jwks.json")).expect("jwks");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let (hits, jwks) = (hits.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() < len {
+                            continue;
+                        }
+                        let (status, out) = if head.starts_with("GET /jwks") {
+                            ("200 OK", jwks.clone())
+                        } else if head.starts_with("POST /introspect") {
+                            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            // Basic bWVzaDpzM2NyZXQ= is mesh:s3cret.
+                            if !head
+                                .to_ascii_lowercase()
+                                .contains("authorization: basic bwvzadpzm2nyzxq=")
+                            {
+                                ("401 Unauthorized", "{}".to_owned())
+                            } else if body.contains("token=good&") {
+                                let exp = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map(|d| d.as_secs())
+                                    .unwrap_or(0)
+                                    + 600;
+                                (
+                                    "200 OK",
+                                    format!(
+                                        r#"{{"active": true, "scope": "read", "sub": "alice", "exp": {exp}}}"#
+                                    ),
+                                )
+                            } else {
+                                ("200 OK", r#"{"active": false}"#.to_owned())
+                            }
+                        } else {
+                            ("404 Not Found", String::new())
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{out}",
+                            out.len()
+                        );
+                        let _ = s.write_all(resp.as_bytes()).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_by_jwks_and_introspection() {
+    let d = dir("tokens");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let idp = oauth_server(hits.clone()).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let jwks = std::fs::read_to_string(format!("{AUTHN_DATA}/jwks.json"))
+        .expect("jwks")
+        .replace('\n', " ")
+        .replace('\'', "''");
+    std::fs::write(
+        d.join("tokens.yaml"),
+        format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: introspection-client, namespace: gloo-system}}
+stringData: {{client-secret: s3cret}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: jwt-local, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        jwt:
+          localJwks: {{inlineString: '{jwks}'}}
+          issuer: https://issuer.test
+        requiredScopes: {{scope: [read]}}
+        claimsToHeaders: [{{claim: sub, header: x-sub}}, {{claim: groups, header: x-groups}}]
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: jwt-admin-scope, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        jwt:
+          remoteJwks: {{url: 'http://{idp}/jwks', refreshInterval: 5m}}
+        requiredScopes: {{scope: [read, admin]}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: jwt-remote, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        jwt:
+          remoteJwks: {{url: 'http://{idp}/jwks'}}
+          issuer: https://issuer.test
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: introspect, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        introspection:
+          introspectionUrl: 'http://{idp}/introspect'
+          clientId: mesh
+          clientSecretRef: {{name: introspection-client}}
+        cacheTimeout: 1m
+        requiredScopes: {{scope: [read]}}
+        claimsToHeaders: [{{claim: sub, header: x-user}}]
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: introspect-down, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        introspection: {{introspectionUrl: 'http://{dead}/introspect'}}
+"
+        ),
+    )
+    .expect("write");
+    let r = start(&d, Duration::ZERO).await;
+    let with = |config_id: &'static str, bearer: String| Call {
+        config_id,
+        headers: hs(&[("authorization", &bearer)]),
+        ..Default::default()
+    };
+    let good = format!("Bearer {}", token("RS256"));
+    let (s, h, _) = call(&r, with("jwt-local", good.clone())).await;
+    assert_eq!(s, 200);
+    assert!(has(&h, "x-sub", "user-1"), "{h:?}");
+    assert!(has(&h, "x-groups", r#"["admins","dev"]"#), "{h:?}");
+    for bad in [
+        "expired",
+        "tampered_payload",
+        "alg_none",
+        "unknown_kid",
+        "wrong_iss",
+    ] {
+        let (s, _, _) = call(&r, with("jwt-local", format!("Bearer {}", token(bad)))).await;
+        assert_eq!(s, 403, "{bad}");
+    }
+    assert_eq!(
+        call(&r, with("jwt-local", String::new())).await.0,
+        403,
+        "no token"
+    );
+    assert_eq!(
+        call(&r, with("jwt-admin-scope", good.clone())).await.0,
+        403,
+        "scope admin missing"
+    );
+    assert_eq!(
+        call(&r, with("jwt-remote", good.clone())).await.0,
+        200,
+        "remote JWKS"
+    );
+
+    // Introspection: active token passes (and is cached), inactive is refused, a down
+    // endpoint denies quickly.
+    let (s, h, _) = call(&r, with("introspect", "Bearer good".into())).await;
+    assert_eq!(s, 200);
+    assert!(has(&h, "x-user", "alice"), "{h:?}");
+    assert_eq!(
+        call(&r, with("introspect", "Bearer good".into())).await.0,
+        200
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "second call served from the cache"
+    );
+    assert_eq!(
+        call(&r, with("introspect", "Bearer revoked".into()))
+            .await
+            .0,
+        403
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        call(&r, with("introspect-down", "Bearer good".into()))
+            .await
+            .0,
+        403
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded when the endpoint is down"
+    );
+    r.stop().await;
+}

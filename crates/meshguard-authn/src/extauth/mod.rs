@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod basic;
 pub mod rego;
+pub mod token;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ enum Step {
     ApiKey(apikey::ApiKeyStep),
     Basic(basic::BasicStep),
     Rego(Box<rego::RegoStep>),
+    Token(Box<token::TokenStep>),
     Jwt,
 }
 
@@ -117,14 +119,14 @@ pub struct Chains {
 
 impl Chains {
     /// Compiles every AuthConfig of `set`; the first problem is returned with the config named.
-    pub fn build(set: &PolicySet) -> Result<Chains, String> {
+    pub fn build(set: &PolicySet, client: &reqwest::Client) -> Result<Chains, String> {
         let mut by_id = HashMap::new();
         let mut name_count: HashMap<&str, usize> = HashMap::new();
         for c in set.auth_configs() {
             *name_count.entry(c.meta.name.as_str()).or_default() += 1;
         }
         for c in set.auth_configs() {
-            let chain = Arc::new(compile(set, c).map_err(|e| {
+            let chain = Arc::new(compile(set, c, client).map_err(|e| {
                 format!(
                     "{}:{}: AuthConfig {}/{}: {e}",
                     c.origin.file, c.origin.line, c.meta.namespace, c.meta.name
@@ -144,7 +146,11 @@ impl Chains {
     pub fn problems(set: &PolicySet) -> Vec<(&AuthConfig, String)> {
         set.auth_configs()
             .iter()
-            .filter_map(|c| compile(set, c).err().map(|e| (c, e)))
+            .filter_map(|c| {
+                compile(set, c, &reqwest::Client::new())
+                    .err()
+                    .map(|e| (c, e))
+            })
             .collect()
     }
 
@@ -157,7 +163,7 @@ impl Chains {
     }
 }
 
-fn compile(set: &PolicySet, c: &AuthConfig) -> Result<Chain, String> {
+fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<Chain, String> {
     let mut steps = Vec::new();
     for s in &c.steps {
         let step = match &s.model {
@@ -167,6 +173,10 @@ fn compile(set: &PolicySet, c: &AuthConfig) -> Result<Chain, String> {
             AuthModel::Basic(b) => Step::Basic(basic::BasicStep::build(set, b)?),
             AuthModel::Rego(r) => Step::Rego(Box::new(
                 rego::RegoStep::build(set, r).map_err(|e| format!("config `{}`: {e}", s.name))?,
+            )),
+            AuthModel::AccessToken(a) => Step::Token(Box::new(
+                token::TokenStep::build(set, a, client)
+                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
             )),
             AuthModel::Jwt => Step::Jwt,
         };
@@ -183,7 +193,7 @@ fn compile(set: &PolicySet, c: &AuthConfig) -> Result<Chain, String> {
 }
 
 impl Chain {
-    fn run_step(&self, name: &str, input: &mut StepInput<'_>) -> StepOutcome {
+    async fn run_step(&self, name: &str, input: &mut StepInput<'_>) -> StepOutcome {
         let Some(s) = self.steps.iter().find(|s| s.name == name) else {
             return StepOutcome::deny(403, format!("config `{name}` does not exist"));
         };
@@ -191,6 +201,7 @@ impl Chain {
             Step::ApiKey(k) => k.check(input),
             Step::Basic(b) => b.check(input),
             Step::Rego(r) => r.check(input),
+            Step::Token(t) => t.check(input).await,
             Step::Jwt => match &input.id.jwt {
                 Some(j) => {
                     if let Some(tok) = input.header("authorization").and_then(|a| {
@@ -211,7 +222,7 @@ impl Chain {
     }
 
     /// Runs the chain. Denials carry the status and headers of the step that decided.
-    pub fn run(&self, req: &Request, id: &Identity, extra: &CheckExtra) -> StepOutcome {
+    pub async fn run(&self, req: &Request, id: &Identity, extra: &CheckExtra) -> StepOutcome {
         let mut state = Map::new();
         let mut input = StepInput {
             req,
@@ -225,7 +236,7 @@ impl Chain {
             None => {
                 let mut ok = true;
                 for s in &self.steps {
-                    let o = self.run_step(&s.name, &mut input);
+                    let o = self.run_step(&s.name, &mut input).await;
                     if o.allowed {
                         passed.push(o);
                     } else {
@@ -236,7 +247,10 @@ impl Chain {
                 }
                 ok
             }
-            Some(e) => self.eval(e, &mut input, &mut passed, &mut last_denial),
+            Some(e) => {
+                self.eval(e, &mut input, &mut passed, &mut last_denial)
+                    .await
+            }
         };
         if !allowed {
             return last_denial.unwrap_or_else(|| {
@@ -261,36 +275,40 @@ impl Chain {
     }
 
     /// Short-circuit evaluation, left to right; steps not needed are not run.
-    fn eval(
-        &self,
-        e: &BoolExpr,
-        input: &mut StepInput<'_>,
-        passed: &mut Vec<StepOutcome>,
-        last_denial: &mut Option<StepOutcome>,
-    ) -> bool {
-        match e {
-            BoolExpr::Step(n) => {
-                let o = self.run_step(n, input);
-                if o.allowed {
-                    passed.push(o);
-                    true
-                } else {
-                    *last_denial = Some(o);
-                    false
+    fn eval<'s>(
+        &'s self,
+        e: &'s BoolExpr,
+        input: &'s mut StepInput<'_>,
+        passed: &'s mut Vec<StepOutcome>,
+        last_denial: &'s mut Option<StepOutcome>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 's>> {
+        Box::pin(async move {
+            match e {
+                BoolExpr::Step(n) => {
+                    let o = self.run_step(n, input).await;
+                    if o.allowed {
+                        passed.push(o);
+                        true
+                    } else {
+                        *last_denial = Some(o);
+                        false
+                    }
+                }
+                BoolExpr::Not(inner) => {
+                    // A negated step's own headers do not apply either way.
+                    let mut scratch = Vec::new();
+                    let mut denial = None;
+                    !self.eval(inner, input, &mut scratch, &mut denial).await
+                }
+                BoolExpr::And(a, b) => {
+                    self.eval(a, input, passed, last_denial).await
+                        && self.eval(b, input, passed, last_denial).await
+                }
+                BoolExpr::Or(a, b) => {
+                    self.eval(a, input, passed, last_denial).await
+                        || self.eval(b, input, passed, last_denial).await
                 }
             }
-            BoolExpr::Not(inner) => {
-                // A negated step's own headers do not apply either way.
-                let mut scratch = Vec::new();
-                let mut denial = None;
-                !self.eval(inner, input, &mut scratch, &mut denial)
-            }
-            BoolExpr::And(a, b) => {
-                self.eval(a, input, passed, last_denial) && self.eval(b, input, passed, last_denial)
-            }
-            BoolExpr::Or(a, b) => {
-                self.eval(a, input, passed, last_denial) || self.eval(b, input, passed, last_denial)
-            }
-        }
+        })
     }
 }
