@@ -35,6 +35,18 @@ if [ ! -x /usr/sbin/nginx ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
+# OpenLDAP's slapd and ldap-utils (the ldap AuthConfig model is tested against a real slapd the
+# test starts on a loopback port with its own database). The distribution's service stays off.
+if [ ! -x /usr/sbin/slapd ] || ! command -v ldapadd >/dev/null 2>&1; then
+  log "installing slapd and ldap-utils (test peers)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d'
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends slapd ldap-utils
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
 # openssl CLI (verifies issued SVID chains as an independent implementation).
 if ! command -v openssl >/dev/null 2>&1; then
   log "installing openssl (test peer)"

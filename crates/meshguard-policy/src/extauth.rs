@@ -132,6 +132,23 @@ pub struct AccessTokenValidation {
     pub claims_to_headers: Vec<(String, String)>,
 }
 
+/// Gloo `ldap`: Basic credentials bound as `userDnTemplate` and group membership checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LdapAuth {
+    /// `ldap://host:port` or `ldaps://host:port`.
+    pub address: String,
+    /// A DN with exactly one `%s` for the user name.
+    pub user_dn_template: String,
+    /// Default `memberOf`.
+    pub membership_attribute: String,
+    pub allowed_groups: Vec<String>,
+    /// Default `(uid=*)`.
+    pub search_filter: String,
+    pub pool_max: usize,
+    pub pool_initial: usize,
+    pub disable_group_checking: bool,
+}
+
 /// One step of an AuthConfig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthModel {
@@ -139,6 +156,7 @@ pub enum AuthModel {
     Basic(BasicAuth),
     Rego(RegoAuth),
     AccessToken(AccessTokenValidation),
+    Ldap(LdapAuth),
     /// Gloo's `jwt: {}` placeholder: passes when request authentication (an Istio
     /// RequestAuthentication) verified a token for this request.
     Jwt,
@@ -156,6 +174,7 @@ impl AuthModel {
             }) => "opaAuth",
             AuthModel::Rego(_) => "opaEnvoy",
             AuthModel::AccessToken(_) => "oauth2",
+            AuthModel::Ldap(_) => "ldap",
             AuthModel::Jwt => "jwt",
         }
     }
@@ -198,7 +217,6 @@ pub(crate) fn handles(kind: &str, api_version: &str) -> bool {
 
 /// Models Gloo defines that meshguard does not run (yet).
 const NOT_YET: &[&str] = &[
-    "ldap",
     "passThroughAuth",
     "hmacAuth",
     "opaServerAuth",
@@ -212,6 +230,7 @@ const MODELS: &[&str] = &[
     "opaEnvoy",
     "oauth2",
     "jwt",
+    "ldap",
 ];
 
 pub(crate) fn parse_object(
@@ -416,7 +435,7 @@ fn parse_auth_config(
                 ctx.err(
                     c,
                     &join(&path, one),
-                    format!("`{one}` is a Gloo model meshguard does not run yet (supported: apiKeyAuth, basicAuth, opaAuth, opaEnvoy, oauth2.accessTokenValidation, jwt); refusing rather than skipping it"),
+                    format!("`{one}` is a Gloo model meshguard does not run yet (supported: apiKeyAuth, basicAuth, ldap, opaAuth, opaEnvoy, oauth2.accessTokenValidation, jwt); refusing rather than skipping it"),
                 );
                 None
             }
@@ -439,6 +458,7 @@ fn parse_auth_config(
                     "oauth2" => {
                         parse_oauth2(ctx, node, &p, &meta.namespace).map(AuthModel::AccessToken)
                     }
+                    "ldap" => parse_ldap(ctx, node, &p).map(AuthModel::Ldap),
                     _ => Some(AuthModel::Jwt),
                 }
             }
@@ -715,6 +735,100 @@ fn parse_rego(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str, envoy: bool) -> Op
         }
     };
     Some(RegoAuth { modules, mode })
+}
+
+fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<LdapAuth> {
+    check_fields(
+        ctx,
+        n,
+        p,
+        &[
+            "address",
+            "userDnTemplate",
+            "membershipAttributeName",
+            "allowedGroups",
+            "searchFilter",
+            "pool",
+            "disableGroupChecking",
+            "groupLookupSettings",
+        ],
+    );
+    if n.get("groupLookupSettings").is_some() {
+        ctx.err(n, &join(p, "groupLookupSettings"), "service-account group lookups are not run by meshguard yet; refusing rather than skipping it");
+    }
+    let Some((address, line, col)) = get_str(ctx, n, "address", p) else {
+        ctx.err(
+            n,
+            &join(p, "address"),
+            "missing `address` (ldap://host:389 or ldaps://host:636)",
+        );
+        return None;
+    };
+    if !(address.starts_with("ldap://") || address.starts_with("ldaps://")) {
+        ctx.err_at(
+            line,
+            col,
+            &join(p, "address"),
+            format!("`{address}` must start with ldap:// or ldaps://"),
+        );
+    }
+    let Some((template, tl, tc)) = get_str(ctx, n, "userDnTemplate", p) else {
+        ctx.err(
+            n,
+            &join(p, "userDnTemplate"),
+            "missing `userDnTemplate` (e.g. uid=%s,ou=people,dc=example,dc=org)",
+        );
+        return None;
+    };
+    if template.matches("%s").count() != 1 {
+        ctx.err_at(
+            tl,
+            tc,
+            &join(p, "userDnTemplate"),
+            "must contain exactly one %s (where the user name goes)",
+        );
+    }
+    let disable = get_bool(ctx, n, "disableGroupChecking", p).unwrap_or(false);
+    let allowed_groups: Vec<String> = crate::resource::get_str_list(ctx, n, "allowedGroups", p)
+        .map(|l| l.into_iter().map(|x| x.0).collect())
+        .unwrap_or_default();
+    if allowed_groups.is_empty() && !disable {
+        ctx.err(
+            n,
+            &join(p, "allowedGroups"),
+            "name at least one group DN (or set disableGroupChecking: true)",
+        );
+    }
+    let (mut pool_max, mut pool_initial) = (5usize, 2usize);
+    if let Some(pool) = get_map(ctx, n, "pool", p) {
+        let pp = join(p, "pool");
+        check_fields(ctx, pool, &pp, &["maxSize", "initialSize"]);
+        for (key, slot) in [
+            ("maxSize", &mut pool_max),
+            ("initialSize", &mut pool_initial),
+        ] {
+            if let Some(v) = pool.get(key) {
+                match v.kind {
+                    crate::yaml::NodeKind::Int(i) if (0..=1000).contains(&i) => *slot = i as usize,
+                    _ => ctx.err(v, &join(&pp, key), "must be a number from 0 to 1000"),
+                }
+            }
+        }
+    }
+    Some(LdapAuth {
+        address,
+        user_dn_template: template,
+        membership_attribute: get_str(ctx, n, "membershipAttributeName", p)
+            .map(|x| x.0)
+            .unwrap_or_else(|| "memberOf".into()),
+        allowed_groups,
+        search_filter: get_str(ctx, n, "searchFilter", p)
+            .map(|x| x.0)
+            .unwrap_or_else(|| "(uid=*)".into()),
+        pool_max: pool_max.max(1),
+        pool_initial,
+        disable_group_checking: disable,
+    })
 }
 
 fn duration_field(

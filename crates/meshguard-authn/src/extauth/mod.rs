@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod basic;
+pub mod ldap;
 pub mod rego;
 pub mod token;
 
@@ -96,6 +97,7 @@ enum Step {
     Basic(basic::BasicStep),
     Rego(Box<rego::RegoStep>),
     Token(Box<token::TokenStep>),
+    Ldap(Box<ldap::LdapStep>),
     Jwt,
 }
 
@@ -178,6 +180,7 @@ fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<
                 token::TokenStep::build(set, a, client)
                     .map_err(|e| format!("config `{}`: {e}", s.name))?,
             )),
+            AuthModel::Ldap(l) => Step::Ldap(Box::new(ldap::LdapStep::build(l)?)),
             AuthModel::Jwt => Step::Jwt,
         };
         steps.push(CompiledStep {
@@ -202,6 +205,7 @@ impl Chain {
             Step::Basic(b) => b.check(input),
             Step::Rego(r) => r.check(input),
             Step::Token(t) => t.check(input).await,
+            Step::Ldap(l) => l.check(input).await,
             Step::Jwt => match &input.id.jwt {
                 Some(j) => {
                     if let Some(tok) = input.header("authorization").and_then(|a| {
