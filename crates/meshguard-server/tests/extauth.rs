@@ -618,7 +618,20 @@ async fn oauth_server(
                         if body.len() < len {
                             continue;
                         }
-                        let (status, out) = if head.starts_with("GET /jwks") {
+                        let (status, out) = if head.starts_with("POST /auth") {
+                            // The HTTP pass-through delegate: team blue is bob, others 401.
+                            if head.to_ascii_lowercase().contains("x-team: blue") {
+                                (
+                                    "200 OK\r\nx-auth-user: bob\r\nx-internal: secret",
+                                    r#"{"state": {"team": "blue"}}"#.to_owned(),
+                                )
+                            } else {
+                                (
+                                    "401 Unauthorized\r\nwww-authenticate: Custom realm=delegate",
+                                    String::new(),
+                                )
+                            }
+                        } else if head.starts_with("GET /jwks") {
                             ("200 OK", jwks.clone())
                         } else if head.starts_with("POST /introspect") {
                             hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -817,4 +830,124 @@ spec:
         "bounded when the endpoint is down"
     );
     r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_to_grpc_and_http_delegates() {
+    // The gRPC delegate is a second meshguard serve with its own Istio policy.
+    let inner_dir =
+        std::env::temp_dir().join(format!("meshguard-extauth-inner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&inner_dir);
+    std::fs::create_dir_all(&inner_dir).expect("dir");
+    std::fs::write(
+        inner_dir.join("deny.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-blocked, namespace: other}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/blocked]}}]
+",
+    )
+    .expect("write");
+    let inner = start(&inner_dir, Duration::ZERO).await;
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let http_delegate = oauth_server(hits).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let d = dir("passthrough");
+    std::fs::write(
+        d.join("pt.yaml"),
+        format!(
+            "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: via-grpc, namespace: gloo-system}}
+spec:
+  configs:
+  - name: delegate
+    passThroughAuth:
+      grpc: {{address: '{grpc}', connectionTimeout: 2s}}
+      config: {{team: blue}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: via-http, namespace: gloo-system}}
+spec:
+  configs:
+  - name: delegate
+    passThroughAuth:
+      http:
+        url: 'http://{http_delegate}/auth'
+        request: {{allowedHeaders: [x-team]}}
+        response:
+          allowedUpstreamHeaders: [x-auth-user]
+          allowedClientHeadersOnDenied: [www-authenticate]
+          readStateFromResponse: true
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: down-open, namespace: gloo-system}}
+spec:
+  configs:
+  - name: delegate
+    passThroughAuth:
+      http: {{url: 'http://{dead}/auth', connectionTimeout: 1s}}
+      failureModeAllow: true
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: down-closed, namespace: gloo-system}}
+spec:
+  configs:
+  - name: delegate
+    passThroughAuth:
+      grpc: {{address: '{dead}', connectionTimeout: 1s}}
+",
+            grpc = inner.bound.grpc.expect("inner grpc"),
+        ),
+    )
+    .expect("write");
+    let r = start(&d, Duration::ZERO).await;
+    let go = |config_id: &'static str, path: &'static str, headers: &[(&str, &str)]| Call {
+        config_id,
+        path,
+        headers: hs(headers),
+        ..Default::default()
+    };
+    assert_eq!(call(&r, go("via-grpc", "/ok", &[])).await.0, 200);
+    let (s, _, b) = call(&r, go("via-grpc", "/blocked", &[])).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (403, "RBAC: access denied"),
+        "the delegate's denial"
+    );
+
+    let (s, h, _) = call(&r, go("via-http", "/x", &[("x-team", "blue")])).await;
+    assert_eq!(s, 200);
+    assert!(has(&h, "x-auth-user", "bob"), "{h:?}");
+    assert!(
+        !h.iter().any(|(k, _)| k == "x-internal"),
+        "only allowed upstream headers: {h:?}"
+    );
+    let (s, h, _) = call(&r, go("via-http", "/x", &[("x-team", "red")])).await;
+    assert_eq!(s, 401);
+    assert!(
+        has(&h, "www-authenticate", "Custom realm=delegate"),
+        "{h:?}"
+    );
+
+    assert_eq!(
+        call(&r, go("down-open", "/x", &[])).await.0,
+        200,
+        "failureModeAllow"
+    );
+    assert_eq!(
+        call(&r, go("down-closed", "/x", &[])).await.0,
+        503,
+        "fail closed"
+    );
+    r.stop().await;
+    inner.stop().await;
 }

@@ -451,7 +451,7 @@ spec:
       labelSelector: {team: x}
       headerNme: x
   - name: two
-    ldap: {address: \"ldap://x\"}
+    hmacAuth: {}
 ",
     );
     let o = run(&["lint", dir.to_str().expect("utf8")]);

@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod basic;
 pub mod ldap;
+pub mod passthrough;
 pub mod rego;
 pub mod token;
 
@@ -98,6 +99,7 @@ enum Step {
     Rego(Box<rego::RegoStep>),
     Token(Box<token::TokenStep>),
     Ldap(Box<ldap::LdapStep>),
+    PassThrough(Box<passthrough::PassThroughStep>),
     Jwt,
 }
 
@@ -181,6 +183,10 @@ fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<
                     .map_err(|e| format!("config `{}`: {e}", s.name))?,
             )),
             AuthModel::Ldap(l) => Step::Ldap(Box::new(ldap::LdapStep::build(l)?)),
+            AuthModel::PassThrough(p) => Step::PassThrough(Box::new(
+                passthrough::PassThroughStep::build(p, client)
+                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
+            )),
             AuthModel::Jwt => Step::Jwt,
         };
         steps.push(CompiledStep {
@@ -206,6 +212,7 @@ impl Chain {
             Step::Rego(r) => r.check(input),
             Step::Token(t) => t.check(input).await,
             Step::Ldap(l) => l.check(input).await,
+            Step::PassThrough(p) => p.check(input).await,
             Step::Jwt => match &input.id.jwt {
                 Some(j) => {
                     if let Some(tok) = input.header("authorization").and_then(|a| {

@@ -1,0 +1,331 @@
+//! Gloo `passThroughAuth`: a step delegated to another authorization service.
+//!
+//! - `grpc`: an Envoy ext_authz v3 server. It receives the request as a CheckRequest (the
+//!   AuthConfig choice, `config_id`/`auth_config`, is not forwarded, so delegates cannot loop
+//!   back), the chain state under `filter_metadata["solo.auth.passthrough"]` and `config` under
+//!   `filter_metadata["solo.auth.passthrough.config"]`; an OK answer allows and its headers and
+//!   `dynamic_metadata["solo.auth.passthrough"]` (new state) are taken over.
+//! - `http`: a POST to `url` with the allowed request headers (and a JSON body with state, body
+//!   and config when asked); 200 allows, anything else denies with that status.
+//!
+//! A delegate that cannot be reached, times out or answers 5xx denies (503), unless
+//! `failureModeAllow` is set.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address, Address, Metadata, SocketAddress,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as ReqAttr,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PValue};
+use meshguard_policy::extauth::{PassThroughAuth, PassThroughTarget};
+use serde_json::{json, Map, Value};
+
+use super::{StepInput, StepOutcome};
+
+const MAX_RESPONSE: usize = 64 * 1024;
+
+enum Target {
+    Grpc(tonic::transport::Channel),
+    Http(reqwest::Client),
+}
+
+pub struct PassThroughStep {
+    cfg: PassThroughAuth,
+    target: Target,
+}
+
+fn to_proto(v: &Value) -> PValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_proto).collect(),
+        }),
+        Value::Object(o) => Kind::StructValue(to_struct(o)),
+    };
+    PValue { kind: Some(kind) }
+}
+
+fn to_struct(o: &Map<String, Value>) -> Struct {
+    Struct {
+        fields: o.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
+    }
+}
+
+fn from_proto(v: &PValue) -> Value {
+    match &v.kind {
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(from_proto).collect()),
+        Some(Kind::StructValue(s)) => Value::Object(from_struct(s)),
+        _ => Value::Null,
+    }
+}
+
+fn from_struct(s: &Struct) -> Map<String, Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), from_proto(v)))
+        .collect()
+}
+
+fn sock(a: Option<std::net::SocketAddr>) -> Option<Address> {
+    a.map(|a| Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: a.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                a.port(),
+            ))),
+            ..Default::default()
+        })),
+    })
+}
+
+impl PassThroughStep {
+    pub fn build(
+        cfg: &PassThroughAuth,
+        client: &reqwest::Client,
+    ) -> Result<PassThroughStep, String> {
+        let target = match &cfg.target {
+            PassThroughTarget::Grpc { address } => {
+                let ep = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| format!("grpc.address `{address}`: {e}"))?
+                    .connect_timeout(cfg.timeout)
+                    .timeout(cfg.timeout);
+                Target::Grpc(ep.connect_lazy())
+            }
+            PassThroughTarget::Http { .. } => Target::Http(client.clone()),
+        };
+        Ok(PassThroughStep {
+            cfg: cfg.clone(),
+            target,
+        })
+    }
+
+    fn unavailable(&self, why: String) -> StepOutcome {
+        if self.cfg.failure_mode_allow {
+            StepOutcome::allow(format!("{why} (failureModeAllow)"))
+        } else {
+            StepOutcome::deny(503, why)
+        }
+    }
+
+    pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+        match &self.target {
+            Target::Grpc(ch) => self.grpc(ch.clone(), input).await,
+            Target::Http(c) => self.http(c, input).await,
+        }
+    }
+
+    async fn grpc(&self, ch: tonic::transport::Channel, input: &mut StepInput<'_>) -> StepOutcome {
+        let mut filter_metadata = HashMap::new();
+        if !input.state.is_empty() {
+            filter_metadata.insert("solo.auth.passthrough".to_owned(), to_struct(input.state));
+        }
+        if let Some(Value::Object(c)) = &self.cfg.config {
+            filter_metadata.insert("solo.auth.passthrough.config".to_owned(), to_struct(c));
+        }
+        let http = input.req.http.as_ref().map(|h| HttpRequest {
+            id: input.extra.request_id.clone(),
+            method: h.method.clone(),
+            path: h.raw_path.clone(),
+            host: h.host.clone(),
+            scheme: input.extra.scheme.clone(),
+            protocol: input.extra.protocol.clone(),
+            headers: h.headers.iter().cloned().collect(),
+            body: input
+                .extra
+                .body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+            ..Default::default()
+        });
+        let context_extensions = input
+            .extra
+            .context_extensions
+            .iter()
+            .filter(|(k, _)| k.as_str() != "config_id" && k.as_str() != "auth_config")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer {
+                    address: sock(input.extra.source),
+                    principal: input.id.peer.clone().unwrap_or_default(),
+                    ..Default::default()
+                }),
+                destination: Some(Peer {
+                    address: sock(input.extra.destination),
+                    ..Default::default()
+                }),
+                request: Some(ReqAttr {
+                    http,
+                    ..Default::default()
+                }),
+                context_extensions,
+                metadata_context: Some(Metadata {
+                    filter_metadata,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let resp = match AuthorizationClient::new(ch).check(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                return self.unavailable(format!(
+                    "passThroughAuth gRPC delegate failed: {}",
+                    e.message()
+                ))
+            }
+        };
+        let code = resp.status.as_ref().map(|s| s.code).unwrap_or(2);
+        let header_pairs =
+            |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+                hs.iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+                    .collect::<Vec<_>>()
+            };
+        if code == 0 {
+            let mut o = StepOutcome::allow("the gRPC delegate allowed");
+            if let Some(HttpResponse::OkResponse(ok)) = &resp.http_response {
+                o.headers_to_add = header_pairs(&ok.headers);
+                o.headers_to_remove = ok.headers_to_remove.clone();
+                o.response_headers = header_pairs(&ok.response_headers_to_add);
+            }
+            if let Some(Kind::StructValue(st)) = resp
+                .dynamic_metadata
+                .as_ref()
+                .and_then(|m| m.fields.get("solo.auth.passthrough"))
+                .and_then(|v| v.kind.clone())
+            {
+                for (k, v) in from_struct(&st) {
+                    input.state.insert(k, v);
+                }
+            }
+            return o;
+        }
+        let mut o = StepOutcome::deny(403, format!("the gRPC delegate denied (code {code})"));
+        if let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response {
+            if let Some(s) = d.status.as_ref().and_then(|s| u16::try_from(s.code).ok()) {
+                if (100..=599).contains(&s) && s != 0 {
+                    o.status = s;
+                }
+            }
+            o.response_headers = header_pairs(&d.headers);
+            o.body = d.body.clone();
+        } else if code == 16 {
+            o.status = 401;
+        }
+        o
+    }
+
+    async fn http(&self, client: &reqwest::Client, input: &mut StepInput<'_>) -> StepOutcome {
+        let PassThroughTarget::Http {
+            url,
+            allowed_headers,
+            headers_to_add,
+            pass_state,
+            pass_body,
+            allowed_upstream_headers,
+            allowed_client_headers_on_denied,
+            read_state,
+        } = &self.cfg.target
+        else {
+            return StepOutcome::deny(403, "misconfigured passThroughAuth");
+        };
+        let mut req = client.post(url).timeout(self.cfg.timeout);
+        for h in allowed_headers {
+            if let Some(v) = input.header(h) {
+                req = req.header(h.as_str(), v);
+            }
+        }
+        for (k, v) in headers_to_add {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if *pass_state || *pass_body || self.cfg.config.is_some() {
+            let mut body = Map::new();
+            if *pass_state {
+                body.insert("state".into(), Value::Object(input.state.clone()));
+            }
+            if *pass_body {
+                if let Some(b) = &input.extra.body {
+                    body.insert(
+                        "body".into(),
+                        Value::String(String::from_utf8_lossy(b).into_owned()),
+                    );
+                }
+            }
+            if let Some(c) = &self.cfg.config {
+                body.insert("config".into(), c.clone());
+            }
+            req = req
+                .header("content-type", "application/json")
+                .body(Value::Object(body).to_string());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return self.unavailable(format!("passThroughAuth HTTP delegate unreachable: {e}"))
+            }
+        };
+        let status = resp.status().as_u16();
+        if status >= 500 {
+            return self.unavailable(format!("passThroughAuth HTTP delegate answered {status}"));
+        }
+        let pick = |names: &[String]| {
+            resp.headers()
+                .iter()
+                .filter(|(k, _)| names.iter().any(|n| n == k.as_str()))
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_owned(), v.to_owned()))
+                })
+                .collect::<Vec<_>>()
+        };
+        if status != 200 {
+            let mut o = StepOutcome::deny(status, format!("the HTTP delegate answered {status}"));
+            o.response_headers = pick(allowed_client_headers_on_denied);
+            return o;
+        }
+        let mut o = StepOutcome::allow("the HTTP delegate answered 200");
+        o.headers_to_add = pick(allowed_upstream_headers);
+        if *read_state {
+            let body = match resp.bytes().await {
+                Ok(b) if b.len() <= MAX_RESPONSE => b,
+                _ => return StepOutcome::deny(403, "the HTTP delegate's state could not be read"),
+            };
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(mut m)) => match m.remove("state") {
+                    Some(Value::Object(st)) => *input.state = st,
+                    Some(Value::Null) | None => {}
+                    Some(_) => {
+                        return StepOutcome::deny(
+                            403,
+                            "the HTTP delegate's `state` is not an object",
+                        )
+                    }
+                },
+                _ => {
+                    return StepOutcome::deny(
+                        403,
+                        "the HTTP delegate's answer is not a JSON object",
+                    )
+                }
+            }
+        }
+        o
+    }
+}
