@@ -47,6 +47,21 @@ if [ ! -x /usr/sbin/slapd ] || ! command -v ldapadd >/dev/null 2>&1; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
+# A real OpenID provider (oidc-provider from the npm registry) for the OIDC login test, installed
+# under target/oidc-node with the machine's Node.js.
+if [ ! -d target/oidc-node/node_modules/oidc-provider ]; then
+  log "installing oidc-provider from npm into target/oidc-node (test peer)"
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  mkdir -p target/oidc-node
+  (cd target/oidc-node && printf '{"name":"oidc-test-peer","private":true,"type":"module"}\n' > package.json \
+    && npm install --no-audit --no-fund --loglevel=error oidc-provider@9.13.3)
+fi
+
 # openssl CLI (verifies issued SVID chains as an independent implementation).
 if ! command -v openssl >/dev/null 2>&1; then
   log "installing openssl (test peer)"

@@ -179,6 +179,27 @@ pub struct PassThroughAuth {
 
 impl Eq for PassThroughAuth {}
 
+/// Gloo `oauth2.oidcAuthorizationCode`: the browser login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcAuthorizationCode {
+    pub client_id: String,
+    /// Secret with the client secret (`client-secret` key).
+    pub client_secret: ObjectRef,
+    pub issuer_url: String,
+    /// The application's external base URL (`https://app.example.com`).
+    pub app_url: String,
+    /// Default `/oauth-gloo-callback` (Gloo's default).
+    pub callback_path: String,
+    pub logout_path: Option<String>,
+    pub after_logout_url: Option<String>,
+    /// Extra scopes besides `openid`.
+    pub scopes: Vec<String>,
+    /// Upstream header for the ID token (e.g. `x-id-token`), if any.
+    pub id_token_header: Option<String>,
+    /// Upstream header for the access token, if any.
+    pub access_token_header: Option<String>,
+}
+
 /// One step of an AuthConfig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthModel {
@@ -188,6 +209,7 @@ pub enum AuthModel {
     AccessToken(AccessTokenValidation),
     Ldap(LdapAuth),
     PassThrough(PassThroughAuth),
+    Oidc(OidcAuthorizationCode),
     /// Gloo's `jwt: {}` placeholder: passes when request authentication (an Istio
     /// RequestAuthentication) verified a token for this request.
     Jwt,
@@ -207,6 +229,7 @@ impl AuthModel {
             AuthModel::AccessToken(_) => "oauth2",
             AuthModel::Ldap(_) => "ldap",
             AuthModel::PassThrough(_) => "passThroughAuth",
+            AuthModel::Oidc(_) => "oauth2.oidcAuthorizationCode",
             AuthModel::Jwt => "jwt",
         }
     }
@@ -481,6 +504,9 @@ fn parse_auth_config(
                     }
                     "opaEnvoy" => {
                         parse_rego(ctx, node, &p, &meta.namespace, true).map(AuthModel::Rego)
+                    }
+                    "oauth2" if node.get("oidcAuthorizationCode").is_some() => {
+                        parse_oidc(ctx, node, &p, &meta.namespace).map(AuthModel::Oidc)
                     }
                     "oauth2" => {
                         parse_oauth2(ctx, node, &p, &meta.namespace).map(AuthModel::AccessToken)
@@ -916,6 +942,108 @@ fn parse_pass_through(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<PassThroug
     })
 }
 
+fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuthorizationCode> {
+    check_fields(ctx, n, p, &["oidcAuthorizationCode"]);
+    let o = get_map(ctx, n, "oidcAuthorizationCode", p)?;
+    let p = join(p, "oidcAuthorizationCode");
+    check_fields(
+        ctx,
+        o,
+        &p,
+        &[
+            "clientId",
+            "clientSecretRef",
+            "issuerUrl",
+            "appUrl",
+            "callbackPath",
+            "logoutPath",
+            "afterLogoutUrl",
+            "scopes",
+            "headers",
+            "session",
+            "authEndpointQueryParams",
+            "tokenEndpointQueryParams",
+            "discoveryPollInterval",
+        ],
+    );
+    for unsupported in [
+        "session",
+        "authEndpointQueryParams",
+        "tokenEndpointQueryParams",
+    ] {
+        if o.get(unsupported).is_some() {
+            ctx.warn(o, &join(&p, unsupported), "ignored: meshguard keeps the session in its own encrypted cookie and sends only the standard parameters");
+        }
+    }
+    let req = |ctx: &mut Ctx<'_>, key: &str| -> Option<String> {
+        let v = get_str(ctx, o, key, &p).map(|x| x.0);
+        if v.is_none() {
+            ctx.err(o, &join(&p, key), format!("missing `{key}`"));
+        }
+        v
+    };
+    let client_id = req(ctx, "clientId")?;
+    let issuer_url = req(ctx, "issuerUrl")?;
+    let app_url = req(ctx, "appUrl")?;
+    let Some(client_secret) = o
+        .get("clientSecretRef")
+        .and_then(|r| object_ref(ctx, r, &join(&p, "clientSecretRef"), ns))
+    else {
+        ctx.err(
+            o,
+            &join(&p, "clientSecretRef"),
+            "missing `clientSecretRef` (a Secret with `client-secret`)",
+        );
+        return None;
+    };
+    for (k, v) in [("issuerUrl", &issuer_url), ("appUrl", &app_url)] {
+        if !(v.starts_with("http://") || v.starts_with("https://")) {
+            ctx.err(o, &join(&p, k), format!("`{v}` must be an http(s) URL"));
+        }
+    }
+    let path_of = |ctx: &mut Ctx<'_>, key: &str| -> Option<String> {
+        let (v, line, col) = get_str(ctx, o, key, &p)?;
+        if !v.starts_with('/') {
+            ctx.err_at(line, col, &join(&p, key), "must be a path starting with /");
+        }
+        Some(v)
+    };
+    let callback_path =
+        path_of(ctx, "callbackPath").unwrap_or_else(|| "/oauth-gloo-callback".into());
+    let logout_path = path_of(ctx, "logoutPath");
+    let (mut id_token_header, mut access_token_header) = (None, None);
+    if let Some(h) = get_map(ctx, o, "headers", &p) {
+        let hp = join(&p, "headers");
+        check_fields(
+            ctx,
+            h,
+            &hp,
+            &[
+                "idTokenHeader",
+                "accessTokenHeader",
+                "useBearerSchemaForAuthorization",
+            ],
+        );
+        id_token_header = get_str(ctx, h, "idTokenHeader", &hp).map(|x| x.0.to_ascii_lowercase());
+        access_token_header =
+            get_str(ctx, h, "accessTokenHeader", &hp).map(|x| x.0.to_ascii_lowercase());
+    }
+    Some(OidcAuthorizationCode {
+        client_id,
+        client_secret,
+        issuer_url: issuer_url.trim_end_matches('/').to_owned(),
+        app_url: app_url.trim_end_matches('/').to_owned(),
+        callback_path,
+        logout_path,
+        after_logout_url: get_str(ctx, o, "afterLogoutUrl", &p).map(|x| x.0),
+        scopes: crate::resource::get_str_list(ctx, o, "scopes", &p)
+            .map(|l| l.into_iter().map(|x| x.0).collect())
+            .unwrap_or_default(),
+        id_token_header,
+        access_token_header,
+    })
+}
+
 fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<LdapAuth> {
     check_fields(
         ctx,
@@ -1038,10 +1166,6 @@ fn parse_oauth2(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<Access
         p,
         &["accessTokenValidation", "oidcAuthorizationCode"],
     );
-    if n.get("oidcAuthorizationCode").is_some() {
-        ctx.err(n, &join(p, "oidcAuthorizationCode"), "the browser login (oidcAuthorizationCode) is not run by meshguard yet; refusing rather than skipping it");
-        return None;
-    }
     let Some(v) = get_map(ctx, n, "accessTokenValidation", p) else {
         ctx.err(
             n,

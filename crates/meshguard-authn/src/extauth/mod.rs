@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod basic;
 pub mod ldap;
+pub mod oidc;
 pub mod passthrough;
 pub mod rego;
 pub mod token;
@@ -100,6 +101,7 @@ enum Step {
     Token(Box<token::TokenStep>),
     Ldap(Box<ldap::LdapStep>),
     PassThrough(Box<passthrough::PassThroughStep>),
+    Oidc(Box<oidc::OidcStep>),
     Jwt,
 }
 
@@ -187,6 +189,10 @@ fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<
                 passthrough::PassThroughStep::build(p, client)
                     .map_err(|e| format!("config `{}`: {e}", s.name))?,
             )),
+            AuthModel::Oidc(o) => Step::Oidc(Box::new(
+                oidc::OidcStep::build(set, &c.ids()[0], o, client)
+                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
+            )),
             AuthModel::Jwt => Step::Jwt,
         };
         steps.push(CompiledStep {
@@ -213,6 +219,7 @@ impl Chain {
             Step::Token(t) => t.check(input).await,
             Step::Ldap(l) => l.check(input).await,
             Step::PassThrough(p) => p.check(input).await,
+            Step::Oidc(o) => o.check(input).await,
             Step::Jwt => match &input.id.jwt {
                 Some(j) => {
                     if let Some(tok) = input.header("authorization").and_then(|a| {

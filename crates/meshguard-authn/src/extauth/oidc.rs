@@ -1,0 +1,499 @@
+//! Gloo `oauth2.oidcAuthorizationCode`: the browser login, as a step that answers with redirects.
+//!
+//! - No session: 302 to the provider's authorization endpoint (code flow with `state`, `nonce`
+//!   and PKCE S256), remembering state, nonce, verifier and the original URL in an encrypted,
+//!   short-lived cookie.
+//! - `callbackPath` with `code` and `state`: the state must match that cookie; the code is
+//!   exchanged at the token endpoint (client_secret_basic); the ID token is verified (signature
+//!   by the provider's JWKS, `iss`, `aud`, `nonce`, `exp`); the session goes into an encrypted
+//!   cookie and the browser is sent back to the original URL.
+//! - A valid session cookie: allowed, tokens optionally passed upstream in headers, the ID token
+//!   in chain state (`jwt`) for later steps.
+//! - `logoutPath`: the session cookie is cleared and the browser sent to `afterLogoutUrl`.
+//!
+//! Cookies are AES-256-GCM sealed with a key derived (HKDF-SHA256) from the client secret, so
+//! every replica with the same AuthConfig reads them; the AuthConfig id is bound as associated
+//! data, so a cookie of one config is not accepted by another.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
+use meshguard_policy::extauth::OidcAuthorizationCode;
+use meshguard_policy::PolicySet;
+use serde_json::{json, Value};
+
+use super::{StepInput, StepOutcome};
+use crate::remote::{FetchSettings, RemoteJwks};
+
+const SESSION_COOKIE: &str = "meshguard-session";
+const PENDING_COOKIE: &str = "meshguard-oidc-pending";
+/// How long a login may take between the redirect and the callback.
+const PENDING_TTL: u64 = 600;
+/// Bound on discovery and token requests.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Discovered {
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks: Arc<RemoteJwks>,
+}
+
+pub struct OidcStep {
+    cfg: OidcAuthorizationCode,
+    secret: String,
+    key: LessSafeKey,
+    aad: String,
+    client: reqwest::Client,
+    discovered: Mutex<Option<Arc<Discovered>>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX)
+}
+
+fn random_b64(n: usize) -> Result<String, String> {
+    let mut b = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| "no randomness".to_owned())?;
+    Ok(B64.encode(b))
+}
+
+/// A JSON response body, at most 64 KiB.
+async fn json_body(r: reqwest::Response) -> Result<Value, String> {
+    let b = r.bytes().await.map_err(|e| e.to_string())?;
+    if b.len() > 64 * 1024 {
+        return Err("response too large".into());
+    }
+    serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn form_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(raw: &str, name: &str) -> Option<String> {
+    let q = raw.split_once('?')?.1.split('#').next()?;
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn cookie(input: &StepInput<'_>, name: &str) -> Option<String> {
+    input.header("cookie")?.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+impl OidcStep {
+    pub fn build(
+        set: &PolicySet,
+        id: &str,
+        cfg: &OidcAuthorizationCode,
+        client: &reqwest::Client,
+    ) -> Result<OidcStep, String> {
+        let r = &cfg.client_secret;
+        let s = set
+            .secrets()
+            .iter()
+            .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
+            .ok_or_else(|| {
+                format!(
+                    "clientSecretRef: Secret {}/{} is not loaded",
+                    r.namespace, r.name
+                )
+            })?;
+        let secret = ["client-secret", "clientSecret"]
+            .iter()
+            .find_map(|k| s.data.get(*k))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .ok_or_else(|| {
+                format!(
+                    "Secret {}/{} has no `client-secret` entry",
+                    r.namespace, r.name
+                )
+            })?;
+        if secret.len() < 8 {
+            return Err("the client secret is too short to derive a cookie key from".into());
+        }
+        let salt =
+            aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"meshguard oidc session v1");
+        let prk = salt.extract(secret.as_bytes());
+        let info = [id.as_bytes()];
+        let okm = prk
+            .expand(&info, &AES_256_GCM)
+            .map_err(|_| "cookie key derivation failed".to_owned())?;
+        let key = LessSafeKey::new(UnboundKey::from(okm));
+        Ok(OidcStep {
+            cfg: cfg.clone(),
+            secret,
+            key,
+            aad: id.to_owned(),
+            client: client.clone(),
+            discovered: Mutex::new(None),
+        })
+    }
+
+    fn seal(&self, v: &Value) -> Result<String, String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| "no randomness".to_owned())?;
+        let mut data = v.to_string().into_bytes();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.aad.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| "sealing failed".to_owned())?;
+        let mut out = nonce.to_vec();
+        out.extend(data);
+        Ok(B64.encode(out))
+    }
+
+    fn open(&self, s: &str) -> Option<Value> {
+        let raw = B64.decode(s).ok()?;
+        if raw.len() < NONCE_LEN + 16 || raw.len() > 16 * 1024 {
+            return None;
+        }
+        let (n, rest) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(n).ok()?;
+        let mut data = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(self.aad.as_bytes()), &mut data)
+            .ok()?;
+        serde_json::from_slice(plain).ok()
+    }
+
+    fn cookie_attrs(&self, max_age: u64) -> String {
+        let secure = if self.cfg.app_url.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+
+    async fn discover(&self) -> Result<Arc<Discovered>, String> {
+        if let Some(d) = self.discovered.lock().ok().and_then(|d| d.clone()) {
+            return Ok(d);
+        }
+        let url = format!("{}/.well-known/openid-configuration", self.cfg.issuer_url);
+        let doc: Value = self
+            .client
+            .get(&url)
+            .timeout(HTTP_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("OIDC discovery at {url} failed: {e}"))
+            .map(json_body)?
+            .await
+            .map_err(|e| format!("OIDC discovery at {url}: {e}"))?;
+        if doc["issuer"].as_str().map(|i| i.trim_end_matches('/'))
+            != Some(self.cfg.issuer_url.as_str())
+        {
+            return Err(format!(
+                "OIDC discovery at {url}: issuer does not match issuerUrl"
+            ));
+        }
+        let field = |k: &str| {
+            doc[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("OIDC discovery at {url} has no `{k}`"))
+        };
+        let d = Arc::new(Discovered {
+            authorization_endpoint: field("authorization_endpoint")?,
+            token_endpoint: field("token_endpoint")?,
+            jwks: Arc::new(RemoteJwks::new(
+                Some(field("jwks_uri")?),
+                self.cfg.issuer_url.clone(),
+                HTTP_TIMEOUT,
+                self.client.clone(),
+                FetchSettings::default(),
+            )),
+        });
+        if let Ok(mut slot) = self.discovered.lock() {
+            *slot = Some(d.clone());
+        }
+        Ok(d)
+    }
+
+    fn redirect_uri(&self) -> String {
+        format!("{}{}", self.cfg.app_url, self.cfg.callback_path)
+    }
+
+    fn redirect(&self, location: &str, cookies: Vec<String>, why: &str) -> StepOutcome {
+        let mut o = StepOutcome::deny(302, why.to_owned());
+        o.response_headers
+            .push(("location".into(), location.to_owned()));
+        for c in cookies {
+            o.response_headers.push(("set-cookie".into(), c));
+        }
+        o
+    }
+
+    async fn start_login(&self, input: &StepInput<'_>) -> StepOutcome {
+        let d = match self.discover().await {
+            Ok(d) => d,
+            Err(e) => return StepOutcome::deny(503, e),
+        };
+        let (Ok(state), Ok(nonce), Ok(verifier)) = (random_b64(24), random_b64(24), random_b64(32))
+        else {
+            return StepOutcome::deny(503, "no randomness for the login");
+        };
+        let challenge = B64.encode(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            verifier.as_bytes(),
+        ));
+        let original = input
+            .req
+            .http
+            .as_ref()
+            .map(|h| h.raw_path.clone())
+            .filter(|p| p.starts_with('/') && !p.starts_with("//"))
+            .unwrap_or_else(|| "/".into());
+        let pending = json!({"state": state, "nonce": nonce, "verifier": verifier, "url": original, "exp": now() + PENDING_TTL});
+        let Ok(sealed) = self.seal(&pending) else {
+            return StepOutcome::deny(503, "could not seal the login cookie");
+        };
+        let mut scopes = vec!["openid".to_owned()];
+        scopes.extend(self.cfg.scopes.iter().filter(|s| *s != "openid").cloned());
+        let sep = if d.authorization_endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let location = format!(
+            "{}{sep}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+            d.authorization_endpoint,
+            form_escape(&self.cfg.client_id),
+            form_escape(&self.redirect_uri()),
+            form_escape(&scopes.join(" ")),
+            state,
+            nonce,
+            challenge
+        );
+        self.redirect(
+            &location,
+            vec![format!(
+                "{PENDING_COOKIE}={sealed}; {}",
+                self.cookie_attrs(PENDING_TTL)
+            )],
+            "no session: redirected to the OpenID provider",
+        )
+    }
+
+    async fn callback(&self, input: &StepInput<'_>, raw: &str) -> StepOutcome {
+        let deny = |why: String| StepOutcome::deny(403, why);
+        let Some(pending) = cookie(input, PENDING_COOKIE).and_then(|c| self.open(&c)) else {
+            return deny("OIDC callback without a valid login cookie".into());
+        };
+        if pending["exp"].as_u64().is_none_or(|e| now() > e) {
+            return deny("the login took too long".into());
+        }
+        let (Some(code), Some(state)) = (query_param(raw, "code"), query_param(raw, "state"))
+        else {
+            return deny(format!(
+                "OIDC callback without code/state (error: {})",
+                query_param(raw, "error").unwrap_or_default()
+            ));
+        };
+        let expected = pending["state"].as_str().unwrap_or("");
+        if !super::basic::ct_eq(expected.as_bytes(), state.as_bytes()) {
+            return deny("OIDC state mismatch".into());
+        }
+        let d = match self.discover().await {
+            Ok(d) => d,
+            Err(e) => return StepOutcome::deny(503, e),
+        };
+        let body = format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+            form_escape(&code),
+            form_escape(&self.redirect_uri()),
+            form_escape(pending["verifier"].as_str().unwrap_or(""))
+        );
+        let resp = self
+            .client
+            .post(&d.token_endpoint)
+            .timeout(HTTP_TIMEOUT)
+            .basic_auth(
+                form_escape(&self.cfg.client_id),
+                Some(form_escape(&self.secret)),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await;
+        let tokens: Value = match resp {
+            Ok(r) if r.status().is_success() => match json_body(r).await {
+                Ok(v) => v,
+                Err(e) => return deny(format!("token response: {e}")),
+            },
+            Ok(r) => {
+                return deny(format!(
+                    "the token endpoint refused the code ({})",
+                    r.status()
+                ))
+            }
+            Err(e) => return StepOutcome::deny(503, format!("token endpoint unreachable: {e}")),
+        };
+        let Some(id_token) = tokens["id_token"].as_str() else {
+            return deny("no id_token in the token response".into());
+        };
+        let claims = match self
+            .verify_id_token(&d, id_token, pending["nonce"].as_str().unwrap_or(""))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return deny(format!("ID token refused: {e}")),
+        };
+        let mut exp = claims["exp"].as_u64().unwrap_or(0);
+        if let Some(s) = tokens["expires_in"].as_u64() {
+            exp = exp.min(now() + s);
+        }
+        let session = json!({
+            "id_token": id_token,
+            "access_token": tokens["access_token"],
+            "exp": exp,
+        });
+        let Ok(sealed) = self.seal(&session) else {
+            return StepOutcome::deny(503, "could not seal the session cookie");
+        };
+        let url = pending["url"].as_str().unwrap_or("/");
+        self.redirect(
+            &format!("{}{url}", self.cfg.app_url),
+            vec![
+                format!(
+                    "{SESSION_COOKIE}={sealed}; {}",
+                    self.cookie_attrs(exp.saturating_sub(now()))
+                ),
+                format!("{PENDING_COOKIE}=; {}", self.cookie_attrs(0)),
+            ],
+            "logged in: redirected to the original URL",
+        )
+    }
+
+    async fn verify_id_token(
+        &self,
+        d: &Discovered,
+        token: &str,
+        nonce: &str,
+    ) -> Result<Value, String> {
+        let jwt = crate::jose::parse(token).map_err(|e| e.to_string())?;
+        let mut keys = d.jwks.keys().await?;
+        if let Some(kid) = &jwt.kid {
+            if !keys.has_kid(kid) {
+                if let Some(k) = d.jwks.refresh_for_unknown_kid().await {
+                    keys = k;
+                }
+            }
+        }
+        crate::verify_signature(&keys, &jwt).map_err(|e| e.to_string())?;
+        let c = Value::Object(jwt.payload);
+        if c["iss"].as_str().map(|i| i.trim_end_matches('/')) != Some(self.cfg.issuer_url.as_str())
+        {
+            return Err("wrong issuer".into());
+        }
+        let aud_ok = match &c["aud"] {
+            Value::String(a) => *a == self.cfg.client_id,
+            Value::Array(a) => a
+                .iter()
+                .any(|x| x.as_str() == Some(self.cfg.client_id.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err("the token is not for this client".into());
+        }
+        if !super::basic::ct_eq(
+            c["nonce"].as_str().unwrap_or("").as_bytes(),
+            nonce.as_bytes(),
+        ) {
+            return Err("nonce mismatch".into());
+        }
+        if c["exp"].as_u64().is_none_or(|e| now() > e + 60) {
+            return Err("expired".into());
+        }
+        Ok(c)
+    }
+
+    pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+        let Some(http) = input.req.http.as_ref() else {
+            return StepOutcome::deny(403, "the OIDC login needs an HTTP request");
+        };
+        let path = http.normalized_path().unwrap_or("").to_owned();
+        let raw = http.raw_path.clone();
+        if self.cfg.logout_path.as_deref() == Some(path.as_str()) {
+            let to = self
+                .cfg
+                .after_logout_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/", self.cfg.app_url));
+            return self.redirect(
+                &to,
+                vec![format!("{SESSION_COOKIE}=; {}", self.cookie_attrs(0))],
+                "logged out",
+            );
+        }
+        if path == self.cfg.callback_path {
+            return self.callback(input, &raw).await;
+        }
+        if let Some(session) = cookie(input, SESSION_COOKIE).and_then(|c| self.open(&c)) {
+            if session["exp"].as_u64().is_some_and(|e| now() < e) {
+                let id_token = session["id_token"].as_str().unwrap_or("").to_owned();
+                let mut o = StepOutcome::allow("OIDC session");
+                if let Some(h) = &self.cfg.id_token_header {
+                    o.headers_to_add.push((h.clone(), id_token.clone()));
+                }
+                if let (Some(h), Some(at)) = (
+                    &self.cfg.access_token_header,
+                    session["access_token"].as_str(),
+                ) {
+                    o.headers_to_add.push((h.clone(), at.to_owned()));
+                }
+                input.state.insert("jwt".into(), Value::String(id_token));
+                return o;
+            }
+        }
+        self.start_login(input).await
+    }
+}
