@@ -85,7 +85,14 @@ pub async fn decide(g: &Generation, req: &Request, id: Identity) -> Outcome {
 /// A denial decided by an AuthConfig step.
 fn chain_denial(g: &Generation, chain: &str, r: StepOutcome, policy: Option<String>) -> Outcome {
     let mut o = Outcome::internal(format!("denied by AuthConfig {chain}: {}", r.reason), g.id);
-    o.status = r.status;
+    // A denial never carries a success status; a redirect only with somewhere to go.
+    let redirect =
+        (300..400).contains(&r.status) && r.response_headers.iter().any(|(k, _)| k == "location");
+    o.status = if r.status >= 400 || redirect {
+        r.status
+    } else {
+        403
+    };
     o.policy = policy;
     o.action = Some("CUSTOM");
     o.www_authenticate = r
@@ -152,7 +159,18 @@ pub async fn decide_ext(
     let mut o = if let Reason::CustomPending { at } = first.reason {
         let provider = at.policy.provider.clone().unwrap_or_default();
         let policy = Some(at.name());
-        let Some(chain) = g.chains.get(&provider) else {
+        // A provider name resolves as `namespace.name`, or as a name in the policy's own
+        // namespace, or in the root namespace: never to a same-named config elsewhere.
+        let ns = &at.policy.meta.namespace;
+        let root = &g.set.mesh().root_namespace;
+        let found = if provider.contains('.') {
+            g.chains.get_exact(&provider)
+        } else {
+            g.chains
+                .get_exact(&format!("{ns}.{provider}"))
+                .or_else(|| g.chains.get_exact(&format!("{root}.{provider}")))
+        };
+        let Some(chain) = found else {
             let mut o = Outcome::internal(
                 format!("denied (fail closed): CUSTOM policy {} names provider `{provider}`, which is not an AuthConfig meshguard runs (external ext_authz providers are not called)", at.name()),
                 g.id,

@@ -110,7 +110,7 @@ impl AuthBinding {
         }
         Ok(AuthBinding {
             host: (!host.is_empty() && host != "*").then(|| host.to_ascii_lowercase()),
-            path_prefix: path.trim_end_matches('/').to_owned(),
+            path_prefix: path.trim_end_matches('/').to_ascii_lowercase(),
             config: config.trim().to_owned(),
         })
     }
@@ -136,14 +136,59 @@ impl AuthBinding {
     }
 }
 
-/// The binding for a request: the longest matching path prefix, host-specific ones first.
+/// The path bindings are matched on: decoded as far as any backend might decode it (all
+/// percent-escapes, `\\` as `/`), `;parameters` removed, slashes merged, dot segments resolved,
+/// and lower-cased, so `//api`, `/API`, `/api;x` and `/%61pi` cannot step around a `/api`
+/// binding whatever the mesh's normalisation setting.
+pub fn binding_path(raw: &str) -> String {
+    let mut p = raw.split(['?', '#']).next().unwrap_or("").to_owned();
+    for _ in 0..3 {
+        let b = p.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        let next = String::from_utf8_lossy(&out).into_owned();
+        if next == p {
+            break;
+        }
+        p = next;
+    }
+    let p = p.replace('\\', "/");
+    let mut segs: Vec<String> = Vec::new();
+    for seg in p.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s.to_ascii_lowercase()),
+        }
+    }
+    format!("/{}", segs.join("/"))
+}
+
+/// The binding for a request: host-specific bindings before any-host ones, then the longest
+/// matching path prefix.
 pub fn binding_for<'a>(bindings: &'a [AuthBinding], req: &Request) -> Option<&'a AuthBinding> {
     let http = req.http.as_ref()?;
-    let path = http.normalized_path()?;
+    let path = binding_path(&http.raw_path);
+    let host = http.host.trim_end_matches('.');
     bindings
         .iter()
-        .filter(|b| b.matches(&http.host, path))
-        .max_by_key(|b| (b.path_prefix.len(), b.host.is_some()))
+        .filter(|b| b.matches(host, &path))
+        .max_by_key(|b| (b.host.is_some(), b.path_prefix.len()))
 }
 
 /// Headers that describe the original request; never treated as request headers for policies.
@@ -388,4 +433,27 @@ pub fn response(o: &Outcome) -> HResponse<Full<Bytes>> {
             *r.status_mut() = StatusCode::FORBIDDEN;
             r
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binding_path;
+
+    #[test]
+    fn binding_paths_cannot_be_dodged() {
+        for p in [
+            "/api/x",
+            "//api/x",
+            "/API/x",
+            "/api;v=1/x",
+            "/%61pi/x",
+            "/%2561pi/x",
+            "/a/../api/x",
+            "/api%2Fx",
+            "\\api\\x",
+            "/./api//x?q=1",
+        ] {
+            assert_eq!(binding_path(p), "/api/x", "{p}");
+        }
+    }
 }

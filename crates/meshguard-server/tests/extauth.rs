@@ -618,7 +618,9 @@ async fn oauth_server(
                         if body.len() < len {
                             continue;
                         }
-                        let (status, out) = if head.starts_with("POST /auth") {
+                        let (status, out) = if head.starts_with("POST /login-redirect") {
+                            ("302 Found\r\nlocation: http://login.test/", String::new())
+                        } else if head.starts_with("POST /auth") {
                             // The HTTP pass-through delegate: team blue is bob, others 401.
                             if head.to_ascii_lowercase().contains("x-team: blue") {
                                 (
@@ -823,7 +825,7 @@ spec:
         call(&r, with("introspect-down", "Bearer good".into()))
             .await
             .0,
-        403
+        503
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -950,4 +952,99 @@ spec:
     );
     r.stop().await;
     inner.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_never_pass_and_failed_branches_leave_nothing_behind() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let delegate = oauth_server(hits).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let d = dir("review");
+    std::fs::write(
+        d.join("review.yaml"),
+        format!(
+            "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: not-down, namespace: gloo-system}}
+spec:
+  booleanExpr: '!down'
+  configs:
+  - name: down
+    passThroughAuth:
+      http: {{url: 'http://{dead}/auth', connectionTimeout: 1s}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: branches, namespace: gloo-system}}
+spec:
+  booleanExpr: (apikey && nobody) || basic
+  configs:
+  - name: apikey
+    apiKeyAuth:
+      labelSelector: {{team: infrastructure}}
+      headersFromMetadataEntry:
+        x-user-email: {{name: user-email}}
+  - name: nobody
+    basicAuth:
+      apr: {{users: {{nobody: {{salt: x, hashedPassword: y}}}}}}
+  - name: basic
+    basicAuth:
+      apr: {{users: {{user: {{salt: TYiryv0/, hashedPassword: 8BvzLUO9IfGPGGsPnAgSu1}}}}}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: redirecting, namespace: gloo-system}}
+spec:
+  configs:
+  - name: delegate
+    passThroughAuth:
+      http: {{url: 'http://{delegate}/login-redirect'}}
+"
+        ),
+    )
+    .expect("write");
+    let r = start(&d, Duration::ZERO).await;
+    // `!down` with the delegate down: an outage is not a pass.
+    assert_eq!(
+        call(
+            &r,
+            Call {
+                config_id: "not-down",
+                ..Default::default()
+            }
+        )
+        .await
+        .0,
+        503
+    );
+    // apikey passes, `nobody` fails, basic passes: nothing of the failed branch goes upstream.
+    let (s, h, _) = call(
+        &r,
+        Call {
+            config_id: "branches",
+            headers: hs(&[("api-key", API_KEY), ("authorization", USER_PASSWORD)]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(has(&h, "x-user-id", "user"), "{h:?}");
+    assert!(
+        !h.iter().any(|(k, _)| k == "x-user-email"),
+        "a failed branch leaked: {h:?}"
+    );
+    // A delegate redirecting to its login page is a redirect for the client, not a pass.
+    let (s, h, _) = call(
+        &r,
+        Call {
+            config_id: "redirecting",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s, 302);
+    assert!(has(&h, "location", "http://login.test/"), "{h:?}");
+    r.stop().await;
 }

@@ -189,6 +189,16 @@ impl BasicStep {
                         i + 1
                     )
                 })?;
+                if let Some(cost) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+                    if hash.starts_with("$2") && cost > MAX_BCRYPT_COST {
+                        return Err(format!(
+                            "Secret {}/{} htpasswd line {}: bcrypt cost {cost} is above {MAX_BCRYPT_COST} (too slow to check per request)",
+                            r.namespace,
+                            r.name,
+                            i + 1
+                        ));
+                    }
+                }
                 let stored = Stored::from_htpasswd(hash).ok_or_else(|| {
                     format!(
                         "Secret {}/{} htpasswd line {}: only $apr1$ and bcrypt ($2y$) hashes are accepted (plain, crypt and {{SHA}} are too weak)",
@@ -239,9 +249,18 @@ impl BasicStep {
     }
 }
 
+/// Longest `Authorization` header read for Basic credentials.
+pub const MAX_CREDENTIALS: usize = 2048;
+/// Highest bcrypt cost accepted in htpasswd data (each step doubles the work per request).
+pub const MAX_BCRYPT_COST: u32 = 12;
+
 /// `Authorization: Basic base64(user:password)` (scheme case-insensitive).
 pub fn basic_credentials(input: &StepInput<'_>) -> Option<(String, String)> {
     let h = input.header("authorization")?;
+    // Bounded work per request: a megabyte "password" would cost seconds of MD5 rounds.
+    if h.len() > MAX_CREDENTIALS {
+        return None;
+    }
     let (scheme, b64) = h.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

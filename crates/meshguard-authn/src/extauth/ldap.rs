@@ -23,6 +23,9 @@ pub const LDAP_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct LdapStep {
     cfg: LdapAuth,
     pool: Mutex<Vec<Ldap>>,
+    /// Bounds LDAP work in flight (4 x pool.maxSize): a flood of logins queues (then gets 503)
+    /// instead of opening unbounded connections to the directory.
+    slots: tokio::sync::Semaphore,
     allowed: Vec<String>,
 }
 
@@ -51,6 +54,7 @@ impl LdapStep {
             allowed: cfg.allowed_groups.iter().map(|g| norm_dn(g)).collect(),
             cfg: cfg.clone(),
             pool: Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(cfg.pool_max.max(1) * 4),
         })
     }
 
@@ -91,9 +95,12 @@ impl LdapStep {
             return challenge("empty password (would be an unauthenticated bind)".into());
         }
         let dn = self.cfg.user_dn_template.replacen("%s", &user, 1);
+        let Ok(Ok(_permit)) = tokio::time::timeout(LDAP_TIMEOUT, self.slots.acquire()).await else {
+            return StepOutcome::failed(503, "too many LDAP checks in flight");
+        };
         let mut ldap = match self.connect(false).await {
             Ok(l) => l,
-            Err(e) => return StepOutcome::deny(503, e),
+            Err(e) => return StepOutcome::failed(503, e),
         };
         let mut bind = ldap
             .with_timeout(LDAP_TIMEOUT)
@@ -106,7 +113,7 @@ impl LdapStep {
             }
             ldap = match self.connect(true).await {
                 Ok(l) => l,
-                Err(e) => return StepOutcome::deny(503, e),
+                Err(e) => return StepOutcome::failed(503, e),
             };
             bind = ldap
                 .with_timeout(LDAP_TIMEOUT)
@@ -119,7 +126,7 @@ impl LdapStep {
                 self.give_back(ldap);
                 return challenge(format!("LDAP bind refused for {dn} (result {})", r.rc));
             }
-            Err(e) => return StepOutcome::deny(503, format!("LDAP bind failed: {e}")),
+            Err(e) => return StepOutcome::failed(503, format!("LDAP bind failed: {e}")),
         }
         let mut o = StepOutcome::allow(format!("LDAP user {dn}"));
         o.headers_to_add.push(("x-user-id".into(), user.clone()));
@@ -143,7 +150,7 @@ impl LdapStep {
             .and_then(|r| r.success());
         let entries = match search {
             Ok((entries, _)) => entries,
-            Err(e) => return StepOutcome::deny(503, format!("LDAP group lookup failed: {e}")),
+            Err(e) => return StepOutcome::failed(503, format!("LDAP group lookup failed: {e}")),
         };
         self.give_back(ldap);
         let groups: Vec<String> = entries

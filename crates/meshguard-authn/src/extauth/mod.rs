@@ -54,6 +54,9 @@ pub struct StepOutcome {
     pub response_headers: Vec<(String, String)>,
     /// Why, for the decision log (never a credential).
     pub reason: String,
+    /// The step could not decide (a server down, a timeout, a policy that failed). Such a step
+    /// denies the whole chain, even under `!` in a booleanExpr: an outage never becomes a pass.
+    pub error: bool,
 }
 
 impl StepOutcome {
@@ -66,6 +69,15 @@ impl StepOutcome {
             headers_to_remove: Vec::new(),
             response_headers: Vec::new(),
             reason: reason.into(),
+            error: false,
+        }
+    }
+
+    /// A denial because the step could not decide (see [`StepOutcome::error`]).
+    pub fn failed(status: u16, reason: impl Into<String>) -> StepOutcome {
+        StepOutcome {
+            error: true,
+            ..StepOutcome::deny(status, reason)
         }
     }
 
@@ -126,6 +138,12 @@ pub struct Chains {
 impl Chains {
     /// Compiles every AuthConfig of `set`; the first problem is returned with the config named.
     pub fn build(set: &PolicySet, client: &reqwest::Client) -> Result<Chains, String> {
+        // Auth services are asked without following redirects: a delegate that answers an
+        // unauthenticated caller with a redirect to its login page must not turn into a 200.
+        let client = &reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_else(|_| client.clone());
         let mut by_id = HashMap::new();
         let mut name_count: HashMap<&str, usize> = HashMap::new();
         for c in set.auth_configs() {
@@ -158,6 +176,11 @@ impl Chains {
                     .map(|e| (c, e))
             })
             .collect()
+    }
+
+    /// Only by `namespace.name`.
+    pub fn get_exact(&self, id: &str) -> Option<&Arc<Chain>> {
+        self.by_id.get(id).filter(|c| c.id == id)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Chain>> {
@@ -222,14 +245,35 @@ impl Chain {
             Step::Oidc(o) => o.check(input).await,
             Step::Jwt => match &input.id.jwt {
                 Some(j) => {
-                    if let Some(tok) = input.header("authorization").and_then(|a| {
-                        a.strip_prefix("Bearer ")
-                            .or_else(|| a.strip_prefix("bearer "))
-                    }) {
-                        input
-                            .state
-                            .insert("jwt".into(), Value::String(tok.trim().to_owned()));
+                    // Hand the raw token on only if it is the one request authentication
+                    // verified (same payload), never another bearer token of the request.
+                    let bearer = input
+                        .header("authorization")
+                        .and_then(|a| {
+                            a.strip_prefix("Bearer ")
+                                .or_else(|| a.strip_prefix("bearer "))
+                        })
+                        .map(|t| t.trim().to_owned());
+                    if let Some(tok) = bearer {
+                        let same = tok
+                            .split('.')
+                            .nth(1)
+                            .and_then(|p| {
+                                base64::Engine::decode(
+                                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                                    p,
+                                )
+                                .ok()
+                            })
+                            .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+                            .is_some_and(|claims| claims == *j.claims);
+                        if same {
+                            input.state.insert("jwt".into(), Value::String(tok));
+                        }
                     }
+                    input
+                        .state
+                        .insert("jwt_claims".into(), Value::Object((*j.claims).clone()));
                     StepOutcome::allow(format!("JWT verified for {}", j.principal))
                 }
                 None => StepOutcome::deny(401, "no JWT verified by request authentication"),
@@ -250,11 +294,15 @@ impl Chain {
         };
         let mut passed: Vec<StepOutcome> = Vec::new();
         let mut last_denial: Option<StepOutcome> = None;
+        let mut first_error: Option<StepOutcome> = None;
         let allowed = match &self.expr {
             None => {
                 let mut ok = true;
                 for s in &self.steps {
                     let o = self.run_step(&s.name, &mut input).await;
+                    if o.error && first_error.is_none() {
+                        first_error = Some(o.clone());
+                    }
                     if o.allowed {
                         passed.push(o);
                     } else {
@@ -266,10 +314,17 @@ impl Chain {
                 ok
             }
             Some(e) => {
-                self.eval(e, &mut input, &mut passed, &mut last_denial)
-                    .await
+                let mut acc = Acc {
+                    passed: &mut passed,
+                    last_denial: &mut last_denial,
+                    first_error: &mut first_error,
+                };
+                self.eval(e, &mut input, &mut acc).await
             }
         };
+        if let Some(e) = first_error {
+            return e;
+        }
         if !allowed {
             return last_denial.unwrap_or_else(|| {
                 StepOutcome::deny(403, format!("AuthConfig {} denied", self.id))
@@ -292,41 +347,60 @@ impl Chain {
         out
     }
 
-    /// Short-circuit evaluation, left to right; steps not needed are not run.
+    /// Short-circuit evaluation, left to right; steps not needed are not run. What an operand
+    /// that ends up false contributed (headers, state) is rolled back, so `(a && b) || c` with
+    /// `b` failing carries nothing of `a`, and `!x` never contributes.
     fn eval<'s>(
         &'s self,
         e: &'s BoolExpr,
         input: &'s mut StepInput<'_>,
-        passed: &'s mut Vec<StepOutcome>,
-        last_denial: &'s mut Option<StepOutcome>,
+        acc: &'s mut Acc<'_>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 's>> {
         Box::pin(async move {
             match e {
                 BoolExpr::Step(n) => {
                     let o = self.run_step(n, input).await;
+                    if o.error && acc.first_error.is_none() {
+                        *acc.first_error = Some(o.clone());
+                    }
                     if o.allowed {
-                        passed.push(o);
+                        acc.passed.push(o);
                         true
                     } else {
-                        *last_denial = Some(o);
+                        *acc.last_denial = Some(o);
                         false
                     }
                 }
                 BoolExpr::Not(inner) => {
-                    // A negated step's own headers do not apply either way.
-                    let mut scratch = Vec::new();
-                    let mut denial = None;
-                    !self.eval(inner, input, &mut scratch, &mut denial).await
+                    let (mark, snapshot) = (acc.passed.len(), input.state.clone());
+                    let v = self.eval(inner, input, acc).await;
+                    acc.passed.truncate(mark);
+                    *input.state = snapshot;
+                    !v
                 }
                 BoolExpr::And(a, b) => {
-                    self.eval(a, input, passed, last_denial).await
-                        && self.eval(b, input, passed, last_denial).await
+                    let (mark, snapshot) = (acc.passed.len(), input.state.clone());
+                    let ok = self.eval(a, input, acc).await && self.eval(b, input, acc).await;
+                    if !ok {
+                        acc.passed.truncate(mark);
+                        *input.state = snapshot;
+                    }
+                    ok
                 }
                 BoolExpr::Or(a, b) => {
-                    self.eval(a, input, passed, last_denial).await
-                        || self.eval(b, input, passed, last_denial).await
+                    if self.eval(a, input, acc).await {
+                        return true;
+                    }
+                    self.eval(b, input, acc).await
                 }
             }
         })
     }
+}
+
+/// What a booleanExpr evaluation collects.
+struct Acc<'a> {
+    passed: &'a mut Vec<StepOutcome>,
+    last_denial: &'a mut Option<StepOutcome>,
+    first_error: &'a mut Option<StepOutcome>,
 }

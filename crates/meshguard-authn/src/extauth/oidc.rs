@@ -275,11 +275,11 @@ impl OidcStep {
     async fn start_login(&self, input: &StepInput<'_>) -> StepOutcome {
         let d = match self.discover().await {
             Ok(d) => d,
-            Err(e) => return StepOutcome::deny(503, e),
+            Err(e) => return StepOutcome::failed(503, e),
         };
         let (Ok(state), Ok(nonce), Ok(verifier)) = (random_b64(24), random_b64(24), random_b64(32))
         else {
-            return StepOutcome::deny(503, "no randomness for the login");
+            return StepOutcome::failed(503, "no randomness for the login");
         };
         let challenge = B64.encode(aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
@@ -294,7 +294,7 @@ impl OidcStep {
             .unwrap_or_else(|| "/".into());
         let pending = json!({"state": state, "nonce": nonce, "verifier": verifier, "url": original, "exp": now() + PENDING_TTL});
         let Ok(sealed) = self.seal(&pending) else {
-            return StepOutcome::deny(503, "could not seal the login cookie");
+            return StepOutcome::failed(503, "could not seal the login cookie");
         };
         let mut scopes = vec!["openid".to_owned()];
         scopes.extend(self.cfg.scopes.iter().filter(|s| *s != "openid").cloned());
@@ -344,7 +344,7 @@ impl OidcStep {
         }
         let d = match self.discover().await {
             Ok(d) => d,
-            Err(e) => return StepOutcome::deny(503, e),
+            Err(e) => return StepOutcome::failed(503, e),
         };
         let body = format!(
             "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
@@ -375,7 +375,7 @@ impl OidcStep {
                     r.status()
                 ))
             }
-            Err(e) => return StepOutcome::deny(503, format!("token endpoint unreachable: {e}")),
+            Err(e) => return StepOutcome::failed(503, format!("token endpoint unreachable: {e}")),
         };
         let Some(id_token) = tokens["id_token"].as_str() else {
             return deny("no id_token in the token response".into());
@@ -397,7 +397,7 @@ impl OidcStep {
             "exp": exp,
         });
         let Ok(sealed) = self.seal(&session) else {
-            return StepOutcome::deny(503, "could not seal the session cookie");
+            return StepOutcome::failed(503, "could not seal the session cookie");
         };
         let url = pending["url"].as_str().unwrap_or("/");
         self.redirect(

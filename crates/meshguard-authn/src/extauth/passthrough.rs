@@ -115,7 +115,7 @@ impl PassThroughStep {
         if self.cfg.failure_mode_allow {
             StepOutcome::allow(format!("{why} (failureModeAllow)"))
         } else {
-            StepOutcome::deny(503, why)
+            StepOutcome::failed(503, why)
         }
     }
 
@@ -296,8 +296,21 @@ impl PassThroughStep {
                 .collect::<Vec<_>>()
         };
         if status != 200 {
-            let mut o = StepOutcome::deny(status, format!("the HTTP delegate answered {status}"));
+            // A redirect (to a login page) is a denial that sends the browser there; any other
+            // non-200 below 400 is refused as 403 rather than passed on as a success code.
+            let redirect = (300..400).contains(&status);
+            let mut o = StepOutcome::deny(
+                if redirect || status >= 400 {
+                    status
+                } else {
+                    403
+                },
+                format!("the HTTP delegate answered {status}"),
+            );
             o.response_headers = pick(allowed_client_headers_on_denied);
+            if redirect {
+                o.response_headers.extend(pick(&["location".to_owned()]));
+            }
             return o;
         }
         let mut o = StepOutcome::allow("the HTTP delegate answered 200");

@@ -318,7 +318,7 @@ impl RegoStep {
                         }
                     }
                     Err(err) => {
-                        StepOutcome::deny(403, format!("Rego evaluation failed (denied): {err}"))
+                        StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
                     }
                 }
             }
@@ -330,7 +330,7 @@ impl RegoStep {
                         envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined))
                     }
                     Err(err) => {
-                        StepOutcome::deny(403, format!("Rego evaluation failed (denied): {err}"))
+                        StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
                     }
                 }
             }
@@ -538,7 +538,8 @@ fn envoy_decision(rule: &str, v: &Value, undefined: bool) -> StepOutcome {
                 StepOutcome::allow(format!("{rule}.allowed is true"))
             } else {
                 let status = o.get("http_status").and_then(Value::as_u64).unwrap_or(403);
-                if !(100..=599).contains(&status) {
+                // A denial must not look like a success (nginx and Traefik allow any 2xx).
+                if !(300..=599).contains(&status) {
                     return StepOutcome::deny(
                         403,
                         format!("{rule}: http_status {status} is not an HTTP status"),

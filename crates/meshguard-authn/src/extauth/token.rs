@@ -289,7 +289,7 @@ impl TokenStep {
         let (claims, state_key, user_attr) = match &self.kind {
             Kind::Jwt { keys, issuer } => match Self::jwt_claims(keys, issuer, &token).await {
                 Ok(c) => (c, "jwtAccessToken", "sub"),
-                Err(e) => return StepOutcome::deny(403, format!("access token refused: {e}")),
+                Err(e) => return refusal(e),
             },
             Kind::Introspection {
                 url,
@@ -310,7 +310,7 @@ impl TokenStep {
                 .await
             {
                 Ok(c) => (c, "introspection", user_id_attribute.as_str()),
-                Err(e) => return StepOutcome::deny(403, format!("access token refused: {e}")),
+                Err(e) => return refusal(e),
             },
         };
         let granted: Vec<&str> = match (claims.get("scope"), claims.get("scp")) {
@@ -341,6 +341,19 @@ impl TokenStep {
         }
         input.state.insert(state_key.into(), Value::Object(claims));
         o
+    }
+}
+
+/// A refused token is 403; an endpoint or JWKS that could not be asked is an outage (503),
+/// which never counts as a pass, not even under `!`.
+fn refusal(e: String) -> StepOutcome {
+    let outage = ["unreachable", "answered 5", "timed out", "JWKS", "fetch"]
+        .iter()
+        .any(|m| e.contains(m));
+    if outage {
+        StepOutcome::failed(503, format!("access token not checked: {e}"))
+    } else {
+        StepOutcome::deny(403, format!("access token refused: {e}"))
     }
 }
 
