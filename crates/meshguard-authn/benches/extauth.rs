@@ -14,20 +14,21 @@ use meshguard_policy::{HttpRequest, Identity, MeshConfig, PathNormalization, Pol
 const EXTAUTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
-/// Polls a future that completes without waiting (the steps benched here do no IO).
+/// Runs a step's future to completion on a small runtime (password hashes run on its blocking
+/// pool, as in the server).
 trait Now: std::future::Future + Sized {
     fn now(self) -> Self::Output {
-        let mut f = std::pin::pin!(self);
-        match f
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => panic!("a benched step waited on IO"),
-        }
+        RT.with(|rt| rt.block_on(self))
     }
 }
 impl<F: std::future::Future> Now for F {}
+
+thread_local! {
+    static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+}
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
     Request {
@@ -45,7 +46,53 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
 }
 
 fn bench(c: &mut Criterion) {
-    let loaded = load_paths(&[std::path::PathBuf::from(EXTAUTH)]);
+    let mut loaded = load_paths(&[std::path::PathBuf::from(EXTAUTH)]);
+    // More models, in memory: an access token checked against an inline JWKS, Gloo's sha1
+    // basic auth, and an htpasswd bcrypt (cost 10) user.
+    let jwks = std::fs::read_to_string(format!("{DATA}/jwks.json"))
+        .expect("jwks")
+        .replace('\n', " ")
+        .replace('\'', "''");
+    let bcrypt_hash = bcrypt::hash("password", 10).expect("bcrypt");
+    loaded.add_text(
+        &format!(
+            "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: tokens, namespace: gloo-system}}
+spec:
+  configs:
+  - name: token
+    oauth2:
+      accessTokenValidation:
+        jwt: {{localJwks: {{inlineString: '{jwks}'}}, issuer: https://issuer.test}}
+        requiredScopes: {{scope: [read]}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: sha1, namespace: gloo-system}}
+spec:
+  configs:
+  - name: basic
+    basicAuth:
+      encryption: {{sha1: {{}}}}
+      userList: {{users: {{user: {{salt: TYiryv0/, hashedPassword: 010eb058a59f4ac5ba05639b0263cf91b4345fd6}}}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: htpasswd, namespace: gloo-system}}
+stringData: {{htpasswd: 'user:{bcrypt_hash}'}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: bcrypt, namespace: gloo-system}}
+spec:
+  configs:
+  - name: basic
+    basicAuth: {{htpasswdSecretRef: {{name: htpasswd}}}}
+"
+        ),
+        "<bench>",
+    );
     assert!(!loaded.has_errors(), "examples/extauth must load");
     let set = PolicySet::compile(loaded.resources, MeshConfig::default()).expect("compile");
     let chains = Chains::build(&set, &reqwest::Client::new()).expect("chains");
@@ -95,6 +142,24 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    let req = request(
+        "GET",
+        "/",
+        &[("authorization", "Basic dXNlcjpwYXNzd29yZA==")],
+    );
+    for (cid, name) in [
+        ("gloo-system.sha1", "basic_sha1"),
+        ("gloo-system.bcrypt", "basic_bcrypt_cost10"),
+    ] {
+        let chain = chains.get(cid).expect(cid);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let o = chain.run(black_box(&req), &id, &extra).now();
+                assert!(o.allowed, "{}", o.reason);
+                black_box(o)
+            })
+        });
+    }
     let opa = chains.get("gloo-system.orders-opa").expect("orders-opa");
     let token = {
         let v: serde_json::Value = serde_json::from_str(
@@ -123,6 +188,15 @@ fn bench(c: &mut Criterion) {
             black_box(o)
         })
     });
+    let tokens = chains.get("gloo-system.tokens").expect("tokens");
+    let req = request("GET", "/", &[("authorization", bearer.as_str())]);
+    g.bench_function("access_token_jwt_rs256", |b| {
+        b.iter(|| {
+            let o = tokens.run(black_box(&req), &id, &extra).now();
+            assert!(o.allowed, "{}", o.reason);
+            black_box(o)
+        })
+    });
     let shop = chains.get("gloo-system.shop-auth").expect("shop-auth");
     let req = request(
         "GET",
@@ -137,6 +211,15 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Hash costs a first-time caller pays (repeat callers hit the verified-credentials cache).
+    let mut slow = c.benchmark_group("extauth_first_call");
+    slow.sample_size(10);
+    slow.bench_function("baseline_bcrypt_cost10_verify", |b| {
+        let h = bcrypt_hash.clone();
+        b.iter(|| black_box(bcrypt::verify(black_box("password"), &h).expect("verify")))
+    });
+    slow.finish();
 }
 
 criterion_group!(benches, bench);

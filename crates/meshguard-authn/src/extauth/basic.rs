@@ -139,7 +139,23 @@ impl Stored {
 
 pub struct BasicStep {
     realm: String,
-    users: BTreeMap<String, Stored>,
+    users: BTreeMap<String, std::sync::Arc<Stored>>,
+    /// SHA-256(user, password) of credentials verified recently: a repeat caller does not pay
+    /// the hash again (bcrypt cost 10 is ~60 ms). Positive results only, bounded, 5 minutes.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+}
+
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const VERIFIED_CAPACITY: usize = 10_000;
+
+fn credential_digest(user: &str, password: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(&(user.len() as u64).to_be_bytes());
+    ctx.update(user.as_bytes());
+    ctx.update(password.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 impl BasicStep {
@@ -156,7 +172,7 @@ impl BasicStep {
                     hash: u.hashed_password.clone(),
                 },
             };
-            users.insert(name.clone(), stored);
+            users.insert(name.clone(), std::sync::Arc::new(stored));
         }
         if let Some(r) = &b.htpasswd_secret {
             let s = set
@@ -205,16 +221,17 @@ impl BasicStep {
                         r.namespace, r.name, i + 1
                     )
                 })?;
-                users.insert(user.to_owned(), stored);
+                users.insert(user.to_owned(), std::sync::Arc::new(stored));
             }
         }
         Ok(BasicStep {
             realm: b.realm.clone(),
             users,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
-    pub fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+    pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
         let challenge = |why: &str| {
             let mut o = StepOutcome::deny(401, why.to_owned());
             o.response_headers.push((
@@ -226,26 +243,53 @@ impl BasicStep {
         let Some((user, password)) = basic_credentials(input) else {
             return challenge("no Basic credentials");
         };
-        match self.users.get(&user) {
-            Some(s) if s.verify(&password) => {
-                let mut o = StepOutcome::allow(format!("basic auth user {user}"));
-                o.headers_to_add.push(("x-user-id".into(), user.clone()));
-                input
-                    .state
-                    .insert("basic_user".into(), serde_json::Value::String(user));
-                o
-            }
-            Some(_) => challenge("wrong password"),
-            None => {
-                // Same work as a wrong password, so user names cannot be probed by timing.
-                let _ = Stored::Apr1 {
+        let digest = credential_digest(&user, &password);
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest).copied())
+            .is_some_and(|t| t.elapsed() < VERIFIED_TTL);
+        let ok = cached || {
+            // Password hashing is CPU work (bcrypt: tens of milliseconds): off the async
+            // workers. An unknown user costs an apr1 hash, so names are not probed by timing.
+            let stored = self.users.get(&user).cloned().unwrap_or_else(|| {
+                std::sync::Arc::new(Stored::Apr1 {
                     salt: "xxxxxxxx".into(),
                     hash: String::new(),
+                })
+            });
+            let known = self.users.contains_key(&user);
+            let pw = password.clone();
+            let good = tokio::task::spawn_blocking(move || stored.verify(&pw))
+                .await
+                .unwrap_or(false);
+            known && good
+        };
+        if !ok {
+            return challenge(if self.users.contains_key(&user) {
+                "wrong password"
+            } else {
+                "unknown user"
+            });
+        }
+        if !cached {
+            if let Ok(mut m) = self.verified.lock() {
+                if m.len() >= VERIFIED_CAPACITY {
+                    m.retain(|_, t| t.elapsed() < VERIFIED_TTL);
+                    if m.len() >= VERIFIED_CAPACITY {
+                        m.clear();
+                    }
                 }
-                .verify(&password);
-                challenge("unknown user")
+                m.insert(digest, std::time::Instant::now());
             }
         }
+        let mut o = StepOutcome::allow(format!("basic auth user {user}"));
+        o.headers_to_add.push(("x-user-id".into(), user.clone()));
+        input
+            .state
+            .insert("basic_user".into(), serde_json::Value::String(user));
+        o
     }
 }
 
