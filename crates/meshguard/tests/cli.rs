@@ -493,3 +493,36 @@ spec:
     let o = run(&["lint", examples]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn lint_refuses_rego_that_parses_but_cannot_run() {
+    // `y` is never bound: the module parses, but no evaluation could schedule it.
+    let dir = write_temp(
+        "rego-unsafe",
+        "apiVersion: v1
+kind: ConfigMap
+metadata: {name: unsafe, namespace: gloo-system}
+data:
+  policy.rego: |
+    package x
+    import rego.v1
+    allow if { y > 1 }
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: unsafe, namespace: gloo-system}
+spec:
+  configs:
+  - name: opa
+    opaAuth: {modules: [{name: unsafe}], query: \"data.x.allow == true\"}
+",
+    );
+    let o = run(&["lint", dir.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("AuthConfig gloo-system/unsafe")
+            && stdout(&o).contains("do not compile"),
+        "{}",
+        stdout(&o)
+    );
+}

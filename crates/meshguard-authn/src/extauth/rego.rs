@@ -283,10 +283,16 @@ impl RegoStep {
             });
             Ok(e)
         };
-        let template = match build(false) {
+        let mut template = match build(false) {
             Ok(e) => e,
             Err(v1) => build(true).map_err(|_| v1)?,
         };
+        // Analyse once now (a trivial query prepares every module), so a policy that parses but
+        // cannot be scheduled (an unsafe variable, a bad reference) refuses the load instead of
+        // denying every request later; clones start prepared.
+        template
+            .eval_query("true".into(), false)
+            .map_err(|e| format!("the Rego modules do not compile: {e}"))?;
         Ok(RegoStep {
             template,
             mode: r.mode.clone(),
