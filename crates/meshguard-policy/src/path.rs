@@ -179,6 +179,28 @@ fn strip_parameters_from_dot_segments(p: &str) -> String {
         .join("/")
 }
 
+/// Decodes every `%XX` escape (one pass; malformed escapes stay as they are), lossy on bytes
+/// that are not UTF-8. For parsers that need the decoded text (OPA-Envoy's `parsed_path`, query
+/// values, auth bindings), not for the Envoy normalisation above, which decodes selectively.
+pub fn percent_decode_lossy(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            // Bytes, not &str slices: a `%` before a multi-byte character must not panic.
+            if let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),

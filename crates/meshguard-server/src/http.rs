@@ -143,22 +143,7 @@ impl AuthBinding {
 pub fn binding_path(raw: &str) -> String {
     let mut p = raw.split(['?', '#']).next().unwrap_or("").to_owned();
     for _ in 0..3 {
-        let b = p.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if b[i] == b'%' && i + 2 < b.len() {
-                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        let next = String::from_utf8_lossy(&out).into_owned();
+        let next = meshguard_policy::path::percent_decode_lossy(&p);
         if next == p {
             break;
         }

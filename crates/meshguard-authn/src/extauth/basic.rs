@@ -175,16 +175,7 @@ impl BasicStep {
             users.insert(name.clone(), std::sync::Arc::new(stored));
         }
         if let Some(r) = &b.htpasswd_secret {
-            let s = set
-                .secrets()
-                .iter()
-                .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
-                .ok_or_else(|| {
-                    format!(
-                        "htpasswdSecretRef: Secret {}/{} is not loaded",
-                        r.namespace, r.name
-                    )
-                })?;
+            let s = super::secret(set, r, "htpasswdSecretRef")?;
             let text = ["htpasswd", ".htpasswd", "users"]
                 .iter()
                 .find_map(|k| s.data.get(*k))

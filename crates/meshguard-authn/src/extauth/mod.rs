@@ -192,6 +192,36 @@ impl Chains {
     }
 }
 
+/// The Secret an AuthConfig step refers to; `what` names the field for the error.
+pub(crate) fn secret<'a>(
+    set: &'a PolicySet,
+    r: &meshguard_policy::extauth::ObjectRef,
+    what: &str,
+) -> Result<&'a meshguard_policy::extauth::Secret, String> {
+    set.secrets()
+        .iter()
+        .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
+        .ok_or_else(|| format!("{what}: Secret {}/{} is not loaded", r.namespace, r.name))
+}
+
+/// An OAuth2 client secret: the `client-secret` (or `clientSecret`) entry of a Secret.
+pub(crate) fn client_secret(
+    set: &PolicySet,
+    r: &meshguard_policy::extauth::ObjectRef,
+) -> Result<String, String> {
+    let s = secret(set, r, "clientSecretRef")?;
+    ["client-secret", "clientSecret"]
+        .iter()
+        .find_map(|k| s.data.get(*k))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .ok_or_else(|| {
+            format!(
+                "Secret {}/{} has no `client-secret` entry",
+                r.namespace, r.name
+            )
+        })
+}
+
 fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<Chain, String> {
     let mut steps = Vec::new();
     for s in &c.steps {

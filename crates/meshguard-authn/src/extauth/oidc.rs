@@ -88,23 +88,9 @@ fn form_escape(s: &str) -> String {
     out
 }
 
+/// A form or query value: `+` is a space, then percent-decoding.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    meshguard_policy::path::percent_decode_lossy(&s.replace('+', " "))
 }
 
 fn query_param(raw: &str, name: &str) -> Option<String> {
@@ -129,27 +115,7 @@ impl OidcStep {
         cfg: &OidcAuthorizationCode,
         client: &reqwest::Client,
     ) -> Result<OidcStep, String> {
-        let r = &cfg.client_secret;
-        let s = set
-            .secrets()
-            .iter()
-            .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
-            .ok_or_else(|| {
-                format!(
-                    "clientSecretRef: Secret {}/{} is not loaded",
-                    r.namespace, r.name
-                )
-            })?;
-        let secret = ["client-secret", "clientSecret"]
-            .iter()
-            .find_map(|k| s.data.get(*k))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .ok_or_else(|| {
-                format!(
-                    "Secret {}/{} has no `client-secret` entry",
-                    r.namespace, r.name
-                )
-            })?;
+        let secret = super::client_secret(set, &cfg.client_secret)?;
         if secret.len() < 8 {
             return Err("the client secret is too short to derive a cookie key from".into());
         }

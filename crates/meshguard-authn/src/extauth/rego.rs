@@ -411,25 +411,7 @@ fn parsed_path(raw: &str) -> Vec<Value> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            // Bytes, not &str slices: a `%` before a multi-byte character must not panic.
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use meshguard_policy::path::percent_decode_lossy as percent_decode;
 
 fn parsed_query(raw: &str) -> Map<String, Value> {
     let mut q: BTreeMap<String, Vec<Value>> = BTreeMap::new();

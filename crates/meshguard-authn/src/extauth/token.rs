@@ -101,28 +101,7 @@ impl TokenStep {
                 user_id_attribute,
             } => {
                 let secret = match client_secret {
-                    Some(r) => {
-                        let s = set
-                            .secrets()
-                            .iter()
-                            .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
-                            .ok_or_else(|| {
-                                format!(
-                                    "clientSecretRef: Secret {}/{} is not loaded",
-                                    r.namespace, r.name
-                                )
-                            })?;
-                        let v = ["client-secret", "clientSecret"]
-                            .iter()
-                            .find_map(|k| s.data.get(*k))
-                            .ok_or_else(|| {
-                                format!(
-                                    "Secret {}/{} has no `client-secret` entry",
-                                    r.namespace, r.name
-                                )
-                            })?;
-                        Some(String::from_utf8_lossy(v).into_owned())
-                    }
+                    Some(r) => Some(super::client_secret(set, r)?),
                     None => None,
                 };
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
