@@ -3,29 +3,11 @@
 //!
 //! cargo run --release -p meshguard-server --example noop_check -- 127.0.0.1:9291
 
-use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
-};
-use envoy_types::pb::google::rpc;
+#[path = "common/noop.rs"]
+mod noop;
 
-struct Noop;
-
-#[tonic::async_trait]
-impl Authorization for Noop {
-    async fn check(
-        &self,
-        _r: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
-            dynamic_metadata: None,
-        }))
-    }
-}
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use noop::Noop;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1048,3 +1048,69 @@ spec:
     assert!(has(&h, "location", "http://login.test/"), "{h:?}");
     r.stop().await;
 }
+
+/// A CUSTOM policy whose AuthConfig passes the request through to the same server: without a
+/// bound the request would recurse until timeouts. Every delegated request carries
+/// x-meshguard-passthrough-hops; after 4 hops the step refuses (508 Loop Detected), and the
+/// refusal travels back as a denial even through `failureModeAllow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_loops_stop_after_a_few_hops() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let d = dir("loop");
+    std::fs::write(
+        d.join("loop.yaml"),
+        format!(
+            "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: loop, namespace: gloo-system}}
+spec:
+  configs:
+  - name: self
+    passThroughAuth:
+      grpc: {{address: '127.0.0.1:{port}', connectionTimeout: 2s}}
+      failureModeAllow: true
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-loop, namespace: other}}
+spec:
+  action: CUSTOM
+  provider: {{name: gloo-system.loop}}
+  rules:
+  - to: [{{operation: {{paths: [/loop]}}}}]
+"
+        ),
+    )
+    .expect("write");
+    let r = start_with(&d, Duration::ZERO, |c| {
+        c.grpc = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+    })
+    .await;
+    let (s, _, _) = call(
+        &r,
+        Call {
+            path: "/loop",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s, 508, "the loop is cut and denied");
+    // A client cannot switch the guard off: a forged low count is overwritten by the real one.
+    let (s, _, _) = call(
+        &r,
+        Call {
+            path: "/loop",
+            headers: hs(&[("x-meshguard-passthrough-hops", "0")]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s, 508);
+    // Requests outside the CUSTOM rule are not delegated at all.
+    let (s, _, _) = call(&r, Call::default()).await;
+    assert_ne!(s, 508);
+    r.stop().await;
+}

@@ -5,10 +5,10 @@
 //! server is denied (503) within the time bound.
 
 mod common;
+mod slapd;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,134 +16,7 @@ use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-
-struct Slapd(Child);
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-const DATA: &str = "dn: dc=example,dc=org
-objectClass: dcObject
-objectClass: organization
-o: example
-dc: example
-
-dn: ou=people,dc=example,dc=org
-objectClass: organizationalUnit
-ou: people
-
-dn: ou=groups,dc=example,dc=org
-objectClass: organizationalUnit
-ou: groups
-
-dn: uid=alice,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: alice
-cn: Alice
-sn: A
-userPassword: alice-pw
-
-dn: uid=bob,ou=people,dc=example,dc=org
-objectClass: inetOrgPerson
-uid: bob
-cn: Bob
-sn: B
-userPassword: bob-pw
-
-dn: cn=managers,ou=groups,dc=example,dc=org
-objectClass: groupOfNames
-cn: managers
-member: uid=alice,ou=people,dc=example,dc=org
-";
-
-/// Starts slapd; `None` (or a panic under CI=true) when it is not installed.
-fn start_slapd(dir: &std::path::Path) -> Option<(Slapd, u16)> {
-    let slapd = ["/usr/sbin/slapd", "/usr/local/libexec/slapd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(slapd) = slapd else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("slapd is missing; scripts/test.sh installs it (Debian package slapd)");
-        }
-        eprintln!("SKIPPED: slapd not installed (run scripts/test.sh)");
-        return None;
-    };
-    std::fs::create_dir_all(dir.join("db")).expect("db dir");
-    let conf = dir.join("slapd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "include /etc/ldap/schema/core.schema
-include /etc/ldap/schema/cosine.schema
-include /etc/ldap/schema/inetorgperson.schema
-modulepath /usr/lib/ldap
-moduleload back_mdb
-moduleload memberof
-pidfile {dir}/slapd.pid
-database mdb
-suffix \"dc=example,dc=org\"
-rootdn \"cn=admin,dc=example,dc=org\"
-rootpw admin-pw
-directory {dir}/db
-overlay memberof
-",
-            dir = dir.display()
-        ),
-    )
-    .expect("conf");
-    let port = free_port();
-    let url = format!("ldap://127.0.0.1:{port}/");
-    let child = Command::new(slapd)
-        .arg("-f")
-        .arg(&conf)
-        .args(["-h", &url, "-d", "0"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("slapd.log")).expect("log"))
-        .spawn()
-        .expect("start slapd");
-    let guard = Slapd(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "slapd did not start: {}",
-            std::fs::read_to_string(dir.join("slapd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::fs::write(dir.join("data.ldif"), DATA).expect("ldif");
-    let out = Command::new("ldapadd")
-        .args([
-            "-x",
-            "-H",
-            &url,
-            "-D",
-            "cn=admin,dc=example,dc=org",
-            "-w",
-            "admin-pw",
-            "-f",
-        ])
-        .arg(dir.join("data.ldif"))
-        .output()
-        .expect("ldapadd (ldap-utils)");
-    assert!(
-        out.status.success(),
-        "ldapadd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((guard, port))
-}
+use slapd::start_slapd;
 
 fn check(auth: &str) -> CheckRequest {
     let mut ext = HashMap::new();

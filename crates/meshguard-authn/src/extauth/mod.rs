@@ -268,7 +268,7 @@ impl Chain {
         let mut o = match &s.step {
             Step::ApiKey(k) => k.check(input),
             Step::Basic(b) => b.check(input).await,
-            Step::Rego(r) => r.check(input),
+            Step::Rego(r) => r.check(input).await,
             Step::Token(t) => t.check(input).await,
             Step::Ldap(l) => l.check(input).await,
             Step::PassThrough(p) => p.check(input).await,

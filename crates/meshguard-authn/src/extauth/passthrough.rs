@@ -1,8 +1,7 @@
 //! Gloo `passThroughAuth`: a step delegated to another authorization service.
 //!
 //! - `grpc`: an Envoy ext_authz v3 server. It receives the request as a CheckRequest (the
-//!   AuthConfig choice, `config_id`/`auth_config`, is not forwarded, so delegates cannot loop
-//!   back), the chain state under `filter_metadata["solo.auth.passthrough"]` and `config` under
+//!   AuthConfig choice, `config_id`/`auth_config`, is not forwarded), the chain state under `filter_metadata["solo.auth.passthrough"]` and `config` under
 //!   `filter_metadata["solo.auth.passthrough.config"]`; an OK answer allows and its headers and
 //!   `dynamic_metadata["solo.auth.passthrough"]` (new state) are taken over.
 //! - `http`: a POST to `url` with the allowed request headers (and a JSON body with state, body
@@ -10,6 +9,12 @@
 //!
 //! A delegate that cannot be reached, times out or answers 5xx denies (503), unless
 //! `failureModeAllow` is set.
+//!
+//! Loops: every delegated request carries [`HOPS_HEADER`] with the number of pass-through hops
+//! so far (the incoming value plus one). A step whose request already made [`MAX_HOPS`] hops
+//! refuses to delegate again (508 Loop Detected), so meshguard instances that delegate to each
+//! other, directly or through a CUSTOM policy on the delegate, stop after a few hops instead of
+//! recursing until timeouts. Not an `unavailable` case: `failureModeAllow` does not apply.
 
 use std::collections::HashMap;
 
@@ -29,6 +34,20 @@ use serde_json::{json, Map, Value};
 use super::{StepInput, StepOutcome};
 
 const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Request header counting pass-through hops (set on every delegated request).
+pub const HOPS_HEADER: &str = "x-meshguard-passthrough-hops";
+/// The most pass-through hops one request may make.
+pub const MAX_HOPS: u32 = 4;
+
+/// Hops the request made before reaching this step (a value that is not a number counts 0:
+/// only meshguard's own increments matter for stopping a loop).
+fn hops(input: &StepInput<'_>) -> u32 {
+    input
+        .header(HOPS_HEADER)
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+}
 
 enum Target {
     Grpc(tonic::transport::Channel),
@@ -120,6 +139,15 @@ impl PassThroughStep {
     }
 
     pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+        let hops = hops(input);
+        if hops >= MAX_HOPS {
+            return StepOutcome::failed(
+                508,
+                format!(
+                    "passThroughAuth loop: the request already went through {hops} pass-through hops ({HOPS_HEADER}); not delegating again"
+                ),
+            );
+        }
         match &self.target {
             Target::Grpc(ch) => self.grpc(ch.clone(), input).await,
             Target::Http(c) => self.http(c, input).await,
@@ -141,7 +169,13 @@ impl PassThroughStep {
             host: h.host.clone(),
             scheme: input.extra.scheme.clone(),
             protocol: input.extra.protocol.clone(),
-            headers: h.headers.iter().cloned().collect(),
+            headers: h
+                .headers
+                .iter()
+                .filter(|(k, _)| k != HOPS_HEADER)
+                .cloned()
+                .chain([(HOPS_HEADER.to_owned(), (hops(input) + 1).to_string())])
+                .collect(),
             body: input
                 .extra
                 .body
@@ -246,7 +280,11 @@ impl PassThroughStep {
             return StepOutcome::deny(403, "misconfigured passThroughAuth");
         };
         let mut req = client.post(url).timeout(self.cfg.timeout);
-        for h in allowed_headers {
+        req = req.header(HOPS_HEADER, (hops(input) + 1).to_string());
+        for h in allowed_headers
+            .iter()
+            .filter(|h| !h.eq_ignore_ascii_case(HOPS_HEADER))
+        {
             if let Some(v) = input.header(h) {
                 req = req.header(h.as_str(), v);
             }
@@ -281,7 +319,9 @@ impl PassThroughStep {
             }
         };
         let status = resp.status().as_u16();
-        if status >= 500 {
+        // 508 is a meshguard delegate refusing a pass-through loop: a denial, never an outage
+        // that failureModeAllow could turn into a pass.
+        if status >= 500 && status != 508 {
             return self.unavailable(format!("passThroughAuth HTTP delegate answered {status}"));
         }
         let pick = |names: &[String]| {

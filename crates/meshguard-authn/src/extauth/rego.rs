@@ -299,54 +299,71 @@ impl RegoStep {
         })
     }
 
-    pub fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
-        let mut e = self.template.clone();
-        match &self.mode {
-            RegoMode::Gloo { query } => {
-                e.set_input(to_rvalue(&gloo_input(input)));
-                match e.eval_query(query.clone(), false) {
-                    Ok(r) => {
-                        let v = r
-                            .result
-                            .first()
-                            .and_then(|q| q.expressions.first())
-                            .map(|x| x.value.clone())
-                            .unwrap_or(RValue::Undefined);
-                        let allowed = match &v {
-                            RValue::Bool(b) => *b,
-                            RValue::Array(a) => matches!(a.first(), Some(RValue::Bool(true))),
-                            _ => false,
-                        };
-                        if allowed {
-                            StepOutcome::allow(format!("Rego query `{query}` is true"))
-                        } else {
-                            StepOutcome::deny(403, format!("Rego query `{query}` is not true"))
-                        }
-                    }
-                    Err(err) => {
-                        StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
-                    }
+    /// Evaluates on tokio's blocking pool: an evaluation may run up to [`EVAL_LIMIT`], which must
+    /// not stall the async workers that carry every other request. The input document is built
+    /// here, the engine clone (shared, reference-counted modules) moves to the pool.
+    pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
+        let doc = match &self.mode {
+            RegoMode::Gloo { .. } => gloo_input(input),
+            RegoMode::Envoy { .. } => envoy_input(input),
+        };
+        let engine = self.template.clone();
+        let mode = self.mode.clone();
+        match tokio::task::spawn_blocking(move || evaluate(engine, &mode, &doc)).await {
+            Ok(o) => o,
+            Err(e) => StepOutcome::failed(403, format!("Rego evaluation aborted (denied): {e}")),
+        }
+    }
+}
+
+fn evaluate(mut e: regorus::Engine, mode: &RegoMode, doc: &Value) -> StepOutcome {
+    e.set_input(to_rvalue(doc));
+    match mode {
+        RegoMode::Gloo { query } => match e.eval_query(query.clone(), false) {
+            Ok(r) => {
+                let v = r
+                    .result
+                    .first()
+                    .and_then(|q| q.expressions.first())
+                    .map(|x| x.value.clone())
+                    .unwrap_or(RValue::Undefined);
+                let allowed = match &v {
+                    RValue::Bool(b) => *b,
+                    RValue::Array(a) => matches!(a.first(), Some(RValue::Bool(true))),
+                    _ => false,
+                };
+                if allowed {
+                    StepOutcome::allow(format!("Rego query `{query}` is true"))
+                } else {
+                    StepOutcome::deny(403, format!("Rego query `{query}` is not true"))
                 }
             }
-            RegoMode::Envoy { path } => {
-                e.set_input(to_rvalue(&envoy_input(input)));
-                let rule = format!("data.{}", path.replace('/', "."));
-                match e.eval_rule(rule.clone()) {
-                    Ok(v) => {
-                        envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined))
-                    }
-                    Err(err) => {
-                        StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
-                    }
+            Err(err) => StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}")),
+        },
+        RegoMode::Envoy { path } => {
+            let rule = format!("data.{}", path.replace('/', "."));
+            match e.eval_rule(rule.clone()) {
+                Ok(v) => envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined)),
+                Err(err) => {
+                    StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
                 }
             }
         }
     }
 }
 
+/// The request headers as Envoy sends them in a CheckRequest: with the pseudo-headers
+/// `:authority`, `:method`, `:path` and `:scheme` (Envoy always sets `:scheme`), which policies
+/// written for opa-envoy-plugin read (`input.attributes.request.http.headers[":path"]`).
 fn headers_object(input: &StepInput<'_>) -> Map<String, Value> {
     let mut h = Map::new();
     if let Some(http) = &input.req.http {
+        h.insert(":authority".into(), Value::String(http.host.clone()));
+        h.insert(":method".into(), Value::String(http.method.clone()));
+        h.insert(":path".into(), Value::String(http.raw_path.clone()));
+        if !input.extra.scheme.is_empty() {
+            h.insert(":scheme".into(), Value::String(input.extra.scheme.clone()));
+        }
         for (k, v) in &http.headers {
             h.insert(k.clone(), Value::String(v.clone()));
         }
@@ -585,6 +602,44 @@ mod tests {
         assert_eq!(
             Value::Object(q),
             json!({"a": ["1", "2"], "b": ["x+y"], "c": [""]})
+        );
+    }
+
+    /// Envoy sends `:authority`, `:method`, `:path` and `:scheme` among the headers; policies
+    /// written for opa-envoy-plugin read them (its README's sample input shows them).
+    #[test]
+    fn pseudo_headers_are_in_the_envoy_input() {
+        let req = meshguard_policy::Request {
+            http: Some(meshguard_policy::HttpRequest::new(
+                "POST",
+                "shop.test",
+                "/a/../b?x=1",
+                [("x-k".to_owned(), "v".to_owned())],
+                meshguard_policy::PathNormalization::Base,
+            )),
+            ..Default::default()
+        };
+        let extra = super::super::CheckExtra {
+            scheme: "https".into(),
+            ..Default::default()
+        };
+        let mut state = Map::new();
+        let input = StepInput {
+            req: &req,
+            id: &meshguard_policy::Identity::default(),
+            extra: &extra,
+            state: &mut state,
+        };
+        let doc = envoy_input(&input);
+        let h = &doc["attributes"]["request"]["http"]["headers"];
+        assert_eq!(h[":authority"], json!("shop.test"));
+        assert_eq!(h[":method"], json!("POST"));
+        assert_eq!(h[":path"], json!("/a/../b?x=1"), "as sent, not normalised");
+        assert_eq!(h[":scheme"], json!("https"));
+        assert_eq!(h["x-k"], json!("v"));
+        assert_eq!(
+            gloo_input(&input)["http_request"]["headers"][":path"],
+            h[":path"]
         );
     }
 
