@@ -198,6 +198,9 @@ pub struct OidcAuthorizationCode {
     pub id_token_header: Option<String>,
     /// Upstream header for the access token, if any.
     pub access_token_header: Option<String>,
+    /// `session.cookie.allowRefreshing`: an expired session is renewed with the refresh token
+    /// (Gloo's default for cookie sessions is false).
+    pub allow_refreshing: bool,
 }
 
 /// One step of an AuthConfig.
@@ -964,15 +967,59 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
             "authEndpointQueryParams",
             "tokenEndpointQueryParams",
             "discoveryPollInterval",
+            "endSessionProperties",
         ],
     );
-    for unsupported in [
-        "session",
-        "authEndpointQueryParams",
-        "tokenEndpointQueryParams",
-    ] {
+    for unsupported in ["authEndpointQueryParams", "tokenEndpointQueryParams"] {
         if o.get(unsupported).is_some() {
-            ctx.warn(o, &join(&p, unsupported), "ignored: meshguard keeps the session in its own encrypted cookie and sends only the standard parameters");
+            ctx.warn(
+                o,
+                &join(&p, unsupported),
+                "ignored: meshguard sends only the standard parameters",
+            );
+        }
+    }
+    let mut allow_refreshing = false;
+    if let Some(sess) = get_map(ctx, o, "session", &p) {
+        let sp = join(&p, "session");
+        check_fields(
+            ctx,
+            sess,
+            &sp,
+            &["cookie", "redis", "cookieOptions", "failOnFetchFailure"],
+        );
+        for ignored in ["redis", "cookieOptions", "failOnFetchFailure"] {
+            if sess.get(ignored).is_some() {
+                ctx.warn(sess, &join(&sp, ignored), "ignored: meshguard keeps the session in its own encrypted cookie (lifetime: the ID token's)");
+            }
+        }
+        if let Some(c) = get_map(ctx, sess, "cookie", &sp) {
+            let cp = join(&sp, "cookie");
+            check_fields(
+                ctx,
+                c,
+                &cp,
+                &["allowRefreshing", "keyPrefix", "targetDomain"],
+            );
+            for ignored in ["keyPrefix", "targetDomain"] {
+                if c.get(ignored).is_some() {
+                    ctx.warn(
+                        c,
+                        &join(&cp, ignored),
+                        "ignored: meshguard names its cookies itself and scopes them to the host",
+                    );
+                }
+            }
+            allow_refreshing = get_bool(ctx, c, "allowRefreshing", &cp).unwrap_or(false);
+        }
+    }
+    if let Some(e) = get_map(ctx, o, "endSessionProperties", &p) {
+        let ep = join(&p, "endSessionProperties");
+        check_fields(ctx, e, &ep, &["methodType"]);
+        if let Some((m, line, col)) = get_str(ctx, e, "methodType", &ep) {
+            if m != "GetMethod" {
+                ctx.err_at(line, col, &join(&ep, "methodType"), format!("`{m}` is not supported: meshguard sends the browser to the provider's end_session_endpoint with GET (GetMethod)"));
+            }
         }
     }
     let req = |ctx: &mut Ctx<'_>, key: &str| -> Option<String> {
@@ -1041,6 +1088,7 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
             .unwrap_or_default(),
         id_token_header,
         access_token_header,
+        allow_refreshing,
     })
 }
 

@@ -84,7 +84,14 @@ async fn ask(r: &Running, path: &str, cookie: Option<&str>) -> (u16, Vec<(String
             .collect::<Vec<_>>()
     };
     match resp.http_response {
-        Some(HttpResponse::OkResponse(ok)) => (200, pairs(&ok.headers)),
+        // Upstream headers, then headers for the client (a renewed session cookie).
+        Some(HttpResponse::OkResponse(ok)) => (
+            200,
+            pairs(&ok.headers)
+                .into_iter()
+                .chain(pairs(&ok.response_headers_to_add))
+                .collect(),
+        ),
         Some(HttpResponse::DeniedResponse(d)) => (
             d.status.map(|s| s.code as u16).unwrap_or(0),
             pairs(&d.headers),
@@ -120,9 +127,12 @@ async fn oidc_login_callback_session_and_logout_against_oidc_provider() {
                 &port.to_string(),
                 &format!("{APP}/callback"),
                 &format!("{APP}/bye"),
+                // ID and access tokens live 3 s, so the test sees a session expire and renew.
+                "3",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Refused grants are printed (provider.mjs): they explain a failing step.
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("node"),
     );
@@ -159,6 +169,7 @@ spec:
         afterLogoutUrl: {APP}/bye
         scopes: [email]
         headers: {{idTokenHeader: x-id-token}}
+        session: {{cookie: {{allowRefreshing: true}}}}
 "
         ),
     )
@@ -240,8 +251,6 @@ spec:
         .map(|(_, v)| cookie_pair(v))
         .find(|c| c.starts_with("meshguard-session="))
         .expect("session cookie");
-    // The code is single-use: replaying the callback fails at the provider.
-    assert_eq!(ask(&r, &callback_path, Some(&pending)).await.0, 403);
 
     // 4. With the session: allowed, the ID token goes upstream.
     let (s, h) = ask(&r, "/orders", Some(&session)).await;
@@ -262,11 +271,72 @@ spec:
     bad.push('A');
     assert_eq!(ask(&r, "/orders", Some(&bad)).await.0, 302);
 
-    // 5. Logout clears the session and leaves for afterLogoutUrl.
-    let (s, h) = ask(&r, "/logout", Some(&session)).await;
+    // 5. The session expires (3 s tokens): the refresh token renews it without a login; the
+    // renewed cookie is set on the response and the new ID token goes upstream.
+    let first_token = id_token.to_owned();
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    let (s, h) = ask(&r, "/orders", Some(&session)).await;
+    assert_eq!(s, 200, "renewed with the refresh token: {h:?}");
+    let renewed_token = header(&h, "x-id-token").expect("id token").to_owned();
+    assert_ne!(renewed_token, first_token, "a new ID token");
+    let renewed = h
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| cookie_pair(v))
+        .find(|c| c.starts_with("meshguard-session="))
+        .expect("renewed session cookie");
+    // Another request with the same expired cookie shares that refresh (no second exchange).
+    let (s, h) = ask(&r, "/orders", Some(&session)).await;
+    assert_eq!(s, 200);
+    assert_eq!(header(&h, "x-id-token"), Some(renewed_token.as_str()));
+    // The renewed cookie is a live session: no refresh, no new cookie.
+    let (s, h) = ask(&r, "/orders", Some(&renewed)).await;
+    assert_eq!(s, 200);
+    assert!(header(&h, "set-cookie").is_none(), "{h:?}");
+
+    // 6. Logout clears the session, revokes the tokens and sends the browser to the provider's
+    // end_session_endpoint, which ends the provider session and returns to afterLogoutUrl.
+    let (s, h) = ask(&r, "/logout", Some(&renewed)).await;
     assert_eq!(s, 302);
-    assert_eq!(header(&h, "location"), Some(format!("{APP}/bye").as_str()));
+    let end = header(&h, "location").expect("location").to_owned();
+    assert!(end.starts_with(&format!("{issuer}/session/end?")), "{end}");
+    assert!(
+        end.contains("post_logout_redirect_uri=http%3A%2F%2Fapp.test%2Fbye")
+            && end.contains("id_token_hint=")
+            && end.contains("client_id=meshguard"),
+        "{end}"
+    );
     assert!(header(&h, "set-cookie")
         .is_some_and(|c| c.starts_with("meshguard-session=;") && c.contains("Max-Age=0")));
+    let page = browser
+        .get(&end)
+        .send()
+        .await
+        .expect("end session")
+        .text()
+        .await
+        .expect("page");
+    let xsrf = page
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the provider's logout confirmation form")
+        .to_owned();
+    let done = browser
+        .post(format!("{issuer}/session/end/confirm"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("xsrf={xsrf}&logout=yes"))
+        .send()
+        .await
+        .expect("confirm");
+    let back = next(done);
+    assert!(back.starts_with(&format!("{APP}/bye")), "{back}");
+    // The refresh token was revoked: the old expired cookie now leads to a new login.
+    let (s, h) = ask(&r, "/orders", Some(&session)).await;
+    assert_eq!(s, 302, "{h:?}");
+    assert!(header(&h, "location").is_some_and(|l| l.starts_with(&format!("{issuer}/auth?"))));
+    // The code is single-use: replaying the callback fails at the provider (which also revokes
+    // the grant issued for it, so this comes last).
+    assert_eq!(ask(&r, &callback_path, Some(&pending)).await.0, 403);
     r.stop().await;
 }

@@ -526,3 +526,41 @@ spec:
         stdout(&o)
     );
 }
+
+#[test]
+fn lint_checks_oidc_session_and_end_session_settings() {
+    let dir = write_temp(
+        "oidc-settings",
+        "apiVersion: v1
+kind: Secret
+metadata: {name: oidc, namespace: gloo-system}
+stringData: {client-secret: a-long-client-secret}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: login, namespace: gloo-system}
+spec:
+  configs:
+  - name: oidc
+    oauth2:
+      oidcAuthorizationCode:
+        clientId: app
+        clientSecretRef: {name: oidc}
+        issuerUrl: https://idp.test
+        appUrl: https://app.test
+        session: {cookie: {allowRefreshing: true, keyPrefix: x}}
+        endSessionProperties: {methodType: PostMethod}
+",
+    );
+    let o = run(&["lint", dir.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains("policy.yaml:19:44") && out.contains("`PostMethod` is not supported"),
+        "{out}"
+    );
+    assert!(
+        out.contains("session.cookie.keyPrefix") && out.contains("ignored"),
+        "{out}"
+    );
+}

@@ -9,12 +9,23 @@
 //!   cookie and the browser is sent back to the original URL.
 //! - A valid session cookie: allowed, tokens optionally passed upstream in headers, the ID token
 //!   in chain state (`jwt`) for later steps.
-//! - `logoutPath`: the session cookie is cleared and the browser sent to `afterLogoutUrl`.
+//! - An expired session with `session.cookie.allowRefreshing`: the refresh token (kept in the
+//!   cookie) is exchanged at the token endpoint; the new ID token is verified like the first
+//!   (same `sub`, no other `nonce`), the request is allowed and the renewed cookie is set on the
+//!   response. Requests that arrive together with the same expired cookie share one refresh
+//!   (a provider that rotates refresh tokens would revoke the grant on a replay). A refused
+//!   refresh starts a new login; an unreachable provider denies (503).
+//! - `logoutPath`: the session cookie is cleared; the refresh and access tokens are revoked at
+//!   the provider's `revocation_endpoint` (RFC 7009, best effort, as Gloo does); the browser goes
+//!   to the provider's `end_session_endpoint` (OpenID RP-Initiated Logout: `id_token_hint`,
+//!   `client_id`, `post_logout_redirect_uri` = `afterLogoutUrl`) when discovery lists one, else
+//!   straight to `afterLogoutUrl` (default: the app URL).
 //!
 //! Cookies are AES-256-GCM sealed with a key derived (HKDF-SHA256) from the client secret, so
 //! every replica with the same AuthConfig reads them; the AuthConfig id is bound as associated
 //! data, so a cookie of one config is not accepted by another.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,8 +50,24 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 struct Discovered {
     authorization_endpoint: String,
     token_endpoint: String,
+    end_session_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
     jwks: Arc<RemoteJwks>,
 }
+
+/// Why a session could not be renewed.
+#[derive(Debug, Clone)]
+enum RefreshError {
+    /// The provider said no (revoked, expired, a token that does not verify): log in again.
+    Refused(String),
+    /// The provider could not be asked: deny, do not start a login that would fail too.
+    Unavailable(String),
+}
+
+/// How long a refresh result is shared with requests carrying the same expired cookie.
+const REFRESH_SHARE_SECS: u64 = 30;
+
+type RefreshCell = Arc<tokio::sync::OnceCell<Result<Value, RefreshError>>>;
 
 pub struct OidcStep {
     cfg: OidcAuthorizationCode,
@@ -49,6 +76,8 @@ pub struct OidcStep {
     aad: String,
     client: reqwest::Client,
     discovered: Mutex<Option<Arc<Discovered>>>,
+    /// Refreshes in flight or just done, by SHA-256 of the refresh token.
+    refreshing: Mutex<HashMap<[u8; 32], (u64, RefreshCell)>>,
 }
 
 fn now() -> u64 {
@@ -134,6 +163,7 @@ impl OidcStep {
             aad: id.to_owned(),
             client: client.clone(),
             discovered: Mutex::new(None),
+            refreshing: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,6 +240,8 @@ impl OidcStep {
         let d = Arc::new(Discovered {
             authorization_endpoint: field("authorization_endpoint")?,
             token_endpoint: field("token_endpoint")?,
+            end_session_endpoint: doc["end_session_endpoint"].as_str().map(str::to_owned),
+            revocation_endpoint: doc["revocation_endpoint"].as_str().map(str::to_owned),
             jwks: Arc::new(RemoteJwks::new(
                 Some(field("jwks_uri")?),
                 self.cfg.issuer_url.clone(),
@@ -347,7 +379,7 @@ impl OidcStep {
             return deny("no id_token in the token response".into());
         };
         let claims = match self
-            .verify_id_token(&d, id_token, pending["nonce"].as_str().unwrap_or(""))
+            .verify_id_token(&d, id_token, pending["nonce"].as_str().unwrap_or(""), true)
             .await
         {
             Ok(c) => c,
@@ -357,11 +389,19 @@ impl OidcStep {
         if let Some(s) = tokens["expires_in"].as_u64() {
             exp = exp.min(now() + s);
         }
-        let session = json!({
+        let mut session = json!({
             "id_token": id_token,
             "access_token": tokens["access_token"],
             "exp": exp,
+            "sub": claims["sub"],
+            "nonce": pending["nonce"],
         });
+        // The refresh token travels in the (encrypted) cookie only when it will be used.
+        if self.cfg.allow_refreshing {
+            if let Some(rt) = tokens["refresh_token"].as_str() {
+                session["refresh_token"] = Value::String(rt.to_owned());
+            }
+        }
         let Ok(sealed) = self.seal(&session) else {
             return StepOutcome::failed(503, "could not seal the session cookie");
         };
@@ -379,11 +419,15 @@ impl OidcStep {
         )
     }
 
+    /// Verifies an ID token from the token endpoint. `nonce_required`: the login's token must
+    /// carry the login's nonce; a refreshed one should carry none, and if it does, the same
+    /// (OpenID Connect Core 12.2).
     async fn verify_id_token(
         &self,
         d: &Discovered,
         token: &str,
         nonce: &str,
+        nonce_required: bool,
     ) -> Result<Value, String> {
         let jwt = crate::jose::parse(token).map_err(|e| e.to_string())?;
         let mut keys = d.jwks.keys().await?;
@@ -410,16 +454,216 @@ impl OidcStep {
         if !aud_ok {
             return Err("the token is not for this client".into());
         }
-        if !super::basic::ct_eq(
-            c["nonce"].as_str().unwrap_or("").as_bytes(),
-            nonce.as_bytes(),
-        ) {
+        let checked = nonce_required || !c["nonce"].is_null();
+        if checked
+            && !super::basic::ct_eq(
+                c["nonce"].as_str().unwrap_or("").as_bytes(),
+                nonce.as_bytes(),
+            )
+        {
             return Err("nonce mismatch".into());
         }
         if c["exp"].as_u64().is_none_or(|e| now() > e + 60) {
             return Err("expired".into());
         }
         Ok(c)
+    }
+
+    /// The exchange of a refresh token for a new session (shared by concurrent requests).
+    async fn refreshed(&self, session: &Value) -> Result<Value, RefreshError> {
+        let token = session["refresh_token"].as_str().unwrap_or("");
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        let cell = {
+            let Ok(mut map) = self.refreshing.lock() else {
+                return Err(RefreshError::Unavailable("refresh state poisoned".into()));
+            };
+            let t = now();
+            map.retain(|_, (at, _)| t.saturating_sub(*at) < REFRESH_SHARE_SECS);
+            map.entry(key)
+                .or_insert_with(|| (t, Arc::new(tokio::sync::OnceCell::new())))
+                .1
+                .clone()
+        };
+        cell.get_or_init(|| self.refresh_once(session))
+            .await
+            .clone()
+    }
+
+    async fn refresh_once(&self, session: &Value) -> Result<Value, RefreshError> {
+        let d = self.discover().await.map_err(RefreshError::Unavailable)?;
+        let token = session["refresh_token"].as_str().unwrap_or("");
+        let resp = self
+            .client
+            .post(&d.token_endpoint)
+            .timeout(HTTP_TIMEOUT)
+            .basic_auth(
+                form_escape(&self.cfg.client_id),
+                Some(form_escape(&self.secret)),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=refresh_token&refresh_token={}",
+                form_escape(token)
+            ))
+            .send()
+            .await;
+        let tokens: Value = match resp {
+            Ok(r) if r.status().is_success() => json_body(r)
+                .await
+                .map_err(|e| RefreshError::Refused(format!("refresh response: {e}")))?,
+            Ok(r) if r.status().is_server_error() => {
+                return Err(RefreshError::Unavailable(format!(
+                    "the token endpoint failed the refresh ({})",
+                    r.status()
+                )))
+            }
+            Ok(r) => {
+                // RFC 6749 5.2: `error` and `error_description` say why (revoked, expired).
+                let status = r.status();
+                let why = json_body(r)
+                    .await
+                    .map(|e| {
+                        format!(
+                            ": {} {}",
+                            e["error"].as_str().unwrap_or(""),
+                            e["error_description"].as_str().unwrap_or("")
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(RefreshError::Refused(format!(
+                    "the token endpoint refused the refresh token ({status}){}",
+                    why.trim_end()
+                )));
+            }
+            Err(e) => {
+                return Err(RefreshError::Unavailable(format!(
+                    "token endpoint unreachable: {e}"
+                )))
+            }
+        };
+        let Some(id_token) = tokens["id_token"].as_str() else {
+            return Err(RefreshError::Refused(
+                "no id_token in the refresh response".into(),
+            ));
+        };
+        let claims = self
+            .verify_id_token(&d, id_token, session["nonce"].as_str().unwrap_or(""), false)
+            .await
+            .map_err(|e| RefreshError::Refused(format!("refreshed ID token refused: {e}")))?;
+        if claims["sub"] != session["sub"] || claims["sub"].is_null() {
+            return Err(RefreshError::Refused(
+                "the refreshed ID token is for another subject".into(),
+            ));
+        }
+        let mut exp = claims["exp"].as_u64().unwrap_or(0);
+        if let Some(s) = tokens["expires_in"].as_u64() {
+            exp = exp.min(now() + s);
+        }
+        let refresh_token = tokens["refresh_token"]
+            .as_str()
+            .map_or_else(|| session["refresh_token"].clone(), |t| json!(t));
+        Ok(json!({
+            "id_token": id_token,
+            "access_token": tokens["access_token"],
+            "refresh_token": refresh_token,
+            "exp": exp,
+            "sub": claims["sub"],
+            "nonce": session["nonce"],
+        }))
+    }
+
+    /// Allowed with a live session: tokens upstream as configured, the ID token in chain state.
+    fn with_session(&self, input: &mut StepInput<'_>, session: &Value, why: &str) -> StepOutcome {
+        let id_token = session["id_token"].as_str().unwrap_or("").to_owned();
+        let mut o = StepOutcome::allow(why);
+        if let Some(h) = &self.cfg.id_token_header {
+            o.headers_to_add.push((h.clone(), id_token.clone()));
+        }
+        if let (Some(h), Some(at)) = (
+            &self.cfg.access_token_header,
+            session["access_token"].as_str(),
+        ) {
+            o.headers_to_add.push((h.clone(), at.to_owned()));
+        }
+        input.state.insert("jwt".into(), Value::String(id_token));
+        o
+    }
+
+    /// RFC 7009 revocation of the session's tokens, best effort (bounded, never blocks logout).
+    async fn revoke(&self, endpoint: &str, session: &Value) -> String {
+        let mut done = Vec::new();
+        for (kind, hint) in [
+            ("refresh_token", "refresh_token"),
+            ("access_token", "access_token"),
+        ] {
+            let Some(t) = session[kind].as_str() else {
+                continue;
+            };
+            let r = self
+                .client
+                .post(endpoint)
+                .timeout(Duration::from_secs(2))
+                .basic_auth(
+                    form_escape(&self.cfg.client_id),
+                    Some(form_escape(&self.secret)),
+                )
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={}&token_type_hint={hint}", form_escape(t)))
+                .send()
+                .await;
+            done.push(match r {
+                Ok(r) if r.status().is_success() => format!("{kind} revoked"),
+                Ok(r) => format!("{kind} revocation answered {}", r.status()),
+                Err(e) => format!("{kind} revocation failed: {e}"),
+            });
+        }
+        done.join(", ")
+    }
+
+    async fn logout(&self, input: &StepInput<'_>) -> StepOutcome {
+        let session = cookie(input, SESSION_COOKIE).and_then(|c| self.open(&c));
+        // A shared refresh result must not outlive the logout that revokes its token.
+        if let Some(t) = session.as_ref().and_then(|s| s["refresh_token"].as_str()) {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+            if let Ok(mut map) = self.refreshing.lock() {
+                map.retain(|k, _| k.as_slice() != d.as_ref());
+            }
+        }
+        let after = self
+            .cfg
+            .after_logout_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/", self.cfg.app_url));
+        let mut to = after.clone();
+        let mut why = "logged out".to_owned();
+        // Without discovery (provider down) the local logout still happens.
+        if let Ok(d) = self.discover().await {
+            if let (Some(endpoint), Some(s)) = (&d.revocation_endpoint, &session) {
+                let r = self.revoke(endpoint, s).await;
+                if !r.is_empty() {
+                    why = format!("{why} ({r})");
+                }
+            }
+            if let Some(end) = &d.end_session_endpoint {
+                let sep = if end.contains('?') { '&' } else { '?' };
+                to = format!(
+                    "{end}{sep}client_id={}&post_logout_redirect_uri={}",
+                    form_escape(&self.cfg.client_id),
+                    form_escape(&after)
+                );
+                if let Some(t) = session.as_ref().and_then(|s| s["id_token"].as_str()) {
+                    to.push_str(&format!("&id_token_hint={}", form_escape(t)));
+                }
+                why = format!("{why}; sent to the provider's end_session_endpoint");
+            }
+        }
+        self.redirect(
+            &to,
+            vec![format!("{SESSION_COOKIE}=; {}", self.cookie_attrs(0))],
+            &why,
+        )
     }
 
     pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
@@ -429,37 +673,42 @@ impl OidcStep {
         let path = http.normalized_path().unwrap_or("").to_owned();
         let raw = http.raw_path.clone();
         if self.cfg.logout_path.as_deref() == Some(path.as_str()) {
-            let to = self
-                .cfg
-                .after_logout_url
-                .clone()
-                .unwrap_or_else(|| format!("{}/", self.cfg.app_url));
-            return self.redirect(
-                &to,
-                vec![format!("{SESSION_COOKIE}=; {}", self.cookie_attrs(0))],
-                "logged out",
-            );
+            return self.logout(input).await;
         }
         if path == self.cfg.callback_path {
             return self.callback(input, &raw).await;
         }
+        let mut refused = None;
         if let Some(session) = cookie(input, SESSION_COOKIE).and_then(|c| self.open(&c)) {
             if session["exp"].as_u64().is_some_and(|e| now() < e) {
-                let id_token = session["id_token"].as_str().unwrap_or("").to_owned();
-                let mut o = StepOutcome::allow("OIDC session");
-                if let Some(h) = &self.cfg.id_token_header {
-                    o.headers_to_add.push((h.clone(), id_token.clone()));
+                return self.with_session(input, &session, "OIDC session");
+            }
+            if self.cfg.allow_refreshing && session["refresh_token"].is_string() {
+                match self.refreshed(&session).await {
+                    Ok(new) => {
+                        let Ok(sealed) = self.seal(&new) else {
+                            return StepOutcome::failed(503, "could not seal the session cookie");
+                        };
+                        let exp = new["exp"].as_u64().unwrap_or(0);
+                        let mut o = self.with_session(input, &new, "OIDC session refreshed");
+                        o.response_headers.push((
+                            "set-cookie".into(),
+                            format!(
+                                "{SESSION_COOKIE}={sealed}; {}",
+                                self.cookie_attrs(exp.saturating_sub(now()))
+                            ),
+                        ));
+                        return o;
+                    }
+                    Err(RefreshError::Unavailable(e)) => return StepOutcome::failed(503, e),
+                    Err(RefreshError::Refused(e)) => refused = Some(e),
                 }
-                if let (Some(h), Some(at)) = (
-                    &self.cfg.access_token_header,
-                    session["access_token"].as_str(),
-                ) {
-                    o.headers_to_add.push((h.clone(), at.to_owned()));
-                }
-                input.state.insert("jwt".into(), Value::String(id_token));
-                return o;
             }
         }
-        self.start_login(input).await
+        let mut o = self.start_login(input).await;
+        if let Some(e) = refused {
+            o.reason = format!("{} (session refresh refused: {e})", o.reason);
+        }
+        o
     }
 }
