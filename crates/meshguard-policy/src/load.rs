@@ -267,7 +267,14 @@ pub fn parse_request(
     check_known(
         node,
         "",
-        &["destination", "source", "sni", "request", "custom"],
+        &[
+            "destination",
+            "source",
+            "sni",
+            "request",
+            "custom",
+            "authConfig",
+        ],
     )?;
     let mut req = Request::default();
     let mut id = Identity::default();
@@ -318,7 +325,11 @@ pub fn parse_request(
     }
     req.sni = opt_str(node, "sni", "")?;
     if let Some(h) = node.get("request").filter(|h| !h.is_null()) {
-        check_known(h, "request", &["method", "host", "path", "headers", "auth"])?;
+        check_known(
+            h,
+            "request",
+            &["method", "host", "path", "headers", "auth", "body"],
+        )?;
         let method = opt_str(h, "method", "request")?.unwrap_or_else(|| "GET".to_owned());
         let path = opt_str(h, "path", "request")?.unwrap_or_else(|| "/".to_owned());
         let headers = match h.get("headers") {

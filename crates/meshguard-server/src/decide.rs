@@ -64,10 +64,15 @@ impl Outcome {
         }
     }
 
-    /// The body of a denial: an AuthConfig's own, or the short text Envoy's filters use.
+    /// The body of a denial: an AuthConfig's own (empty unless a step chose one, as Gloo's
+    /// ext-auth answers), or the short text Envoy's filters use.
     pub fn body(&self) -> &str {
         if let Some(b) = &self.custom_body {
             return b;
+        }
+        // Denied by an AuthConfig step (not by an Istio policy after the chain allowed).
+        if self.auth_config.is_some() && self.action == Some("CUSTOM") {
+            return "";
         }
         match self.status {
             401 => "Jwt authentication failed",
@@ -198,7 +203,13 @@ pub async fn decide_ext(
             o.headers_to_remove = a.headers_to_remove;
         }
         for r in chain_ok {
-            o.headers_to_add.extend(r.headers_to_add);
+            // Envoy applies them with OverwriteIfExistsOrAdd: a later step's value replaces an
+            // earlier one of the same name, so the list keeps one entry per header.
+            for (k, v) in r.headers_to_add {
+                o.headers_to_add
+                    .retain(|(x, _)| !x.eq_ignore_ascii_case(&k));
+                o.headers_to_add.push((k, v));
+            }
             o.headers_to_remove.extend(r.headers_to_remove);
             o.response_headers.extend(r.response_headers);
         }

@@ -241,20 +241,32 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Raw tokens are verified against the RequestAuthentication resources; remote JWKS are
-    // fetched on first use, once.
-    let authn = if set
+    let client = reqwest::Client::builder()
+        .build()
+        .context("building the HTTP client (JWKS, AuthConfig steps)")?;
+    // AuthConfigs are built as the server builds them (Secrets resolved, Rego compiled); steps
+    // that call out (LDAP, introspection, pass-through, OIDC discovery) do so when a request
+    // runs them. Raw tokens are verified against the RequestAuthentication resources; remote
+    // JWKS are fetched on first use, once.
+    let chains = rt
+        .block_on(async { meshguard_authn::extauth::Chains::build(&set, &client) })
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("building the AuthConfigs")?;
+    let has_request_authn = set
         .resources()
         .iter()
-        .any(|r| matches!(r, meshguard_policy::Resource::RequestAuthentication(_)))
-    {
-        let client = reqwest::Client::builder()
-            .build()
-            .context("building the HTTP client for JWKS")?;
-        Some(Authenticator::new(&set, client, AuthnSettings::default()))
-    } else {
-        None
+        .any(|r| matches!(r, meshguard_policy::Resource::RequestAuthentication(_)));
+    let g = meshguard_server::state::Generation {
+        id: 1,
+        authn: Authenticator::new(&set, client.clone(), AuthnSettings::default()),
+        chains,
+        set,
+        loaded_at: std::time::SystemTime::now(),
+        files: Vec::new(),
+        warnings: Vec::new(),
     };
+    let set = &g.set;
+    let authn = has_request_authn.then_some(&g.authn);
 
     let requests: Vec<(String, String)> = match (&a.request, &a.example) {
         (Some(r), _) if r == "-" => {
@@ -305,8 +317,43 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         };
         let (req, mut id) = parse_request(doc, set.mesh().path_normalization)
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // An AuthConfig named by the request (as Envoy's per-route config_id), or one a CUSTOM
+        // policy calls: decided on the server's own path (AuthConfig, then Istio policies).
+        let bound = doc
+            .get("authConfig")
+            .and_then(|n| n.as_str())
+            .map(str::to_owned);
+        let mut extra = meshguard_authn::extauth::CheckExtra {
+            body: doc
+                .get("request")
+                .and_then(|r| r.get("body"))
+                .and_then(|b| b.as_str())
+                .map(|b| b.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        if let Some(b) = &bound {
+            extra
+                .context_extensions
+                .insert("config_id".to_owned(), b.clone());
+        }
+        let run_ext = |id: Identity| {
+            rt.block_on(meshguard_server::decide::decide_ext(
+                &g,
+                &req,
+                id,
+                &extra,
+                bound.as_deref(),
+            ))
+        };
+        if bound.is_some() {
+            let o = run_ext(id);
+            all_allowed &= o.allowed;
+            print_outcome(a.output, name, requests.len() > 1, &o);
+            continue;
+        }
+        let unauthenticated = id.clone();
         let mut authenticated = None;
-        match authenticate(&rt, authn.as_ref(), &set, &req, &id) {
+        match authenticate(&rt, authn, set, &req, &id) {
             Some(AuthnOutcome::Rejected(r)) => {
                 all_allowed = false;
                 print_authn_rejection(a.output, name, requests.len() > 1, &r);
@@ -319,6 +366,14 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             Some(AuthnOutcome::NoToken) | None => {}
         }
         let d = set.evaluate(&req, &id);
+        if matches!(d.reason, meshguard_policy::Reason::CustomPending { .. })
+            && !g.chains.is_empty()
+        {
+            let o = run_ext(unauthenticated);
+            all_allowed &= o.allowed;
+            print_outcome(a.output, name, requests.len() > 1, &o);
+            continue;
+        }
         all_allowed &= d.allowed;
         match a.output {
             Output::Json => {
@@ -402,6 +457,68 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_DENIED)
     })
+}
+
+/// Prints a decision made on the server's path (an AuthConfig ran).
+fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_server::decide::Outcome) {
+    let pairs = |v: &[(String, String)]| -> Vec<serde_json::Value> {
+        v.iter().map(|(k, v)| serde_json::json!([k, v])).collect()
+    };
+    match output {
+        Output::Json => {
+            let mut j = serde_json::json!({
+                "allowed": o.allowed,
+                "status": o.status,
+                "reason": o.reason,
+                "policy": o.policy,
+                "action": o.action,
+                "auth_config": o.auth_config,
+                "request_principal": o.request_principal,
+                "headers_to_add": pairs(&o.headers_to_add),
+                "headers_to_remove": o.headers_to_remove,
+                "response_headers": pairs(&o.response_headers),
+                "www_authenticate": o.www_authenticate,
+            });
+            if !o.allowed {
+                j["body"] = o.body().into();
+            }
+            if many {
+                j["request"] = name.into();
+            }
+            println!("{j}");
+        }
+        Output::Text => {
+            if many {
+                println!("== {name}");
+            }
+            let verdict = if o.allowed { "ALLOW" } else { "DENY" };
+            println!("{verdict} {} {}", o.status, o.reason);
+            if let Some(c) = &o.auth_config {
+                println!("  AuthConfig: {c}");
+            }
+            if let Some(p) = &o.policy {
+                println!("  policy: {p} ({})", o.action.unwrap_or("-"));
+            }
+            if let Some(p) = &o.request_principal {
+                println!("  request principal: {p}");
+            }
+            for (k, v) in &o.headers_to_add {
+                println!("  header to add: {k}: {v}");
+            }
+            for k in &o.headers_to_remove {
+                println!("  header to remove: {k}");
+            }
+            if let Some(w) = &o.www_authenticate {
+                println!("  response header: www-authenticate: {w}");
+            }
+            for (k, v) in &o.response_headers {
+                println!("  response header: {k}: {v}");
+            }
+            if !o.allowed && !o.body().is_empty() {
+                println!("  body: {}", o.body());
+            }
+        }
+    }
 }
 
 /// Runs request authentication where the policy set has RequestAuthentication resources.

@@ -564,3 +564,72 @@ spec:
         "{out}"
     );
 }
+
+/// `check` runs AuthConfigs as the server does: one named by the request (`authConfig`, Envoy's
+/// per-route config_id) before the Istio policies, and one a CUSTOM policy calls.
+#[test]
+fn check_runs_auth_configs_named_by_the_request_or_by_custom_policies() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
+    let key = "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy";
+    let named = |key: &str| {
+        format!(
+            "destination: {{namespace: shop, labels: {{app: api}}}}
+authConfig: gloo-system.api-keys
+request: {{method: GET, host: shop.test, path: /api/orders, headers: {{api-key: {key}}}}}
+"
+        )
+    };
+    let o = run_stdin(
+        &["check", "--policies", examples, "--request", "-"],
+        &named(key),
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.starts_with("ALLOW 200"), "{out}");
+    assert!(out.contains("AuthConfig: gloo-system.api-keys"), "{out}");
+    assert!(
+        out.contains("header to add: x-user-email: infra@example.com"),
+        "{out}"
+    );
+    let o = run_stdin(
+        &[
+            "check",
+            "--policies",
+            examples,
+            "-o",
+            "json",
+            "--request",
+            "-",
+        ],
+        &named("wrong-key"),
+    );
+    assert_eq!(o.status.code(), Some(3), "denied: {}", stdout(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("json");
+    assert_eq!(j["allowed"], false);
+    assert_eq!(j["status"], 401);
+    assert_eq!(j["auth_config"], "gloo-system.api-keys");
+
+    // The shop's CUSTOM policy calls gloo-system.shop-auth (API key || basic) for /api/*.
+    let custom = |auth: &str| {
+        format!(
+            "destination: {{namespace: shop, labels: {{app: web}}}}
+request: {{method: GET, host: shop.test, path: /api/cart, headers: {{authorization: '{auth}'}}}}
+"
+        )
+    };
+    let o = run_stdin(
+        &["check", "--policies", examples, "--request", "-"],
+        &custom("Basic dXNlcjpwYXNzd29yZA=="),
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("AuthConfig: gloo-system.shop-auth"), "{out}");
+    let o = run_stdin(
+        &["check", "--policies", examples, "--request", "-"],
+        &custom("Basic dXNlcjp3cm9uZw=="),
+    );
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.starts_with("DENY 401"), "{out}");
+    assert!(out.contains("www-authenticate"), "{out}");
+}
