@@ -38,6 +38,8 @@ pub struct Outcome {
     pub custom_body: Option<String>,
     /// The AuthConfig that ran, if any.
     pub auth_config: Option<String>,
+    /// `dynamic_metadata` fields chosen by AuthConfig steps (OPA-Envoy decisions).
+    pub dynamic_metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Outcome {
@@ -61,6 +63,7 @@ impl Outcome {
             response_headers: Vec::new(),
             custom_body: None,
             auth_config: None,
+            dynamic_metadata: serde_json::Map::new(),
         }
     }
 
@@ -111,6 +114,7 @@ fn chain_denial(g: &Generation, chain: &str, r: StepOutcome, policy: Option<Stri
         .filter(|(k, _)| k != "www-authenticate")
         .collect();
     o.custom_body = (!r.body.is_empty()).then_some(r.body);
+    o.dynamic_metadata = r.dynamic_metadata;
     o.auth_config = Some(chain.to_owned());
     o
 }
@@ -212,6 +216,7 @@ pub async fn decide_ext(
             }
             o.headers_to_remove.extend(r.headers_to_remove);
             o.response_headers.extend(r.response_headers);
+            o.dynamic_metadata.extend(r.dynamic_metadata);
         }
     }
     if !chain_names.is_empty() {
@@ -239,6 +244,7 @@ fn outcome_of(g: &Generation, d: &Decision<'_>, id: &Identity) -> Outcome {
         response_headers: Vec::new(),
         custom_body: None,
         auth_config: None,
+        dynamic_metadata: serde_json::Map::new(),
     }
 }
 

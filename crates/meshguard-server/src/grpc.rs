@@ -247,6 +247,14 @@ fn metadata(o: &Outcome) -> Struct {
             kind: Some(Kind::NumberValue(o.generation as f64)),
         },
     );
+    // An OPA-Envoy decision's `dynamic_metadata` goes out as opa-envoy-plugin sends it; its
+    // keys win over meshguard's own on a clash (the policy author chose them).
+    for (k, v) in &o.dynamic_metadata {
+        fields.insert(
+            k.clone(),
+            meshguard_authn::extauth::passthrough::to_proto(v),
+        );
+    }
     Struct { fields }
 }
 

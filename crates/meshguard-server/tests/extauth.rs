@@ -1115,3 +1115,99 @@ spec:
     assert_ne!(s, 508);
     r.stop().await;
 }
+
+/// An OPA-Envoy decision object, every field: `headers`, `response_headers_to_add`,
+/// `request_headers_to_remove` and `dynamic_metadata` on an allow; `http_status`, `body`,
+/// `headers` and `dynamic_metadata` on a denial, as opa-envoy-plugin maps them onto the
+/// CheckResponse. The policy reads the `:path` and `:method` pseudo-headers Envoy sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opa_envoy_decision_objects_map_onto_the_check_response() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let d = dir("decision");
+    std::fs::write(
+        d.join("decision.yaml"),
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: decision, namespace: gloo-system}
+data:
+  policy.rego: |
+    package envoy.authz
+    import rego.v1
+    h := input.attributes.request.http.headers
+    allow := {
+      "allowed": true,
+      "headers": {"x-checked": "yes"},
+      "response_headers_to_add": {"x-served-by": "opa"},
+      "request_headers_to_remove": ["x-internal"],
+      "dynamic_metadata": {"tier": "gold", "score": 7},
+    } if h[":path"] == "/ok"
+    allow := {
+      "allowed": false,
+      "http_status": 429,
+      "body": "slow down",
+      "headers": {"retry-after": "5"},
+      "dynamic_metadata": {"limited": true},
+    } if { h[":path"] != "/ok"; h[":method"] == "GET" }
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: decision, namespace: gloo-system}
+spec:
+  configs:
+  - name: opa
+    opaEnvoy:
+      modules: [{name: decision}]
+"#,
+    )
+    .expect("write");
+    let r = start(&d, Duration::ZERO).await;
+    let mut client =
+        AuthorizationClient::connect(format!("http://{}", r.bound.grpc.expect("grpc")))
+            .await
+            .expect("connect");
+    let ask = |path: &'static str| Call {
+        config_id: "gloo-system.decision",
+        path,
+        headers: hs(&[("x-internal", "1")]),
+        ..Default::default()
+    };
+    let meta = |resp: &CheckResponse, k: &str| {
+        resp.dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(k))
+            .and_then(|v| v.kind.clone())
+    };
+    let resp = client
+        .check(check(&ask("/ok")))
+        .await
+        .expect("check")
+        .into_inner();
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
+        panic!("allowed expected: {resp:?}");
+    };
+    let pairs = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+        hs.iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(has(&pairs(&ok.headers), "x-checked", "yes"), "{ok:?}");
+    assert!(
+        has(&pairs(&ok.response_headers_to_add), "x-served-by", "opa"),
+        "{ok:?}"
+    );
+    assert!(ok.headers_to_remove.contains(&"x-internal".to_owned()));
+    assert_eq!(meta(&resp, "tier"), Some(Kind::StringValue("gold".into())));
+    assert_eq!(meta(&resp, "score"), Some(Kind::NumberValue(7.0)));
+
+    let resp = client
+        .check(check(&ask("/other")))
+        .await
+        .expect("check")
+        .into_inner();
+    let (s, h, b) = verdict(&resp);
+    assert_eq!((s, b.as_str()), (429, "slow down"));
+    assert!(has(&h, "retry-after", "5"), "{h:?}");
+    assert_eq!(meta(&resp, "limited"), Some(Kind::BoolValue(true)));
+    r.stop().await;
+}

@@ -478,6 +478,7 @@ fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_server::d
                 "headers_to_remove": o.headers_to_remove,
                 "response_headers": pairs(&o.response_headers),
                 "www_authenticate": o.www_authenticate,
+                "dynamic_metadata": o.dynamic_metadata,
             });
             if !o.allowed {
                 j["body"] = o.body().into();

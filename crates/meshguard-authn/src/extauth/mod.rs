@@ -54,6 +54,9 @@ pub struct StepOutcome {
     pub response_headers: Vec<(String, String)>,
     /// Why, for the decision log (never a credential).
     pub reason: String,
+    /// Fields for the CheckResponse's `dynamic_metadata` (an OPA-Envoy decision's
+    /// `dynamic_metadata`), which Envoy hands to later filters and its access log.
+    pub dynamic_metadata: Map<String, Value>,
     /// The step could not decide (a server down, a timeout, a policy that failed). Such a step
     /// denies the whole chain, even under `!` in a booleanExpr: an outage never becomes a pass.
     pub error: bool,
@@ -69,6 +72,7 @@ impl StepOutcome {
             headers_to_remove: Vec::new(),
             response_headers: Vec::new(),
             reason: reason.into(),
+            dynamic_metadata: Map::new(),
             error: false,
         }
     }
@@ -373,6 +377,7 @@ impl Chain {
             out.headers_to_add.extend(p.headers_to_add);
             out.headers_to_remove.extend(p.headers_to_remove);
             out.response_headers.extend(p.response_headers);
+            out.dynamic_metadata.extend(p.dynamic_metadata);
         }
         out
     }

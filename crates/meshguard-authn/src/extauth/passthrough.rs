@@ -59,7 +59,8 @@ pub struct PassThroughStep {
     target: Target,
 }
 
-fn to_proto(v: &Value) -> PValue {
+/// A JSON value as a protobuf `Value` (numbers become doubles, as in protojson).
+pub fn to_proto(v: &Value) -> PValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),

@@ -555,6 +555,16 @@ fn envoy_decision(rule: &str, v: &Value, undefined: bool) -> StepOutcome {
             if let Some(b) = o.get("body").and_then(Value::as_str) {
                 out.body = b.to_owned();
             }
+            match o.get("dynamic_metadata") {
+                None => {}
+                Some(Value::Object(m)) => out.dynamic_metadata = m.clone(),
+                Some(other) => {
+                    return StepOutcome::deny(
+                        403,
+                        format!("{rule}: dynamic_metadata must be an object, found {other}"),
+                    )
+                }
+            }
             let headers = header_pairs(o.get("headers").unwrap_or(&Value::Null));
             if allowed {
                 out.headers_to_add = headers;
