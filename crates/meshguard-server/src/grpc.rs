@@ -219,7 +219,19 @@ fn string_value(s: impl Into<String>) -> Value {
 }
 
 fn metadata(o: &Outcome) -> Struct {
-    let mut fields = HashMap::new();
+    // An OPA-Envoy decision's `dynamic_metadata` goes out as opa-envoy-plugin sends it, but
+    // meshguard's own keys (written after) cannot be overridden by a policy: access logs and
+    // metadata matchers trust `allowed` and `reason`.
+    let mut fields: HashMap<String, Value> = o
+        .dynamic_metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                meshguard_authn::extauth::passthrough::to_proto(v),
+            )
+        })
+        .collect();
     fields.insert(
         "allowed".to_owned(),
         Value {
@@ -247,14 +259,6 @@ fn metadata(o: &Outcome) -> Struct {
             kind: Some(Kind::NumberValue(o.generation as f64)),
         },
     );
-    // An OPA-Envoy decision's `dynamic_metadata` goes out as opa-envoy-plugin sends it; its
-    // keys win over meshguard's own on a clash (the policy author chose them).
-    for (k, v) in &o.dynamic_metadata {
-        fields.insert(
-            k.clone(),
-            meshguard_authn::extauth::passthrough::to_proto(v),
-        );
-    }
     Struct { fields }
 }
 

@@ -1074,6 +1074,25 @@ spec:
       grpc: {{address: '127.0.0.1:{port}', connectionTimeout: 2s}}
       failureModeAllow: true
 ---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: not-loop, namespace: gloo-system}}
+spec:
+  booleanExpr: '!self'
+  configs:
+  - name: self
+    passThroughAuth:
+      grpc: {{address: '127.0.0.1:{port}', connectionTimeout: 2s}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-not-loop, namespace: other2}}
+spec:
+  action: CUSTOM
+  provider: {{name: gloo-system.not-loop}}
+  rules:
+  - to: [{{operation: {{paths: [/not-loop]}}}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: ext-loop, namespace: other}}
@@ -1105,6 +1124,18 @@ spec:
         Call {
             path: "/loop",
             headers: hs(&[("x-meshguard-passthrough-hops", "0")]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(s, 508);
+    // Under `!` the cut loop stays an error at every hop: negation cannot make it a pass.
+    let (s, _, _) = call(
+        &r,
+        Call {
+            path: "/not-loop",
+            // Another workload: Istio allows one CUSTOM provider per workload.
+            workload: ("other2", "app=none"),
             ..Default::default()
         },
     )
@@ -1146,7 +1177,7 @@ data:
       "http_status": 429,
       "body": "slow down",
       "headers": {"retry-after": "5"},
-      "dynamic_metadata": {"limited": true},
+      "dynamic_metadata": {"limited": true, "allowed": true},
     } if { h[":path"] != "/ok"; h[":method"] == "GET" }
 ---
 apiVersion: enterprise.gloo.solo.io/v1
@@ -1209,5 +1240,7 @@ spec:
     assert_eq!((s, b.as_str()), (429, "slow down"));
     assert!(has(&h, "retry-after", "5"), "{h:?}");
     assert_eq!(meta(&resp, "limited"), Some(Kind::BoolValue(true)));
+    // A policy cannot overwrite meshguard's own keys (access logs trust `allowed`).
+    assert_eq!(meta(&resp, "allowed"), Some(Kind::BoolValue(false)));
     r.stop().await;
 }

@@ -186,6 +186,9 @@ spec:
     );
     assert!(authorize.contains("code_challenge_method=S256") && authorize.contains("nonce="));
     let pending = cookie_pair(header(&h, "set-cookie").expect("login cookie"));
+    // Every visitor gets a sealed login cookie: its value is no session.
+    let as_session = pending.replace("meshguard-oidc-pending=", "meshguard-session=");
+    assert_eq!(ask(&r, "/orders", Some(&as_session)).await.0, 302);
 
     // 2. The browser logs in and consents at the provider (its development pages).
     let browser = reqwest::Client::builder()
@@ -308,6 +311,26 @@ spec:
     );
     assert!(header(&h, "set-cookie")
         .is_some_and(|c| c.starts_with("meshguard-session=;") && c.contains("Max-Age=0")));
+    // meshguard revoked the refresh token at the provider (RFC 7009): another replica, which
+    // reads the same cookies but shares no state with this one, cannot renew the old session.
+    // (Checked before the provider's own logout, which would end the grant anyway.)
+    let replica = start(&policies, Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, h) = ask(&replica, "/orders", Some(&session)).await;
+        if s == 302 {
+            assert!(
+                header(&h, "location").is_some_and(|l| l.starts_with(&format!("{issuer}/auth?")))
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refresh token still works after logout: {s} {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replica.stop().await;
     let page = browser
         .get(&end)
         .send()

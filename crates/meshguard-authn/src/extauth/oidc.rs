@@ -21,9 +21,14 @@
 //!   `client_id`, `post_logout_redirect_uri` = `afterLogoutUrl`) when discovery lists one, else
 //!   straight to `afterLogoutUrl` (default: the app URL).
 //!
-//! Cookies are AES-256-GCM sealed with a key derived (HKDF-SHA256) from the client secret, so
-//! every replica with the same AuthConfig reads them; the AuthConfig id is bound as associated
-//! data, so a cookie of one config is not accepted by another.
+//! Cookies are AES-256-GCM sealed with a key derived from the client secret (PBKDF2-HMAC-SHA256,
+//! 200,000 rounds, salted with the AuthConfig id, so guessing a weak secret from a cookie is
+//! slow), so every replica with the same AuthConfig reads them. The associated data binds the
+//! AuthConfig id and the cookie's kind: a cookie of one config is not accepted by another, and a
+//! login cookie (which any visitor gets) is never accepted as a session. With an https app URL
+//! the cookies carry the `__Host-` prefix (Secure, Path=/, no Domain: a sibling subdomain cannot
+//! plant one). A session cookie that would exceed what browsers keep (4 KB) drops the access
+//! token if nothing needs it, else the login fails with that reason instead of looping.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +47,17 @@ use crate::remote::{FetchSettings, RemoteJwks};
 
 const SESSION_COOKIE: &str = "meshguard-session";
 const PENDING_COOKIE: &str = "meshguard-oidc-pending";
+/// What a browser keeps of one cookie (RFC 6265 section 6.1 asks for at least 4096 bytes).
+const MAX_COOKIE: usize = 4000;
+/// PBKDF2 rounds for the cookie key (paid once per AuthConfig build).
+const KEY_ROUNDS: u32 = 200_000;
+
+/// Which cookie a sealed value is: bound as associated data so one cannot pass for the other.
+#[derive(Clone, Copy)]
+enum Kind {
+    Session,
+    Pending,
+}
 /// How long a login may take between the redirect and the callback.
 const PENDING_TTL: u64 = 600;
 /// Bound on discovery and token requests.
@@ -67,17 +83,103 @@ enum RefreshError {
 /// How long a refresh result is shared with requests carrying the same expired cookie.
 const REFRESH_SHARE_SECS: u64 = 30;
 
-type RefreshCell = Arc<tokio::sync::OnceCell<Result<Value, RefreshError>>>;
+/// The token endpoint's answer to one refresh, shared by every request that waits for it.
+type RefreshRx = tokio::sync::watch::Receiver<Option<Result<Value, RefreshError>>>;
 
 pub struct OidcStep {
     cfg: OidcAuthorizationCode,
     secret: String,
     key: LessSafeKey,
-    aad: String,
+    id: String,
+    session_name: String,
+    pending_name: String,
     client: reqwest::Client,
     discovered: Mutex<Option<Arc<Discovered>>>,
-    /// Refreshes in flight or just done, by SHA-256 of the refresh token.
-    refreshing: Mutex<HashMap<[u8; 32], (u64, RefreshCell)>>,
+    /// Refreshes in flight or just done (or refused by a logout), by SHA-256 of the refresh
+    /// token.
+    refreshing: Mutex<HashMap<[u8; 32], (u64, RefreshRx)>>,
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(d.as_ref());
+    key
+}
+
+/// One refresh-token exchange at the token endpoint (runs as its own task: a request that is
+/// cancelled, e.g. by Envoy's ext_authz timeout, does not cut it off half way, which would
+/// replay the token later).
+async fn exchange_refresh_token(
+    client: reqwest::Client,
+    endpoint: String,
+    client_id: String,
+    secret: String,
+    token: String,
+) -> Result<Value, RefreshError> {
+    let resp = client
+        .post(&endpoint)
+        .timeout(HTTP_TIMEOUT)
+        .basic_auth(form_escape(&client_id), Some(form_escape(&secret)))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=refresh_token&refresh_token={}",
+            form_escape(&token)
+        ))
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => json_body(r)
+            .await
+            .map_err(|e| RefreshError::Refused(format!("refresh response: {e}"))),
+        Ok(r) if r.status().is_server_error() => Err(RefreshError::Unavailable(format!(
+            "the token endpoint failed the refresh ({})",
+            r.status()
+        ))),
+        Ok(r) => {
+            // RFC 6749 5.2: `error` and `error_description` say why (revoked, expired).
+            let status = r.status();
+            let why = json_body(r)
+                .await
+                .map(|e| {
+                    format!(
+                        ": {} {}",
+                        e["error"].as_str().unwrap_or(""),
+                        e["error_description"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            Err(RefreshError::Refused(format!(
+                "the token endpoint refused the refresh token ({status}){}",
+                why.trim_end()
+            )))
+        }
+        Err(e) => Err(RefreshError::Unavailable(format!(
+            "token endpoint unreachable: {e}"
+        ))),
+    }
+}
+
+/// RFC 7009 revocation of a session's tokens, in the background (best effort, bounded).
+fn revoke_in_background(
+    client: reqwest::Client,
+    endpoint: String,
+    client_id: String,
+    secret: String,
+    tokens: Vec<(&'static str, String)>,
+) {
+    tokio::spawn(async move {
+        for (hint, t) in tokens {
+            let _ = client
+                .post(&endpoint)
+                .timeout(Duration::from_secs(2))
+                .basic_auth(form_escape(&client_id), Some(form_escape(&secret)))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={}&token_type_hint={hint}", form_escape(&t)))
+                .send()
+                .await;
+        }
+    });
 }
 
 fn now() -> u64 {
@@ -145,29 +247,49 @@ impl OidcStep {
         client: &reqwest::Client,
     ) -> Result<OidcStep, String> {
         let secret = super::client_secret(set, &cfg.client_secret)?;
-        if secret.len() < 8 {
-            return Err("the client secret is too short to derive a cookie key from".into());
+        if secret.len() < 16 {
+            return Err("the client secret is too short (under 16 bytes) to derive a cookie key from; use the provider's generated secret".into());
         }
-        let salt =
-            aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, b"meshguard oidc session v1");
-        let prk = salt.extract(secret.as_bytes());
-        let info = [id.as_bytes()];
-        let okm = prk
-            .expand(&info, &AES_256_GCM)
-            .map_err(|_| "cookie key derivation failed".to_owned())?;
-        let key = LessSafeKey::new(UnboundKey::from(okm));
+        let mut raw = [0u8; 32];
+        let salt = format!("meshguard oidc session v2\0{id}");
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(KEY_ROUNDS).unwrap_or(std::num::NonZeroU32::MIN),
+            salt.as_bytes(),
+            secret.as_bytes(),
+            &mut raw,
+        );
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &raw)
+                .map_err(|_| "cookie key derivation failed".to_owned())?,
+        );
+        let prefix = if cfg.app_url.starts_with("https://") {
+            "__Host-"
+        } else {
+            ""
+        };
         Ok(OidcStep {
             cfg: cfg.clone(),
             secret,
             key,
-            aad: id.to_owned(),
+            id: id.to_owned(),
+            session_name: format!("{prefix}{SESSION_COOKIE}"),
+            pending_name: format!("{prefix}{PENDING_COOKIE}"),
             client: client.clone(),
             discovered: Mutex::new(None),
             refreshing: Mutex::new(HashMap::new()),
         })
     }
 
-    fn seal(&self, v: &Value) -> Result<String, String> {
+    fn aad(&self, kind: Kind) -> String {
+        let k = match kind {
+            Kind::Session => "session",
+            Kind::Pending => "pending",
+        };
+        format!("{}\0{k}", self.id)
+    }
+
+    fn seal(&self, v: &Value, kind: Kind) -> Result<String, String> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -176,7 +298,7 @@ impl OidcStep {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(self.aad.as_bytes()),
+                Aad::from(self.aad(kind).as_bytes()),
                 &mut data,
             )
             .map_err(|_| "sealing failed".to_owned())?;
@@ -185,7 +307,7 @@ impl OidcStep {
         Ok(B64.encode(out))
     }
 
-    fn open(&self, s: &str) -> Option<Value> {
+    fn open(&self, s: &str, kind: Kind) -> Option<Value> {
         let raw = B64.decode(s).ok()?;
         if raw.len() < NONCE_LEN + 16 || raw.len() > 16 * 1024 {
             return None;
@@ -195,9 +317,39 @@ impl OidcStep {
         let mut data = rest.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(self.aad.as_bytes()), &mut data)
+            .open_in_place(nonce, Aad::from(self.aad(kind).as_bytes()), &mut data)
             .ok()?;
         serde_json::from_slice(plain).ok()
+    }
+
+    /// The session from the request's cookie, if it is one of ours and well formed.
+    fn session(&self, input: &StepInput<'_>) -> Option<Value> {
+        let s = cookie(input, &self.session_name).and_then(|c| self.open(&c, Kind::Session))?;
+        (s["id_token"].is_string() && s["sub"].is_string() && s["exp"].is_u64()).then_some(s)
+    }
+
+    /// `Set-Cookie` for a session; the access token is left out when it would make the cookie
+    /// too large and nothing reads it (no accessTokenHeader).
+    fn session_cookie(&self, session: &mut Value) -> Result<String, String> {
+        let exp = session["exp"].as_u64().unwrap_or(0);
+        let mut sealed = self.seal(session, Kind::Session)?;
+        if sealed.len() > MAX_COOKIE && self.cfg.access_token_header.is_none() {
+            if let Some(m) = session.as_object_mut() {
+                m.remove("access_token");
+            }
+            sealed = self.seal(session, Kind::Session)?;
+        }
+        if sealed.len() > MAX_COOKIE {
+            return Err(format!(
+                "the session cookie would be {} bytes, more than browsers keep ({MAX_COOKIE}); the provider's tokens are too large to keep in a cookie",
+                sealed.len()
+            ));
+        }
+        Ok(format!(
+            "{}={sealed}; {}",
+            self.session_name,
+            self.cookie_attrs(exp.saturating_sub(now()))
+        ))
     }
 
     fn cookie_attrs(&self, max_age: u64) -> String {
@@ -290,8 +442,8 @@ impl OidcStep {
             .map(|h| h.raw_path.clone())
             .filter(|p| p.starts_with('/') && !p.starts_with("//"))
             .unwrap_or_else(|| "/".into());
-        let pending = json!({"state": state, "nonce": nonce, "verifier": verifier, "url": original, "exp": now() + PENDING_TTL});
-        let Ok(sealed) = self.seal(&pending) else {
+        let pending = json!({"state": state, "nonce": nonce, "verifier": verifier, "url": original, "exp": now().saturating_add(PENDING_TTL)});
+        let Ok(sealed) = self.seal(&pending, Kind::Pending) else {
             return StepOutcome::failed(503, "could not seal the login cookie");
         };
         let mut scopes = vec!["openid".to_owned()];
@@ -314,7 +466,8 @@ impl OidcStep {
         self.redirect(
             &location,
             vec![format!(
-                "{PENDING_COOKIE}={sealed}; {}",
+                "{}={sealed}; {}",
+                self.pending_name,
                 self.cookie_attrs(PENDING_TTL)
             )],
             "no session: redirected to the OpenID provider",
@@ -323,7 +476,9 @@ impl OidcStep {
 
     async fn callback(&self, input: &StepInput<'_>, raw: &str) -> StepOutcome {
         let deny = |why: String| StepOutcome::deny(403, why);
-        let Some(pending) = cookie(input, PENDING_COOKIE).and_then(|c| self.open(&c)) else {
+        let Some(pending) =
+            cookie(input, &self.pending_name).and_then(|c| self.open(&c, Kind::Pending))
+        else {
             return deny("OIDC callback without a valid login cookie".into());
         };
         if pending["exp"].as_u64().is_none_or(|e| now() > e) {
@@ -387,7 +542,10 @@ impl OidcStep {
         };
         let mut exp = claims["exp"].as_u64().unwrap_or(0);
         if let Some(s) = tokens["expires_in"].as_u64() {
-            exp = exp.min(now() + s);
+            exp = exp.min(now().saturating_add(s));
+        }
+        if !claims["sub"].is_string() {
+            return deny("the ID token has no `sub`".into());
         }
         let mut session = json!({
             "id_token": id_token,
@@ -398,22 +556,20 @@ impl OidcStep {
         });
         // The refresh token travels in the (encrypted) cookie only when it will be used.
         if self.cfg.allow_refreshing {
-            if let Some(rt) = tokens["refresh_token"].as_str() {
+            if let Some(rt) = tokens["refresh_token"].as_str().filter(|t| !t.is_empty()) {
                 session["refresh_token"] = Value::String(rt.to_owned());
             }
         }
-        let Ok(sealed) = self.seal(&session) else {
-            return StepOutcome::failed(503, "could not seal the session cookie");
+        let set_session = match self.session_cookie(&mut session) {
+            Ok(c) => c,
+            Err(e) => return StepOutcome::failed(503, e),
         };
         let url = pending["url"].as_str().unwrap_or("/");
         self.redirect(
             &format!("{}{url}", self.cfg.app_url),
             vec![
-                format!(
-                    "{SESSION_COOKIE}={sealed}; {}",
-                    self.cookie_attrs(exp.saturating_sub(now()))
-                ),
-                format!("{PENDING_COOKIE}=; {}", self.cookie_attrs(0)),
+                set_session,
+                format!("{}=; {}", self.pending_name, self.cookie_attrs(0)),
             ],
             "logged in: redirected to the original URL",
         )
@@ -463,84 +619,64 @@ impl OidcStep {
         {
             return Err("nonce mismatch".into());
         }
-        if c["exp"].as_u64().is_none_or(|e| now() > e + 60) {
+        if c["exp"]
+            .as_u64()
+            .is_none_or(|e| now() > e.saturating_add(60))
+        {
             return Err("expired".into());
         }
         Ok(c)
     }
 
-    /// The exchange of a refresh token for a new session (shared by concurrent requests).
+    /// A new session from the refresh token in `session`. Requests carrying the same expired
+    /// cookie share one exchange (a provider that rotates refresh tokens revokes the grant when
+    /// one is replayed); each verifies the answer against its own session (`sub`, nonce).
     async fn refreshed(&self, session: &Value) -> Result<Value, RefreshError> {
-        let token = session["refresh_token"].as_str().unwrap_or("");
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        let cell = {
+        let Some(token) = session["refresh_token"].as_str().filter(|t| !t.is_empty()) else {
+            return Err(RefreshError::Refused("no refresh token".into()));
+        };
+        let d = self.discover().await.map_err(RefreshError::Unavailable)?;
+        let key = token_key(token);
+        let mut rx = {
             let Ok(mut map) = self.refreshing.lock() else {
                 return Err(RefreshError::Unavailable("refresh state poisoned".into()));
             };
             let t = now();
             map.retain(|_, (at, _)| t.saturating_sub(*at) < REFRESH_SHARE_SECS);
-            map.entry(key)
-                .or_insert_with(|| (t, Arc::new(tokio::sync::OnceCell::new())))
-                .1
-                .clone()
+            match map.get(&key) {
+                Some((_, rx)) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let exchange = exchange_refresh_token(
+                        self.client.clone(),
+                        d.token_endpoint.clone(),
+                        self.cfg.client_id.clone(),
+                        self.secret.clone(),
+                        token.to_owned(),
+                    );
+                    tokio::spawn(async move {
+                        let _ = tx.send(Some(exchange.await));
+                    });
+                    map.insert(key, (t, rx.clone()));
+                    rx
+                }
+            }
         };
-        cell.get_or_init(|| self.refresh_once(session))
-            .await
-            .clone()
-    }
-
-    async fn refresh_once(&self, session: &Value) -> Result<Value, RefreshError> {
-        let d = self.discover().await.map_err(RefreshError::Unavailable)?;
-        let token = session["refresh_token"].as_str().unwrap_or("");
-        let resp = self
-            .client
-            .post(&d.token_endpoint)
-            .timeout(HTTP_TIMEOUT)
-            .basic_auth(
-                form_escape(&self.cfg.client_id),
-                Some(form_escape(&self.secret)),
-            )
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "grant_type=refresh_token&refresh_token={}",
-                form_escape(token)
-            ))
-            .send()
-            .await;
-        let tokens: Value = match resp {
-            Ok(r) if r.status().is_success() => json_body(r)
-                .await
-                .map_err(|e| RefreshError::Refused(format!("refresh response: {e}")))?,
-            Ok(r) if r.status().is_server_error() => {
-                return Err(RefreshError::Unavailable(format!(
-                    "the token endpoint failed the refresh ({})",
-                    r.status()
-                )))
-            }
-            Ok(r) => {
-                // RFC 6749 5.2: `error` and `error_description` say why (revoked, expired).
-                let status = r.status();
-                let why = json_body(r)
-                    .await
-                    .map(|e| {
-                        format!(
-                            ": {} {}",
-                            e["error"].as_str().unwrap_or(""),
-                            e["error_description"].as_str().unwrap_or("")
-                        )
-                    })
-                    .unwrap_or_default();
-                return Err(RefreshError::Refused(format!(
-                    "the token endpoint refused the refresh token ({status}){}",
-                    why.trim_end()
-                )));
-            }
-            Err(e) => {
-                return Err(RefreshError::Unavailable(format!(
-                    "token endpoint unreachable: {e}"
-                )))
+        let tokens = match tokio::time::timeout(
+            HTTP_TIMEOUT + Duration::from_secs(1),
+            rx.wait_for(Option::is_some),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v.clone().unwrap_or_else(|| {
+                Err(RefreshError::Unavailable(
+                    "the refresh gave no answer".into(),
+                ))
+            })?,
+            _ => {
+                return Err(RefreshError::Unavailable(
+                    "the refresh did not finish in time".into(),
+                ))
             }
         };
         let Some(id_token) = tokens["id_token"].as_str() else {
@@ -552,17 +688,18 @@ impl OidcStep {
             .verify_id_token(&d, id_token, session["nonce"].as_str().unwrap_or(""), false)
             .await
             .map_err(|e| RefreshError::Refused(format!("refreshed ID token refused: {e}")))?;
-        if claims["sub"] != session["sub"] || claims["sub"].is_null() {
+        if claims["sub"] != session["sub"] || !claims["sub"].is_string() {
             return Err(RefreshError::Refused(
                 "the refreshed ID token is for another subject".into(),
             ));
         }
         let mut exp = claims["exp"].as_u64().unwrap_or(0);
         if let Some(s) = tokens["expires_in"].as_u64() {
-            exp = exp.min(now() + s);
+            exp = exp.min(now().saturating_add(s));
         }
         let refresh_token = tokens["refresh_token"]
             .as_str()
+            .filter(|t| !t.is_empty())
             .map_or_else(|| session["refresh_token"].clone(), |t| json!(t));
         Ok(json!({
             "id_token": id_token,
@@ -581,56 +718,19 @@ impl OidcStep {
         if let Some(h) = &self.cfg.id_token_header {
             o.headers_to_add.push((h.clone(), id_token.clone()));
         }
-        if let (Some(h), Some(at)) = (
-            &self.cfg.access_token_header,
-            session["access_token"].as_str(),
-        ) {
-            o.headers_to_add.push((h.clone(), at.to_owned()));
+        if let Some(h) = &self.cfg.access_token_header {
+            match session["access_token"].as_str() {
+                Some(at) => o.headers_to_add.push((h.clone(), at.to_owned())),
+                // Never let a client-sent header of that name pass for ours.
+                None => o.headers_to_remove.push(h.clone()),
+            }
         }
         input.state.insert("jwt".into(), Value::String(id_token));
         o
     }
 
-    /// RFC 7009 revocation of the session's tokens, best effort (bounded, never blocks logout).
-    async fn revoke(&self, endpoint: &str, session: &Value) -> String {
-        let mut done = Vec::new();
-        for (kind, hint) in [
-            ("refresh_token", "refresh_token"),
-            ("access_token", "access_token"),
-        ] {
-            let Some(t) = session[kind].as_str() else {
-                continue;
-            };
-            let r = self
-                .client
-                .post(endpoint)
-                .timeout(Duration::from_secs(2))
-                .basic_auth(
-                    form_escape(&self.cfg.client_id),
-                    Some(form_escape(&self.secret)),
-                )
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("token={}&token_type_hint={hint}", form_escape(t)))
-                .send()
-                .await;
-            done.push(match r {
-                Ok(r) if r.status().is_success() => format!("{kind} revoked"),
-                Ok(r) => format!("{kind} revocation answered {}", r.status()),
-                Err(e) => format!("{kind} revocation failed: {e}"),
-            });
-        }
-        done.join(", ")
-    }
-
     async fn logout(&self, input: &StepInput<'_>) -> StepOutcome {
-        let session = cookie(input, SESSION_COOKIE).and_then(|c| self.open(&c));
-        // A shared refresh result must not outlive the logout that revokes its token.
-        if let Some(t) = session.as_ref().and_then(|s| s["refresh_token"].as_str()) {
-            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
-            if let Ok(mut map) = self.refreshing.lock() {
-                map.retain(|k, _| k.as_slice() != d.as_ref());
-            }
-        }
+        let session = self.session(input);
         let after = self
             .cfg
             .after_logout_url
@@ -641,9 +741,23 @@ impl OidcStep {
         // Without discovery (provider down) the local logout still happens.
         if let Ok(d) = self.discover().await {
             if let (Some(endpoint), Some(s)) = (&d.revocation_endpoint, &session) {
-                let r = self.revoke(endpoint, s).await;
-                if !r.is_empty() {
-                    why = format!("{why} ({r})");
+                let tokens: Vec<(&'static str, String)> = [
+                    ("refresh_token", "refresh_token"),
+                    ("access_token", "access_token"),
+                ]
+                .into_iter()
+                .filter_map(|(k, hint)| s[k].as_str().map(|t| (hint, t.to_owned())))
+                .filter(|(_, t)| !t.is_empty())
+                .collect();
+                if !tokens.is_empty() {
+                    why = format!("{why} (token revocation sent)");
+                    revoke_in_background(
+                        self.client.clone(),
+                        endpoint.clone(),
+                        self.cfg.client_id.clone(),
+                        self.secret.clone(),
+                        tokens,
+                    );
                 }
             }
             if let Some(end) = &d.end_session_endpoint {
@@ -659,9 +773,23 @@ impl OidcStep {
                 why = format!("{why}; sent to the provider's end_session_endpoint");
             }
         }
+        // From now on this refresh token renews nothing here, even if a copy of the cookie is
+        // replayed before the provider has processed the revocation.
+        if let Some(t) = session
+            .as_ref()
+            .and_then(|s| s["refresh_token"].as_str())
+            .filter(|t| !t.is_empty())
+        {
+            let (_, rx) = tokio::sync::watch::channel(Some(Err(RefreshError::Refused(
+                "the session was logged out".into(),
+            ))));
+            if let Ok(mut map) = self.refreshing.lock() {
+                map.insert(token_key(t), (now(), rx));
+            }
+        }
         self.redirect(
             &to,
-            vec![format!("{SESSION_COOKIE}=; {}", self.cookie_attrs(0))],
+            vec![format!("{}=; {}", self.session_name, self.cookie_attrs(0))],
             &why,
         )
     }
@@ -679,25 +807,19 @@ impl OidcStep {
             return self.callback(input, &raw).await;
         }
         let mut refused = None;
-        if let Some(session) = cookie(input, SESSION_COOKIE).and_then(|c| self.open(&c)) {
+        if let Some(session) = self.session(input) {
             if session["exp"].as_u64().is_some_and(|e| now() < e) {
                 return self.with_session(input, &session, "OIDC session");
             }
             if self.cfg.allow_refreshing && session["refresh_token"].is_string() {
                 match self.refreshed(&session).await {
-                    Ok(new) => {
-                        let Ok(sealed) = self.seal(&new) else {
-                            return StepOutcome::failed(503, "could not seal the session cookie");
+                    Ok(mut new) => {
+                        let set_session = match self.session_cookie(&mut new) {
+                            Ok(c) => c,
+                            Err(e) => return StepOutcome::failed(503, e),
                         };
-                        let exp = new["exp"].as_u64().unwrap_or(0);
                         let mut o = self.with_session(input, &new, "OIDC session refreshed");
-                        o.response_headers.push((
-                            "set-cookie".into(),
-                            format!(
-                                "{SESSION_COOKIE}={sealed}; {}",
-                                self.cookie_attrs(exp.saturating_sub(now()))
-                            ),
-                        ));
+                        o.response_headers.push(("set-cookie".into(), set_session));
                         return o;
                     }
                     Err(RefreshError::Unavailable(e)) => return StepOutcome::failed(503, e),

@@ -40,6 +40,16 @@ pub const HOPS_HEADER: &str = "x-meshguard-passthrough-hops";
 /// The most pass-through hops one request may make.
 pub const MAX_HOPS: u32 = 4;
 
+/// A delegate's 508 is a loop cut further down: it stays an error, so `!step` in a booleanExpr
+/// cannot turn the loop into a pass.
+fn loop_refused(o: StepOutcome) -> StepOutcome {
+    if o.status == 508 && !o.allowed {
+        StepOutcome { error: true, ..o }
+    } else {
+        o
+    }
+}
+
 /// Hops the request made before reaching this step (a value that is not a number counts 0:
 /// only meshguard's own increments matter for stopping a loop).
 fn hops(input: &StepInput<'_>) -> u32 {
@@ -263,7 +273,7 @@ impl PassThroughStep {
         } else if code == 16 {
             o.status = 401;
         }
-        o
+        loop_refused(o)
     }
 
     async fn http(&self, client: &reqwest::Client, input: &mut StepInput<'_>) -> StepOutcome {
@@ -290,7 +300,10 @@ impl PassThroughStep {
                 req = req.header(h.as_str(), v);
             }
         }
-        for (k, v) in headers_to_add {
+        for (k, v) in headers_to_add
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case(HOPS_HEADER))
+        {
             req = req.header(k.as_str(), v.as_str());
         }
         if *pass_state || *pass_body || self.cfg.config.is_some() {
@@ -352,7 +365,7 @@ impl PassThroughStep {
             if redirect {
                 o.response_headers.extend(pick(&["location".to_owned()]));
             }
-            return o;
+            return loop_refused(o);
         }
         let mut o = StepOutcome::allow("the HTTP delegate answered 200");
         o.headers_to_add = pick(allowed_upstream_headers);

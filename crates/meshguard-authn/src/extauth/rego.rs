@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,6 +28,20 @@ use super::{StepInput, StepOutcome};
 
 /// Wall-clock bound on one evaluation.
 pub const EVAL_LIMIT: Duration = Duration::from_millis(100);
+
+/// Evaluations allowed to run at once (2 per core): a flood of slow policies queues here for
+/// at most [`QUEUE_LIMIT`] and is then denied (503), instead of filling tokio's blocking pool
+/// (512 threads by default, shared with password hashing and policy reloads).
+fn eval_slots() -> &'static Arc<tokio::sync::Semaphore> {
+    static SLOTS: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores * 2))
+    })
+}
+
+/// How long an evaluation may wait for a slot.
+pub const QUEUE_LIMIT: Duration = Duration::from_secs(1);
 
 pub struct RegoStep {
     template: regorus::Engine,
@@ -309,7 +324,22 @@ impl RegoStep {
         };
         let engine = self.template.clone();
         let mode = self.mode.clone();
-        match tokio::task::spawn_blocking(move || evaluate(engine, &mode, &doc)).await {
+        let permit =
+            match tokio::time::timeout(QUEUE_LIMIT, eval_slots().clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return StepOutcome::failed(
+                        503,
+                        "Rego evaluation queue full (denied): too many evaluations in flight",
+                    )
+                }
+            };
+        let run = move || {
+            let o = evaluate(engine, &mode, &doc);
+            drop(permit);
+            o
+        };
+        match tokio::task::spawn_blocking(run).await {
             Ok(o) => o,
             Err(e) => StepOutcome::failed(403, format!("Rego evaluation aborted (denied): {e}")),
         }
@@ -364,7 +394,9 @@ fn headers_object(input: &StepInput<'_>) -> Map<String, Value> {
         if !input.extra.scheme.is_empty() {
             h.insert(":scheme".into(), Value::String(input.extra.scheme.clone()));
         }
-        for (k, v) in &http.headers {
+        // A header named like a pseudo-header (possible only in `check` request files) must
+        // not replace the real one.
+        for (k, v) in http.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
             h.insert(k.clone(), Value::String(v.clone()));
         }
     }
