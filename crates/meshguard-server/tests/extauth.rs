@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::ext::*;
 use common::*;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HttpResponse};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 
 const EXTAUTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
 const API_KEY: &str = "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy";
@@ -30,100 +28,6 @@ fn dir(tag: &str) -> PathBuf {
         std::fs::copy(&p, d.join(p.file_name().expect("name"))).expect("copy");
     }
     d
-}
-
-struct Call {
-    config_id: &'static str,
-    workload: (&'static str, &'static str),
-    method: &'static str,
-    path: &'static str,
-    headers: Vec<(String, String)>,
-    body: &'static str,
-}
-
-impl Default for Call {
-    fn default() -> Self {
-        Call {
-            config_id: "",
-            workload: ("other", "app=none"),
-            method: "GET",
-            path: "/",
-            headers: Vec::new(),
-            body: "",
-        }
-    }
-}
-
-fn hs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-fn check(c: &Call) -> CheckRequest {
-    let mut ext = HashMap::new();
-    ext.insert("namespace".to_owned(), c.workload.0.to_owned());
-    ext.insert("labels".to_owned(), c.workload.1.to_owned());
-    if !c.config_id.is_empty() {
-        ext.insert("config_id".to_owned(), c.config_id.to_owned());
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    id: "r1".into(),
-                    method: c.method.into(),
-                    path: c.path.into(),
-                    host: "shop.test".into(),
-                    headers: c.headers.iter().cloned().collect(),
-                    body: c.body.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: ext,
-            ..Default::default()
-        }),
-    }
-}
-
-/// (status, headers sent upstream or to the client, body)
-fn verdict(r: &CheckResponse) -> (u16, Vec<(String, String)>, String) {
-    match &r.http_response {
-        Some(HttpResponse::OkResponse(ok)) => (
-            200,
-            ok.headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect(),
-            String::new(),
-        ),
-        Some(HttpResponse::DeniedResponse(d)) => (
-            d.status.as_ref().map(|s| s.code as u16).unwrap_or(0),
-            d.headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect(),
-            d.body.clone(),
-        ),
-        _ => (0, Vec::new(), String::new()),
-    }
-}
-
-async fn call(r: &Running, c: Call) -> (u16, Vec<(String, String)>, String) {
-    let mut client =
-        AuthorizationClient::connect(format!("http://{}", r.bound.grpc.expect("grpc")))
-            .await
-            .expect("connect");
-    let resp = client.check(check(&c)).await.expect("check").into_inner();
-    verdict(&resp)
-}
-
-fn has(h: &[(String, String)], k: &str, v: &str) -> bool {
-    h.iter().any(|(a, b)| a == k && b == v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +96,7 @@ async fn custom_policy_runs_a_chained_auth_config_before_deny_and_allow() {
     let shop = |method: &'static str, path: &'static str, headers: &[(&str, &str)]| Call {
         workload: ("shop", "app=web"),
         method,
-        path,
+        path: path.into(),
         headers: hs(headers),
         ..Default::default()
     };
@@ -232,7 +136,7 @@ async fn opa_envoy_policy_with_jwt_and_body_schema() {
                   body: &'static str| Call {
         config_id: "gloo-system.orders-opa",
         method,
-        path,
+        path: path.into(),
         headers: hs(headers),
         body,
         ..Default::default()
@@ -484,7 +388,7 @@ spec:
     let go = |path: &'static str, method: &'static str, config_id: &'static str| Call {
         config_id,
         method,
-        path,
+        path: path.into(),
         headers: hs(&[("api-key", API_KEY)]),
         ..Default::default()
     };
@@ -915,7 +819,7 @@ spec:
     let r = start(&d, Duration::ZERO).await;
     let go = |config_id: &'static str, path: &'static str, headers: &[(&str, &str)]| Call {
         config_id,
-        path,
+        path: path.into(),
         headers: hs(headers),
         ..Default::default()
     };
@@ -1112,7 +1016,7 @@ spec:
     let (s, _, _) = call(
         &r,
         Call {
-            path: "/loop",
+            path: "/loop".into(),
             ..Default::default()
         },
     )
@@ -1122,7 +1026,7 @@ spec:
     let (s, _, _) = call(
         &r,
         Call {
-            path: "/loop",
+            path: "/loop".into(),
             headers: hs(&[("x-meshguard-passthrough-hops", "0")]),
             ..Default::default()
         },
@@ -1133,7 +1037,7 @@ spec:
     let (s, _, _) = call(
         &r,
         Call {
-            path: "/not-loop",
+            path: "/not-loop".into(),
             // Another workload: Istio allows one CUSTOM provider per workload.
             workload: ("other2", "app=none"),
             ..Default::default()
@@ -1198,7 +1102,7 @@ spec:
             .expect("connect");
     let ask = |path: &'static str| Call {
         config_id: "gloo-system.decision",
-        path,
+        path: path.into(),
         headers: hs(&[("x-internal", "1")]),
         ..Default::default()
     };
@@ -1215,12 +1119,6 @@ spec:
         .into_inner();
     let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else {
         panic!("allowed expected: {resp:?}");
-    };
-    let pairs = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
-        hs.iter()
-            .filter_map(|h| h.header.as_ref())
-            .map(|h| (h.key.clone(), h.value.clone()))
-            .collect::<Vec<_>>()
     };
     assert!(has(&pairs(&ok.headers), "x-checked", "yes"), "{ok:?}");
     assert!(

@@ -7,42 +7,12 @@
 mod common;
 mod slapd;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ext::*;
 use common::*;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use slapd::start_slapd;
-
-fn check(auth: &str) -> CheckRequest {
-    let mut ext = HashMap::new();
-    ext.insert("namespace".to_owned(), "other".to_owned());
-    ext.insert("config_id".to_owned(), "gloo-system.ldap".to_owned());
-    let mut headers = HashMap::new();
-    if !auth.is_empty() {
-        headers.insert("authorization".to_owned(), auth.to_owned());
-    }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    host: "app.test".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: ext,
-            ..Default::default()
-        }),
-    }
-}
 
 fn basic(user: &str, pw: &str) -> String {
     use std::io::Write;
@@ -62,25 +32,22 @@ fn basic(user: &str, pw: &str) -> String {
 }
 
 async fn status(r: &Running, auth: &str) -> (u16, Vec<(String, String)>) {
-    let mut client =
-        AuthorizationClient::connect(format!("http://{}", r.bound.grpc.expect("grpc")))
-            .await
-            .expect("connect");
-    let resp = client.check(check(auth)).await.expect("check").into_inner();
-    match resp.http_response {
-        Some(HttpResponse::OkResponse(ok)) => (
-            200,
-            ok.headers
-                .iter()
-                .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), h.value.clone()))
-                .collect(),
-        ),
-        Some(HttpResponse::DeniedResponse(d)) => {
-            (d.status.map(|s| s.code as u16).unwrap_or(0), Vec::new())
-        }
-        _ => (0, Vec::new()),
-    }
+    let headers = if auth.is_empty() {
+        Vec::new()
+    } else {
+        hs(&[("authorization", auth)])
+    };
+    let (s, h, _) = call(
+        r,
+        Call {
+            config_id: "gloo-system.ldap",
+            host: "app.test",
+            headers,
+            ..Default::default()
+        },
+    )
+    .await;
+    (s, h)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,16 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ext::*;
 use common::*;
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::ext_authz::v3::pb::HttpResponse;
 
 struct Node(Child);
 impl Drop for Node {
@@ -48,41 +45,20 @@ fn free_port() -> u16 {
 
 const APP: &str = "http://app.test";
 
-/// What meshguard answered: status, headers (upstream on 200, to the client otherwise).
+/// What meshguard answered: status, headers (upstream then client headers on 200, client
+/// headers otherwise).
 async fn ask(r: &Running, path: &str, cookie: Option<&str>) -> (u16, Vec<(String, String)>) {
-    let mut headers = HashMap::new();
-    if let Some(c) = cookie {
-        headers.insert("cookie".to_owned(), c.to_owned());
-    }
-    let mut ext = HashMap::new();
-    ext.insert("namespace".to_owned(), "other".to_owned());
-    ext.insert("config_id".to_owned(), "gloo-system.login".to_owned());
-    let req = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "app.test".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: ext,
+    let resp = call_raw(
+        r,
+        Call {
+            config_id: "gloo-system.login",
+            host: "app.test",
+            path: path.to_owned(),
+            headers: cookie.map(|c| hs(&[("cookie", c)])).unwrap_or_default(),
             ..Default::default()
-        }),
-    };
-    let mut c = AuthorizationClient::connect(format!("http://{}", r.bound.grpc.expect("grpc")))
-        .await
-        .expect("connect");
-    let resp = c.check(req).await.expect("check").into_inner();
-    let pairs = |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
-        hs.iter()
-            .filter_map(|h| h.header.as_ref())
-            .map(|h| (h.key.clone(), h.value.clone()))
-            .collect::<Vec<_>>()
-    };
+        },
+    )
+    .await;
     match resp.http_response {
         // Upstream headers, then headers for the client (a renewed session cookie).
         Some(HttpResponse::OkResponse(ok)) => (
@@ -92,11 +68,10 @@ async fn ask(r: &Running, path: &str, cookie: Option<&str>) -> (u16, Vec<(String
                 .chain(pairs(&ok.response_headers_to_add))
                 .collect(),
         ),
-        Some(HttpResponse::DeniedResponse(d)) => (
-            d.status.map(|s| s.code as u16).unwrap_or(0),
-            pairs(&d.headers),
-        ),
-        _ => (0, Vec::new()),
+        _ => {
+            let (s, h, _) = verdict(&resp);
+            (s, h)
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Starts a real `serve` on loopback ports it picks, with a policy directory it owns.
 #![allow(dead_code)]
 
+pub mod ext;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
