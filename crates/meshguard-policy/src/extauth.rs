@@ -147,6 +147,9 @@ pub struct LdapAuth {
     pub pool_max: usize,
     pub pool_initial: usize,
     pub disable_group_checking: bool,
+    /// `groupLookupSettings` with `checkGroupsWithServiceAccount`: group memberships are read
+    /// bound as this account (Secret with `username` = its DN, `password`), not as the user.
+    pub service_account: Option<ObjectRef>,
 }
 
 /// Where `passThroughAuth` delegates.
@@ -514,7 +517,7 @@ fn parse_auth_config(
                     "oauth2" => {
                         parse_oauth2(ctx, node, &p, &meta.namespace).map(AuthModel::AccessToken)
                     }
-                    "ldap" => parse_ldap(ctx, node, &p).map(AuthModel::Ldap),
+                    "ldap" => parse_ldap(ctx, node, &p, &meta.namespace).map(AuthModel::Ldap),
                     "passThroughAuth" => {
                         parse_pass_through(ctx, node, &p).map(AuthModel::PassThrough)
                     }
@@ -1092,7 +1095,7 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
     })
 }
 
-fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<LdapAuth> {
+fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<LdapAuth> {
     check_fields(
         ctx,
         n,
@@ -1108,8 +1111,27 @@ fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<LdapAuth> {
             "groupLookupSettings",
         ],
     );
-    if n.get("groupLookupSettings").is_some() {
-        ctx.err(n, &join(p, "groupLookupSettings"), "service-account group lookups are not run by meshguard yet; refusing rather than skipping it");
+    let mut service_account = None;
+    if let Some(g) = get_map(ctx, n, "groupLookupSettings", p) {
+        let gp = join(p, "groupLookupSettings");
+        check_fields(
+            ctx,
+            g,
+            &gp,
+            &["checkGroupsWithServiceAccount", "credentialsSecretRef"],
+        );
+        if get_bool(ctx, g, "checkGroupsWithServiceAccount", &gp) == Some(true) {
+            match g.get("credentialsSecretRef") {
+                Some(r) => {
+                    service_account = object_ref(ctx, r, &join(&gp, "credentialsSecretRef"), ns)
+                }
+                None => ctx.err(
+                    g,
+                    &join(&gp, "credentialsSecretRef"),
+                    "checkGroupsWithServiceAccount needs `credentialsSecretRef` (a Secret with `username`, the service account's DN, and `password`)",
+                ),
+            }
+        }
     }
     let Some((address, line, col)) = get_str(ctx, n, "address", p) else {
         ctx.err(
@@ -1183,6 +1205,7 @@ fn parse_ldap(ctx: &mut Ctx<'_>, n: &Node, p: &str) -> Option<LdapAuth> {
         pool_max: pool_max.max(1),
         pool_initial,
         disable_group_checking: disable,
+        service_account,
     })
 }
 

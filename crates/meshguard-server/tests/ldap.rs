@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::ext::*;
 use common::*;
-use slapd::start_slapd;
+use slapd::{start_slapd, start_slapd_with};
 
 fn basic(user: &str, pw: &str) -> String {
     use std::io::Write;
@@ -123,4 +123,128 @@ spec:
     assert_eq!(s, 503, "denied when LDAP is down");
     assert!(started.elapsed() < Duration::from_secs(8), "bounded wait");
     r.stop().await;
+}
+
+/// Gloo `groupLookupSettings.checkGroupsWithServiceAccount`: a directory where users may not
+/// read group attributes (an ACL hides memberOf from everyone but the reader account). The
+/// user's own bind still checks the password; the memberships are read as the service account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_lookup_with_a_service_account() {
+    let dir = std::env::temp_dir().join(format!("meshguard-ldap-sa-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let acl = "access to attrs=userPassword by anonymous auth by * none
+access to attrs=memberOf by dn.exact=\"cn=reader,dc=example,dc=org\" read by * none
+access to * by * read";
+    let Some((slapd, port)) = tokio::task::spawn_blocking({
+        let d = dir.join("slapd");
+        move || start_slapd_with(&d, acl)
+    })
+    .await
+    .expect("join") else {
+        return;
+    };
+    // The reader account: a simpleSecurityObject with its own password.
+    let out = Command::new("ldapadd")
+        .args([
+            "-x",
+            "-H",
+            &format!("ldap://127.0.0.1:{port}/"),
+            "-D",
+            "cn=admin,dc=example,dc=org",
+            "-w",
+            "admin-pw",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(
+                b"dn: cn=reader,dc=example,dc=org\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: reader\nuserPassword: reader-pw\n",
+            )?;
+            c.wait_with_output()
+        })
+        .expect("ldapadd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    let config = |name: &str, lookup: &str| {
+        format!(
+            "apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {{name: {name}, namespace: gloo-system}}
+spec:
+  configs:
+  - name: ldap
+    ldap:
+      address: ldap://127.0.0.1:{port}
+      userDnTemplate: uid=%s,ou=people,dc=example,dc=org
+      allowedGroups: [\"cn=managers,ou=groups,dc=example,dc=org\"]
+{lookup}
+---
+"
+        )
+    };
+    let mut yaml = String::from(
+        "apiVersion: v1
+kind: Secret
+type: kubernetes.io/basic-auth
+metadata: {name: ldap-reader, namespace: gloo-system}
+stringData: {username: 'cn=reader,dc=example,dc=org', password: reader-pw}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ldap-wrong, namespace: gloo-system}
+stringData: {username: 'cn=reader,dc=example,dc=org', password: nope}
+---
+",
+    );
+    yaml.push_str(&config("as-user", ""));
+    yaml.push_str(&config(
+        "as-reader",
+        "      groupLookupSettings: {checkGroupsWithServiceAccount: true, credentialsSecretRef: {name: ldap-reader}}",
+    ));
+    yaml.push_str(&config(
+        "bad-reader",
+        "      groupLookupSettings: {checkGroupsWithServiceAccount: true, credentialsSecretRef: {name: ldap-wrong}}",
+    ));
+    std::fs::write(policies.join("ldap.yaml"), yaml).expect("write");
+    let r = start(&policies, Duration::ZERO).await;
+    let ask = |config_id: &'static str, user: &str, pw: &str| {
+        let auth = basic(user, pw);
+        let r = &r;
+        async move {
+            call(
+                r,
+                Call {
+                    config_id,
+                    host: "app.test",
+                    headers: hs(&[("authorization", &auth)]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .0
+        }
+    };
+    // Bound as herself, alice cannot see her own memberOf: not a manager as far as we can tell.
+    assert_eq!(ask("gloo-system.as-user", "alice", "alice-pw").await, 403);
+    // Read by the service account: she is.
+    assert_eq!(ask("gloo-system.as-reader", "alice", "alice-pw").await, 200);
+    assert_eq!(ask("gloo-system.as-reader", "bob", "bob-pw").await, 403);
+    // The user's password is still checked by the user's own bind.
+    assert_eq!(ask("gloo-system.as-reader", "alice", "wrong").await, 401);
+    // A service account that cannot bind is an outage, not a verdict on the user.
+    assert_eq!(
+        ask("gloo-system.bad-reader", "alice", "alice-pw").await,
+        503
+    );
+    r.stop().await;
+    drop(slapd);
 }

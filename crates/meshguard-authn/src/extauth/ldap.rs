@@ -3,6 +3,12 @@
 //! of `allowedGroups`. Bad credentials: 401; known user outside the groups: 403; a server that
 //! does not answer: 503 within [`LDAP_TIMEOUT`]. Connections are pooled (`pool.maxSize`).
 //!
+//! With `groupLookupSettings.checkGroupsWithServiceAccount`, the user's bind only checks the
+//! password; the connection then binds as the service account (Secret `username` = its DN,
+//! `password`) to read the memberships, for directories where users may not read their own
+//! group attributes. A service account that cannot bind denies (503): the directory is
+//! misconfigured, not the user.
+//!
 //! User names with DN special characters are refused rather than stripped (stripping could turn
 //! one name into another), and an empty password is refused: LDAP treats a bind with a name and
 //! no password as an anonymous ("unauthenticated") bind that succeeds (RFC 4513 section 5.1.2).
@@ -12,6 +18,7 @@ use std::time::Duration;
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use meshguard_policy::extauth::LdapAuth;
+use meshguard_policy::PolicySet;
 use serde_json::Value;
 
 use super::basic::basic_credentials;
@@ -27,6 +34,8 @@ pub struct LdapStep {
     /// instead of opening unbounded connections to the directory.
     slots: tokio::sync::Semaphore,
     allowed: Vec<String>,
+    /// (DN, password) of the account that reads group memberships, if not the user.
+    service_account: Option<(String, String)>,
 }
 
 /// Characters with a meaning in a DN (RFC 4514) or a filter, and control characters.
@@ -49,8 +58,28 @@ fn norm_dn(dn: &str) -> String {
 }
 
 impl LdapStep {
-    pub fn build(cfg: &LdapAuth) -> Result<LdapStep, String> {
+    pub fn build(set: &PolicySet, cfg: &LdapAuth) -> Result<LdapStep, String> {
+        let service_account = match &cfg.service_account {
+            None => None,
+            Some(r) => {
+                let s = super::secret(set, r, "groupLookupSettings.credentialsSecretRef")?;
+                let field = |k: &str| {
+                    s.data
+                        .get(k)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| {
+                            format!(
+                                "groupLookupSettings: Secret {}/{} has no `{k}`",
+                                r.namespace, r.name
+                            )
+                        })
+                };
+                Some((field("username")?, field("password")?))
+            }
+        };
         Ok(LdapStep {
+            service_account,
             allowed: cfg.allowed_groups.iter().map(|g| norm_dn(g)).collect(),
             cfg: cfg.clone(),
             pool: Mutex::new(Vec::new()),
@@ -136,6 +165,31 @@ impl LdapStep {
         if self.cfg.disable_group_checking {
             self.give_back(ldap);
             return o;
+        }
+        if let Some((sa_dn, sa_password)) = &self.service_account {
+            match ldap
+                .with_timeout(LDAP_TIMEOUT)
+                .simple_bind(sa_dn, sa_password)
+                .await
+            {
+                Ok(r) if r.rc == 0 => {}
+                Ok(r) => {
+                    self.give_back(ldap);
+                    return StepOutcome::failed(
+                        503,
+                        format!(
+                            "the LDAP service account {sa_dn} cannot bind (result {}): fix groupLookupSettings.credentialsSecretRef",
+                            r.rc
+                        ),
+                    );
+                }
+                Err(e) => {
+                    return StepOutcome::failed(
+                        503,
+                        format!("LDAP service account bind failed: {e}"),
+                    )
+                }
+            }
         }
         let attr = self.cfg.membership_attribute.clone();
         let search = ldap

@@ -241,7 +241,7 @@ fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<
                 token::TokenStep::build(set, a, client)
                     .map_err(|e| format!("config `{}`: {e}", s.name))?,
             )),
-            AuthModel::Ldap(l) => Step::Ldap(Box::new(ldap::LdapStep::build(l)?)),
+            AuthModel::Ldap(l) => Step::Ldap(Box::new(ldap::LdapStep::build(set, l)?)),
             AuthModel::PassThrough(p) => Step::PassThrough(Box::new(
                 passthrough::PassThroughStep::build(p, client)
                     .map_err(|e| format!("config `{}`: {e}", s.name))?,

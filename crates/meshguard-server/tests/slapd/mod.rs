@@ -58,6 +58,11 @@ member: uid=alice,ou=people,dc=example,dc=org
 
 /// Starts slapd; `None` (or a panic under CI=true) when it is not installed.
 pub fn start_slapd(dir: &std::path::Path) -> Option<(Slapd, u16)> {
+    start_slapd_with(dir, "")
+}
+
+/// Starts slapd with extra database directives (e.g. `access to` rules) before the overlay.
+pub fn start_slapd_with(dir: &std::path::Path, database_extra: &str) -> Option<(Slapd, u16)> {
     let slapd = ["/usr/sbin/slapd", "/usr/local/libexec/slapd"]
         .iter()
         .map(PathBuf::from)
@@ -86,6 +91,7 @@ suffix \"dc=example,dc=org\"
 rootdn \"cn=admin,dc=example,dc=org\"
 rootpw admin-pw
 directory {dir}/db
+{database_extra}
 overlay memberof
 ",
             dir = dir.display()
