@@ -204,6 +204,9 @@ pub struct OidcAuthorizationCode {
     /// `session.cookie.allowRefreshing`: an expired session is renewed with the refresh token
     /// (Gloo's default for cookie sessions is false).
     pub allow_refreshing: bool,
+    /// `session.cookie.keyPrefix`: put before the cookie names as `<prefix>_`, so two OIDC
+    /// AuthConfigs on one host keep separate sessions.
+    pub cookie_prefix: Option<String>,
 }
 
 /// One step of an AuthConfig.
@@ -983,6 +986,7 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
         }
     }
     let mut allow_refreshing = false;
+    let mut cookie_prefix = None;
     if let Some(sess) = get_map(ctx, o, "session", &p) {
         let sp = join(&p, "session");
         check_fields(
@@ -1004,13 +1008,22 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
                 &cp,
                 &["allowRefreshing", "keyPrefix", "targetDomain"],
             );
-            for ignored in ["keyPrefix", "targetDomain"] {
-                if c.get(ignored).is_some() {
-                    ctx.warn(
-                        c,
-                        &join(&cp, ignored),
-                        "ignored: meshguard names its cookies itself and scopes them to the host",
-                    );
+            if c.get("targetDomain").is_some() {
+                ctx.warn(
+                    c,
+                    &join(&cp, "targetDomain"),
+                    "ignored: meshguard scopes its cookies to the host",
+                );
+            }
+            if let Some((prefix, line, col)) = get_str(ctx, c, "keyPrefix", &cp) {
+                if prefix.is_empty()
+                    || !prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                {
+                    ctx.err_at(line, col, &join(&cp, "keyPrefix"), "must be letters, digits, `-`, `_` or `.` (it becomes part of the cookie name)");
+                } else {
+                    cookie_prefix = Some(prefix);
                 }
             }
             allow_refreshing = get_bool(ctx, c, "allowRefreshing", &cp).unwrap_or(false);
@@ -1092,6 +1105,7 @@ fn parse_oidc(ctx: &mut Ctx<'_>, n: &Node, p: &str, ns: &str) -> Option<OidcAuth
         id_token_header,
         access_token_header,
         allow_refreshing,
+        cookie_prefix,
     })
 }
 

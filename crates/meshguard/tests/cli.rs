@@ -548,7 +548,7 @@ spec:
         clientSecretRef: {name: oidc}
         issuerUrl: https://idp.test
         appUrl: https://app.test
-        session: {cookie: {allowRefreshing: true, keyPrefix: x}}
+        session: {cookie: {allowRefreshing: true, keyPrefix: 'a b', targetDomain: x.test}}
         endSessionProperties: {methodType: PostMethod}
 ",
     );
@@ -560,7 +560,11 @@ spec:
         "{out}"
     );
     assert!(
-        out.contains("session.cookie.keyPrefix") && out.contains("ignored"),
+        out.contains("session.cookie.keyPrefix") && out.contains("part of the cookie name"),
+        "{out}"
+    );
+    assert!(
+        out.contains("session.cookie.targetDomain") && out.contains("ignored"),
         "{out}"
     );
 }

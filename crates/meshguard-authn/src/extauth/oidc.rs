@@ -263,10 +263,14 @@ impl OidcStep {
             UnboundKey::new(&AES_256_GCM, &raw)
                 .map_err(|_| "cookie key derivation failed".to_owned())?,
         );
-        let prefix = if cfg.app_url.starts_with("https://") {
+        let host = if cfg.app_url.starts_with("https://") {
             "__Host-"
         } else {
             ""
+        };
+        let prefix = match &cfg.cookie_prefix {
+            Some(p) => format!("{host}{p}_"),
+            None => host.to_owned(),
         };
         Ok(OidcStep {
             cfg: cfg.clone(),
@@ -832,5 +836,80 @@ impl OidcStep {
             o.reason = format!("{} (session refresh refused: {e})", o.reason);
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshguard_policy::extauth::AuthModel;
+    use meshguard_policy::load::Loaded;
+
+    /// Two OIDC AuthConfigs: `a` on https with keyPrefix `shop`, `b` on http without.
+    fn steps() -> Vec<OidcStep> {
+        let mut l = Loaded::default();
+        l.add_text(
+            "apiVersion: v1
+kind: Secret
+metadata: {name: c, namespace: ns}
+stringData: {client-secret: a-client-secret-of-some-length}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: a, namespace: ns}
+spec:
+  configs:
+  - name: o
+    oauth2:
+      oidcAuthorizationCode:
+        clientId: app
+        clientSecretRef: {name: c}
+        issuerUrl: https://idp.test
+        appUrl: https://app.test
+        session: {cookie: {keyPrefix: shop}}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: b, namespace: ns}
+spec:
+  configs:
+  - name: o
+    oauth2:
+      oidcAuthorizationCode:
+        clientId: app
+        clientSecretRef: {name: c}
+        issuerUrl: https://idp.test
+        appUrl: http://app.test
+",
+            "<test>",
+        );
+        assert!(!l.has_errors(), "{:?}", l.diagnostics);
+        let set = PolicySet::compile(l.resources, Default::default()).expect("compile");
+        set.auth_configs()
+            .iter()
+            .map(|ac| {
+                let AuthModel::Oidc(cfg) = &ac.steps[0].model else {
+                    panic!("oidc expected");
+                };
+                OidcStep::build(&set, &ac.ids()[0], cfg, &reqwest::Client::new()).expect("build")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cookie_names_and_kinds_are_kept_apart() {
+        let s = steps();
+        let (a, b) = (&s[0], &s[1]);
+        assert_eq!(a.session_name, "__Host-shop_meshguard-session");
+        assert_eq!(a.pending_name, "__Host-shop_meshguard-oidc-pending");
+        assert_eq!(b.session_name, "meshguard-session");
+        let v = json!({"id_token": "t", "sub": "u", "exp": 1});
+        let pending = a.seal(&v, Kind::Pending).expect("seal");
+        // A login cookie is no session, and one config's cookie opens in no other.
+        assert!(a.open(&pending, Kind::Pending).is_some());
+        assert!(a.open(&pending, Kind::Session).is_none());
+        let session = a.seal(&v, Kind::Session).expect("seal");
+        assert!(a.open(&session, Kind::Session).is_some());
+        assert!(b.open(&session, Kind::Session).is_none());
     }
 }
