@@ -5,7 +5,9 @@
 //! bench_check ADDR paced  RPS         SECONDS TOKEN
 //!
 //! The request is the bundled example "api-with-token": production/app=api from the frontend
-//! principal, GET /v1/orders with `Authorization: Bearer TOKEN`.
+//! principal, GET /v1/orders with `Authorization: Bearer TOKEN`. With `BENCH_CONFIG_ID` set, the
+//! route also names that AuthConfig (context extension `config_id`) and the request carries
+//! `BENCH_HEADER` (`name: value`), e.g. an API key.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +21,14 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use tonic::transport::Channel;
 
 fn request(token: &str) -> CheckRequest {
-    let ext = HashMap::from([
+    let mut ext = HashMap::from([
         ("namespace".to_owned(), "production".to_owned()),
         ("labels".to_owned(), "app=api".to_owned()),
     ]);
-    let headers = HashMap::from([
+    if let Ok(id) = std::env::var("BENCH_CONFIG_ID") {
+        ext.insert("config_id".to_owned(), id);
+    }
+    let mut headers = HashMap::from([
         ("authorization".to_owned(), format!("Bearer {token}")),
         ("user-agent".to_owned(), "bench".to_owned()),
         (
@@ -31,6 +36,13 @@ fn request(token: &str) -> CheckRequest {
             "0f6c5e9e-1b1a-4f7e-9a51-0b9d3c6a2f10".to_owned(),
         ),
     ]);
+    if let Some((k, v)) = std::env::var("BENCH_HEADER")
+        .ok()
+        .as_deref()
+        .and_then(|h| h.split_once(": "))
+    {
+        headers.insert(k.to_ascii_lowercase(), v.to_owned());
+    }
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {

@@ -666,7 +666,7 @@ impl OidcStep {
                 }
             }
         };
-        let tokens = match tokio::time::timeout(
+        let answer = match tokio::time::timeout(
             HTTP_TIMEOUT + Duration::from_secs(1),
             rx.wait_for(Option::is_some),
         )
@@ -676,13 +676,22 @@ impl OidcStep {
                 Err(RefreshError::Unavailable(
                     "the refresh gave no answer".into(),
                 ))
-            })?,
-            _ => {
-                return Err(RefreshError::Unavailable(
-                    "the refresh did not finish in time".into(),
-                ))
-            }
+            }),
+            _ => Err(RefreshError::Unavailable(
+                "the refresh did not finish in time".into(),
+            )),
         };
+        // An outage is not remembered: the next request asks again. (A refusal is: the token
+        // will not become valid.)
+        if matches!(answer, Err(RefreshError::Unavailable(_))) {
+            if let Ok(mut map) = self.refreshing.lock() {
+                // Only this exchange's entry (a logout may have replaced it meanwhile).
+                if map.get(&key).is_some_and(|(_, r)| r.same_channel(&rx)) {
+                    map.remove(&key);
+                }
+            }
+        }
+        let tokens = answer?;
         let Some(id_token) = tokens["id_token"].as_str() else {
             return Err(RefreshError::Refused(
                 "no id_token in the refresh response".into(),
