@@ -220,11 +220,20 @@ fn string_value(s: impl Into<String>) -> Value {
 
 fn metadata(o: &Outcome) -> Struct {
     // An OPA-Envoy decision's `dynamic_metadata` goes out as opa-envoy-plugin sends it, but
-    // meshguard's own keys (written after) cannot be overridden by a policy: access logs and
-    // metadata matchers trust `allowed` and `reason`.
+    // never under meshguard's own keys (written below, some only when set): access logs and
+    // metadata matchers trust them.
+    const OWN: [&str; 6] = [
+        "allowed",
+        "reason",
+        "policy",
+        "rule",
+        "request_principal",
+        "generation",
+    ];
     let mut fields: HashMap<String, Value> = o
         .dynamic_metadata
         .iter()
+        .filter(|(k, _)| !OWN.contains(&k.as_str()))
         .map(|(k, v)| {
             (
                 k.clone(),

@@ -1081,7 +1081,7 @@ data:
       "http_status": 429,
       "body": "slow down",
       "headers": {"retry-after": "5"},
-      "dynamic_metadata": {"limited": true, "allowed": true},
+      "dynamic_metadata": {"limited": true, "allowed": true, "policy": "forged"},
     } if { h[":path"] != "/ok"; h[":method"] == "GET" }
 ---
 apiVersion: enterprise.gloo.solo.io/v1
@@ -1140,5 +1140,9 @@ spec:
     assert_eq!(meta(&resp, "limited"), Some(Kind::BoolValue(true)));
     // A policy cannot overwrite meshguard's own keys (access logs trust `allowed`).
     assert_eq!(meta(&resp, "allowed"), Some(Kind::BoolValue(false)));
+    assert_ne!(
+        meta(&resp, "policy"),
+        Some(Kind::StringValue("forged".into()))
+    );
     r.stop().await;
 }
