@@ -24,7 +24,6 @@ use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
 use meshguard_server::{PolicySource, State, Workload};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -150,20 +149,7 @@ fn material(ca: &Ca, who: &str) -> Result<SvidMaterial, Error> {
         Duration::from_secs(3600),
         KeyType::EcdsaP256,
     )?;
-    Ok(SvidMaterial {
-        id: svid.id.clone(),
-        chain: svid
-            .chain_der
-            .iter()
-            .cloned()
-            .map(CertificateDer::from)
-            .collect(),
-        key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_der))),
-        bundle: meshguard_identity::ca::pem_to_der(ca.bundle_pem())
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect(),
-    })
+    Ok(SvidMaterial::from_issued(svid, ca.bundle_pem()))
 }
 
 async fn proxy(

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use meshguard_identity::SpiffeId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -36,6 +36,25 @@ pub struct SvidMaterial {
     pub key: Arc<PrivateKeyDer<'static>>,
     /// Root certificates of the trust domain.
     pub bundle: Vec<CertificateDer<'static>>,
+}
+
+impl SvidMaterial {
+    /// An SVID issued in-process by a meshguard CA, with that CA's trust bundle (PEM).
+    pub fn from_issued(svid: meshguard_identity::ca::Svid, bundle_pem: &str) -> SvidMaterial {
+        SvidMaterial {
+            id: svid.id,
+            chain: svid
+                .chain_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_der))),
+            bundle: meshguard_identity::ca::pem_to_der(bundle_pem)
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for SvidMaterial {

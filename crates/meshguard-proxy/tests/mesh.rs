@@ -32,20 +32,7 @@ fn id(s: &str) -> SpiffeId {
 
 fn material(ca: &Ca, who: &str, ttl: Duration) -> SvidMaterial {
     let svid = ca.issue(&id(who), ttl, KeyType::EcdsaP256).expect("issue");
-    SvidMaterial {
-        id: svid.id.clone(),
-        chain: svid
-            .chain_der
-            .iter()
-            .cloned()
-            .map(CertificateDer::from)
-            .collect(),
-        key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(svid.key_der))),
-        bundle: meshguard_identity::ca::pem_to_der(ca.bundle_pem())
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect(),
-    }
+    SvidMaterial::from_issued(svid, ca.bundle_pem())
 }
 
 const SERVER: &str = "spiffe://cluster.local/ns/backend/sa/api";
