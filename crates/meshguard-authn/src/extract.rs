@@ -11,13 +11,14 @@ pub enum Location {
     Cookie(String),
 }
 
-/// Bytes a compact JWS may contain (base64url, dots, and `=` which Envoy also takes).
+/// Characters jwt_authn looks for after a header prefix: base64url and the dot (Envoy's
+/// `ConstantBase64UrlEncodingCharsPlusDot`; no `=`).
 static JWT_BYTES: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'=';
+        t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
         i += 1;
     }
     t
@@ -52,95 +53,111 @@ pub fn locations(rule: &JwtRule) -> Locations {
     }
 }
 
-/// Extracts the tokens a rule would see. `headers` have lower-case names; `query` is the raw
-/// query string (without `?`).
+/// Extracts the tokens one provider (jwtRule) sees, in Envoy 1.40's order: header locations,
+/// then query parameters, then cookies. `headers` have lower-case names; `query` is the raw query
+/// string (without `?`). Empty tokens are returned too: a location that is present but empty is
+/// a malformed token (401), not a missing one.
+///
+/// As Envoy's jwt_authn extractor (`extractor.cc`) does it, and as tests/envoy_jwt.rs checks
+/// against Envoy 1.40:
+/// - every line of a header is one value, joined with `,`; the prefix may stand anywhere in it,
+///   and a value without the prefix is no token;
+/// - after the prefix, the token starts at the first base64url-or-dot character and runs to the
+///   end of the value (`Bearer  t`, `Bearer \tt` give `t`; `Bearer t junk` and `Bearer "t"` give
+///   tokens that fail verification); a value with no such character is taken whole;
+/// - a query parameter counts once, its first occurrence, percent-decoded;
+/// - cookies from every `Cookie` line; the first cookie of a name counts, quotes removed.
 pub fn extract(
     locs: &Locations,
     headers: &[(String, String)],
     query: Option<&str>,
 ) -> Vec<(String, Location)> {
-    let (hdrs, params, cookies) = (&locs.headers, &locs.params, &locs.cookies);
     let mut out = Vec::new();
-    for (name, prefix) in hdrs {
-        for (_, value) in headers.iter().filter(|(n, _)| n == name) {
-            // Envoy: the prefix may stand anywhere in the value; a value without it is skipped.
-            let token = if prefix.is_empty() {
-                value.trim().to_owned()
-            } else {
-                match value.find(prefix.as_str()) {
-                    Some(pos) => {
-                        let rest = &value[pos + prefix.len()..];
-                        let end = rest
-                            .bytes()
-                            .position(|b| !JWT_BYTES[usize::from(b)])
-                            .unwrap_or(rest.len());
-                        rest[..end].to_owned()
-                    }
-                    None => continue,
+    for (name, prefix) in &locs.headers {
+        let mut joined: Option<String> = None;
+        for (_, v) in headers.iter().filter(|(n, _)| n == name) {
+            match &mut joined {
+                Some(j) => {
+                    j.push(',');
+                    j.push_str(v);
                 }
+                None => joined = Some(v.clone()),
+            }
+        }
+        let Some(value) = joined else { continue };
+        let token = if prefix.is_empty() {
+            value
+        } else {
+            let Some(pos) = value.find(prefix.as_str()) else {
+                continue;
             };
-            if !token.is_empty() {
-                out.push((token, Location::Header(name.clone())));
+            let after = pos + prefix.len();
+            match value.as_bytes()[after..]
+                .iter()
+                .position(|b| JWT_BYTES[usize::from(*b)])
+            {
+                Some(start) => value[after + start..].to_owned(),
+                None => value,
+            }
+        };
+        out.push((token, Location::Header(name.clone())));
+    }
+    if let (Some(q), false) = (query, locs.params.is_empty()) {
+        for name in &locs.params {
+            let first = q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(k) == *name).then(|| percent_decode(v))
+            });
+            if let Some(v) = first {
+                out.push((v, Location::Param(name.clone())));
             }
         }
     }
-    if let Some(q) = query {
-        for pair in q.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if params.iter().any(|p| p == &percent_decode(k)) {
-                let v = percent_decode(v);
-                if !v.is_empty() {
-                    out.push((v, Location::Param(percent_decode(k))));
-                }
-            }
-        }
-    }
-    if !cookies.is_empty() {
-        for (_, value) in headers.iter().filter(|(n, _)| n == "cookie") {
-            for c in value.split(';') {
-                let (k, v) = c.trim().split_once('=').unwrap_or((c.trim(), ""));
-                if cookies.iter().any(|name| name == k) && !v.is_empty() {
-                    out.push((
-                        v.trim_matches('"').to_owned(),
-                        Location::Cookie(k.to_owned()),
-                    ));
-                }
+    if !locs.cookies.is_empty() {
+        for name in &locs.cookies {
+            let first = headers
+                .iter()
+                .filter(|(n, _)| n == "cookie")
+                .flat_map(|(_, v)| v.split(';'))
+                .find_map(|c| {
+                    let c = c.trim();
+                    let (k, v) = c.split_once('=').unwrap_or((c, ""));
+                    (k == name).then(|| {
+                        let v = v.trim();
+                        v.strip_prefix('"')
+                            .and_then(|x| x.strip_suffix('"'))
+                            .unwrap_or(v)
+                            .to_owned()
+                    })
+                });
+            if let Some(v) = first {
+                out.push((v, Location::Cookie(name.clone())));
             }
         }
     }
     out
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
+/// Removes every occurrence of the named parameters from a request target (path and query), as
+/// Envoy's jwt_authn does for a verified token taken from a parameter when `forward` is false.
+pub fn remove_query_params(target: &str, names: &[String]) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !names.iter().any(|n| *n == percent_decode(k))
+        })
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_decode(s: &str) -> String {
+    meshguard_policy::path::percent_decode_lossy(s)
 }

@@ -3,19 +3,35 @@
 //! Refused here: oversized tokens (before any decoding), anything but three base64url segments
 //! (no padding, no foreign characters), JSON that is not an object, duplicate member names at any
 //! depth (RFC 7515 §5.2 lets implementations reject them; an attacker relies on parsers
-//! disagreeing about which duplicate wins), `alg: none` and algorithms outside the allowlist, and
-//! any `crit` extension (none are understood, RFC 7515 §4.1.11) or unencoded payloads (RFC 7797).
+//! disagreeing about which duplicate wins; Envoy 1.40 refuses them too), `alg: none` and
+//! algorithms outside the allowlist, and unencoded payloads (RFC 7797).
+//!
+//! Accepted because Envoy 1.40's jwt_verify_lib accepts them (tests/envoy_jwt.rs shows it): a
+//! `crit` header naming extensions (ignored), and non-canonical base64url (unused trailing bits).
 
 use std::fmt;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet::URL_SAFE;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// Largest token accepted; longer ones are refused before they are decoded.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Envoy 1.40 verifies tokens of any size its header limits admit (60 KiB of request headers by
+/// default): a 20 KiB token is accepted there. The bound only stops unbounded work.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// Base64url without padding, as jwt_verify_lib decodes it: unused low bits of the last
+/// character are ignored (a non-canonical encoding still verifies in Envoy 1.40).
+const LENIENT_B64URL: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
 
 /// Why a token is malformed or unacceptable before signature verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +52,6 @@ pub enum JoseError {
     AlgNone,
     #[error("Jwt algorithm `{0}` is not supported")]
     UnsupportedAlg(String),
-    #[error("Jwt header parameter `crit` lists `{0}`, which is not understood")]
-    Crit(String),
     #[error("Jwt header `b64: false` (unencoded payload) is not supported")]
     UnencodedPayload,
     #[error("Jwt header `kid` must be a string")]
@@ -54,8 +68,9 @@ pub struct ParsedJwt<'t> {
     pub signing_input: &'t str,
     /// The base64url payload segment, as sent (for `outputPayloadToHeader`).
     pub payload_b64: &'t str,
-    /// The base64url signature segment.
-    pub signature_b64: &'t str,
+    /// The base64url signature segment, canonically encoded (a segment with stray trailing bits
+    /// is re-encoded so the signature check sees the bytes Envoy would).
+    pub signature_b64: std::borrow::Cow<'t, str>,
 }
 
 /// The algorithms meshguard verifies (Envoy jwt_authn's list without ES512).
@@ -79,9 +94,16 @@ pub fn parse_alg(s: &str) -> Result<Algorithm, JoseError> {
 }
 
 fn decode_segment(s: &str, what: &'static str) -> Result<Vec<u8>, JoseError> {
-    URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| JoseError::Base64(what))
+    // absl's WebSafeBase64Unescape, which jwt_verify_lib uses, skips ASCII whitespace: a
+    // signature followed by ` junk` decodes (then fails verification), so the audience is still
+    // judged first, as Envoy 1.40 does (403, not 401).
+    let result = if s.bytes().any(|b| b.is_ascii_whitespace()) {
+        let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        LENIENT_B64URL.decode(compact)
+    } else {
+        LENIENT_B64URL.decode(s)
+    };
+    result.map_err(|_| JoseError::Base64(what))
 }
 
 /// Splits, decodes and checks a compact JWS.
@@ -106,17 +128,6 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, JoseError> {
     if s.is_empty() {
         return Err(JoseError::Segments);
     }
-    if let Some(crit) = header.get("crit") {
-        let first = match crit {
-            Value::Array(items) => items.first().map(|v| v.as_str().unwrap_or("?").to_owned()),
-            _ => Some("(not a list)".to_owned()),
-        };
-        // Every listed extension must be understood; meshguard understands none. An empty
-        // list is itself invalid (RFC 7515 §4.1.11).
-        return Err(JoseError::Crit(
-            first.unwrap_or_else(|| "(empty list)".to_owned()),
-        ));
-    }
     if header.get("b64").is_some_and(|b| b != &Value::Bool(true)) {
         return Err(JoseError::UnencodedPayload);
     }
@@ -127,7 +138,15 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, JoseError> {
     };
     let payload = strict_object(&decode_segment(p, "payload")?, "payload")?;
     // The signature must decode too; the verifier decodes it again.
-    decode_segment(s, "signature")?;
+    let sig = decode_segment(s, "signature")?;
+    let canonical = URL_SAFE_NO_PAD.encode(&sig);
+    // The signed input is the segments as sent (whitespace and all), as jwt_verify_lib signs
+    // over the token text.
+    let signature_b64 = if canonical == s {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(canonical)
+    };
     let signing_input = &token[..h.len() + 1 + p.len()];
     Ok(ParsedJwt {
         alg,
@@ -135,7 +154,7 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, JoseError> {
         payload,
         signing_input,
         payload_b64: p,
-        signature_b64: s,
+        signature_b64,
     })
 }
 
@@ -251,13 +270,14 @@ mod tests {
         assert_eq!(parse(&none).unwrap_err(), JoseError::AlgNone);
         let none2 = format!("{}.{}.x", seg(r#"{"alg":"NoNe"}"#), seg("{}"));
         assert_eq!(parse(&none2).unwrap_err(), JoseError::AlgNone);
+        // Envoy 1.40 ignores `crit`.
         let crit = format!(
             "{}.{}.{}",
             seg(r#"{"alg":"RS256","crit":["x"],"x":1}"#),
             seg("{}"),
             seg("s")
         );
-        assert!(matches!(parse(&crit), Err(JoseError::Crit(_))));
+        assert!(parse(&crit).is_ok());
         let b64 = format!(
             "{}.{}.{}",
             seg(r#"{"alg":"RS256","b64":false}"#),

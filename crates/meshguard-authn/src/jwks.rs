@@ -104,11 +104,8 @@ impl KeySet {
     }
 
     fn parse_key(k: &Value, allow_oct: bool) -> Result<Key, String> {
-        if let Some(u) = s(k, "use") {
-            if u != "sig" {
-                return Err(format!("`use` is `{u}`, not `sig`"));
-            }
-        }
+        // `use` is not consulted: Envoy 1.40 (jwt_verify_lib) verifies with a key marked
+        // `use: enc` too (tests/envoy_jwt.rs, case kid_enc_key).
         let alg = match s(k, "alg") {
             Some(a) => Some(crate::jose::parse_alg(a).map_err(|e| e.to_string())?),
             None => None,

@@ -45,8 +45,6 @@ pub enum TokenError {
     Expired,
     #[error("Jwt not yet valid")]
     NotYetValid,
-    #[error("Jwt is issued in the future (iat beyond the allowed clock skew)")]
-    IssuedInFuture,
     #[error("Jwt claim `{0}` has the wrong type")]
     BadClaim(&'static str),
     #[error("Audiences in Jwt are not allowed")]
@@ -59,6 +57,8 @@ pub enum TokenError {
     JwksUnavailable(String),
     #[error("Jwks is invalid: {0}")]
     JwksInvalid(String),
+    #[error("Jwt claim `{0}` cannot be written to a header (line break or NUL)")]
+    ClaimNotAHeader(String),
 }
 
 impl TokenError {
@@ -76,20 +76,22 @@ impl TokenError {
             TokenError::UnknownIssuer => "Jwt issuer is not configured",
             TokenError::Expired => "Jwt is expired",
             TokenError::NotYetValid => "Jwt not yet valid",
-            TokenError::IssuedInFuture => "Jwt is issued in the future",
             TokenError::BadClaim(_) => "Jwt has a claim of the wrong type",
             TokenError::AudienceNotAllowed => "Audiences in Jwt are not allowed",
             TokenError::NoMatchingKey => "Jwks doesn't have key to match kid or alg from Jwt",
             TokenError::BadSignature => "Jwt verification fails",
             TokenError::JwksUnavailable(_) => "Jwks remote fetch is failed",
             TokenError::JwksInvalid(_) => "Jwks is invalid",
+            TokenError::ClaimNotAHeader(_) => "Jwt claim cannot be written to a header",
         }
     }
 
-    /// 403 for a disallowed audience (Envoy `JwtAudienceNotAllowed`), 401 otherwise.
+    /// 403 for a disallowed audience (Envoy `JwtAudienceNotAllowed`), 503 for a claim that
+    /// cannot be a header value (Envoy refuses to forward it), 401 otherwise.
     pub fn status(&self) -> u16 {
         match self {
             TokenError::AudienceNotAllowed => 403,
+            TokenError::ClaimNotAHeader(_) => 503,
             _ => 401,
         }
     }
@@ -111,6 +113,9 @@ pub struct Authenticated {
     pub headers_to_add: Vec<(String, String)>,
     /// Token headers to strip before forwarding (`forwardOriginalToken: false`).
     pub headers_to_remove: Vec<String>,
+    /// Query parameters that carried a verified token, removed from the path the app sees
+    /// (`forwardOriginalToken: false`, as Envoy 1.40 does).
+    pub query_params_to_remove: Vec<String>,
     /// `namespace/name` of the RequestAuthentication whose rule verified the token.
     pub rule: String,
 }
@@ -132,7 +137,7 @@ pub struct AuthnRequest<'a> {
     pub host: &'a str,
     /// The request target as sent (path and query).
     pub path: &'a str,
-    /// Lower-case header names.
+    /// Header lines as received (lower-case names; a repeated header is several entries).
     pub headers: &'a [(String, String)],
     pub namespace: &'a str,
     pub labels: &'a std::collections::BTreeMap<String, String>,
@@ -289,7 +294,7 @@ impl Authenticator {
                 method: &h.method,
                 host: &h.host,
                 path: &h.raw_path,
-                headers: &h.headers,
+                headers: &h.lines,
                 namespace: &req.destination.namespace,
                 labels: &req.destination.labels,
             },
@@ -347,73 +352,92 @@ impl Authenticator {
             .split_once('?')
             .map(|(_, q)| q.split('#').next().unwrap_or(q));
 
-        // Every distinct token any provider extracts, with the providers that extract it there.
-        let mut found: Vec<(String, Vec<(usize, Location)>)> = Vec::new();
-        for &pi in &active {
-            for (token, loc) in extract::extract(&self.providers[pi].locations, req.headers, query)
-            {
-                match found.iter_mut().find(|(t, _)| *t == token) {
-                    Some((_, ps)) => ps.push((pi, loc)),
-                    None => found.push((token, vec![(pi, loc)])),
-                }
-            }
-        }
-        if found.is_empty() {
+        // What each provider sees in its own locations (istiod gives every jwtRule its own
+        // provider, and Envoy extracts per provider).
+        let seen: Vec<(usize, Vec<(String, Location)>)> = active
+            .iter()
+            .map(|&pi| {
+                let tokens = extract::extract(&self.providers[pi].locations, req.headers, query);
+                (pi, tokens)
+            })
+            .collect();
+        if seen.iter().all(|(_, t)| t.is_empty()) {
             return AuthnOutcome::NoToken;
         }
 
-        let mut first: Option<Authenticated> = None;
-        let mut headers_to_remove: Vec<String> = Vec::new();
-        for (token, candidates) in &found {
-            match self.verify_token(token, candidates).await {
-                Ok((pi, claims)) => {
-                    let p = &self.providers[pi];
-                    if !p.rule.forward_original_token {
-                        for (cpi, loc) in candidates {
-                            if let (true, Location::Header(h)) = (*cpi == pi, loc) {
-                                if !headers_to_remove.contains(h) {
-                                    headers_to_remove.push(h.clone());
-                                }
-                            }
-                        }
+        // istiod's requirement (convertToEnvoyJwtConfig): one rule is
+        // `requires_any [provider, allow_missing]`; several are
+        // `requires_any [p0, .., pN, requires_all [any [pi, allow_missing] ...]]`. Envoy's
+        // verifiers make of it: the request passes when one provider finds tokens in its own
+        // locations and verifies every one of them (a token elsewhere does not matter), or when
+        // no provider finds any token; otherwise it fails with the first failing provider's
+        // error. Envoy 1.40 agrees case by case (tests/envoy_jwt.rs, scenario "multi").
+        let mut first_error: Option<(TokenError, usize)> = None;
+        for (pi, tokens) in &seen {
+            if tokens.is_empty() {
+                continue;
+            }
+            match self.verify_all(*pi, tokens).await {
+                Ok(a) => return a,
+                Err(e) => {
+                    if first_error.is_none() {
+                        first_error = Some((e, *pi));
                     }
-                    if first.is_none() {
-                        first = Some(self.authenticated(pi, token, claims));
-                    }
-                }
-                Err((error, pi)) => {
-                    let status = error.status();
-                    let realm = format!(
-                        "http://{}{}",
-                        req.host,
-                        req.path.split('?').next().unwrap_or(req.path)
-                    );
-                    let www_authenticate = (status == 401).then(|| {
-                        format!(
-                            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
-                            realm.replace(['"', '\r', '\n'], "%22"),
-                            error.public_message()
-                        )
-                    });
-                    return AuthnOutcome::Rejected(Rejected {
-                        status,
-                        error,
-                        www_authenticate,
-                        rule: pi.map(|i| self.providers[i].owner.clone()),
-                    });
                 }
             }
         }
-        match first {
-            Some(mut a) => {
-                a.headers_to_remove = headers_to_remove;
-                AuthnOutcome::Authenticated(a)
-            }
-            None => AuthnOutcome::NoToken,
-        }
+        let Some((error, pi)) = first_error else {
+            return AuthnOutcome::NoToken;
+        };
+        let status = error.status();
+        // Envoy challenges on 401 and on 403 (a disallowed audience) alike.
+        let www_authenticate = (status != 503).then(|| www_authenticate(req.host, req.path));
+        AuthnOutcome::Rejected(Rejected {
+            status,
+            error,
+            www_authenticate,
+            rule: Some(self.providers[pi].owner.clone()),
+        })
     }
 
-    fn authenticated(&self, pi: usize, token: &str, identity: Arc<JwtIdentity>) -> Authenticated {
+    /// Verifies every token one provider extracted; on success, what the request carries on.
+    /// Envoy's authenticator takes tokens from the back of the extracted list and writes each
+    /// verified token's outputs as it goes; the principal is the last one verified, i.e. the
+    /// first extracted (its payload metadata is written last).
+    async fn verify_all(
+        &self,
+        pi: usize,
+        tokens: &[(String, Location)],
+    ) -> Result<AuthnOutcome, TokenError> {
+        let p = &self.providers[pi];
+        let mut out: Option<Authenticated> = None;
+        for (token, loc) in tokens.iter().rev() {
+            let identity = self.verify_token(token, pi).await?;
+            let mut a = self.authenticated(pi, token, identity)?;
+            if !p.rule.forward_original_token {
+                match loc {
+                    Location::Header(h) => a.headers_to_remove.push(h.clone()),
+                    Location::Param(q) => a.query_params_to_remove.push(q.clone()),
+                    Location::Cookie(_) => {}
+                }
+            }
+            if let Some(o) = out.take() {
+                a.headers_to_add.splice(0..0, o.headers_to_add);
+                a.headers_to_remove.splice(0..0, o.headers_to_remove);
+                a.query_params_to_remove
+                    .splice(0..0, o.query_params_to_remove);
+            }
+            out = Some(a);
+        }
+        Ok(out.map_or(AuthnOutcome::NoToken, AuthnOutcome::Authenticated))
+    }
+
+    fn authenticated(
+        &self,
+        pi: usize,
+        token: &str,
+        identity: Arc<JwtIdentity>,
+    ) -> Result<Authenticated, TokenError> {
         let claims = &identity.claims;
         let p = &self.providers[pi];
         let mut headers_to_add = Vec::new();
@@ -428,33 +452,29 @@ impl Authenticator {
             for part in parts {
                 v = v.and_then(|x| x.get(part));
             }
-            let text = match v {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                Some(Value::Bool(b)) => Some(b.to_string()),
-                _ => None,
-            };
-            if let Some(t) = text {
+            if let Some(t) = v.and_then(claim_header_value) {
+                // Envoy answers 503 rather than send a header value with a line break or NUL.
+                if t.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+                    return Err(TokenError::ClaimNotAHeader(c.claim.clone()));
+                }
                 headers_to_add.push((c.header.to_ascii_lowercase(), t));
             }
         }
-        Authenticated {
+        Ok(Authenticated {
             identity,
             headers_to_add,
             headers_to_remove: Vec::new(),
+            query_params_to_remove: Vec::new(),
             rule: p.owner.clone(),
-        }
+        })
     }
 
-    /// Verifies one token with the provider its `iss` selects among those that extracted it.
-    async fn verify_token(
-        &self,
-        token: &str,
-        candidates: &[(usize, Location)],
-    ) -> Result<(usize, Arc<JwtIdentity>), (TokenError, Option<usize>)> {
+    /// Verifies one token with one provider (its issuer must match the provider's, when the
+    /// provider names one).
+    async fn verify_token(&self, token: &str, pi: usize) -> Result<Arc<JwtIdentity>, TokenError> {
         let now = now_secs();
-        if let Some((pi, claims)) = self.cache.get(token, now, |pi| self.generation(pi)) {
-            if candidates.iter().any(|(c, _)| *c == pi) {
+        if let Some((cpi, claims)) = self.cache.get(token, now, |pi| self.generation(pi)) {
+            if cpi == pi {
                 // Keys due for a refresh are refreshed first, so a key removed by rotation stops
                 // vouching for cached tokens (the generation changes and the entry is ignored).
                 let fresh = match self.providers.get(pi).map(|p| &p.keys) {
@@ -469,34 +489,22 @@ impl Authenticator {
                     _ => true,
                 };
                 if fresh {
-                    return Ok((pi, claims));
+                    return Ok(claims);
                 }
             }
         }
-        let jwt = jose::parse(token).map_err(|e| (TokenError::Malformed(e), None))?;
-        let iss = jwt.payload.get("iss").and_then(Value::as_str).unwrap_or("");
-        // A rule naming this issuer first; a rule without an issuer (jwksUri only) after that.
-        let exact = candidates
-            .iter()
-            .find(|(pi, _)| self.providers[*pi].rule.issuer == iss);
-        let any = || {
-            candidates
-                .iter()
-                .find(|(pi, _)| self.providers[*pi].rule.issuer.is_empty())
-        };
-        let Some(&(pi, _)) = exact.or_else(any) else {
-            return Err((TokenError::UnknownIssuer, None));
-        };
+        let jwt = jose::parse(token).map_err(TokenError::Malformed)?;
         let p = &self.providers[pi];
         let generation = self.generation(pi);
-        self.verify_with_provider(p, &jwt, now)
-            .await
-            .map_err(|e| (e, Some(pi)))?;
-        let exp = num_claim(&jwt.payload, "exp").ok().flatten();
+        self.verify_with_provider(p, &jwt, now).await?;
+        let exp = num_claim(&jwt.payload, "exp")
+            .ok()
+            .flatten()
+            .filter(|e| *e != 0);
         let identity = Arc::new(JwtIdentity::new(jwt.payload, None));
         self.cache
             .insert(token, pi, identity.clone(), exp, generation, now);
-        Ok((pi, identity))
+        Ok(identity)
     }
 
     fn generation(&self, pi: usize) -> u64 {
@@ -535,6 +543,63 @@ impl Authenticator {
     }
 }
 
+/// Envoy's challenge: `Bearer realm="<scheme>://<host><path>", error="invalid_token"`, the path
+/// (with its query) cut at 256 bytes (jwt_authn `filter.cc`, `buildOriginalUri`).
+fn www_authenticate(host: &str, path: &str) -> String {
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let realm = format!("http://{host}{}", &path[..end]);
+    format!(
+        "Bearer realm=\"{}\", error=\"invalid_token\"",
+        realm.replace(['"', '\r', '\n'], "%22")
+    )
+}
+
+/// A claim as Envoy's `claim_to_headers` writes it: strings as they are (empty: no header),
+/// booleans as `true`/`false`, non-negative integers as integers, other numbers as `%f`
+/// (`-3.000000`, `1.500000`), lists and objects as standard base64 of their JSON; null: none.
+fn claim_header_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u.to_string(),
+            (None, Some(f)) => format!("{f:.6}"),
+            (None, None) => n.to_string(),
+        }),
+        Value::Array(_) | Value::Object(_) => {
+            Some(base64::engine::general_purpose::STANDARD.encode(v.to_string().as_bytes()))
+        }
+        Value::Null => None,
+    }
+}
+
+/// Header names request authentication may write for a workload (`outputClaimToHeaders`,
+/// `outputPayloadToHeader` of every rule that applies). Envoy's jwt_authn removes client-sent
+/// copies of all of them on every request, token or not (tests/envoy_jwt.rs, forged_outputs).
+pub fn output_header_names(
+    set: &PolicySet,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for ra in set.request_authentications(namespace, labels) {
+        for rule in &ra.jwt_rules {
+            let claim = rule.output_claim_to_headers.iter().map(|c| &c.header);
+            for h in claim.chain(rule.output_payload_to_header.iter()) {
+                let h = h.to_ascii_lowercase();
+                if !names.contains(&h) {
+                    names.push(h);
+                }
+            }
+        }
+    }
+    names
+}
+
 fn owner_name(ra: &RequestAuthentication) -> String {
     format!("{}/{}", ra.meta.namespace, ra.meta.name)
 }
@@ -545,7 +610,7 @@ pub fn verify_signature(keys: &KeySet, jwt: &ParsedJwt<'_>) -> Result<(), TokenE
     for k in keys.candidates(jwt) {
         any = true;
         if let Ok(true) = jsonwebtoken::crypto::verify(
-            jwt.signature_b64,
+            &jwt.signature_b64,
             jwt.signing_input.as_bytes(),
             &k.decoding,
             jwt.alg,
@@ -570,11 +635,17 @@ fn normalize_aud(a: &str) -> &str {
 }
 
 fn num_claim(payload: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, TokenError> {
+    // jwt_verify_lib reads time claims as unsigned 64-bit integers: a fraction is dropped, a
+    // negative number or one of 2^64 or more is a malformed token (401).
     match payload.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or(TokenError::BadClaim(name)),
         Some(_) => Err(TokenError::BadClaim(name)),
@@ -600,7 +671,8 @@ pub fn check_claims(
             return Err(TokenError::BadClaim("sub"));
         }
     }
-    if let Some(exp) = num_claim(payload, "exp")? {
+    // `exp: 0` means no expiry (jwt_verify_lib).
+    if let Some(exp) = num_claim(payload, "exp")?.filter(|e| *e != 0) {
         if now > exp.saturating_add(CLOCK_SKEW_SECS) {
             return Err(TokenError::Expired);
         }
@@ -610,10 +682,15 @@ pub fn check_claims(
             return Err(TokenError::NotYetValid);
         }
     }
-    if let Some(iat) = num_claim(payload, "iat")? {
-        if iat > now.saturating_add(CLOCK_SKEW_SECS) {
-            return Err(TokenError::IssuedInFuture);
-        }
+    // `iat` must be a number but is not compared with the clock: Envoy 1.40 accepts a token
+    // issued in the future (tests/envoy_jwt.rs, case iat_future).
+    num_claim(payload, "iat")?;
+    // `aud` must be a string or a list of strings, whatever the rule's audiences (a number, a
+    // boolean or a list holding one is a malformed token, 401, not a disallowed audience).
+    match payload.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(TokenError::BadClaim("aud")),
     }
     if !rule.audiences.is_empty() {
         let ok = |a: &str| {

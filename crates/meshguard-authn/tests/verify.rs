@@ -32,6 +32,9 @@ async fn pyjwt_tokens_of_every_algorithm_verify() {
         "RS256_no_kid",
         "aud_list",
         "no_exp",
+        // Envoy 1.40 ignores a future `iat` and an unknown `crit` (tests/envoy_jwt.rs).
+        "issued_in_future",
+        "crit_unknown",
     ] {
         match bearer(&set, &a, &token(alg)).await {
             AuthnOutcome::Authenticated(au) => {
@@ -62,9 +65,6 @@ async fn attacks_are_refused() {
         }),
         ("expired", 401, |e| *e == TokenError::Expired),
         ("not_yet_valid", 401, |e| *e == TokenError::NotYetValid),
-        ("issued_in_future", 401, |e| {
-            *e == TokenError::IssuedInFuture
-        }),
         ("wrong_iss", 401, |e| *e == TokenError::UnknownIssuer),
         ("wrong_aud", 403, |e| *e == TokenError::AudienceNotAllowed),
         ("unknown_kid", 401, |e| *e == TokenError::NoMatchingKey),
@@ -98,9 +98,6 @@ async fn attacks_are_refused() {
             401,
             |e| matches!(e, TokenError::Malformed(JoseError::Json("payload", m)) if m.contains("duplicate")),
         ),
-        ("crit_unknown", 401, |e| {
-            matches!(e, TokenError::Malformed(JoseError::Crit(_)))
-        }),
         ("payload_not_object", 401, |e| {
             *e == TokenError::Malformed(JoseError::NotObject("payload"))
         }),
@@ -128,8 +125,9 @@ async fn attacks_are_refused() {
         meshguard_authn::jose::parse(&bad),
         Err(JoseError::Base64("payload"))
     ));
-    // An oversized token is refused before it is decoded.
-    let huge = format!("{}.{}.{}", "a".repeat(9000), "b".repeat(9000), "c");
+    // An oversized token is refused before it is decoded (Envoy takes tokens as large as its
+    // 60 KiB header limit allows, so the bound sits above that).
+    let huge = format!("{}.{}.{}", "a".repeat(40_000), "b".repeat(40_000), "c");
     let (s, e) = rejected(&bearer(&set, &a, &huge).await);
     assert_eq!(
         (

@@ -665,10 +665,14 @@ impl Ctx<'_> {
                 None => false,
             },
             Attr::Header(name) => {
+                // Envoy 1.40's RBAC header matcher: a repeated header matches when any one of
+                // its lines matches; the same values sent as one comma-joined line are one value
+                // (tests/envoy_rbac.rs).
                 let Some(h) = &req.http else { return false };
-                match (m, h.header(name)) {
+                let mut lines = h.header_lines(name).peekable();
+                match (m, lines.peek()) {
                     (M::Present, Some(_)) => true,
-                    (_, Some(v)) => str_match(m, v),
+                    (_, Some(_)) => lines.any(|v| str_match(m, v)),
                     (_, None) => false,
                 }
             }

@@ -378,9 +378,7 @@ pub fn parse_request(
                             "the request already has an Authorization header; give the token in one place",
                         ));
                     }
-                    h.headers
-                        .push(("authorization".to_owned(), format!("Bearer {token}")));
-                    h.headers.sort_by(|x, y| x.0.cmp(&y.0));
+                    h.push_header("authorization", &format!("Bearer {token}"));
                 }
             } else {
                 if principal.is_none() && claims.is_empty() {

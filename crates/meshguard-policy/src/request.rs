@@ -74,8 +74,32 @@ pub struct HttpRequest {
     pub path: Result<NormalizedPath, PathError>,
     /// Lower-cased names; repeated headers joined with `,` (as Envoy presents them). Sorted by name.
     pub headers: Vec<(String, String)>,
+    /// Every header line as received (lower-cased names, arrival order). Envoy's jwt_authn and
+    /// RBAC filters see lines, not the joined view: RBAC 1.40 matches a header rule when any
+    /// single line matches, and jwt_authn reads cookies line by line.
+    pub lines: Vec<(String, String)>,
     /// Set when the request would be refused before authorization.
     pub rejection: Option<Rejection>,
+}
+
+/// The joined view of header lines: sorted by name, repeated names joined with `,` in arrival
+/// order. O(n log n) in the number of lines (a stable sort, then one pass), whatever a client
+/// sends.
+pub fn merge_lines(lines: &[(String, String)]) -> Vec<(String, String)> {
+    let mut order: Vec<usize> = (0..lines.len()).collect();
+    order.sort_by(|&a, &b| lines[a].0.cmp(&lines[b].0));
+    let mut merged: Vec<(String, String)> = Vec::with_capacity(lines.len());
+    for i in order {
+        let (n, v) = &lines[i];
+        match merged.last_mut() {
+            Some((last, joined)) if last == n => {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            _ => merged.push((n.clone(), v.clone())),
+        }
+    }
+    merged
 }
 
 impl HttpRequest {
@@ -89,18 +113,11 @@ impl HttpRequest {
     ) -> HttpRequest {
         let raw_path = raw_path.into();
         let path = normalize(&raw_path, normalization);
-        let mut merged: Vec<(String, String)> = Vec::new();
-        for (name, value) in headers {
-            let name = name.to_ascii_lowercase();
-            match merged.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, v)) => {
-                    v.push(',');
-                    v.push_str(&value);
-                }
-                None => merged.push((name, value)),
-            }
-        }
-        merged.sort_by(|a, b| a.0.cmp(&b.0));
+        let lines: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .collect();
+        let merged = merge_lines(&lines);
         let method = method.into();
         let rejection = if let Err(e) = &path {
             Some(Rejection::Path(*e))
@@ -126,8 +143,24 @@ impl HttpRequest {
             raw_path,
             path,
             headers: merged,
+            lines,
             rejection,
         }
+    }
+
+    /// Every line of one header (lower-case name), in arrival order.
+    pub fn header_lines<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.lines
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Adds a header line (keeping the joined view in step).
+    pub fn push_header(&mut self, name: &str, value: &str) {
+        self.lines
+            .push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers = merge_lines(&self.lines);
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

@@ -644,29 +644,15 @@ fn malformed(why: &'static str) -> hyper::Response<Body> {
     full(400, "Bad Request")
 }
 
-/// Header names that request authentication may write for this workload
-/// (`outputClaimToHeaders`, `outputPayloadToHeader`): a client must not be able to send them.
+/// Header names that request authentication may write for this workload: a client must not be
+/// able to send them.
 fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
     let g = ctx.state.current();
-    let mut names = Vec::new();
-    for ra in g
-        .set
-        .request_authentications(&ctx.cfg.workload.namespace, &ctx.cfg.workload.labels)
-    {
-        for rule in &ra.jwt_rules {
-            names.extend(
-                rule.output_claim_to_headers
-                    .iter()
-                    .map(|c| c.header.to_ascii_lowercase()),
-            );
-            names.extend(
-                rule.output_payload_to_header
-                    .iter()
-                    .map(|h| h.to_ascii_lowercase()),
-            );
-        }
-    }
-    names
+    meshguard_authn::output_header_names(
+        &g.set,
+        &ctx.cfg.workload.namespace,
+        &ctx.cfg.workload.labels,
+    )
 }
 
 async fn handle_http(
@@ -733,10 +719,12 @@ async fn handle_http(
     }
     let mut headers = Vec::with_capacity(h.len());
     for (k, v) in h.iter() {
-        match v.to_str() {
+        // Envoy forwards UTF-8 (obs-text) in header values; the engine must see what the app
+        // sees, so bytes that are not UTF-8 are refused rather than compared lossily. hyper
+        // has already refused control characters.
+        match std::str::from_utf8(v.as_bytes()) {
             Ok(t) => headers.push((k.as_str().to_owned(), t.to_owned())),
-            // The engine must see what the app sees; bytes it cannot compare are refused.
-            Err(_) => return malformed("a header value that is not visible ASCII"),
+            Err(_) => return malformed("a header value that is not UTF-8"),
         }
     }
     let target = parts
@@ -744,6 +732,10 @@ async fn handle_http(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
+    // Envoy's HTTP/1 codec answers 400 to a request target with a fragment (`#`).
+    if target.contains('#') {
+        return malformed("a request target with a fragment (#)");
+    }
     let http = HttpRequest::new(
         parts.method.as_str(),
         host,
@@ -790,13 +782,16 @@ async fn handle_http(
     }
 
     // The app receives the path that was authorised (normalised as Envoy forwards it).
-    let path = match request.http.as_ref().and_then(|h| h.path.as_ref().ok()) {
+    let mut path = match request.http.as_ref().and_then(|h| h.path.as_ref().ok()) {
         Some(p) => match &p.query {
             Some(q) => format!("{}?{q}", p.path),
             None => p.path.clone(),
         },
         None => return full(400, "Bad Request"),
     };
+    if !o.query_params_to_remove.is_empty() {
+        path = meshguard_authn::extract::remove_query_params(&path, &o.query_params_to_remove);
+    }
     let Ok(uri) = format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() else {
         return full(400, "Bad Request");
     };
@@ -806,12 +801,14 @@ async fn handle_http(
     for name in &o.headers_to_remove {
         h.remove(name.as_str());
     }
+    // Client-sent copies of these names were removed before the decision; one line per
+    // verified token, as Envoy's jwt_authn adds them.
     for (k, v) in &o.headers_to_add {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
-            h.insert(k, v);
+            h.append(k, v);
         }
     }
     let upstream = hyper::Request::from_parts(parts, body.boxed());

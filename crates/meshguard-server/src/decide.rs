@@ -23,6 +23,9 @@ pub struct Outcome {
     pub action: Option<&'static str>,
     pub headers_to_add: Vec<(String, String)>,
     pub headers_to_remove: Vec<String>,
+    /// Query parameters to drop from the path the app sees (a verified token's, when
+    /// `forwardOriginalToken` is false).
+    pub query_params_to_remove: Vec<String>,
     pub www_authenticate: Option<String>,
     pub request_principal: Option<String>,
     pub audit: Vec<String>,
@@ -54,6 +57,7 @@ impl Outcome {
             action: None,
             headers_to_add: Vec::new(),
             headers_to_remove: Vec::new(),
+            query_params_to_remove: Vec::new(),
             www_authenticate: None,
             request_principal: None,
             audit: Vec::new(),
@@ -205,6 +209,21 @@ pub async fn decide_ext(
         if let Some(a) = authenticated {
             o.headers_to_add = a.headers_to_add;
             o.headers_to_remove = a.headers_to_remove;
+            o.query_params_to_remove = a.query_params_to_remove;
+        }
+        // Client-sent copies of the JWT output headers never reach the app (Envoy's jwt_authn
+        // sanitises them on every request); the ones written above replace them.
+        if let Some(h) = &req.http {
+            for name in meshguard_authn::output_header_names(
+                &g.set,
+                &req.destination.namespace,
+                &req.destination.labels,
+            ) {
+                let written = o.headers_to_add.iter().any(|(k, _)| *k == name);
+                if !written && h.header(&name).is_some() && !o.headers_to_remove.contains(&name) {
+                    o.headers_to_remove.push(name);
+                }
+            }
         }
         for r in chain_ok {
             // Envoy applies them with OverwriteIfExistsOrAdd: a later step's value replaces an
@@ -235,6 +254,7 @@ fn outcome_of(g: &Generation, d: &Decision<'_>, id: &Identity) -> Outcome {
         action: d.action().map(|a| a.as_str()),
         headers_to_add: Vec::new(),
         headers_to_remove: Vec::new(),
+        query_params_to_remove: Vec::new(),
         www_authenticate: None,
         request_principal: id.jwt.as_ref().map(|j| j.principal.clone()),
         audit: d.audit.iter().map(|p| p.name()).collect(),

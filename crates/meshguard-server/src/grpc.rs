@@ -271,6 +271,26 @@ fn metadata(o: &Outcome) -> Struct {
     Struct { fields }
 }
 
+/// Headers for the upstream request: the first value of a name replaces what the client sent,
+/// later values of the same name are added beside it (one line per verified token, as Envoy's
+/// jwt_authn writes them).
+#[allow(deprecated)]
+fn request_headers(add: &[(String, String)]) -> Vec<HeaderValueOption> {
+    add.iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let mut h = header(k, v);
+            if add[..i].iter().any(|(x, _)| x.eq_ignore_ascii_case(k)) {
+                // Envoy's ext_authz client reads the deprecated `append` flag (default false
+                // there) to choose between setting and appending.
+                h.append = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+                h.append_action = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+            }
+            h
+        })
+        .collect()
+}
+
 fn header(k: &str, v: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -292,8 +312,9 @@ pub fn to_response(o: &Outcome) -> CheckResponse {
                 ..Default::default()
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: o.headers_to_add.iter().map(|(k, v)| header(k, v)).collect(),
+                headers: request_headers(&o.headers_to_add),
                 headers_to_remove: o.headers_to_remove.clone(),
+                query_parameters_to_remove: o.query_params_to_remove.clone(),
                 response_headers_to_add: o
                     .response_headers
                     .iter()

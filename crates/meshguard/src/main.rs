@@ -476,6 +476,7 @@ fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_server::d
                 "request_principal": o.request_principal,
                 "headers_to_add": pairs(&o.headers_to_add),
                 "headers_to_remove": o.headers_to_remove,
+                "query_params_to_remove": o.query_params_to_remove,
                 "response_headers": pairs(&o.response_headers),
                 "www_authenticate": o.www_authenticate,
                 "dynamic_metadata": o.dynamic_metadata,
@@ -508,6 +509,9 @@ fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_server::d
             }
             for k in &o.headers_to_remove {
                 println!("  header to remove: {k}");
+            }
+            for k in &o.query_params_to_remove {
+                println!("  query parameter to remove: {k}");
             }
             if let Some(w) = &o.www_authenticate {
                 println!("  response header: www-authenticate: {w}");

