@@ -480,7 +480,8 @@ impl PolicySet {
             }
         }
         if let Some((_, at)) = deny {
-            decision.reason = Reason::Denied { at };
+            let unknown = self.compiled_rule(at).and_then(|r| ctx.unknown_attr_in(r));
+            decision.reason = Reason::Denied { at, unknown };
             return decision;
         }
         if allow_policies == 0 {
@@ -545,14 +546,14 @@ impl Ctx<'_> {
     fn why_not(&self, r: &CRule, tcp: bool) -> Option<String> {
         let first_failing = |keys: &[CKey]| {
             keys.iter()
-                .find(|k| !self.key_matches(k, tcp))
+                .find(|k| !self.key_matches(k, tcp, false))
                 .map(|k| k.field.clone())
         };
         let group = |g: &Option<Vec<Vec<CKey>>>, part: &str, item: &str| -> Option<String> {
             let alts = g.as_ref()?;
             if alts
                 .iter()
-                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp)))
+                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp, false)))
             {
                 return None;
             }
@@ -582,6 +583,14 @@ impl Ctx<'_> {
 }
 
 impl PolicySet {
+    /// The compiled rule a decision points at.
+    fn compiled_rule(&self, at: PolicyRef<'_>) -> Option<&CRule> {
+        self.authz
+            .iter()
+            .find(|p| std::ptr::eq(&p.src, at.policy))
+            .and_then(|p| p.rules.iter().find(|r| r.index == at.rule))
+    }
+
     fn lookup_claim_kind(&self, key: &str) -> Option<&'static str> {
         [
             "request.auth.claims[exp]",
@@ -612,26 +621,53 @@ impl Ctx<'_> {
             if best.is_some_and(|(rank, _)| rank < r.rank) {
                 continue;
             }
-            if self.rule_matches(r, tcp) {
+            if self.rule_matches(r, tcp, p.src.action != Action::Allow) {
                 best = Some((r.rank, r.index));
             }
         }
         best
     }
 
-    fn rule_matches(&self, r: &CRule, tcp: bool) -> bool {
+    fn rule_matches(&self, r: &CRule, tcp: bool, deny_like: bool) -> bool {
         let group = |g: &Option<Vec<Vec<CKey>>>| match g {
             None => true,
             Some(alts) => alts
                 .iter()
-                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp))),
+                .any(|keys| keys.iter().all(|k| self.key_matches(k, tcp, deny_like))),
         };
-        group(&r.from) && group(&r.to) && r.when.iter().all(|k| self.key_matches(k, tcp))
+        group(&r.from) && group(&r.to) && r.when.iter().all(|k| self.key_matches(k, tcp, deny_like))
     }
 
-    fn key_matches(&self, k: &CKey, tcp: bool) -> bool {
+    /// An attribute this request does not carry at all (not "carries a different value"): the
+    /// destination port or address, which a forward-auth front end may not be told.
+    fn unknown(&self, attr: &Attr) -> Option<&'static str> {
+        match attr {
+            Attr::Port if self.req.destination.port.is_none() => Some("destination port"),
+            Attr::DstIp if self.req.destination.ip.is_none() => Some("destination address"),
+            _ => None,
+        }
+    }
+
+    /// The first unknown attribute a rule tests, for the reason of a denial.
+    fn unknown_attr_in(&self, r: &CRule) -> Option<&'static str> {
+        let keys = r
+            .from
+            .iter()
+            .chain(r.to.iter())
+            .flatten()
+            .flatten()
+            .chain(r.when.iter());
+        keys.filter_map(|k| self.unknown(&k.attr)).next()
+    }
+
+    fn key_matches(&self, k: &CKey, tcp: bool, deny_like: bool) -> bool {
         if (tcp && k.attr.http_only()) || matches!(k.attr, Attr::Broken(_)) {
             // Only reached for DENY/AUDIT/CUSTOM: the condition is dropped (wider rule).
+            return true;
+        }
+        if deny_like && self.unknown(&k.attr).is_some() {
+            // DENY/AUDIT/CUSTOM: a condition on an attribute the front end cannot know is taken
+            // as met, so the rule denies rather than being skipped (fail closed).
             return true;
         }
         if !k.values.is_empty() && !k.values.iter().any(|m| self.value_matches(&k.attr, m)) {

@@ -28,8 +28,13 @@ pub enum Reason<'a> {
     NoAllowPolicies,
     /// ALLOW policies apply but none matched.
     NoAllowMatched,
-    /// An enforced DENY policy matched.
-    Denied { at: PolicyRef<'a> },
+    /// An enforced DENY policy matched. `unknown` names an attribute the rule tests that the
+    /// front end could not know (the destination port in forward-auth mode, say): such a
+    /// condition counts as met, so a DENY rule is never skipped for want of it.
+    Denied {
+        at: PolicyRef<'a>,
+        unknown: Option<&'static str>,
+    },
     /// A CUSTOM policy matched and its provider denied.
     CustomDenied { at: PolicyRef<'a> },
     /// A CUSTOM policy matched and its provider has not been consulted yet.
@@ -70,7 +75,7 @@ impl<'a> Decision<'a> {
     pub fn policy(&self) -> Option<PolicyRef<'a>> {
         match self.reason {
             Reason::Allowed { at }
-            | Reason::Denied { at }
+            | Reason::Denied { at, .. }
             | Reason::CustomDenied { at }
             | Reason::CustomPending { at }
             | Reason::CustomUnknownProvider { at }
@@ -122,7 +127,13 @@ impl fmt::Display for Reason<'_> {
             Reason::Allowed { at } => write!(f, "allowed by ALLOW policy {} rule {}", at.name(), at.rule),
             Reason::NoAllowPolicies => f.write_str("allowed: no ALLOW policy applies to the workload, so requests are allowed by default"),
             Reason::NoAllowMatched => f.write_str("denied: ALLOW policies apply to the workload but none matched (RBAC: access denied)"),
-            Reason::Denied { at } => write!(f, "denied by DENY policy {} rule {}", at.name(), at.rule),
+            Reason::Denied { at, unknown: None } => write!(f, "denied by DENY policy {} rule {}", at.name(), at.rule),
+            Reason::Denied { at, unknown: Some(attr) } => write!(
+                f,
+                "denied by DENY policy {} rule {}: the rule tests the {attr}, which this request does not carry, so the condition is taken as met (deny rather than skip)",
+                at.name(),
+                at.rule
+            ),
             Reason::CustomDenied { at } => write!(
                 f,
                 "denied by CUSTOM policy {} rule {}: provider `{}` denied the request",

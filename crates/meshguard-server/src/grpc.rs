@@ -65,12 +65,14 @@ fn namespace_of(principal: &str) -> Option<&str> {
     None
 }
 
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    s.split(',')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect()
+/// `app=backend,version=v1` from a route's `context_extensions`: every entry must be
+/// `key=value` (a malformed value is refused, never read as fewer labels).
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    crate::state::parse_label_list(s).map_err(|e| format!("context_extensions `labels`: {e}"))
 }
+
+/// How to tell meshguard a workload's labels, for the reasons of refused requests.
+const LABELS_HOWTO: &str = "the CheckRequest names the workload's namespace but not its labels, so selector policies could not be matched: pass them as route context_extensions `labels` (app=backend,version=v1), as Envoy node metadata labels with the ext_authz filter's bootstrap_metadata_labels_key, or start meshguard with --workload";
 
 /// What an AuthConfig step may read beyond the engine's request, and the AuthConfig the route
 /// names (`context_extensions.config_id`, Gloo's `<namespace>.<name>`, or `auth_config`).
@@ -136,15 +138,24 @@ pub fn to_request(
         })
         .unwrap_or_default();
     let ext = &attrs.context_extensions;
+    // Labels must be known, never assumed empty: with none, no selector policy applies and
+    // Istio's default would allow the request (istiod's envoyExtAuthzGrpc provider sends no
+    // destination labels unless the deployment adds bootstrap_metadata_labels_key).
     let (namespace, labels) = if let Some(ns) = ext.get("namespace").filter(|n| !n.is_empty()) {
-        let labels = ext
-            .get("labels")
-            .map(|l| parse_labels(l))
-            .unwrap_or(dst_labels);
+        crate::state::check_namespace(ns)
+            .map_err(|e| format!("context_extensions `namespace`: {e}"))?;
+        let labels = match ext.get("labels") {
+            Some(l) => parse_labels(l)?,
+            None if !dst_labels.is_empty() => dst_labels,
+            None => return Err(LABELS_HOWTO.to_owned()),
+        };
         (ns.clone(), labels)
     } else if let Some(w) = workload {
         (w.namespace.clone(), w.labels.clone())
     } else if let Some(ns) = dst.and_then(|d| namespace_of(&d.principal)) {
+        if dst_labels.is_empty() {
+            return Err(LABELS_HOWTO.to_owned());
+        }
         (ns.to_owned(), dst_labels)
     } else {
         return Err("cannot tell which workload this request is for: set context_extensions `namespace` (and `labels`) on the route, start meshguard with --workload, or send the destination principal".to_owned());

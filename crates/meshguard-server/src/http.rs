@@ -205,6 +205,36 @@ impl HttpMode {
         self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }
 
+    /// The original client: the right-most X-Forwarded-For address that is not one of our
+    /// proxies, reading every line of the header as one list (a client may write the first line
+    /// and a proxy such as HAProxy append a second). Entries further left are whatever the client
+    /// wrote. An entry that is not a bare IP address (`1.2.3.4:80`, `[::1]`, `x junk`) ends the
+    /// walk with an error: skipping it would let the client-written entry to its left decide.
+    /// `::ffff:a.b.c.d` is read as `a.b.c.d`.
+    fn original_client(&self, headers: &hyper::HeaderMap) -> Result<Option<IpAddr>, String> {
+        let mut entries: Vec<&str> = Vec::new();
+        for line in headers.get_all("x-forwarded-for") {
+            let line = line
+                .to_str()
+                .map_err(|_| "header `x-forwarded-for` is not valid text".to_owned())?;
+            entries.extend(line.split(','));
+        }
+        for entry in entries.iter().rev() {
+            let e = entry.trim();
+            let ip = e.parse::<IpAddr>().map_err(|_| {
+                format!(
+                    "X-Forwarded-For entry `{}` is not an IP address; refusing rather than skipping it",
+                    e.escape_debug()
+                )
+            })?;
+            let ip = ip.to_canonical();
+            if !self.trusted(ip) {
+                return Ok(Some(ip));
+            }
+        }
+        Ok(None)
+    }
+
     /// Builds the engine request from a forward-auth request.
     pub fn to_request(
         &self,
@@ -217,9 +247,18 @@ impl HttpMode {
                 peer.ip()
             ));
         }
-        // A header that is present must be usable: never fall back to another source of truth.
+        // A header that is present must be usable: never fall back to another source of truth,
+        // and never pick one of two lines (which one a proxy wrote is unknowable).
         let h = |name: &str| -> Result<Option<&str>, String> {
-            match req.headers().get(name) {
+            let mut all = req.headers().get_all(name).iter();
+            let first = all.next();
+            let single = META_HEADERS.contains(&name) || name == "x-forwarded-port";
+            if first.is_some() && all.next().is_some() && single {
+                return Err(format!(
+                    "header `{name}` is sent more than once; the proxy must send it once"
+                ));
+            }
+            match first {
                 None => Ok(None),
                 Some(v) => v
                     .to_str()
@@ -289,11 +328,22 @@ impl HttpMode {
         // The original client is the right-most X-Forwarded-For address that is not one of our
         // proxies (entries further left are whatever the client wrote). It feeds `remote.ip` /
         // `remoteIpBlocks`; `source.ip` stays the direct peer, as in Istio.
-        let remote_ip = h("x-forwarded-for")?.and_then(|xff| {
-            xff.rsplit(',')
-                .filter_map(|ip| ip.trim().parse::<IpAddr>().ok())
-                .find(|ip| !self.trusted(*ip))
-        });
+        let remote_ip = self.original_client(req.headers())?;
+        // The destination port, as the proxy tells it (X-Forwarded-Port) or as the client
+        // addressed it (a port in the Host). Unknown otherwise: DENY rules that test it then
+        // deny rather than being skipped.
+        let port = match h("x-forwarded-port")? {
+            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| {
+                format!(
+                    "header `x-forwarded-port` is `{}`, not a port number",
+                    p.escape_debug()
+                )
+            })?),
+            None => host
+                .rsplit_once(':')
+                .filter(|(h, _)| !h.ends_with(']') || host.starts_with('['))
+                .and_then(|(_, p)| p.parse::<u16>().ok()),
+        };
         let mut headers = Vec::new();
         for (k, v) in req.headers() {
             let name = k.as_str();
@@ -310,7 +360,7 @@ impl HttpMode {
             destination: Destination {
                 namespace: workload.namespace,
                 labels: workload.labels,
-                port: None,
+                port,
                 ip: None,
             },
             source: Source {

@@ -63,7 +63,9 @@ impl Default for ServeConfig {
             trust_forwarded_client_cert: false,
             decision_log: dlog::Sink::Stdout,
             reload_interval: Duration::from_secs(2),
-            max_grpc_message_bytes: 1024 * 1024,
+            // OPA-Envoy's default (its grpc max-recv-msg-size): Envoy sends bodies when
+            // with_request_body is set, so 1 MiB refused ordinary uploads.
+            max_grpc_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             auth_bindings: Vec::new(),
         }

@@ -353,3 +353,62 @@ async fn reload_under_load_loses_no_call_and_refuses_a_bad_set() {
     srv.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Fail-opens of the most common Istio deployment (issue 11): istiod's envoyExtAuthzGrpc
+/// provider sends no destination labels, so a request that names only a namespace (or only a
+/// destination principal) must not be decided as a workload that no selector policy selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_malformed_workload_labels_deny() {
+    let dir = policy_dir("labels");
+    let srv = start(&dir, Duration::ZERO).await;
+    let mut c = client(&srv).await;
+    // Known labels: decided by the policies (frontend-to-backend allows this GET).
+    let ok = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &[],
+        ))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_eq!(code(&ok), 0);
+    // Malformed labels are refused, never read as fewer labels.
+    for bad in ["app", "app=backend,version", "=x", "app=back end"] {
+        let r = c
+            .check(check(
+                "production",
+                bad,
+                FRONTEND,
+                "GET",
+                "/api/v1/users",
+                &[],
+            ))
+            .await
+            .expect("rpc")
+            .into_inner();
+        assert_ne!(code(&r), 0, "labels `{bad}` must deny");
+    }
+    // A malformed namespace too.
+    let r = c
+        .check(check("Prod!", "app=backend", FRONTEND, "GET", "/", &[]))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_ne!(code(&r), 0);
+    // Only a destination principal, no labels anywhere (Envoy as istiod configures it).
+    let mut req = check("", "", FRONTEND, "GET", "/api/v1/users", &[]);
+    if let Some(d) = req.attributes.as_mut().and_then(|a| a.destination.as_mut()) {
+        d.principal = "spiffe://cluster.local/ns/production/sa/backend".to_owned();
+    }
+    let r = c.check(req).await.expect("rpc").into_inner();
+    assert_ne!(code(&r), 0, "unknown labels must deny");
+    let Some(HttpResponse::DeniedResponse(d)) = r.http_response else {
+        panic!("denied response expected");
+    };
+    assert_eq!(d.status.map(|s| s.code), Some(403));
+    srv.stop().await;
+}

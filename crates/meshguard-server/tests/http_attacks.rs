@@ -1,0 +1,188 @@
+//! Attacks on HTTP forward-auth mode that once got through (issue 12), kept as tests: a client
+//! that writes its own X-Forwarded-For line or an unparsable entry to dodge `remoteIpBlocks`, a
+//! DENY rule on ports that forward-auth could not see, malformed workload names, and duplicate
+//! lines of the headers that describe the original request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const POLICIES: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block-doc-net, namespace: edge}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-port, namespace: edge}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {ports: [\"9000\"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: edge}
+spec:
+  rules: [{}]
+";
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A forward-auth request for `GET /` on `gw.example:8080` from the edge workload, with
+    /// extra header lines (a name given twice is sent as two lines).
+    async fn status(&self, extra: &[(&str, &str)]) -> (u16, String) {
+        let mut r = self
+            .http
+            .get(format!("{}/auth", self.base))
+            .header("x-original-uri", "/")
+            .header("x-original-method", "GET");
+        if !extra.iter().any(|(k, _)| *k == "x-meshguard-workload") {
+            r = r.header("x-meshguard-workload", "edge/app=gw");
+        }
+        if !extra.iter().any(|(k, _)| *k == "x-original-host") {
+            r = r.header("x-original-host", "gw.example:8080");
+        }
+        for (k, v) in extra {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    }
+}
+
+async fn setup(tag: &str) -> (Running, Client) {
+    let dir = std::env::temp_dir().join(format!(
+        "meshguard-http-attacks-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("edge.yaml"), POLICIES).expect("write");
+    let srv = start(&dir, Duration::ZERO).await;
+    let base = format!("http://{}", srv.bound.http.expect("http"));
+    (
+        srv,
+        Client {
+            base,
+            http: reqwest::Client::new(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_cannot_be_dodged() {
+    let (srv, c) = setup("xff").await;
+    // Baseline: a client outside the blocked network passes, one inside is denied.
+    assert_eq!(
+        c.status(&[("x-forwarded-for", "198.51.100.7")]).await.0,
+        200
+    );
+    assert_eq!(c.status(&[("x-forwarded-for", "203.0.113.5")]).await.0, 403);
+    // The client writes the first line, the proxy appends the real address as a second line:
+    // both lines are one list, read from the right.
+    assert_eq!(
+        c.status(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-for", "203.0.113.5")
+        ])
+        .await
+        .0,
+        403,
+        "a second X-Forwarded-For line is read"
+    );
+    // An unparsable right-most entry is never skipped (that would let the client's entry to its
+    // left decide): the request is refused.
+    for bad in [
+        "203.0.113.5:4711",
+        "[203.0.113.5]",
+        "203.0.113.5 junk",
+        "unknown",
+        "",
+    ] {
+        let xff = format!("198.51.100.7, {bad}");
+        let (status, body) = c.status(&[("x-forwarded-for", &xff)]).await;
+        assert_eq!(status, 403, "X-Forwarded-For `{xff}` -> {status} {body}");
+    }
+    // IPv4-mapped IPv6 is the IPv4 address.
+    assert_eq!(
+        c.status(&[("x-forwarded-for", "::ffff:203.0.113.5")])
+            .await
+            .0,
+        403
+    );
+    // Our own proxies at the right are skipped; the client to their left decides.
+    assert_eq!(
+        c.status(&[("x-forwarded-for", "203.0.113.5, 127.0.0.1")])
+            .await
+            .0,
+        403
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_rules_on_ports_are_not_skipped_in_forward_auth() {
+    let (srv, c) = setup("port").await;
+    // The port comes from X-Forwarded-Port, or from the Host.
+    assert_eq!(c.status(&[("x-forwarded-port", "8080")]).await.0, 200);
+    assert_eq!(c.status(&[("x-forwarded-port", "9000")]).await.0, 403);
+    assert_eq!(
+        c.status(&[("x-original-host", "gw.example:9000")]).await.0,
+        403
+    );
+    assert_eq!(
+        c.status(&[("x-original-host", "gw.example:8080")]).await.0,
+        200
+    );
+    // Unknown port: the DENY rule that tests it denies rather than being skipped.
+    assert_eq!(c.status(&[("x-original-host", "gw.example")]).await.0, 403);
+    // A port that is not a number, or two X-Forwarded-Port lines, are refused.
+    assert_eq!(c.status(&[("x-forwarded-port", "80abc")]).await.0, 403);
+    assert_eq!(
+        c.status(&[("x-forwarded-port", "8080"), ("x-forwarded-port", "9000")])
+            .await
+            .0,
+        403
+    );
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_workloads_and_duplicate_request_lines_are_refused() {
+    let (srv, c) = setup("wl").await;
+    assert_eq!(c.status(&[]).await.0, 200);
+    for bad in [
+        "garbage!",
+        "Edge",
+        "edge/app",
+        "edge/app=gw,version",
+        "edge/",
+        "/app=gw",
+    ] {
+        let (status, _) = c.status(&[("x-meshguard-workload", bad)]).await;
+        assert_eq!(status, 403, "X-Meshguard-Workload `{bad}`");
+    }
+    // Two lines of a header that describes the original request: which one the proxy wrote is
+    // unknowable, so neither is used.
+    for (name, a, b) in [
+        ("x-original-uri", "/", "/admin"),
+        ("x-original-method", "GET", "DELETE"),
+        ("x-original-host", "gw.example:8080", "gw.example:9000"),
+        ("x-meshguard-workload", "edge/app=gw", "other/app=gw"),
+    ] {
+        let (status, _) = c.status(&[(name, a), (name, b)]).await;
+        assert_eq!(status, 403, "two `{name}` lines");
+    }
+    srv.stop().await;
+}
