@@ -396,7 +396,15 @@ impl PolicySet {
             }
         };
 
+        let tcp = req.http.is_none();
         self.for_each_applicable(&dst.namespace, &dst.labels, |p| {
+            if p.src.action == Action::Custom && tcp {
+                // istiod's buildTCP leaves out CUSTOM policies whose provider is HTTP.
+                let provider = p.src.provider.as_deref().unwrap_or("");
+                if self.mesh.http_providers.iter().any(|h| h == provider) {
+                    return;
+                }
+            }
             if p.src.action == Action::Custom {
                 if let Some(pr) = p.src.provider.as_deref() {
                     match first_provider {
@@ -465,6 +473,10 @@ impl PolicySet {
             }
             if !self.mesh.extension_providers.iter().any(|p| p == provider) {
                 decision.reason = Reason::CustomUnknownProvider { at };
+                return decision;
+            }
+            if let Some(why) = self.mesh.provider_invalid(provider) {
+                decision.reason = Reason::CustomInvalidProvider { at, why };
                 return decision;
             }
             match req.custom_verdict(provider) {
@@ -679,14 +691,22 @@ impl Ctx<'_> {
     fn value_matches(&self, attr: &Attr, m: &M) -> bool {
         let req = self.req;
         match attr {
-            Attr::SrcPrincipal | Attr::SrcNamespace | Attr::SrcServiceAccount => {
-                self.peer.is_some_and(|p| str_match(m, p))
-            }
+            Attr::SrcPrincipal
+            | Attr::SrcNamespace
+            | Attr::SrcServiceAccount
+            | Attr::SrcTrustDomain => self.peer.is_some_and(|p| str_match(m, p)),
             Attr::SrcIp => ip_match(m, req.source.ip),
             Attr::RemoteIp => ip_match(m, req.remote_ip()),
             Attr::DstIp => ip_match(m, req.destination.ip),
             Attr::Port => matches!(m, M::Port(p) if req.destination.port == Some(*p)),
-            Attr::Sni => str_match(m, req.sni.as_deref().unwrap_or("")),
+            // Envoy lower-cases the SNI before `requested_server_name` matching; the policy's
+            // values are compared as written.
+            Attr::Sni => match req.sni.as_deref() {
+                Some(sni) if sni.bytes().any(|b| b.is_ascii_uppercase()) => {
+                    str_match(m, &sni.to_ascii_lowercase())
+                }
+                other => str_match(m, other.unwrap_or("")),
+            },
             Attr::EnvoyMetadata(_) | Attr::Broken(_) => false,
             Attr::RequestPrincipal => match (m, self.jwt) {
                 (M::RequestPrincipal(rp), Some(j)) => {
@@ -851,6 +871,15 @@ fn compile_key(
             Attr::SrcNamespace => vec![M::Regex(
                 Regex::new(&matcher::namespace_regex(v)).map_err(|e| err(e.to_string()))?,
             )],
+            // istiod (builder testdata trust-domains-in/-out): `td` is the principal prefix
+            // `spiffe://td/`, a `*` in it matches within the domain (`spiffe://bad[^/]*/.*`).
+            Attr::SrcTrustDomain => {
+                let domain: Vec<String> = v.split('*').map(regex::escape).collect();
+                vec![M::Regex(
+                    Regex::new(&format!("^spiffe://{}/.*$", domain.join("[^/]*")))
+                        .map_err(|e| err(e.to_string()))?,
+                )]
+            }
             Attr::SrcServiceAccount => vec![M::Regex(
                 Regex::new(&matcher::service_account_regex(v, &p.meta.namespace))
                     .map_err(|e| err(e.to_string()))?,

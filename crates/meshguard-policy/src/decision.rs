@@ -42,6 +42,9 @@ pub enum Reason<'a> {
     /// A CUSTOM policy matched but its provider is not in meshConfig.extensionProviders:
     /// istiod turns such rules into DENY rules.
     CustomUnknownProvider { at: PolicyRef<'a> },
+    /// A CUSTOM policy matched but istiod refuses its provider's configuration: its rules
+    /// become DENY rules.
+    CustomInvalidProvider { at: PolicyRef<'a>, why: &'a str },
     /// More than one CUSTOM provider applies to the workload: istiod turns the rules into DENY.
     CustomMultipleProviders { at: PolicyRef<'a> },
     /// Plaintext to a workload whose effective PeerAuthentication is STRICT.
@@ -79,6 +82,7 @@ impl<'a> Decision<'a> {
             | Reason::CustomDenied { at }
             | Reason::CustomPending { at }
             | Reason::CustomUnknownProvider { at }
+            | Reason::CustomInvalidProvider { at, .. }
             | Reason::CustomMultipleProviders { at } => Some(at),
             _ => None,
         }
@@ -152,6 +156,13 @@ impl fmt::Display for Reason<'_> {
             Reason::CustomUnknownProvider { at } => write!(
                 f,
                 "denied by CUSTOM policy {} rule {}: provider `{}` is not defined in meshConfig.extensionProviders, so istiod turns its rules into DENY rules",
+                at.name(),
+                at.rule,
+                at.policy.provider.as_deref().unwrap_or("")
+            ),
+            Reason::CustomInvalidProvider { at, why } => write!(
+                f,
+                "denied by CUSTOM policy {} rule {}: istiod refuses provider `{}` ({why}), so its rules act as DENY rules",
                 at.name(),
                 at.rule,
                 at.policy.provider.as_deref().unwrap_or("")

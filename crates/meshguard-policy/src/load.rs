@@ -344,7 +344,8 @@ pub fn parse_request(
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
         };
-        req.http = Some(HttpRequest::new(method, host, path, headers, normalization));
+        // `check` describes a request as a client sends it to Envoy over HTTP/1.1.
+        req.http = Some(HttpRequest::new(method, host, path, headers, normalization).as_http1());
         if let Some(a) = h.get("auth").filter(|a| !a.is_null()) {
             check_known(a, "request.auth", &["principal", "claims", "token"])?;
             let principal = opt_str(a, "principal", "request.auth")?;
@@ -458,12 +459,19 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
                         .get("name")
                         .and_then(scalar_text)
                         .or_else(|| scalar_text(i));
-                    match name {
-                        Some(n) => m.extension_providers.push(n),
-                        None => {
-                            return Err(ierr(i, "extensionProviders", "each entry needs a `name`"))
-                        }
+                    let Some(n) = name else {
+                        return Err(ierr(i, "extensionProviders", "each entry needs a `name`"));
+                    };
+                    // A bare name (as `--provider` gives) is taken as a valid provider; a full
+                    // meshConfig entry is checked as istiod checks it.
+                    let full = i.get("name").is_some();
+                    if let Some(why) = full.then(|| provider_problem(i)).flatten() {
+                        m.invalid_providers.push((n.clone(), why));
                     }
+                    if i.get("envoyExtAuthzHttp").is_some() {
+                        m.http_providers.push(n.clone());
+                    }
+                    m.extension_providers.push(n);
                 }
             }
             // Other MeshConfig fields do not change authorization decisions.
@@ -471,6 +479,50 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
         }
     }
     Ok(m)
+}
+
+/// What istiod's ext_authz builder refuses in an extension provider (pilot/pkg/security/authz/
+/// builder/extauthz.go; testdata custom-bad-invalid-config: port 999999, pathPrefix `check`,
+/// statusOnError `999`): CUSTOM rules naming it then act as DENY rules.
+fn provider_problem(entry: &Node) -> Option<String> {
+    let (kind, cfg) = match (
+        entry.get("envoyExtAuthzGrpc"),
+        entry.get("envoyExtAuthzHttp"),
+    ) {
+        (Some(c), None) => ("envoyExtAuthzGrpc", c),
+        (None, Some(c)) => ("envoyExtAuthzHttp", c),
+        (Some(_), Some(_)) => return Some("both envoyExtAuthzGrpc and envoyExtAuthzHttp".into()),
+        (None, None) => {
+            return Some("not an envoyExtAuthzGrpc or envoyExtAuthzHttp provider".into())
+        }
+    };
+    let text = |k: &str| cfg.get(k).and_then(scalar_text);
+    if text("service").is_none_or(|s| s.is_empty()) {
+        return Some(format!("{kind}.service is empty"));
+    }
+    match text("port").map(|p| p.parse::<u32>()) {
+        Some(Ok(p)) if (1..=65535).contains(&p) => {}
+        Some(_) => return Some(format!("{kind}.port is not a port (1-65535)")),
+        None => return Some(format!("{kind}.port is missing")),
+    }
+    if let Some(s) = text("statusOnError") {
+        if !s.parse::<u16>().is_ok_and(|c| (200..=599).contains(&c)) {
+            return Some(format!("{kind}.statusOnError `{s}` is not an HTTP status"));
+        }
+    }
+    if kind == "envoyExtAuthzHttp" {
+        if let Some(p) = text("pathPrefix") {
+            if !p.starts_with('/') {
+                return Some(format!("{kind}.pathPrefix `{p}` must start with /"));
+            }
+        }
+    }
+    if let Some(t) = text("timeout") {
+        if crate::resource::parse_duration(&t).is_none() {
+            return Some(format!("{kind}.timeout `{t}` is not a duration"));
+        }
+    }
+    None
 }
 
 /// Warnings that depend on the mesh settings: CUSTOM providers that do not exist, and DENY path

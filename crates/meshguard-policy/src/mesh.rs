@@ -12,6 +12,22 @@ pub struct MeshConfig {
     pub path_normalization: PathNormalization,
     /// Names of meshConfig.extensionProviders that exist (CUSTOM `provider.name` must be one).
     pub extension_providers: Vec<String>,
+    /// Providers whose configuration istiod refuses (name, why): their CUSTOM rules become DENY
+    /// rules (builder testdata custom-bad-invalid-config).
+    pub invalid_providers: Vec<(String, String)>,
+    /// `envoyExtAuthzHttp` providers: istiod's buildTCP drops CUSTOM policies that use them on
+    /// TCP (no HTTP request to send).
+    pub http_providers: Vec<String>,
+}
+
+impl MeshConfig {
+    /// Why istiod would refuse this provider's configuration, if it would.
+    pub fn provider_invalid(&self, name: &str) -> Option<&str> {
+        self.invalid_providers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, w)| w.as_str())
+    }
 }
 
 impl Default for MeshConfig {
@@ -22,6 +38,8 @@ impl Default for MeshConfig {
             trust_domain_aliases: Vec::new(),
             path_normalization: PathNormalization::Base,
             extension_providers: Vec::new(),
+            invalid_providers: Vec::new(),
+            http_providers: Vec::new(),
         }
     }
 }

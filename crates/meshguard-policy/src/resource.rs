@@ -56,6 +56,8 @@ pub enum Attr {
     SrcNamespace,
     /// `source.serviceAccount` (serviceAccounts)
     SrcServiceAccount,
+    /// The trust domain of the source principal (trustDomains, Istio 1.2x)
+    SrcTrustDomain,
     /// `source.ip` (ipBlocks)
     SrcIp,
     /// `remote.ip` (remoteIpBlocks)
@@ -115,6 +117,7 @@ impl Attr {
             Attr::SrcPrincipal
                 | Attr::SrcNamespace
                 | Attr::SrcServiceAccount
+                | Attr::SrcTrustDomain
                 | Attr::RequestPrincipal
                 | Attr::Audiences
                 | Attr::Presenter
@@ -852,6 +855,8 @@ const SOURCE_FIELDS: &[&str] = &[
     "notRemoteIpBlocks",
     "serviceAccounts",
     "notServiceAccounts",
+    "trustDomains",
+    "notTrustDomains",
 ];
 const OPERATION_FIELDS: &[&str] = &[
     "hosts",
@@ -1117,6 +1122,7 @@ fn field_attr(field: &str) -> (Attr, bool) {
         "ipblocks" => Attr::SrcIp,
         "remoteipblocks" => Attr::RemoteIp,
         "serviceaccounts" => Attr::SrcServiceAccount,
+        "trustdomains" => Attr::SrcTrustDomain,
         "hosts" => Attr::Host,
         "ports" => Attr::Port,
         "methods" => Attr::Method,
@@ -1197,6 +1203,11 @@ fn validate_value(ctx: &mut Ctx<'_>, attr: &Attr, v: &str, line: u32, col: u32, 
                 ctx.err_at(line, col, field, "value cannot exceed 320 characters");
             } else if v.split('/').count() > 2 || v.starts_with('/') || v.ends_with('/') {
                 ctx.err_at(line, col, field, format!("expected format 'serviceAccount' or 'namespace/serviceAccount', found `{v}`"));
+            }
+        }
+        Attr::SrcTrustDomain => {
+            if v.is_empty() || v.contains('/') {
+                ctx.err_at(line, col, field, format!("`{v}` is not a trust domain (a name such as `cluster.local`, `*` allowed, no `/`)"));
             }
         }
         Attr::SrcNamespace => {

@@ -736,13 +736,16 @@ async fn handle_http(
     if target.contains('#') {
         return malformed("a request target with a fragment (#)");
     }
-    let http = HttpRequest::new(
+    let mut http = HttpRequest::new(
         parts.method.as_str(),
         host,
         target,
         headers,
         ctx.state.mesh.path_normalization,
     );
+    if parts.version < hyper::Version::HTTP_2 {
+        http = http.as_http1();
+    }
     let request = request_for(ctx, conn, Some(http));
     let id = conn.identity();
     let o = decide_bounded(ctx, &request, &id).await;

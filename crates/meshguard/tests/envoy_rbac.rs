@@ -75,7 +75,9 @@ const PATHS: &[&str] = &[
 const HOSTS: &[&str] = &["foo.example", "*.example", "foo.*", "other.example"];
 const ROLES: &[&str] = &["admin", "user"];
 
-const PROBE_METHODS: &[&str] = &["GET", "POST", "DELETE", "PUT", "PATCH", "get"];
+const PROBE_METHODS: &[&str] = &[
+    "GET", "POST", "DELETE", "PUT", "PATCH", "get", "FOO", "QUERY", "PURGE", "PROPFIND",
+];
 const PROBE_PATHS: &[&str] = &[
     "/",
     "/api",
