@@ -189,6 +189,27 @@ pub fn send(port: u16, raw: &str) -> Option<Response> {
     parse_response(&buf)
 }
 
+/// One request on an open connection (keep-alive): writes `raw` and reads one response with a
+/// content-length.
+pub fn exchange(s: &mut TcpStream, raw: &str) -> Option<Response> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(raw.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        if let Some(want) = complete_len(&buf) {
+            if buf.len() >= want {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    parse_response(&buf)
+}
+
 /// The full length of a response with a content-length, once its head has arrived.
 fn complete_len(buf: &[u8]) -> Option<usize> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;

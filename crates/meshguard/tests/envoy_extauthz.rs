@@ -1,0 +1,252 @@
+//! Real Envoy 1.40 in front of `meshguard serve` as its ext_authz gRPC server, end to end:
+//! - Gloo's way of choosing an AuthConfig: per-route `context_extensions` `config_id`
+//!   (the API-key and OPA-Envoy examples of `examples/extauth`, run as written);
+//! - `with_request_body` (the OPA-Envoy policy reads the JSON body) and `encode_raw_headers`
+//!   (header lines arrive one by one);
+//! - allowed requests reach the upstream app with the headers meshguard adds, denied ones never
+//!   reach it;
+//! - a policy change is applied to the next request on an already open connection;
+//! - meshguard killed: Envoy (failure_mode_allow false) denies.
+
+mod envoy;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy::{Echoed, Envoy, Kill};
+use serde_json::json;
+
+const API_KEY: &str = "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy";
+
+fn route(prefix: &str, config_id: Option<&str>) -> serde_json::Value {
+    let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "app", "timeout": "5s"}});
+    if let Some(id) = config_id {
+        r["typed_per_filter_config"] = json!({"envoy.filters.http.ext_authz": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "check_settings": {"context_extensions": {"config_id": id}}}});
+    }
+    r
+}
+
+fn bootstrap(listen: u16, echo: u16, grpc: u16) -> String {
+    json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "inbound",
+                        "normalize_path": true,
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                            route("/api", Some("gloo-system.api-keys")),
+                            route("/post", Some("gloo-system.orders-opa")),
+                            route("/", None)]}]},
+                        "http_filters": [
+                            {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                "grpc_service": {"envoy_grpc": {"cluster_name": "meshguard"}, "timeout": "5s"},
+                                "transport_api_version": "V3",
+                                "failure_mode_allow": false,
+                                "include_peer_certificate": true,
+                                "encode_raw_headers": true,
+                                "with_request_body": {"max_request_bytes": 8192, "allow_partial_message": true}}},
+                            {"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ],
+                    }
+                }]}]
+            }],
+            "clusters": [
+                {"name": "app", "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}},
+                {"name": "meshguard", "type": "STATIC", "connect_timeout": "1s",
+                 "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+                 "load_assignment": {"cluster_name": "meshguard", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": grpc}}}}]}]}}
+            ],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
+    })
+    .to_string()
+    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str, close: bool) -> String {
+    let mut s = format!("{method} {path} HTTP/1.1\r\nhost: shop.example\r\n");
+    for (k, v) in headers {
+        s.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        s.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    if close {
+        s.push_str("connection: close\r\n");
+    }
+    s.push_str("\r\n");
+    s.push_str(body);
+    s
+}
+
+/// Status, and what the app received if the request reached it.
+fn call(port: u16, raw: &str) -> (u16, Option<Echoed>) {
+    let r = envoy::send(port, raw).expect("response");
+    let echoed = (r.status == 200).then(|| Echoed::parse(&r.body)).flatten();
+    (r.status, echoed)
+}
+
+fn admin_jwt(python: &Path, role: &str) -> String {
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../meshguard-authn/tests/data/rsa-1.pem");
+    let out = Command::new(python)
+        .arg("-c")
+        .arg(format!(
+            "import jwt,time,sys; print(jwt.encode({{'iss':'https://issuer.test','aud':'api.test','sub':'u1','role':'{role}','exp':int(time.time())+600}}, open(sys.argv[1]).read(), 'RS256', headers={{'kid':'rsa-1'}}))"
+        ))
+        .arg(key)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn envoy_in_front_of_serve() {
+    let Some(envoy_bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let Some(python) = envoy::python() else {
+        return;
+    };
+    let dir = envoy::temp_dir("extauthz");
+    let pol = dir.join("policies");
+    std::fs::create_dir_all(&pol).expect("mkdir");
+    let examples = Path::new(envoy::ROOT).join("examples/extauth");
+    for f in ["api-keys.yaml", "opa-envoy.yaml"] {
+        std::fs::copy(examples.join(f), pol.join(f)).expect("copy example");
+    }
+    let echo = envoy::echo_app();
+    let (grpc, http, admin) = (envoy::free_port(), envoy::free_port(), envoy::free_port());
+    let log = dir.join("serve.log");
+    let mut serve = Kill(
+        Command::new(envoy::meshguard())
+            .args([
+                "serve",
+                "--decision-log",
+                "off",
+                "--reload-interval",
+                "100ms",
+                "--workload",
+                "shop/app=web",
+                "--policies",
+            ])
+            .arg(&pol)
+            .arg("--grpc-listen")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--http-listen")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{admin}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("serve"),
+    );
+    envoy::wait_port(grpc, "meshguard serve", &log);
+    let port = envoy::free_port();
+    let _envoy = Envoy::start(&envoy_bin, &dir, "e2e", &bootstrap(port, echo, grpc));
+
+    // API keys (Gloo apiKeyAuth chosen by the route's config_id).
+    let (s, e) = call(port, &request("GET", "/api/orders", &[], "", true));
+    assert_eq!((s, e.is_none()), (401, true), "no key: 401, not forwarded");
+    let (s, e) = call(
+        port,
+        &request("GET", "/api/orders", &[("api-key", "wrong")], "", true),
+    );
+    assert_eq!((s, e.is_none()), (401, true), "wrong key");
+    let (s, e) = call(
+        port,
+        &request("GET", "/api/orders", &[("api-key", API_KEY)], "", true),
+    );
+    assert_eq!(s, 200, "valid key");
+    let e = e.expect("reached the app");
+    assert_eq!(
+        e.all("x-user-email"),
+        vec!["infra@example.com"],
+        "header from the key's Secret"
+    );
+
+    // OPA-Envoy policy reading the JWT, the method, the path and the JSON body.
+    let admin_token = admin_jwt(&python, "admin");
+    let bearer = format!("Bearer {admin_token}");
+    let good = r#"{"item":"book","quantity":2}"#;
+    let (s, e) = call(
+        port,
+        &request("POST", "/post", &[("authorization", &bearer)], good, true),
+    );
+    assert_eq!(s, 200, "admin, POST /post, valid body");
+    assert_eq!(e.map(|e| e.method), Some("POST".to_owned()));
+    let bad = r#"{"item":"book","quantity":0}"#;
+    let (s, e) = call(
+        port,
+        &request("POST", "/post", &[("authorization", &bearer)], bad, true),
+    );
+    assert_eq!((s, e.is_none()), (403, true), "schema violation");
+    let user = format!("Bearer {}", admin_jwt(&python, "user"));
+    let (s, _) = call(
+        port,
+        &request("POST", "/post", &[("authorization", &user)], good, true),
+    );
+    assert_eq!(s, 403, "role user");
+
+    // A policy change reaches the next request on a connection that stays open.
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let first =
+        envoy::exchange(&mut conn, &request("GET", "/open", &[], "", false)).expect("first");
+    assert_eq!(first.status, 200, "no policy yet: allowed");
+    std::fs::write(
+        pol.join("deny-open.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-open, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/open]}}]}]
+",
+    )
+    .expect("write policy");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut status = 200;
+    while Instant::now() < deadline {
+        let r = envoy::exchange(&mut conn, &request("GET", "/open", &[], "", false))
+            .expect("on the open connection");
+        status = r.status;
+        if status == 403 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status, 403,
+        "the reloaded DENY applies on the open connection"
+    );
+
+    // meshguard gone: Envoy (failure_mode_allow: false) denies, nothing reaches the app.
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    let (s, e) = call(port, &request("GET", "/anything", &[], "", true));
+    assert!(e.is_none() && s >= 403, "meshguard down must deny, got {s}");
+}
