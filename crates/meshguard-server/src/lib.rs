@@ -184,10 +184,31 @@ pub async fn serve(
             .await;
         let mut stop = stop_rx.clone();
         let timeout = cfg.request_timeout;
+        let limit = cfg.max_grpc_message_bytes;
+        let st = state.clone();
+        // tonic refuses an oversized message before the handler runs; the answer carries
+        // grpc-status OUT_OF_RANGE (11) in its headers (the handler never answers that code).
+        // Say so in the log and count it.
+        let too_large = tower::util::MapResponseLayer::new(
+            move |resp: tonic::codegen::http::Response<tonic::body::Body>| {
+                let status = resp.headers().get("grpc-status").map(|v| v.as_bytes());
+                if status == Some(b"11".as_slice()) {
+                    st.metrics
+                        .grpc_too_large
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        limit_bytes = limit,
+                        "refused a CheckRequest larger than --grpc-max-message-bytes (Envoy denies the request)"
+                    );
+                }
+                resp
+            },
+        );
         tasks.spawn(async move {
             let r = tonic::transport::Server::builder()
                 .timeout(timeout)
                 .tcp_nodelay(true)
+                .layer(too_large)
                 .add_service(health)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(

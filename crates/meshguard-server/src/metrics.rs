@@ -27,6 +27,8 @@ pub struct Metrics {
     pub last_reload_ok: AtomicU64,
     pub decision_log_dropped: AtomicU64,
     pub internal_errors: AtomicU64,
+    /// CheckRequests refused before decoding because they exceed --grpc-max-message-bytes.
+    pub grpc_too_large: AtomicU64,
 }
 
 impl Metrics {
@@ -181,6 +183,16 @@ impl Metrics {
             out,
             "meshguard_internal_errors_total {}",
             self.internal_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_grpc_messages_too_large_total CheckRequests refused because they exceed --grpc-max-message-bytes (Envoy denies them).");
+        let _ = writeln!(
+            out,
+            "# TYPE meshguard_grpc_messages_too_large_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "meshguard_grpc_messages_too_large_total {}",
+            self.grpc_too_large.load(Ordering::Relaxed)
         );
         out
     }

@@ -412,3 +412,52 @@ async fn unknown_or_malformed_workload_labels_deny() {
     assert_eq!(d.status.map(|s| s.code), Some(403));
     srv.stop().await;
 }
+
+/// An oversized CheckRequest is refused (Envoy then denies), logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_check_requests_are_refused_and_counted() {
+    let dir = policy_dir("too-large");
+    let srv = start_with(&dir, Duration::ZERO, |c| c.max_grpc_message_bytes = 4096).await;
+    let mut c = client(&srv).await;
+    let big = "x".repeat(8192);
+    let r = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &[("x-big", &big)],
+        ))
+        .await;
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+    // A normal request on the same server still works.
+    let ok = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &[],
+        ))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_eq!(code(&ok), 0);
+    let metrics = reqwest::get(format!(
+        "http://{}/metrics",
+        srv.bound.admin.expect("admin")
+    ))
+    .await
+    .expect("metrics")
+    .text()
+    .await
+    .expect("text");
+    assert!(
+        metrics.contains("meshguard_grpc_messages_too_large_total 1"),
+        "{metrics}"
+    );
+    srv.stop().await;
+}

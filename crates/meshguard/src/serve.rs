@@ -72,7 +72,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MESHGUARD_LOG")]
     pub log_level: Option<String>,
     /// Largest CheckRequest accepted on gRPC, in bytes (larger ones are refused with
-    /// RESOURCE_EXHAUSTED, which Envoy turns into a denial). [default: 4194304, as OPA-Envoy]
+    /// OUT_OF_RANGE, which Envoy turns into a denial; logged and counted). [default: 4194304, as OPA-Envoy]
     #[arg(long, env = "MESHGUARD_GRPC_MAX_MESSAGE_BYTES")]
     pub grpc_max_message_bytes: Option<usize>,
 }
