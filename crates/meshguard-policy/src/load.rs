@@ -436,6 +436,21 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
                 };
                 m.trust_domain_aliases = items.iter().filter_map(scalar_text).collect();
             }
+            "defaultConfig" => {
+                if let Some(n) = v
+                    .get("gatewayTopology")
+                    .and_then(|g| g.get("numTrustedProxies"))
+                {
+                    let t = scalar_text(n).unwrap_or_default();
+                    m.xff_trusted_hops = t.parse().map_err(|_| {
+                        ierr(
+                            n,
+                            "defaultConfig.gatewayTopology.numTrustedProxies",
+                            format!("`{t}` is not a number"),
+                        )
+                    })?;
+                }
+            }
             "pathNormalization" => {
                 let s = match v.get("normalization") {
                     Some(n) => scalar_text(n),

@@ -18,6 +18,9 @@ pub struct MeshConfig {
     /// `envoyExtAuthzHttp` providers: istiod's buildTCP drops CUSTOM policies that use them on
     /// TCP (no HTTP request to send).
     pub http_providers: Vec<String>,
+    /// meshConfig.defaultConfig.gatewayTopology.numTrustedProxies: Envoy's
+    /// `xff_num_trusted_hops`, how many X-Forwarded-For entries from the right are proxies.
+    pub xff_trusted_hops: usize,
 }
 
 impl MeshConfig {
@@ -40,6 +43,7 @@ impl Default for MeshConfig {
             extension_providers: Vec::new(),
             invalid_providers: Vec::new(),
             http_providers: Vec::new(),
+            xff_trusted_hops: 0,
         }
     }
 }

@@ -397,7 +397,7 @@ impl Conn {
 }
 
 fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
-    Request {
+    let mut req = Request {
         destination: Destination {
             namespace: ctx.cfg.workload.namespace.clone(),
             labels: ctx.cfg.workload.labels.clone(),
@@ -413,7 +413,10 @@ fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
         sni: None,
         http,
         custom: Vec::new(),
-    }
+    };
+    // remote.ip from X-Forwarded-For, as the sidecar Envoy it replaces derives it.
+    req.derive_remote_ip(ctx.state.mesh.xff_trusted_hops);
+    req
 }
 
 /// Decides with a time bound and applies default deny; failures deny.

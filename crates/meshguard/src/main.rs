@@ -315,8 +315,10 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         let Some(doc) = docs.first() else {
             bail!("{name}: the request is empty")
         };
-        let (req, mut id) = parse_request(doc, set.mesh().path_normalization)
+        let (mut req, mut id) = parse_request(doc, set.mesh().path_normalization)
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // remote.ip as the sidecar's Envoy derives it from X-Forwarded-For.
+        req.derive_remote_ip(set.mesh().xff_trusted_hops);
         // An AuthConfig named by the request (as Envoy's per-route config_id), or one a CUSTOM
         // policy calls: decided on the server's own path (AuthConfig, then Istio policies).
         let bound = doc
