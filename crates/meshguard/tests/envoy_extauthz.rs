@@ -12,10 +12,10 @@ mod envoy;
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use envoy::{Echoed, Envoy, Kill};
+use envoy::{Echoed, Envoy};
 use serde_json::json;
 
 const API_KEY: &str = "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy";
@@ -139,33 +139,18 @@ fn envoy_in_front_of_serve() {
         std::fs::copy(examples.join(f), pol.join(f)).expect("copy example");
     }
     let echo = envoy::echo_app();
-    let (grpc, http, admin) = (envoy::free_port(), envoy::free_port(), envoy::free_port());
-    let log = dir.join("serve.log");
-    let mut serve = Kill(
-        Command::new(envoy::meshguard())
-            .args([
-                "serve",
-                "--decision-log",
-                "off",
-                "--reload-interval",
-                "100ms",
-                "--workload",
-                "shop/app=web",
-                "--policies",
-            ])
-            .arg(&pol)
-            .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{admin}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("serve"),
+    let (mut serve, grpc) = envoy::start_serve(
+        &dir,
+        "e2e",
+        &[
+            "--reload-interval",
+            "100ms",
+            "--workload",
+            "shop/app=web",
+            "--policies",
+            pol.to_str().expect("utf8"),
+        ],
     );
-    envoy::wait_port(grpc, "meshguard serve", &log);
     let port = envoy::free_port();
     let _envoy = Envoy::start(&envoy_bin, &dir, "e2e", &bootstrap(port, echo, grpc));
 

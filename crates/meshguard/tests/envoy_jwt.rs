@@ -537,25 +537,16 @@ inbound:
 
     // Leg 3: Envoy with ext_authz (istiod's envoyExtAuthzGrpc shape) -> meshguard serve. The
     // route names the workload in context_extensions, as the README documents.
-    let (grpc, http, admin) = (envoy::free_port(), envoy::free_port(), envoy::free_port());
-    let serve_log = dir.join(format!("serve-{tag}.log"));
-    let serve = Kill(
-        Command::new(envoy::meshguard())
-            .args(["serve", "--decision-log", "off", "--policies"])
-            .arg(&pol)
-            .args(["--workload", "app/app=echo"])
-            .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{admin}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&serve_log).expect("log"))
-            .spawn()
-            .expect("start serve"),
+    let (serve, grpc) = envoy::start_serve(
+        dir,
+        tag,
+        &[
+            "--policies",
+            pol.to_str().expect("utf8"),
+            "--workload",
+            "app/app=echo",
+        ],
     );
-    envoy::wait_port(grpc, "meshguard serve", &serve_log);
     let authz_port = envoy::free_port();
     let cfg = bootstrap(authz_port, echo, vec![ext_authz_filter()], Some(grpc));
     let authz_envoy = Envoy::start(envoy_bin, dir, &format!("{tag}-extauthz"), &cfg);

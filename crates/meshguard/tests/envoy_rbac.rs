@@ -594,32 +594,12 @@ inbound:
 }
 
 fn start_serve(dir: &Path, tag: &str, pol: &Path) -> (Kill, u16) {
-    let (grpc, http, admin) = (envoy::free_port(), envoy::free_port(), envoy::free_port());
-    let log = dir.join(format!("serve-{tag}.log"));
-    let k = Kill(
-        Command::new(envoy::meshguard())
-            .args([
-                "serve",
-                "--decision-log",
-                "off",
-                "--workload",
-                "foo/app=httpbin",
-                "--policies",
-            ])
-            .arg(pol)
-            .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{grpc}"))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http}"))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{admin}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("serve"),
-    );
-    envoy::wait_port(grpc, "meshguard serve", &log);
-    (k, grpc)
+    let pol = pol.to_str().expect("utf8");
+    envoy::start_serve(
+        dir,
+        tag,
+        &["--workload", "foo/app=httpbin", "--policies", pol],
+    )
 }
 
 fn issue_certs(dir: &Path) {

@@ -165,32 +165,15 @@ impl Response {
     }
 }
 
-/// Sends raw request bytes on a new connection and reads the whole response (the request should
-/// say `connection: close`).
+/// Sends raw request bytes on a new connection and reads the response.
 pub fn send(port: u16, raw: &str) -> Option<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(raw.as_bytes()).ok()?;
-    // Read until the body that content-length announces is complete (Envoy keeps a locally
-    // answered connection open for its delayed-close timeout, 1 s, waiting for the client).
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        if let Some(want) = complete_len(&buf) {
-            if buf.len() >= want {
-                break;
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    parse_response(&buf)
+    exchange(&mut s, raw)
 }
 
-/// One request on an open connection (keep-alive): writes `raw` and reads one response with a
-/// content-length.
+/// One request on an open connection: writes `raw` and reads one response, up to the end of the
+/// body its content-length announces (Envoy keeps a locally answered connection open for its
+/// delayed-close timeout, 1 s, waiting for the client), or to the end of the stream.
 pub fn exchange(s: &mut TcpStream, raw: &str) -> Option<Response> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.write_all(raw.as_bytes()).ok()?;
@@ -388,6 +371,29 @@ pub fn mg(args: &[&str]) {
         "meshguard {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `meshguard serve` on loopback ports picked here (decision log off) with extra arguments;
+/// returns the process and its gRPC port once it accepts connections.
+pub fn start_serve(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16) {
+    let (grpc, http, admin) = (free_port(), free_port(), free_port());
+    let log = dir.join(format!("serve-{tag}.log"));
+    let child = Command::new(meshguard())
+        .args(["serve", "--decision-log", "off"])
+        .args(args)
+        .arg("--grpc-listen")
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{admin}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("serve log"))
+        .spawn()
+        .expect("start meshguard serve");
+    let k = Kill(child);
+    wait_port(grpc, "meshguard serve", &log);
+    (k, grpc)
 }
 
 /// Waits until something accepts connections on `port`.
