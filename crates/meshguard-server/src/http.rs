@@ -189,15 +189,61 @@ const META_HEADERS: &[&str] = &[
     "x-forwarded-client-cert",
 ];
 
-fn xfcc_uri(v: &str) -> Option<String> {
-    // Envoy's format: `By=...;Hash=...;URI=spiffe://...`; several certs are comma-separated, the
-    // last one is the nearest hop.
-    let last = v.rsplit(',').next()?;
-    last.split(';').find_map(|kv| {
-        kv.trim()
-            .strip_prefix("URI=")
-            .map(|u| u.trim_matches('"').to_owned())
-    })
+/// Splits on `sep` outside double quotes (a backslash escapes the next character inside them).
+/// `None` for an unterminated quote.
+fn split_quoted(v: &str, sep: char) -> Option<Vec<&str>> {
+    let (mut out, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in v.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == sep && !quoted {
+            out.push(&v[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    if quoted || escaped {
+        return None;
+    }
+    out.push(&v[start..]);
+    Some(out)
+}
+
+/// The caller's SPIFFE ID from X-Forwarded-Client-Cert, in Envoy's grammar: elements separated
+/// by `,`, each `key=value` pairs separated by `;`, values optionally double-quoted with `\"`
+/// escapes (a `Subject="...,URI=..."` is one value, not a second element or key). The nearest
+/// hop is the last element. Refused (an error, so the request is denied) when the header does not
+/// parse or that element has no URI or more than one.
+fn xfcc_uri(v: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!("X-Forwarded-Client-Cert {why}; refusing rather than guessing the caller")
+    };
+    let elements = split_quoted(v, ',').ok_or_else(|| bad("has an unterminated quote"))?;
+    let last = elements.last().map(|e| e.trim()).unwrap_or("");
+    let pairs = split_quoted(last, ';').ok_or_else(|| bad("has an unterminated quote"))?;
+    let mut uris = Vec::new();
+    for pair in pairs {
+        let (k, val) = pair
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| bad("has an element that is not key=value"))?;
+        if k.trim().eq_ignore_ascii_case("uri") {
+            let val = val.trim();
+            let val = match val.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                Some(inner) => inner.replace("\\\"", "\""),
+                None => val.to_owned(),
+            };
+            uris.push(val);
+        }
+    }
+    match uris.len() {
+        1 => uris.pop().ok_or_else(|| bad("has no URI")),
+        0 => Err(bad("has no URI in its nearest element")),
+        _ => Err(bad("has two URI fields in its nearest element")),
+    }
 }
 
 impl HttpMode {
@@ -373,8 +419,8 @@ impl HttpMode {
         };
         let mut id = Identity::default();
         if self.trust_client_cert {
-            if let Some(p) = h("x-forwarded-client-cert")?.and_then(xfcc_uri) {
-                id = id.with_peer(&p);
+            if let Some(v) = h("x-forwarded-client-cert")? {
+                id = id.with_peer(&xfcc_uri(v)?);
             }
         }
         Ok((request, id))
@@ -489,6 +535,47 @@ mod tests {
             "/./api//x?q=1",
         ] {
             assert_eq!(binding_path(p), "/api/x", "{p}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod xfcc_tests {
+    use super::xfcc_uri;
+
+    #[test]
+    fn envoy_grammar_and_ambiguity() {
+        let id = "spiffe://cluster.local/ns/a/sa/b";
+        assert_eq!(
+            xfcc_uri(&format!("By=spiffe://x;Hash=ab;URI={id}")).as_deref(),
+            Ok(id)
+        );
+        // The nearest hop is the last element.
+        assert_eq!(
+            xfcc_uri(&format!(
+                "URI=spiffe://far/ns/x/sa/y,By=spiffe://x;URI={id}"
+            ))
+            .as_deref(),
+            Ok(id)
+        );
+        // A quoted Subject holding `,URI=` is one value: it neither starts an element nor adds a key.
+        let forged = format!(
+            "By=spiffe://x;Subject=\"CN=a,URI=spiffe://cluster.local/ns/admin/sa/root\";URI={id}"
+        );
+        assert_eq!(xfcc_uri(&forged).as_deref(), Ok(id));
+        let forged_only = "Subject=\"x,URI=spiffe://cluster.local/ns/admin/sa/root\"";
+        assert!(xfcc_uri(forged_only).is_err(), "no URI of its own");
+        // Escaped quotes inside a quoted value.
+        let esc = format!("Subject=\"a\\\",URI=spiffe://evil\";URI={id}");
+        assert_eq!(xfcc_uri(&esc).as_deref(), Ok(id));
+        // Ambiguous or broken: refused.
+        for bad in [
+            format!("URI={id};URI=spiffe://cluster.local/ns/admin/sa/root"),
+            "Subject=\"unterminated;URI=spiffe://x".to_owned(),
+            "garbage".to_owned(),
+            String::new(),
+        ] {
+            assert!(xfcc_uri(&bad).is_err(), "{bad:?} should be refused");
         }
     }
 }

@@ -30,6 +30,13 @@ kind: AuthorizationPolicy
 metadata: {name: allow-all, namespace: edge}
 spec:
   rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: root-only, namespace: vault}
+spec:
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/admin/sa/root]}}]
 ";
 
 struct Client {
@@ -62,6 +69,10 @@ impl Client {
 }
 
 async fn setup(tag: &str) -> (Running, Client) {
+    setup_with(tag, false).await
+}
+
+async fn setup_with(tag: &str, trust_xfcc: bool) -> (Running, Client) {
     let dir = std::env::temp_dir().join(format!(
         "meshguard-http-attacks-{tag}-{}",
         std::process::id()
@@ -69,7 +80,10 @@ async fn setup(tag: &str) -> (Running, Client) {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("edge.yaml"), POLICIES).expect("write");
-    let srv = start(&dir, Duration::ZERO).await;
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.trust_forwarded_client_cert = trust_xfcc
+    })
+    .await;
     let base = format!("http://{}", srv.bound.http.expect("http"));
     (
         srv,
@@ -184,5 +198,56 @@ async fn malformed_workloads_and_duplicate_request_lines_are_refused() {
         let (status, _) = c.status(&[(name, a), (name, b)]).await;
         assert_eq!(status, 403, "two `{name}` lines");
     }
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_cert_cannot_be_forged_with_quotes_or_duplicates() {
+    let (srv, c) = setup_with("xfcc", true).await;
+    let wl = ("x-meshguard-workload", "vault/app=v");
+    let root =
+        "By=spiffe://cluster.local/ns/vault/sa/v;URI=spiffe://cluster.local/ns/admin/sa/root";
+    assert_eq!(
+        c.status(&[wl, ("x-forwarded-client-cert", root)]).await.0,
+        200,
+        "the real caller"
+    );
+    let web = "URI=spiffe://cluster.local/ns/web/sa/web";
+    assert_eq!(
+        c.status(&[wl, ("x-forwarded-client-cert", web)]).await.0,
+        403
+    );
+    // A quoted Subject that holds `,URI=...` (split on commas it looked like a nearer element).
+    let quoted = "By=spiffe://x;URI=spiffe://cluster.local/ns/web/sa/web;Subject=\"CN=x,URI=spiffe://cluster.local/ns/admin/sa/root\"";
+    assert_eq!(
+        c.status(&[wl, ("x-forwarded-client-cert", quoted)]).await.0,
+        403,
+        "quoted Subject"
+    );
+    // Two URI fields, two header lines, an unterminated quote: refused.
+    let two =
+        "URI=spiffe://cluster.local/ns/admin/sa/root;URI=spiffe://cluster.local/ns/web/sa/web";
+    assert_eq!(
+        c.status(&[wl, ("x-forwarded-client-cert", two)]).await.0,
+        403,
+        "two URIs"
+    );
+    assert_eq!(
+        c.status(&[
+            wl,
+            ("x-forwarded-client-cert", web),
+            ("x-forwarded-client-cert", root)
+        ])
+        .await
+        .0,
+        403,
+        "two XFCC lines"
+    );
+    let open = "Subject=\"CN=x;URI=spiffe://cluster.local/ns/admin/sa/root";
+    assert_eq!(
+        c.status(&[wl, ("x-forwarded-client-cert", open)]).await.0,
+        403,
+        "unterminated quote"
+    );
     srv.stop().await;
 }
