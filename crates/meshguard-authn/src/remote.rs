@@ -202,7 +202,7 @@ impl RemoteJwks {
             None => self.discover().await?,
         };
         let body = self.get_bounded(&uri).await?;
-        KeySet::parse(&body, false).map_err(|e| format!("{uri}: {e}"))
+        KeySet::parse(&body, false).map_err(|e| format!("{}: {e}", redact_url(&uri)))
     }
 
     /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` -> `jwks_uri`.
@@ -212,36 +212,96 @@ impl RemoteJwks {
             self.issuer.trim_end_matches('/')
         );
         let body = self.get_bounded(&url).await?;
-        let v = crate::jose::parse_json_strict(&body).map_err(|e| format!("{url}: {e}"))?;
+        let shown = redact_url(&url);
+        let v = crate::jose::parse_json_strict(&body).map_err(|e| format!("{shown}: {e}"))?;
         v.get("jwks_uri")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| format!("{url}: no jwks_uri in the discovery document"))
+            .ok_or_else(|| format!("{shown}: no jwks_uri in the discovery document"))
     }
 
     async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, String> {
+        // Errors name the URL without credentials (userinfo, query values), and reqwest's own
+        // message without its copy of the URL.
+        let shown = redact_url(url);
         let mut resp = self
             .client
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?;
         if !resp.status().is_success() {
-            return Err(format!("{url}: HTTP {}", resp.status()));
+            return Err(format!("{shown}: HTTP {}", resp.status()));
         }
         if resp
             .content_length()
             .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
         {
-            return Err(format!("{url}: body larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(format!("{shown}: body larger than {MAX_JWKS_BYTES} bytes"));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("{shown}: {}", e.without_url()))?
+        {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("{url}: body larger than {MAX_JWKS_BYTES} bytes"));
+                return Err(format!("{shown}: body larger than {MAX_JWKS_BYTES} bytes"));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+}
+
+/// A URL fit for logs, metric labels and `/config`: userinfo (`user:password@`) and every query
+/// value replaced by `<redacted>`, the fragment dropped. A JWKS URL may carry credentials
+/// (`https://user:pass@idp/keys`, `?api_key=...`).
+pub fn redact_url(url: &str) -> String {
+    let url = url.split('#').next().unwrap_or(url);
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://<redacted>@{host}{path}"),
+                None => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
+    };
+    if let Some(q) = query {
+        let pairs: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) => format!("{k}=<redacted>"),
+                None => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_never_shown() {
+        assert_eq!(
+            redact_url("https://user:s3cret@idp.test:8443/keys?api_key=abc&x=1#frag"),
+            "https://<redacted>@idp.test:8443/keys?api_key=<redacted>&x=<redacted>"
+        );
+        assert_eq!(redact_url("https://idp.test/jwks"), "https://idp.test/jwks");
+        assert_eq!(redact_url("http://a@b@idp/x"), "http://<redacted>@idp/x");
+        assert!(!redact_url("https://idp/k?token=s3cret").contains("s3cret"));
     }
 }

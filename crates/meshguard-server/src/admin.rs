@@ -64,7 +64,7 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
                             json!({
                                 "issuer": j.issuer,
                                 "audiences": j.audiences,
-                                "jwks_uri": j.jwks_uri,
+                                "jwks_uri": j.jwks_uri.as_deref().map(meshguard_authn::remote::redact_url),
                                 "jwks": j.jwks.as_ref().map(|_| "<redacted>"),
                                 "forward_original_token": j.forward_original_token,
                             })
@@ -140,7 +140,9 @@ pub async fn handle(
                 .iter()
                 .map(|r| {
                     (
-                        r.uri().unwrap_or("<oidc discovery>").to_owned(),
+                        r.uri()
+                            .map(meshguard_authn::remote::redact_url)
+                            .unwrap_or_else(|| "<oidc discovery>".to_owned()),
                         r.stats.ok.load(Ordering::Relaxed),
                         r.stats.failed.load(Ordering::Relaxed),
                     )

@@ -251,3 +251,63 @@ async fn forwarded_client_cert_cannot_be_forged_with_quotes_or_duplicates() {
     );
     srv.stop().await;
 }
+
+/// Credentials in a jwksUri never show in /config, /metrics, /readyz or the refusal a client gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_uri_credentials_are_never_shown() {
+    let dir = std::env::temp_dir().join(format!(
+        "meshguard-http-attacks-jwks-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("jwt.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: edge}
+spec:
+  jwtRules:
+  - issuer: https://idp.test
+    jwksUri: http://operator:s3cretpw@127.0.0.1:9/keys?api_key=t0psecret
+",
+    )
+    .expect("write");
+    let srv = start(&dir, Duration::ZERO).await;
+    let base = format!("http://{}", srv.bound.http.expect("http"));
+    let admin = format!("http://{}", srv.bound.admin.expect("admin"));
+    // A token makes meshguard try the (unreachable) JWKS, so the error paths run too.
+    let r = reqwest::Client::new()
+        .get(format!("{base}/auth"))
+        .header("x-original-uri", "/")
+        .header("x-original-method", "GET")
+        .header("x-meshguard-workload", "edge/app=gw")
+        .header(
+            "authorization",
+            "Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJodHRwczovL2lkcC50ZXN0In0.c2ln",
+        )
+        .send()
+        .await
+        .expect("request");
+    let head = format!("{:?}", r.headers());
+    let refusal = format!("{head} {}", r.text().await.unwrap_or_default());
+    let mut seen = refusal;
+    for path in ["/config", "/metrics", "/readyz"] {
+        let body = reqwest::get(format!("{admin}{path}"))
+            .await
+            .expect("admin")
+            .text()
+            .await
+            .unwrap_or_default();
+        seen.push_str(&body);
+    }
+    assert!(
+        seen.contains("127.0.0.1:9/keys"),
+        "the JWKS source is still named: {seen}"
+    );
+    assert!(
+        !seen.contains("s3cretpw") && !seen.contains("t0psecret"),
+        "credentials leaked: {seen}"
+    );
+    srv.stop().await;
+}
