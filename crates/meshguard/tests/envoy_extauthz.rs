@@ -6,7 +6,9 @@
 //! - allowed requests reach the upstream app with the headers meshguard adds, denied ones never
 //!   reach it;
 //! - a policy change is applied to the next request on an already open connection;
-//! - meshguard killed: Envoy (failure_mode_allow false) denies.
+//! - meshguard killed: Envoy (failure_mode_allow false) denies;
+//! - and Envoy's HTTP ext_authz filter as istiod's `envoyExtAuthzHttp` provider generates it, in
+//!   front of serve's HTTP mode.
 
 mod envoy;
 
@@ -234,4 +236,211 @@ spec:
     let _ = serve.0.wait();
     let (s, e) = call(port, &request("GET", "/anything", &[], "", true));
     assert!(e.is_none() && s >= 403, "meshguard down must deny, got {s}");
+}
+
+/// Envoy's HTTP ext_authz filter as istiod's `envoyExtAuthzHttp` provider generates it
+/// (builder testdata custom-http-provider-out2.yaml: http_service with path_prefix /check,
+/// allowed_headers from includeRequestHeadersInCheck, allowed_upstream_headers from
+/// headersToUpstreamOnAllow, failure_mode_allow from failOpen) in front of meshguard serve's HTTP
+/// mode (`--forward-auth envoy --http-path-prefix /check`).
+fn http_bootstrap(listen: u16, echo: u16, authz: u16) -> String {
+    json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "inbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "inbound",
+                        "normalize_path": true,
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route("/", None)]}]},
+                        "http_filters": [
+                            {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                "transport_api_version": "V3",
+                                "failure_mode_allow": false,
+                                "status_on_error": {"code": "Forbidden"},
+                                "http_service": {
+                                    "server_uri": {"uri": "http://meshguard.test", "cluster": "meshguard", "timeout": "10s"},
+                                    "path_prefix": "/check",
+                                    "authorization_request": {"allowed_headers": {"patterns": [
+                                        {"exact": "x-role", "ignore_case": true}]}},
+                                    "authorization_response": {"allowed_upstream_headers": {"patterns": [
+                                        {"exact": "x-sub", "ignore_case": true}]}}
+                                }}},
+                            {"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ],
+                    }
+                }]}]
+            }],
+            "clusters": [
+                {"name": "app", "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}},
+                {"name": "meshguard", "type": "STATIC", "connect_timeout": "1s",
+                 "load_assignment": {"cluster_name": "meshguard", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": authz}}}}]}]}}
+            ],
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
+    })
+    .to_string()
+    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+}
+
+#[test]
+fn envoy_http_ext_authz_in_front_of_serve() {
+    let Some(envoy_bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let Some(python) = envoy::python() else {
+        return;
+    };
+    let dir = envoy::temp_dir("extauthz-http");
+    let pol = dir.join("policies");
+    std::fs::create_dir_all(&pol).expect("mkdir");
+    let jwks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../meshguard-authn/tests/data/jwks.json"),
+        )
+        .expect("jwks"),
+    )
+    .expect("json");
+    std::fs::write(
+        pol.join("shop.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: shop}}
+spec:
+  jwtRules:
+  - issuer: https://issuer.test
+    audiences: [api.test]
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-sub, claim: sub}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: shop}}
+spec:
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ['/admin*']}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: admins, namespace: shop}}
+spec:
+  rules:
+  - from: [{{source: {{requestPrincipals: [https://issuer.test/*]}}}}]
+    when: [{{key: 'request.headers[x-role]', values: [admin]}}]
+"
+        ),
+    )
+    .expect("policy");
+    let echo = envoy::echo_app();
+    let (mut k, _, http_port) = envoy::start_serve_ports(
+        &dir,
+        "http",
+        &[
+            "--workload",
+            "shop/app=web",
+            "--forward-auth",
+            "envoy",
+            "--http-path-prefix",
+            "/check",
+            "--policies",
+            pol.to_str().expect("utf8"),
+        ],
+    );
+    let port = envoy::free_port();
+    let _envoy = Envoy::start(
+        &envoy_bin,
+        &dir,
+        "http",
+        &http_bootstrap(port, echo, http_port),
+    );
+    let bearer = format!("Bearer {}", admin_jwt(&python, "admin"));
+    let admin_role = ("x-role", "admin");
+
+    let (s, e) = call(
+        port,
+        &request(
+            "GET",
+            "/orders",
+            &[("authorization", &bearer), admin_role],
+            "",
+            true,
+        ),
+    );
+    assert_eq!(s, 200, "JWT and x-role admin");
+    let e = e.expect("reached the app");
+    assert_eq!(e.all("x-sub"), vec!["u1"], "claim header allowed upstream");
+    assert!(
+        e.all("authorization").is_empty(),
+        "the token is removed (forwardOriginalToken false)"
+    );
+    let (s, e) = call(
+        port,
+        &request(
+            "GET",
+            "/orders",
+            &[("authorization", &bearer), ("x-role", "user")],
+            "",
+            true,
+        ),
+    );
+    assert_eq!((s, e.is_none()), (403, true), "x-role user");
+    let (s, e) = call(port, &request("GET", "/orders", &[admin_role], "", true));
+    assert_eq!(
+        (s, e.is_none()),
+        (403, true),
+        "no token: no request principal"
+    );
+    let (s, e) = call(
+        port,
+        &request(
+            "GET",
+            "/orders",
+            &[("authorization", "Bearer  garbage"), admin_role],
+            "",
+            true,
+        ),
+    );
+    assert_eq!(
+        (s, e.is_none()),
+        (401, true),
+        "a malformed token after two spaces is verified and refused"
+    );
+    for path in ["/admin", "/x/../admin", "/admin/users"] {
+        let (s, e) = call(
+            port,
+            &request(
+                "GET",
+                path,
+                &[("authorization", &bearer), admin_role],
+                "",
+                true,
+            ),
+        );
+        assert_eq!((s, e.is_none()), (403, true), "{path} is denied");
+    }
+    let _ = k.0.kill();
+    let _ = k.0.wait();
+    let (s, e) = call(
+        port,
+        &request(
+            "GET",
+            "/orders",
+            &[("authorization", &bearer), admin_role],
+            "",
+            true,
+        ),
+    );
+    assert!(
+        e.is_none() && s == 403,
+        "meshguard down: status_on_error Forbidden, got {s}"
+    );
 }

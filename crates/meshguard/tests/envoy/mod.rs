@@ -376,6 +376,12 @@ pub fn mg(args: &[&str]) {
 /// `meshguard serve` on loopback ports picked here (decision log off) with extra arguments;
 /// returns the process and its gRPC port once it accepts connections.
 pub fn start_serve(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16) {
+    let (k, grpc, _) = start_serve_ports(dir, tag, args);
+    (k, grpc)
+}
+
+/// As [`start_serve`], returning the gRPC and the HTTP (forward-auth) ports; waits for both.
+pub fn start_serve_ports(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u16) {
     let (grpc, http, admin) = (free_port(), free_port(), free_port());
     let log = dir.join(format!("serve-{tag}.log"));
     let child = Command::new(meshguard())
@@ -393,7 +399,8 @@ pub fn start_serve(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16) {
         .expect("start meshguard serve");
     let k = Kill(child);
     wait_port(grpc, "meshguard serve", &log);
-    (k, grpc)
+    wait_port(http, "meshguard serve (HTTP)", &log);
+    (k, grpc, http)
 }
 
 /// Waits until something accepts connections on `port`.
