@@ -11,6 +11,10 @@
 //! ends: `meshguard proxy` (mTLS inbound) and `meshguard serve` behind Envoy's ext_authz. Every
 //! probe is sent by curl with a client certificate to all three; the statuses must agree.
 //!
+//! `tcp_rbac_decisions_agree_with_envoy` does the same for TCP ports (Envoy's network RBAC filter
+//! and tcp_proxy; meshguard proxy with `protocol: tcp`), including istiod's TCP treatment of
+//! HTTP-only fields.
+//!
 //! Facts this pins (Envoy 1.40 wins where the Istio docs say otherwise): a repeated header
 //! matches a condition when any one line matches, and the same values in one comma-joined line
 //! are one value; HCM path normalisation as istiod's BASE (normalize_path, no slash merging).
@@ -556,6 +560,18 @@ fn start_proxy(
     workload_port: u16,
     echo: u16,
 ) -> Kill {
+    start_proxy_as(dir, tag, pol, listen, workload_port, echo, "http")
+}
+
+fn start_proxy_as(
+    dir: &Path,
+    tag: &str,
+    pol: &Path,
+    listen: u16,
+    workload_port: u16,
+    echo: u16,
+    protocol: &str,
+) -> Kill {
     let d = |p: &str| dir.join(p).display().to_string();
     let cfg = dir.join(format!("proxy-{tag}.yaml"));
     std::fs::write(
@@ -572,7 +588,7 @@ inbound:
   listen: 127.0.0.1:{listen}
   port: {workload_port}
   app: 127.0.0.1:{echo}
-  protocol: http
+  protocol: {protocol}
 ",
             s = d("server"),
             pol = pol.display()
@@ -738,4 +754,207 @@ fn rbac_decisions_agree_with_envoy() {
             .join("\n")
     );
     assert!(sets < 14 || compared >= 1000, "only {compared} probes");
+}
+
+/// The TCP side: policies on a `protocol: tcp` port, as istiod's buildTCP translates them for
+/// Envoy's network RBAC filter (builder testdata tcp/*): an ALLOW rule that uses an HTTP-only
+/// field is left out (an ALLOW filter with no rule left denies everything, testdata
+/// tcp/allow-only-http), a DENY rule keeps its other conditions and loses the HTTP-only one
+/// (testdata tcp/deny-both-http-tcp: it matches more). Envoy terminates mTLS and tcp_proxies to
+/// the app; a denied connection is closed (curl sees no status).
+fn gen_tcp_set(rng: &mut Rng, port: u16) -> PolicySet {
+    let mut yaml = String::from(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+",
+    );
+    let (mut deny, mut allow) = (serde_json::Map::new(), serde_json::Map::new());
+    for i in 0..(1 + rng.next() % 3) {
+        let deny_action = rng.chance(35);
+        let name = format!("t{i}");
+        yaml.push_str(&format!(
+            "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: foo}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: {}
+  rules:
+",
+            if deny_action { "DENY" } else { "ALLOW" }
+        ));
+        for r in 0..(1 + rng.next() % 2) {
+            let mut from = Vec::new();
+            let mut ids = Vec::new();
+            if rng.chance(50) {
+                let p: Vec<String> = rng
+                    .some(PRINCIPALS, 2)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                ids.push(or_ids(p.iter().map(|v| principal_matcher(v)).collect()));
+                from.push(format!(
+                    "principals: [{}]",
+                    p.iter()
+                        .map(|v| format!("\"{v}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if rng.chance(30) {
+                let n = rng.pick(NAMESPACES);
+                ids.push(json!({"not_id": or_ids(vec![namespace_matcher(n)])}));
+                from.push(format!("notNamespaces: [\"{n}\"]"));
+            }
+            let mut to = Vec::new();
+            let mut perms = Vec::new();
+            if rng.chance(40) {
+                let p = if rng.chance(50) { port } else { port + 1 };
+                perms.push(or_rules(vec![json!({"destination_port": p})]));
+                to.push(format!("ports: [\"{p}\"]"));
+            }
+            let http_only = rng.chance(30);
+            if http_only {
+                to.push("methods: [\"GET\"]".to_owned());
+            }
+            let mut rule = String::from("  - {");
+            let mut parts = Vec::new();
+            if !from.is_empty() {
+                parts.push(format!("from: [{{source: {{{}}}}}]", from.join(", ")));
+            }
+            if !to.is_empty() {
+                parts.push(format!("to: [{{operation: {{{}}}}}]", to.join(", ")));
+            }
+            rule.push_str(&parts.join(", "));
+            rule.push_str("}\n");
+            yaml.push_str(&rule);
+            if http_only && !deny_action {
+                continue; // istiod leaves the ALLOW rule out on TCP
+            }
+            let and = |v: Vec<Value>, key: &str, inner: &str, any: Value| {
+                if v.is_empty() {
+                    any
+                } else {
+                    json!({key: {inner: v}})
+                }
+            };
+            let entry = json!({
+                "permissions": [and(perms, "and_rules", "rules", json!({"any": true}))],
+                "principals": [and(ids, "and_ids", "ids", json!({"any": true}))],
+            });
+            let target = if deny_action { &mut deny } else { &mut allow };
+            target.insert(format!("ns[foo]-policy[{name}]-rule[{r}]"), entry);
+        }
+        if !deny_action {
+            // The filter exists as soon as an ALLOW policy applies, even with no rule left.
+            allow.entry("__present__").or_insert(Value::Null);
+        }
+    }
+    PolicySet { yaml, deny, allow }
+}
+
+fn tcp_bootstrap(
+    dir: &Path,
+    listen: u16,
+    echo: u16,
+    deny: &serde_json::Map<String, Value>,
+    allow: &serde_json::Map<String, Value>,
+) -> String {
+    let mut filters = Vec::new();
+    let net = |action: &str, policies: serde_json::Map<String, Value>| {
+        json!({
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+            "stat_prefix": "tcp.", "rules": {"action": action, "policies": policies}}})
+    };
+    if !deny.is_empty() {
+        filters.push(net("DENY", deny.clone()));
+    }
+    if allow.contains_key("__present__") {
+        let mut a = allow.clone();
+        a.remove("__present__");
+        filters.push(net("ALLOW", a));
+    }
+    filters.push(
+        json!({"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "tcp", "cluster": "app"}}),
+    );
+    json!({
+        "static_resources": {
+            "listeners": [{"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                "filter_chains": [{"transport_socket": tls_socket(dir), "filters": filters}]}],
+            "clusters": [{"name": "app", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}}]
+        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
+    })
+    .to_string()
+    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+}
+
+#[test]
+fn tcp_rbac_decisions_agree_with_envoy() {
+    let Some(envoy_bin) = envoy::envoy_bin() else {
+        return;
+    };
+    if !curl_available() {
+        return;
+    }
+    let dir: PathBuf = envoy::temp_dir("rbac-tcp");
+    issue_certs(&dir);
+    let echo = envoy::echo_app();
+    let mut rng = Rng(0x7c9_0042);
+    let (mut compared, mut failures) = (0usize, Vec::new());
+    let mut outcomes = std::collections::BTreeMap::new();
+    for s in 0..30 {
+        let tag = format!("t{s}");
+        let port = envoy::free_port();
+        let set = gen_tcp_set(&mut rng, port);
+        let pol = dir.join(format!("policies-{tag}"));
+        std::fs::create_dir_all(&pol).expect("mkdir");
+        std::fs::write(pol.join("set.yaml"), &set.yaml).expect("policies");
+        let _native = Envoy::start(
+            &envoy_bin,
+            &dir,
+            &format!("{tag}-tcp"),
+            &tcp_bootstrap(&dir, port, echo, &set.deny, &set.allow),
+        );
+        let proxy_port = envoy::free_port();
+        let _proxy = start_proxy_as(&dir, &tag, &pol, proxy_port, port, echo, "tcp");
+        for (who, id) in IDENTITIES.iter().enumerate() {
+            let p = Probe {
+                who,
+                method: "GET",
+                path: "/",
+                host: "foo.example",
+                roles: &[],
+            };
+            let want = curl(&dir, port, &p);
+            let got = curl(&dir, proxy_port, &p);
+            *outcomes.entry(want).or_insert(0usize) += 1;
+            compared += 1;
+            if want != got {
+                failures.push(format!(
+                    "set {s} {}: envoy {want}, proxy {got}\n{}",
+                    id, set.yaml
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {compared} TCP connections disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{compared} TCP connections; Envoy's outcomes (0: closed): {outcomes:?}");
+    assert!(
+        outcomes.len() >= 2,
+        "both allowed and refused connections: {outcomes:?}"
+    );
 }
