@@ -536,7 +536,7 @@ inbound:
     envoy::wait_port(proxy_port, "meshguard proxy", &proxy_log);
 
     // Leg 3: Envoy with ext_authz (istiod's envoyExtAuthzGrpc shape) -> meshguard serve. The
-    // route names the workload in context_extensions, as the README documents.
+    // workload is given with --workload (one of the ways the README documents).
     let (serve, grpc) = envoy::start_serve(
         dir,
         tag,
