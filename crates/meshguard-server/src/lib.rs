@@ -45,6 +45,12 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// HTTP mode: AuthConfigs bound to hosts and path prefixes.
     pub auth_bindings: Vec<http::AuthBinding>,
+    /// HTTP and admin listeners: how long a client may take to send a request's headers (also
+    /// bounds an idle keep-alive connection waiting for its next request).
+    pub header_read_timeout: Duration,
+    /// HTTP and admin listeners: connections served at once; beyond it new ones are closed at
+    /// once (a client holding sockets cannot exhaust file descriptors).
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +74,8 @@ impl Default for ServeConfig {
             max_grpc_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             auth_bindings: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
         }
     }
 }
@@ -106,15 +114,44 @@ async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServeErro
 /// Serves the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/config`) on `listener`
 /// until `stop` flips. Used by `serve` and by the mTLS proxy.
 pub async fn serve_admin(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
-    serve_hyper(listener, stop, move |req, _peer| {
+    let d = ServeConfig::default();
+    let limits = Limits {
+        header_read_timeout: d.header_read_timeout,
+        max_connections: d.max_connections,
+    };
+    serve_admin_with(listener, state, stop, limits).await
+}
+
+async fn serve_admin_with(
+    listener: TcpListener,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    serve_hyper(listener, stop, limits, move |req, _peer| {
         admin::handle(state.clone(), req)
     })
     .await
 }
 
+/// Bounds for one hyper listener.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
 /// Serves hyper connections until `stop` flips, then lets open requests finish (bounded).
-async fn serve_hyper<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: F)
-where
+/// Hostile clients are bounded: headers must arrive within the header-read timeout (which also
+/// closes idle keep-alive connections), at most `max_connections` are served at once (more are
+/// closed on accept), HTTP/2 streams per connection are capped, and accept errors (EMFILE) back
+/// off instead of spinning.
+async fn serve_hyper<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+    handler: F,
+) where
     F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<
             Output = Result<
@@ -127,19 +164,61 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Bounded header block for HTTP/1 and HTTP/2.
-    builder.http1().max_buf_size(64 * 1024);
-    builder.http2().max_header_list_size(64 * 1024);
+    builder
+        .http1()
+        .max_buf_size(64 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(256)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => {
+                        backoff = Duration::from_millis(10);
+                        a
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "accept failed; pausing before the next accept");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; closing a new connection");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let h = handler.clone();
-                let svc = service_fn(move |req| h(req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let first_byte = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    // Protocol detection reads the first bytes with no timer of its own: a
+                    // client that connects and sends nothing is closed after the header-read
+                    // timeout too.
+                    let mut probe = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, stream.peek(&mut probe)).await,
+                        Ok(Ok(n)) if n > 0
+                    ) {
+                        drop(permit);
+                        return;
+                    }
+                    let svc = service_fn(move |req| h(req, peer));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                    drop(permit);
                 });
             }
             _ = stop.changed() => break,
@@ -170,6 +249,10 @@ pub async fn serve(
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let limits = Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        max_connections: cfg.max_connections,
+    };
 
     if let Some(l) = grpc_l {
         let svc = AuthorizationServer::new(grpc::CheckService {
@@ -205,9 +288,14 @@ pub async fn serve(
             },
         );
         tasks.spawn(async move {
+            // Keep-alive pings find dead peers; streams per connection are bounded (Envoy opens
+            // more connections when it needs them); h2 bounds rapidly reset streams itself.
             let r = tonic::transport::Server::builder()
                 .timeout(timeout)
                 .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .max_concurrent_streams(Some(1024))
                 .layer(too_large)
                 .add_service(health)
                 .add_service(svc)
@@ -236,13 +324,13 @@ pub async fn serve(
             bindings: cfg.auth_bindings.clone(),
         };
         let stop = stop_rx.clone();
-        tasks.spawn(serve_hyper(l, stop, move |req, peer| {
+        tasks.spawn(serve_hyper(l, stop, limits, move |req, peer| {
             let m = mode.clone();
             async move { m.handle(req, peer).await }
         }));
     }
     if let Some(l) = admin_l {
-        tasks.spawn(serve_admin(l, state.clone(), stop_rx.clone()));
+        tasks.spawn(serve_admin_with(l, state.clone(), stop_rx.clone(), limits));
     }
     tasks.spawn(watch_policies(
         state.clone(),

@@ -311,3 +311,77 @@ spec:
     );
     srv.stop().await;
 }
+
+/// Idle and slow clients cannot hold the HTTP or admin listener: headers must arrive within the
+/// header-read timeout, and beyond the connection limit new connections are closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_bounded() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!(
+        "meshguard-http-attacks-slow-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("edge.yaml"), POLICIES).expect("write");
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.header_read_timeout = Duration::from_millis(300);
+        c.max_connections = 4;
+    })
+    .await;
+    let http = srv.bound.http.expect("http");
+    let admin = srv.bound.admin.expect("admin");
+    // Closed by the server (read returns 0 or an error) within `within`.
+    let closed_within = |addr: std::net::SocketAddr, send: &'static [u8], within: Duration| {
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(send).expect("write");
+            s.set_read_timeout(Some(within)).expect("timeout");
+            let mut b = [0u8; 64];
+            matches!(s.read(&mut b), Ok(0)) || matches!(s.read(&mut b), Ok(0))
+        })
+        .join()
+        .expect("thread")
+    };
+    for addr in [http, admin] {
+        assert!(
+            closed_within(addr, b"", Duration::from_secs(3)),
+            "an idle connection is closed"
+        );
+        assert!(
+            closed_within(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: a\r\nx-slow",
+                Duration::from_secs(3)
+            ),
+            "headers that never finish are cut off"
+        );
+    }
+    // Fill the HTTP listener's four slots with connections that keep sending header bytes slowly
+    // enough to stay open, then a fifth is closed at once.
+    let holders: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(http).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+            s
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        closed_within(
+            http,
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            Duration::from_millis(250)
+        ),
+        "over the limit: closed at once, not queued"
+    );
+    drop(holders);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Slots free again: an ordinary forward-auth request is answered.
+    let c = Client {
+        base: format!("http://{http}"),
+        http: reqwest::Client::new(),
+    };
+    assert_eq!(c.status(&[]).await.0, 200);
+    srv.stop().await;
+}
