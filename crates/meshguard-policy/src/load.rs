@@ -108,8 +108,19 @@ impl Loaded {
     }
 
     fn add_file(&mut self, path: &Path) {
+        use std::io::Read;
         let display = path.display().to_string();
+        // Only regular files (after following symlinks): opening a FIFO blocks until a writer
+        // comes, and a device such as /dev/zero never ends. A named `*.yaml` is not enough.
         match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                self.io_error(
+                    &display,
+                    "not a regular file (a FIFO, device or socket, possibly behind a symlink); refusing to read it",
+                );
+                return;
+            }
+            // Cheap early refusal; the read below is bounded whatever the metadata says.
             Ok(m) if m.len() > MAX_FILE_BYTES => {
                 self.io_error(
                     &display,
@@ -117,14 +128,39 @@ impl Loaded {
                 );
                 return;
             }
-            _ => {}
+            Ok(_) => {}
+            Err(e) => {
+                self.io_error(&display, &format!("cannot read: {e}"));
+                return;
+            }
         }
-        match std::fs::read_to_string(path) {
+        // Bounded by the bytes actually read, not by what the metadata claims.
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+        if let Err(e) = read {
+            self.io_error(&display, &format!("cannot read: {e}"));
+            return;
+        }
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            self.io_error(
+                &display,
+                &format!("file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"),
+            );
+            return;
+        }
+        match String::from_utf8(bytes) {
             Ok(text) => {
                 self.files.push(path.to_owned());
                 self.add_text(&text, &display);
             }
-            Err(e) => self.io_error(&display, &format!("cannot read: {e}")),
+            Err(e) => self.io_error(
+                &display,
+                &format!(
+                    "not UTF-8 text (first bad byte at offset {}); policies are YAML or JSON",
+                    e.utf8_error().valid_up_to()
+                ),
+            ),
         }
     }
 
