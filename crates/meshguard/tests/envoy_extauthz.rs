@@ -33,52 +33,41 @@ fn route(prefix: &str, config_id: Option<&str>) -> serde_json::Value {
 }
 
 fn bootstrap(listen: u16, echo: u16, grpc: u16) -> String {
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "inbound",
-                        "normalize_path": true,
-                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                            route("/api", Some("gloo-system.api-keys")),
-                            route("/post", Some("gloo-system.orders-opa")),
-                            route("/", None)]}]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                "grpc_service": {"envoy_grpc": {"cluster_name": "meshguard"}, "timeout": "5s"},
-                                "transport_api_version": "V3",
-                                "failure_mode_allow": false,
-                                "include_peer_certificate": true,
-                                "encode_raw_headers": true,
-                                "with_request_body": {"max_request_bytes": 8192, "allow_partial_message": true}}},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ],
-                    }
-                }]}]
-            }],
-            "clusters": [
-                {"name": "app", "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}},
-                {"name": "meshguard", "type": "STATIC", "connect_timeout": "1s",
-                 "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-                 "load_assignment": {"cluster_name": "meshguard", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": grpc}}}}]}]}}
-            ],
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
-    })
-    .to_string()
-    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+    let listeners = json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "normalize_path": true,
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    route("/api", Some("gloo-system.api-keys")),
+                    route("/post", Some("gloo-system.orders-opa")),
+                    route("/", None)]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "grpc_service": {"envoy_grpc": {"cluster_name": "meshguard"}, "timeout": "5s"},
+                        "transport_api_version": "V3",
+                        "failure_mode_allow": false,
+                        "include_peer_certificate": true,
+                        "encode_raw_headers": true,
+                        "with_request_body": {"max_request_bytes": 8192, "allow_partial_message": true}}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ],
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(
+        listeners,
+        vec![
+            envoy::cluster("app", echo, false),
+            envoy::cluster("meshguard", grpc, true),
+        ],
+    )
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str, close: bool) -> String {
@@ -244,51 +233,43 @@ spec:
 /// headersToUpstreamOnAllow, failure_mode_allow from failOpen) in front of meshguard serve's HTTP
 /// mode (`--forward-auth envoy --http-path-prefix /check`).
 fn http_bootstrap(listen: u16, echo: u16, authz: u16) -> String {
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "inbound",
-                        "normalize_path": true,
-                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route("/", None)]}]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                "transport_api_version": "V3",
-                                "failure_mode_allow": false,
-                                "status_on_error": {"code": "Forbidden"},
-                                "http_service": {
-                                    "server_uri": {"uri": "http://meshguard.test", "cluster": "meshguard", "timeout": "10s"},
-                                    "path_prefix": "/check",
-                                    "authorization_request": {"allowed_headers": {"patterns": [
-                                        {"exact": "x-role", "ignore_case": true}]}},
-                                    "authorization_response": {"allowed_upstream_headers": {"patterns": [
-                                        {"exact": "x-sub", "ignore_case": true}]}}
-                                }}},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ],
-                    }
-                }]}]
-            }],
-            "clusters": [
-                {"name": "app", "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}},
-                {"name": "meshguard", "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": "meshguard", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": authz}}}}]}]}}
-            ],
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
-    })
-    .to_string()
-    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+    let listeners = json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "normalize_path": true,
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route("/", None)]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "transport_api_version": "V3",
+                        "failure_mode_allow": false,
+                        "status_on_error": {"code": "Forbidden"},
+                        "http_service": {
+                            "server_uri": {"uri": "http://meshguard.test", "cluster": "meshguard", "timeout": "10s"},
+                            "path_prefix": "/check",
+                            "authorization_request": {"allowed_headers": {"patterns": [
+                                {"exact": "x-role", "ignore_case": true}]}},
+                            "authorization_response": {"allowed_upstream_headers": {"patterns": [
+                                {"exact": "x-sub", "ignore_case": true}]}}
+                        }}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ],
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(
+        listeners,
+        vec![
+            envoy::cluster("app", echo, false),
+            envoy::cluster("meshguard", authz, false),
+        ],
+    )
 }
 
 #[test]

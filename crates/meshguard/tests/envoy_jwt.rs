@@ -19,7 +19,7 @@ mod envoy;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use envoy::{Echoed, Envoy, Kill, Response};
 use serde_json::Value;
@@ -261,50 +261,26 @@ fn bootstrap(listen: u16, echo: u16, filters: Vec<Value>, grpc: Option<u16>) -> 
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let mut clusters = vec![serde_json::json!({
-        "name": "app",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}
-    })];
+    let mut clusters = vec![envoy::cluster("app", echo, false)];
     if let Some(g) = grpc {
-        clusters.push(serde_json::json!({
-            "name": "meshguard",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}
-                }
-            },
-            "load_assignment": {"cluster_name": "meshguard", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": g}}}}]}]}
-        }));
+        clusters.push(envoy::cluster("meshguard", g, true));
     }
-    let b = serde_json::json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "inbound",
-                        "normalize_path": true,
-                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "5s"}}]}]},
-                        "http_filters": chain,
-                    }
-                }]}]
-            }],
-            "clusters": clusters,
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
-    });
-    b.to_string().replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+    let listeners = serde_json::json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "normalize_path": true,
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "5s"}}]}]},
+                "http_filters": chain,
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(listeners, clusters)
 }
 
 /// What a front end's answer means for the comparison.
@@ -502,10 +478,10 @@ fn start_legs(
             &d("svid"),
         ]);
     }
-    let proxy_cfg = dir.join(format!("proxy-{tag}.yaml"));
-    std::fs::write(
-        &proxy_cfg,
-        format!(
+    let proxy = envoy::start_proxy(
+        dir,
+        tag,
+        &format!(
             "workload: {{namespace: app, labels: {{app: echo}}}}
 identity:
   files: {{cert: {svid}/svid.pem, key: {svid}/svid.key, bundle: {svid}/bundle.pem}}
@@ -521,19 +497,8 @@ inbound:
             svid = d("svid"),
             pol = pol.display()
         ),
-    )
-    .expect("proxy config");
-    let proxy_log = dir.join(format!("proxy-{tag}.log"));
-    let proxy = Kill(
-        Command::new(envoy::meshguard())
-            .args(["proxy", "--config"])
-            .arg(&proxy_cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&proxy_log).expect("log"))
-            .spawn()
-            .expect("start proxy"),
+        proxy_port,
     );
-    envoy::wait_port(proxy_port, "meshguard proxy", &proxy_log);
 
     // Leg 3: Envoy with ext_authz (istiod's envoyExtAuthzGrpc shape) -> meshguard serve. The
     // workload is given with --workload (one of the ways the README documents).

@@ -434,51 +434,32 @@ fn bootstrap(
     let mut chain = filters;
     chain.push(json!({"name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
-    let cluster = |name: &str, port: u16, h2: bool| {
-        let mut c = json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}});
-        if h2 {
-            c["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}});
-        }
-        c
-    };
-    let mut clusters = vec![cluster("app", echo, false)];
+    let mut clusters = vec![envoy::cluster("app", echo, false)];
     if let Some(g) = grpc {
-        clusters.push(cluster("meshguard", g, true));
+        clusters.push(envoy::cluster("meshguard", g, true));
     }
-    json!({
-        "static_resources": {
-            "listeners": [{
-                "name": "inbound",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{
-                    "transport_socket": tls_socket(dir),
-                    "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "inbound",
-                        // istiod's inbound HCM for the default (BASE) normalisation.
-                        "normalize_path": true,
-                        "forward_client_cert_details": "APPEND_FORWARD",
-                        "set_current_client_cert_details": {"uri": true},
-                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "5s"},
-                             "typed_per_filter_config": route_ext(grpc.is_some(), workload_port)}]}]},
-                        "http_filters": chain,
-                    }
-                }]}]
-            }],
-            "clusters": clusters,
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
-    })
-    .to_string()
-    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+    let listeners = json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{
+            "transport_socket": tls_socket(dir),
+            "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                // istiod's inbound HCM for the default (BASE) normalisation.
+                "normalize_path": true,
+                "forward_client_cert_details": "APPEND_FORWARD",
+                "set_current_client_cert_details": {"uri": true},
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "5s"},
+                     "typed_per_filter_config": route_ext(grpc.is_some(), workload_port)}]}]},
+                "http_filters": chain,
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(listeners, clusters)
 }
 
 fn route_ext(ext_authz: bool, port: u16) -> Value {
@@ -573,10 +554,10 @@ fn start_proxy_as(
     protocol: &str,
 ) -> Kill {
     let d = |p: &str| dir.join(p).display().to_string();
-    let cfg = dir.join(format!("proxy-{tag}.yaml"));
-    std::fs::write(
-        &cfg,
-        format!(
+    envoy::start_proxy(
+        dir,
+        tag,
+        &format!(
             "workload: {{namespace: foo, labels: {{app: httpbin}}}}
 identity:
   files: {{cert: {s}/svid.pem, key: {s}/svid.key, bundle: {s}/bundle.pem}}
@@ -593,20 +574,8 @@ inbound:
             s = d("server"),
             pol = pol.display()
         ),
+        listen,
     )
-    .expect("proxy config");
-    let log = dir.join(format!("proxy-{tag}.log"));
-    let k = Kill(
-        Command::new(envoy::meshguard())
-            .args(["proxy", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("proxy"),
-    );
-    envoy::wait_port(listen, "meshguard proxy", &log);
-    k
 }
 
 fn start_serve(dir: &Path, tag: &str, pol: &Path) -> (Kill, u16) {
@@ -883,18 +852,10 @@ fn tcp_bootstrap(
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         "stat_prefix": "tcp", "cluster": "app"}}),
     );
-    json!({
-        "static_resources": {
-            "listeners": [{"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                "filter_chains": [{"transport_socket": tls_socket(dir), "filters": filters}]}],
-            "clusters": [{"name": "app", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "app", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": echo}}}}]}]}}]
-        },
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
-    })
-    .to_string()
-    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+    let listeners = json!([{"name": "tcp",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"transport_socket": tls_socket(dir), "filters": filters}]}]);
+    envoy::static_bootstrap(listeners, vec![envoy::cluster("app", echo, false)])
 }
 
 #[test]

@@ -403,6 +403,48 @@ pub fn start_serve_ports(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u1
     (k, grpc, http)
 }
 
+/// A static Envoy cluster of one loopback endpoint; `h2` for a gRPC upstream.
+pub fn cluster(name: &str, port: u16, h2: bool) -> serde_json::Value {
+    let mut c = serde_json::json!({"name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}});
+    if h2 {
+        c["typed_extension_protocol_options"] = serde_json::json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}});
+    }
+    c
+}
+
+/// A static bootstrap (JSON, which Envoy reads as YAML) with the admin listener on the port
+/// [`Envoy::start`] picks.
+pub fn static_bootstrap(listeners: serde_json::Value, clusters: Vec<serde_json::Value>) -> String {
+    serde_json::json!({
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": "ADMIN_PORT"}}}
+    })
+    .to_string()
+    .replace("\"ADMIN_PORT\"", "ADMIN_PORT")
+}
+
+/// Starts `meshguard proxy` with the YAML `config` and waits until `listen` accepts.
+pub fn start_proxy(dir: &Path, tag: &str, config: &str, listen: u16) -> Kill {
+    let cfg = dir.join(format!("proxy-{tag}.yaml"));
+    std::fs::write(&cfg, config).expect("proxy config");
+    let log = dir.join(format!("proxy-{tag}.log"));
+    let child = Command::new(meshguard())
+        .args(["proxy", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("proxy log"))
+        .spawn()
+        .expect("start meshguard proxy");
+    let k = Kill(child);
+    wait_port(listen, "meshguard proxy", &log);
+    k
+}
+
 /// Waits until something accepts connections on `port`.
 pub fn wait_port(port: u16, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
