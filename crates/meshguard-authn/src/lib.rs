@@ -8,6 +8,8 @@
 //! - A valid token whose audience is not allowed: 403.
 //! - Valid: request principal `iss/sub`, claims for AuthorizationPolicy, headers to add/remove.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod extauth;
 pub mod extract;

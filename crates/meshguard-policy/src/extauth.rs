@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use crate::boolexpr::BoolExpr;
 use crate::diag::Ctx;
 use crate::resource::{
-    check_fields, get_bool, get_map, get_seq, get_str, join, parse_meta, string_map, Meta, Origin,
-    Resource,
+    check_fields, get_bool, get_map, get_seq, get_str, join, parse_meta, secret_string_map,
+    string_map, Meta, Origin, Resource,
 };
 use crate::yaml::Node;
 
@@ -358,7 +358,7 @@ fn parse_secret(
     use base64::Engine as _;
     let mut data = BTreeMap::new();
     if let Some(d) = doc.get("data") {
-        for (k, v) in string_map(ctx, d, &join(prefix, "data")) {
+        for (k, v) in secret_string_map(ctx, d, &join(prefix, "data")) {
             let clean: String = v.chars().filter(|c| !c.is_whitespace()).collect();
             match base64::engine::general_purpose::STANDARD.decode(clean.as_bytes()) {
                 Ok(bytes) => {
@@ -376,7 +376,7 @@ fn parse_secret(
         }
     }
     if let Some(d) = doc.get("stringData") {
-        for (k, v) in string_map(ctx, d, &join(prefix, "stringData")) {
+        for (k, v) in secret_string_map(ctx, d, &join(prefix, "stringData")) {
             data.insert(k, v.into_bytes());
         }
     }

@@ -4,6 +4,8 @@
 //!
 //! No IO beyond reading policy files, no async, no wire formats.
 
+#![forbid(unsafe_code)]
+
 pub mod boolexpr;
 pub mod compile;
 pub mod decision;

@@ -609,6 +609,25 @@ pub(crate) fn get_seq<'n>(
 }
 
 pub(crate) fn string_map(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<String, String> {
+    string_map_with(ctx, n, path, false)
+}
+
+/// [`string_map`] for Secret contents: a refused value is described by its type only, never
+/// echoed (diagnostics reach `/readyz`, `/config` and logs).
+pub(crate) fn secret_string_map(
+    ctx: &mut Ctx<'_>,
+    n: &Node,
+    path: &str,
+) -> BTreeMap<String, String> {
+    string_map_with(ctx, n, path, true)
+}
+
+fn string_map_with(
+    ctx: &mut Ctx<'_>,
+    n: &Node,
+    path: &str,
+    secret: bool,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(entries) = n.as_map() {
         for (k, v) in entries {
@@ -619,11 +638,18 @@ pub(crate) fn string_map(ctx: &mut Ctx<'_>, n: &Node, path: &str) -> BTreeMap<St
                 _ => ctx.err(
                     v,
                     &join(path, &k.text),
-                    format!(
-                        "values must be strings, found {}{}",
-                        v.type_name(),
-                        quote_hint(v)
-                    ),
+                    if secret {
+                        format!(
+                            "values must be strings, found {} (quote the value; Secret contents are not shown)",
+                            v.type_name()
+                        )
+                    } else {
+                        format!(
+                            "values must be strings, found {}{}",
+                            v.type_name(),
+                            quote_hint(v)
+                        )
+                    },
                 ),
             }
         }

@@ -12,6 +12,8 @@
 //! Default deny: a workload that no ALLOW policy selects is refused (Istio would allow it),
 //! unless `default_deny` is turned off.
 
+#![forbid(unsafe_code)]
+
 pub mod source;
 pub mod tls;
 
@@ -103,7 +105,13 @@ pub struct ProxyConfig {
     pub decision_log: Sink,
     /// Open connections per listener; beyond it new connections are closed at once.
     pub max_connections: usize,
+    /// A connection with no bytes moving either way (TCP), or with no request in flight (HTTP),
+    /// for this long is closed. Envoy's default for tcp_proxy and the HTTP connection manager.
+    pub idle_timeout: Duration,
 }
+
+/// How long an HTTP connection may take to start its first request (and HTTP/1 its next one).
+const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ProxyConfig {
     pub fn new(workload: Workload) -> ProxyConfig {
@@ -119,6 +127,7 @@ impl ProxyConfig {
             reload_interval: Duration::from_secs(2),
             decision_log: Sink::Off,
             max_connections: 16_384,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -203,12 +212,12 @@ pub async fn run(
             .outbound
             .push(listener.local_addr().unwrap_or(o.listen));
         let connector = tokio_rustls::TlsConnector::from(store.client_config(o.spiffe_id.clone())?);
-        let (o, timeout) = (Arc::new(o.clone()), cfg.connect_timeout);
+        let (o, timeout, idle) = (Arc::new(o.clone()), cfg.connect_timeout, cfg.idle_timeout);
         tasks.spawn(accept_loop(
             listener,
             stop_rx.clone(),
             cfg.max_connections,
-            move |s, _peer| outbound_conn(o.clone(), connector.clone(), timeout, s),
+            move |s, _peer| outbound_conn(o.clone(), connector.clone(), timeout, idle, s),
         ));
     }
     if let Some(a) = cfg.admin {
@@ -285,6 +294,8 @@ struct Pump {
     done: bool,
     /// Written since the last flush (a TLS writer may hold records until flushed).
     unflushed: bool,
+    /// Writes so far (the idle timer restarts when it changes).
+    moved: u64,
 }
 
 impl Pump {
@@ -296,6 +307,7 @@ impl Pump {
             eof: false,
             done: false,
             unflushed: false,
+            moved: 0,
         }
     }
 
@@ -345,6 +357,7 @@ impl Pump {
                 }
                 self.pos += n;
                 self.unflushed = true;
+                self.moved = self.moved.wrapping_add(1);
             }
             // A read that filled the buffer means bulk traffic: grow (only when empty).
             if self.cap == self.buf.len() && self.buf.len() < LARGE_BUF {
@@ -360,7 +373,17 @@ impl Pump {
 
 /// Copies both ways until both sides have closed, or either fails. The proxy's byte pump;
 /// public so benchmarks build their baseline hops with the same loop.
-pub async fn splice<A, B>(mut a: A, mut b: B)
+pub async fn splice<A, B>(a: A, b: B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    splice_idle(a, b, None).await;
+}
+
+/// [`splice`] that also gives up once no byte has moved either way for `idle`. Returns whether
+/// it stopped for idleness.
+pub async fn splice_idle<A, B>(mut a: A, mut b: B, idle: Option<Duration>) -> bool
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -368,15 +391,26 @@ where
     use std::pin::Pin;
     use std::task::Poll;
     let (mut ab, mut ba) = (Pump::new(), Pump::new());
-    let _ = std::future::poll_fn(|cx| {
+    let mut timer = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+    let r = std::future::poll_fn(|cx| {
+        let moved = ab.moved + ba.moved;
         let x = ab.poll_pump(cx, Pin::new(&mut a), Pin::new(&mut b))?;
         let y = ba.poll_pump(cx, Pin::new(&mut b), Pin::new(&mut a))?;
-        match (x, y) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok::<(), std::io::Error>(())),
-            _ => Poll::Pending,
+        if let (Poll::Ready(()), Poll::Ready(())) = (x, y) {
+            return Poll::Ready(Ok::<bool, std::io::Error>(false));
         }
+        if let Some((d, sleep)) = timer.as_mut() {
+            if ab.moved + ba.moved != moved {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(true));
+            }
+        }
+        Poll::Pending
     })
     .await;
+    matches!(r, Ok(true))
 }
 
 /// What the inbound side knows about a connection.
@@ -467,17 +501,28 @@ async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
         &ctx.cfg.workload.labels,
         Some(ctx.listener.port),
     );
-    let tls = match mode {
-        MtlsMode::Disable => false,
+    let first = match mode {
+        MtlsMode::Disable => First::Plain,
         // STRICT also peeks, so plaintext is refused with a logged reason, not a TLS error.
-        _ => looks_like_tls(&stream, ctx.cfg.detect_timeout).await,
+        _ => first_bytes(&stream, ctx.cfg.detect_timeout).await,
     };
     let plain_conn = Conn {
         peer,
         local,
         peer_id: None,
     };
-    if !tls {
+    match first {
+        First::Closed => return,
+        // HTTP clients speak first: one that sends nothing is closed, not held. A TCP port may
+        // carry a server-first protocol, so silence there means plaintext (as Envoy's
+        // inbound listener continues when its listener filters time out).
+        First::Silent if ctx.listener.protocol == Protocol::Http => {
+            tracing::debug!(%peer, "closing a connection that sent nothing within the detect timeout");
+            return;
+        }
+        _ => {}
+    }
+    if first != First::Tls {
         if mode == MtlsMode::Strict {
             // The engine's own verdict: plaintext under STRICT is refused, with its reason.
             decide_connection(&ctx, &plain_conn, started).await;
@@ -538,13 +583,28 @@ fn refuse_handshake(ctx: &InCtx, conn: &Conn, why: &str, started: Instant) {
     tracing::info!(peer = %conn.peer, reason = why, "inbound connection refused");
 }
 
-/// PERMISSIVE detection: a TLS connection starts with a handshake record (0x16).
-async fn looks_like_tls(s: &TcpStream, wait: Duration) -> bool {
+/// What a new inbound connection sent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// A TLS handshake record (0x16).
+    Tls,
+    /// Other bytes, or nothing looked at (DISABLE).
+    Plain,
+    /// Nothing within the detect timeout.
+    Silent,
+    /// The client closed (or the socket failed) before sending anything.
+    Closed,
+}
+
+/// PERMISSIVE and STRICT detection: a TLS connection starts with a handshake record (0x16).
+async fn first_bytes(s: &TcpStream, wait: Duration) -> First {
     let mut b = [0u8; 1];
-    matches!(
-        tokio::time::timeout(wait, s.peek(&mut b)).await,
-        Ok(Ok(1)) if b[0] == 0x16
-    )
+    match tokio::time::timeout(wait, s.peek(&mut b)).await {
+        Ok(Ok(1)) if b[0] == 0x16 => First::Tls,
+        Ok(Ok(n)) if n > 0 => First::Plain,
+        Ok(_) => First::Closed,
+        Err(_) => First::Silent,
+    }
 }
 
 async fn serve_inbound<S>(ctx: Arc<InCtx>, io: S, conn: Conn, started: Instant)
@@ -570,19 +630,28 @@ where
                 }
             };
             let _ = app.set_nodelay(true);
-            splice(io, app).await;
+            if splice_idle(io, app, Some(ctx.cfg.idle_timeout)).await {
+                tracing::debug!(peer = %conn.peer, "closed an idle TCP connection");
+            }
         }
         Protocol::Http => {
+            let peer = conn.peer;
             let conn = Arc::new(conn);
+            let activity = Arc::new(Activity::default());
+            let act = activity.clone();
+            let idle = ctx.cfg.idle_timeout;
             let svc = service_fn(move |req| {
-                let (ctx, conn) = (ctx.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(handle_http(&ctx, &conn, req).await) }
+                let (ctx, conn, act) = (ctx.clone(), conn.clone(), act.clone());
+                async move {
+                    let _busy = act.begin();
+                    Ok::<_, Infallible>(handle_http(&ctx, &conn, req).await)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(HTTP_HEADER_TIMEOUT)
                 .max_buf_size(64 * 1024);
             builder
                 .http2()
@@ -591,7 +660,65 @@ where
                 .keep_alive_timeout(Duration::from_secs(10))
                 .max_concurrent_streams(256)
                 .max_header_list_size(64 * 1024);
-            let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+            let served = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::select! {
+                _ = served => {}
+                why = activity.expired(idle) => {
+                    tracing::debug!(peer = %peer, reason = why, "closing an HTTP connection");
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one HTTP connection and when the last one ended, for the idle bound
+/// that hyper does not give HTTP/2 (HTTP/1 has its header-read timeout).
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    started_any: std::sync::atomic::AtomicBool,
+    /// Notified whenever a request ends.
+    ended: tokio::sync::Notify,
+}
+
+struct Busy<'a>(&'a Activity);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.ended.notify_one();
+    }
+}
+
+impl Activity {
+    fn begin(&self) -> Busy<'_> {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.started_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Resolves when the connection should be closed: no first request within the header
+    /// timeout, or no request in flight for `idle`.
+    async fn expired(&self, idle: Duration) -> &'static str {
+        use std::sync::atomic::Ordering::Relaxed;
+        tokio::time::sleep(HTTP_HEADER_TIMEOUT.min(idle)).await;
+        if !self.started_any.load(Relaxed) {
+            return "no request within the header timeout";
+        }
+        loop {
+            // Wait until nothing is in flight, then for `idle` without a new request starting.
+            while self.in_flight.load(Relaxed) > 0 {
+                self.ended.notified().await;
+            }
+            self.started_any.store(false, Relaxed);
+            tokio::time::sleep(idle).await;
+            if self.in_flight.load(Relaxed) == 0 && !self.started_any.load(Relaxed) {
+                return "idle timeout";
+            }
         }
     }
 }
@@ -838,6 +965,7 @@ async fn outbound_conn(
     o: Arc<Outbound>,
     connector: tokio_rustls::TlsConnector,
     timeout: Duration,
+    idle: Duration,
     local: TcpStream,
 ) {
     let up = match tokio::time::timeout(timeout, TcpStream::connect(o.upstream)).await {
@@ -860,7 +988,7 @@ async fn outbound_conn(
             return;
         }
     };
-    splice(local, tls).await;
+    splice_idle(local, tls, Some(idle)).await;
 }
 
 #[cfg(test)]

@@ -947,3 +947,134 @@ async fn chain_valid_leaves_without_one_spiffe_id_of_our_domain_are_refused() {
     assert_eq!(raw::get_without_cert(inbound).await, None);
     assert_eq!(mesh.hits.load(Ordering::SeqCst), 1);
 }
+
+/// Whether the server closes `s` within `within` (a read returns EOF or a reset).
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let _ = s.set_read_timeout(Some(within));
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// Issue 12: 16,384 connections that sent nothing filled a PERMISSIVE listener and grew memory
+/// from 18 MB to 514 MB. A silent client on an HTTP port is closed after the detect timeout,
+/// an HTTP connection with no request in flight and a TCP connection with no bytes moving after
+/// the idle timeout; the slots they held serve new clients again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let dir = std::env::temp_dir().join(format!("meshguard-proxy-idle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("dir");
+    std::fs::write(
+        dir.join("policies/open.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: backend}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: backend}
+spec: {rules: [{}]}
+",
+    )
+    .expect("write");
+    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let state = State::new(
+        PolicySource::Paths(vec![dir.join("policies")]),
+        MeshConfig::default(),
+        reqwest::Client::new(),
+    )
+    .expect("policies load");
+    let store = SvidStore::new(material(&ca, SERVER, Duration::from_secs(3600))).expect("store");
+    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
+    cfg.reload_interval = Duration::ZERO;
+    cfg.detect_timeout = Duration::from_millis(300);
+    cfg.idle_timeout = Duration::from_secs(1);
+    cfg.max_connections = 32;
+    cfg.inbound = vec![
+        Inbound {
+            name: "http".into(),
+            listen: loopback(),
+            port: 8080,
+            app: http_app(Arc::new(AtomicUsize::new(0))).await,
+            protocol: Protocol::Http,
+        },
+        Inbound {
+            name: "tcp".into(),
+            listen: loopback(),
+            port: 9000,
+            app: echo_app().await,
+            protocol: Protocol::Tcp,
+        },
+    ];
+    let bound = start_proxy(state, store, cfg).await;
+    let (http_port, tcp_port) = (bound.inbound[0], bound.inbound[1]);
+
+    blocking(move || {
+        // Every slot taken by a client that says nothing: all are closed after the detect timeout.
+        let mut silent: Vec<TcpStream> = (0..32)
+            .map(|_| TcpStream::connect(http_port).expect("connect"))
+            .collect();
+        for s in &mut silent {
+            assert!(
+                closed_within(s, Duration::from_secs(5)),
+                "a silent client on the HTTP port was not closed"
+            );
+        }
+        // The slots are free again.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(http(http_port, "/x", &[]).map(|r| r.0), Some(200));
+
+        // HTTP keep-alive: after an answer, a connection with no request in flight is closed.
+        let mut s = TcpStream::connect(http_port).expect("connect");
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: api.backend\r\n\r\n")
+            .expect("write");
+        let mut buf = [0u8; 12];
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.read_exact(&mut buf).expect("answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(8)),
+            "an idle keep-alive connection was kept open"
+        );
+
+        // TCP: a server-first port treats silence as plaintext, so a silent client is served,
+        // then closed once no byte has moved for the idle timeout...
+        let mut quiet = TcpStream::connect(tcp_port).expect("connect");
+        assert_eq!(
+            echo(&mut quiet, b"hello").as_deref(),
+            Some(&b"hello"[..]),
+            "plaintext TCP is served under PERMISSIVE"
+        );
+        assert!(
+            closed_within(&mut quiet, Duration::from_secs(8)),
+            "an idle TCP connection was kept open"
+        );
+        // ...while one that keeps talking stays open well past it.
+        let mut chatty = TcpStream::connect(tcp_port).expect("connect");
+        for i in 0..8 {
+            std::thread::sleep(Duration::from_millis(400));
+            let msg = format!("ping {i}");
+            assert_eq!(
+                echo(&mut chatty, msg.as_bytes()).as_deref(),
+                Some(msg.as_bytes()),
+                "a busy TCP connection was closed after {} ms",
+                400 * (i + 1)
+            );
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,7 @@ use meshguard_policy::Resource;
 use serde_json::json;
 
 use crate::decide::Shared;
+use crate::state::State;
 
 fn text(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -104,8 +105,46 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
             "extension_providers": mesh.extension_providers,
         },
         "last_reload_error": state.last_error.lock().ok().and_then(|e| e.clone()),
+        "reload_running_seconds": state.reload_running().map(|(d, _)| d.as_secs_f64()),
+        "decision_log": {
+            "lost_lines": state.metrics.decision_log.lost.load(Ordering::Relaxed),
+            "write_error": state.metrics.decision_log.error.lock().ok().and_then(|e| e.clone()),
+        },
         "resources": resources,
     })
+}
+
+/// Ready unless the last reload was refused or a reload is stuck (the serving set may be out of
+/// date either way); a decision log that loses lines is reported but keeps the server ready.
+fn readyz(state: &State) -> Response<Full<Bytes>> {
+    let generation = state.metrics.generation.load(Ordering::Relaxed);
+    let mut body = String::new();
+    let mut ready = true;
+    if let Some(e) = state.last_error.lock().ok().and_then(|e| e.clone()) {
+        ready = false;
+        body.push_str(&format!(
+            "the last policy reload was refused; generation {generation} is still serving\n{e}\n"
+        ));
+    }
+    if let Some((running, why)) = state.reload_stalled() {
+        ready = false;
+        body.push_str(&format!(
+            "a policy reload (trigger: {why}) has been running for {} s without finishing; generation {generation} is still serving\n",
+            running.as_secs()
+        ));
+    }
+    if ready {
+        body.insert_str(0, &format!("ready: policy generation {generation}\n"));
+    }
+    if let Some(p) = state.metrics.decision_log.problem() {
+        body.push_str(&format!("warning: {p}\n"));
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "text/plain", body)
 }
 
 pub async fn handle(
@@ -114,24 +153,7 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" => {
-            let err = state.last_error.lock().ok().and_then(|e| e.clone());
-            match err {
-                None => text(
-                    StatusCode::OK,
-                    "text/plain",
-                    format!("ready: policy generation {}\n", state.current().id),
-                ),
-                Some(e) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "the last policy reload was refused; generation {} is still serving\n{e}\n",
-                        state.metrics.generation.load(Ordering::Relaxed)
-                    ),
-                ),
-            }
-        }
+        "/readyz" => readyz(&state),
         "/metrics" => {
             let g = state.current();
             let jwks: Vec<(String, u64, u64)> = g
@@ -148,11 +170,16 @@ pub async fn handle(
                     )
                 })
                 .collect();
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                state.metrics.render(&jwks),
-            )
+            text(StatusCode::OK, "text/plain; version=0.0.4", {
+                let mut out = state.metrics.render(&jwks);
+                let running = state.reload_running().map(|(d, _)| d.as_secs_f64());
+                out.push_str("# HELP meshguard_policy_reload_running_seconds How long the reload in progress has run (0: none running).\n# TYPE meshguard_policy_reload_running_seconds gauge\n");
+                out.push_str(&format!(
+                    "meshguard_policy_reload_running_seconds {}\n",
+                    running.unwrap_or(0.0)
+                ));
+                out
+            })
         }
         "/config" => text(
             StatusCode::OK,

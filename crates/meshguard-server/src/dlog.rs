@@ -2,12 +2,60 @@
 //! API keys and query strings are never logged.
 
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+
+/// Bytes gathered from the queue before one write.
+const BATCH: usize = 64 * 1024;
+
+/// What the writer could not write: counted, exposed on /metrics and /readyz.
+#[derive(Debug, Default)]
+pub struct LogHealth {
+    /// Lines lost to write errors (full disk, closed pipe).
+    pub lost: AtomicU64,
+    /// The last write error while it persists (cleared by the next successful write).
+    pub error: std::sync::Mutex<Option<String>>,
+}
+
+impl LogHealth {
+    fn written(&self) {
+        if let Ok(mut e) = self.error.lock() {
+            if e.is_some() {
+                tracing::info!("decision log writable again");
+                *e = None;
+            }
+        }
+    }
+
+    fn lost(&self, lines: u64, err: &std::io::Error) {
+        let total = self.lost.fetch_add(lines, Ordering::Relaxed) + lines;
+        if let Ok(mut e) = self.error.lock() {
+            if e.is_none() {
+                tracing::error!(error = %err, lost_lines = total, "decision log write failed; lines are being lost (decisions continue)");
+            }
+            *e = Some(err.to_string());
+        }
+    }
+
+    /// A line for /readyz when lines are being lost, `None` when the log is healthy.
+    pub fn problem(&self) -> Option<String> {
+        let lost = self.lost.load(Ordering::Relaxed);
+        let err = self.error.lock().ok().and_then(|e| e.clone());
+        match err {
+            Some(e) => Some(format!(
+                "decision log: cannot write ({e}); {lost} line(s) lost so far; decisions continue"
+            )),
+            None if lost > 0 => Some(format!(
+                "decision log: {lost} line(s) were lost to write errors earlier; writing again"
+            )),
+            None => None,
+        }
+    }
+}
 
 /// Where decision lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +106,29 @@ impl DecisionLog {
             Sink::Off => Box::new(std::io::sink()),
         };
         let (tx, mut rx) = mpsc::channel::<String>(8192);
+        let st = state.clone();
         std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || {
+                // Lines are written in batches (whatever is queued, up to BATCH bytes) with one
+                // write_all each; a batch that fails is counted line by line as lost, and the
+                // error is kept for /readyz (a full disk, say). Decisions never wait for it.
+                let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
                 while let Some(line) = rx.blocking_recv() {
-                    let _ = writeln!(out, "{line}");
-                    if rx.is_empty() {
-                        let _ = out.flush();
+                    batch.clear();
+                    let mut lines = 0u64;
+                    let mut next = Some(line);
+                    while let Some(l) = next.take() {
+                        batch.extend_from_slice(l.as_bytes());
+                        batch.push(b'\n');
+                        lines += 1;
+                        if batch.len() < BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    match out.write_all(&batch).and_then(|()| out.flush()) {
+                        Ok(()) => st.metrics.decision_log.written(),
+                        Err(e) => st.metrics.decision_log.lost(lines, &e),
                     }
                 }
             })?;

@@ -72,6 +72,11 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
 }
 
 /// How to tell meshguard a workload's labels, for the reasons of refused requests.
+/// Header lines one CheckRequest may carry. Envoy refuses requests with more than 100 headers by
+/// default (`max_headers_count` of the HTTP connection manager) and allows raising it; beyond
+/// this bound the request is denied before any per-header work is done.
+pub const MAX_CHECK_HEADERS: usize = 4096;
+
 const LABELS_HOWTO: &str = "the CheckRequest names the workload's namespace but not its labels, so selector policies could not be matched: pass them as route context_extensions `labels` (app=backend,version=v1), as Envoy node metadata labels with the ext_authz filter's bootstrap_metadata_labels_key, or start meshguard with --workload";
 
 /// What an AuthConfig step may read beyond the engine's request, and the AuthConfig the route
@@ -181,6 +186,12 @@ pub fn to_request(
         custom: Vec::new(),
     };
     if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
+        let lines = h.headers.len() + h.header_map.as_ref().map_or(0, |m| m.headers.len());
+        if lines > MAX_CHECK_HEADERS {
+            return Err(format!(
+                "the CheckRequest carries {lines} headers, more than the {MAX_CHECK_HEADERS} meshguard accepts"
+            ));
+        }
         let host = if h.host.is_empty() {
             h.headers.get(":authority").cloned().unwrap_or_default()
         } else {

@@ -2,6 +2,8 @@
 //! forward-auth proxies, and admin endpoints, all deciding with the policy engine; hot reload
 //! with atomic swaps; a JSON decision log.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod decide;
 pub mod dlog;
@@ -148,7 +150,7 @@ struct Limits {
 /// off instead of spinning.
 async fn serve_hyper<F, Fut>(
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     limits: Limits,
     handler: F,
 ) where
@@ -176,6 +178,117 @@ async fn serve_hyper<F, Fut>(
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
+    accept_bounded(listener, stop, limits, |conn, peer| {
+        let h = handler.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        async move {
+            let Some(conn) = conn.first_byte().await else {
+                return;
+            };
+            let svc = service_fn(move |req| h(req, peer));
+            let c = builder
+                .serve_connection(TokioIo::new(conn), svc)
+                .into_owned();
+            let _ = watcher.watch(c).await;
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// An accepted connection holding one of its listener's slots until it is dropped.
+pub struct Slotted {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Slotted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// A connection just accepted, not yet known to be talking.
+pub struct Accepted {
+    conn: Slotted,
+    first_byte: Duration,
+}
+
+impl Accepted {
+    /// The connection once its first byte has arrived; `None` (and closed) when none arrives
+    /// within the header-read timeout or the client hangs up first.
+    async fn first_byte(self) -> Option<Slotted> {
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(self.first_byte, self.conn.io.peek(&mut probe)).await {
+            Ok(Ok(n)) if n > 0 => Some(self.conn),
+            _ => None,
+        }
+    }
+}
+
+/// Accepts connections until `stop` flips and hands each to `serve`, bounding hostile clients:
+/// at most `max_connections` at once (more are closed on accept), the first byte must arrive
+/// within the header-read timeout (protocol detection, HTTP/2's preface included, has no timer
+/// of its own), and accept errors (EMFILE) back off instead of spinning.
+async fn accept_bounded<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+    serve: F,
+) where
+    F: FnMut(Accepted, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut serve = serve;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -193,38 +306,44 @@ async fn serve_hyper<F, Fut>(
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; closing a new connection");
                     drop(stream);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let h = handler.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let first_byte = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    // Protocol detection reads the first bytes with no timer of its own: a
-                    // client that connects and sends nothing is closed after the header-read
-                    // timeout too.
-                    let mut probe = [0u8; 1];
-                    if !matches!(
-                        tokio::time::timeout(first_byte, stream.peek(&mut probe)).await,
-                        Ok(Ok(n)) if n > 0
-                    ) {
-                        drop(permit);
-                        return;
-                    }
-                    let svc = service_fn(move |req| h(req, peer));
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                    let _ = watcher.watch(conn).await;
-                    drop(permit);
-                });
+                let conn = Accepted {
+                    conn: Slotted { io: stream, _slot: slot },
+                    first_byte: limits.header_read_timeout,
+                };
+                tokio::spawn(serve(conn, peer));
             }
             _ = stop.changed() => break,
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// The gRPC listener's connections, bounded as [`accept_bounded`] bounds HTTP ones.
+fn bounded_incoming(
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Slotted>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(accept_bounded(
+        listener,
+        stop,
+        limits,
+        move |conn, _peer| {
+            let tx = tx.clone();
+            async move {
+                if let Some(conn) = conn.first_byte().await {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            }
+        },
+    ));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Runs every listener until `shutdown` completes. `on_ready` is called once all are bound.
@@ -266,6 +385,7 @@ pub async fn serve(
             .set_serving::<AuthorizationServer<grpc::CheckService>>()
             .await;
         let mut stop = stop_rx.clone();
+        let accept_stop = stop_rx.clone();
         let timeout = cfg.request_timeout;
         let limit = cfg.max_grpc_message_bytes;
         let st = state.clone();
@@ -300,7 +420,7 @@ pub async fn serve(
                 .add_service(health)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                    bounded_incoming(l, accept_stop, limits),
                     async move {
                         let _ = stop.changed().await;
                     },

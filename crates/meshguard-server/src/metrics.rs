@@ -26,6 +26,8 @@ pub struct Metrics {
     pub generation: AtomicU64,
     pub last_reload_ok: AtomicU64,
     pub decision_log_dropped: AtomicU64,
+    /// Lines lost to write errors, and the error while it lasts.
+    pub decision_log: crate::dlog::LogHealth,
     pub internal_errors: AtomicU64,
     /// CheckRequests refused before decoding because they exceed --grpc-max-message-bytes.
     pub grpc_too_large: AtomicU64,
@@ -176,6 +178,26 @@ impl Metrics {
             out,
             "meshguard_decision_log_dropped_total {}",
             self.decision_log_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_decision_log_lost_total Decision log lines lost because writing failed (a full disk, a closed pipe).");
+        let _ = writeln!(out, "# TYPE meshguard_decision_log_lost_total counter");
+        let _ = writeln!(
+            out,
+            "meshguard_decision_log_lost_total {}",
+            self.decision_log.lost.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_decision_log_write_ok Whether the last decision log write succeeded (1) or failed (0).");
+        let _ = writeln!(out, "# TYPE meshguard_decision_log_write_ok gauge");
+        let _ = writeln!(
+            out,
+            "meshguard_decision_log_write_ok {}",
+            u8::from(
+                self.decision_log
+                    .error
+                    .lock()
+                    .map(|e| e.is_none())
+                    .unwrap_or(false)
+            )
         );
         let _ = writeln!(out, "# HELP meshguard_internal_errors_total Requests denied because of an internal error (fail closed).");
         let _ = writeln!(out, "# TYPE meshguard_internal_errors_total counter");

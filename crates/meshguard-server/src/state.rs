@@ -143,7 +143,14 @@ pub struct State {
     /// The error of the last refused reload (cleared by a successful one).
     pub last_error: Mutex<Option<String>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The reload in progress: when it started and why.
+    running: Mutex<Option<(std::time::Instant, String)>>,
+    /// After this long, a reload still running makes /readyz fail (milliseconds).
+    stall_after_ms: std::sync::atomic::AtomicU64,
 }
+
+/// A reload running longer than this is reported as stuck (on /readyz and /metrics) until it ends.
+pub const RELOAD_STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Loads and compiles a policy source; every problem is returned at once.
 pub fn load(
@@ -207,6 +214,8 @@ impl State {
             metrics,
             last_error: Mutex::new(None),
             reload_lock: tokio::sync::Mutex::new(()),
+            running: Mutex::new(None),
+            stall_after_ms: std::sync::atomic::AtomicU64::new(RELOAD_STALL_AFTER.as_millis() as u64),
         }))
     }
 
@@ -219,6 +228,35 @@ impl State {
     /// fails is refused: the error is kept for /readyz and metrics, and the previous set stays.
     pub async fn reload(&self, why: &str) -> Result<u64, String> {
         let _guard = self.reload_lock.lock().await;
+        if let Ok(mut r) = self.running.lock() {
+            *r = Some((std::time::Instant::now(), why.to_owned()));
+        }
+        let result = self.reload_locked(why).await;
+        if let Ok(mut r) = self.running.lock() {
+            *r = None;
+        }
+        result
+    }
+
+    /// Sets how long a reload may run before /readyz reports it as stuck.
+    pub fn set_reload_stall_after(&self, d: std::time::Duration) {
+        self.stall_after_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The reload in progress, if any: for how long it has run and its trigger.
+    pub fn reload_running(&self) -> Option<(std::time::Duration, String)> {
+        let r = self.running.lock().ok()?;
+        r.as_ref().map(|(t, why)| (t.elapsed(), why.clone()))
+    }
+
+    /// The reload in progress when it has run past the stall bound.
+    pub fn reload_stalled(&self) -> Option<(std::time::Duration, String)> {
+        let bound = std::time::Duration::from_millis(self.stall_after_ms.load(Ordering::Relaxed));
+        self.reload_running().filter(|(d, _)| *d >= bound)
+    }
+
+    async fn reload_locked(&self, why: &str) -> Result<u64, String> {
         let next_id = self.current().id + 1;
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
         let result = tokio::task::spawn_blocking(move || load(&source, &mesh, &client, next_id))

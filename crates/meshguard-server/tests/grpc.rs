@@ -461,3 +461,97 @@ async fn oversized_check_requests_are_refused_and_counted() {
     );
     srv.stop().await;
 }
+
+/// Issue 12: a CheckRequest with ~100k distinct headers cost seconds of CPU on a worker. Beyond
+/// the header bound it is denied before any per-header work, and the server stays responsive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_requests_with_too_many_headers_are_denied() {
+    let dir = policy_dir("many-headers");
+    let srv = start(&dir, Duration::ZERO).await;
+    let mut c = client(&srv).await;
+    let names: Vec<(String, String)> = (0..meshguard_server::grpc::MAX_CHECK_HEADERS + 1)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect();
+    let refs: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &refs,
+        ))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_eq!(code(&r), 7, "denied: {r:?}");
+    // At the bound it is decided as usual.
+    let r = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &refs[..meshguard_server::grpc::MAX_CHECK_HEADERS],
+        ))
+        .await
+        .expect("rpc")
+        .into_inner();
+    assert_eq!(code(&r), 0, "allowed at the bound");
+    srv.stop().await;
+}
+
+/// Issue 12: the gRPC listener had no connection cap and held silent clients forever. Clients
+/// that send nothing are closed after the header-read timeout; beyond the cap new connections
+/// are closed at once; once the slots free up, Envoy's calls are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_capped_and_silent_clients_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = policy_dir("grpc-cap");
+    let srv = start_with(&dir, Duration::ZERO, |c| {
+        c.max_connections = 16;
+        c.header_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let addr = srv.bound.grpc.expect("grpc");
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The 17th is closed at once, without waiting for the timeout.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(300), extra.read(&mut b))
+        .await
+        .expect("closed at once, not after the timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // The silent ones are closed after the header-read timeout.
+    for s in &mut held {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("a silent gRPC client was not closed");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = client(&srv).await;
+    let ok = c
+        .check(check(
+            "production",
+            "app=backend",
+            FRONTEND,
+            "GET",
+            "/api/v1/users",
+            &[],
+        ))
+        .await
+        .expect("served again")
+        .into_inner();
+    assert_eq!(code(&ok), 0);
+    srv.stop().await;
+}

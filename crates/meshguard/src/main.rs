@@ -1,5 +1,7 @@
 //! `meshguard`: the zero-trust security layer of a service mesh, in one binary.
 
+#![forbid(unsafe_code)]
+
 mod agent_cmd;
 mod ca_cmd;
 mod embedded;

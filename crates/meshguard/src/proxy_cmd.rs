@@ -141,6 +141,7 @@ fn parse(path: &Path) -> Result<Parsed> {
             "decisionLog",
             "reloadInterval",
             "detectTimeout",
+            "idleTimeout",
         ],
     )?;
     let wl = r.required(doc, "(top level)", "workload")?;
@@ -299,6 +300,9 @@ fn parse(path: &Path) -> Result<Parsed> {
     }
     if let Some(n) = doc.get("detectTimeout") {
         cfg.detect_timeout = r.duration(n, "detectTimeout")?;
+    }
+    if let Some(n) = doc.get("idleTimeout") {
+        cfg.idle_timeout = r.duration(n, "idleTimeout")?;
     }
     Ok(Parsed {
         cfg,
