@@ -118,6 +118,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo test"
 cargo test --workspace
 
+log "fuzz targets (fuzz/, FUZZING.md): each parser of outside input, 10 s per target"
+(cd fuzz && cargo fmt -- --check)
+bash scripts/fuzz.sh 10
+
 log "examples: lint the bundled policies"
 cargo run -q -p meshguard -- lint examples/policies
 

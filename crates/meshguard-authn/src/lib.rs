@@ -198,9 +198,22 @@ impl Authenticator {
     /// Builds providers for every jwtRule. Remote key sets are shared per (jwksUri, issuer) and
     /// fetched lazily (use [`Authenticator::prefetch`] to fetch at start).
     pub fn new(set: &PolicySet, client: reqwest::Client, settings: AuthnSettings) -> Authenticator {
+        Self::after(set, client, settings, None)
+    }
+
+    /// As [`Authenticator::new`], for a reloaded policy set: a remote key set the previous
+    /// authenticator already had (same jwksUri, issuer and timeout) is carried over with its
+    /// fetched keys, so a reload never forgets keys (nor needs the JWKS endpoint to be up).
+    pub fn after(
+        set: &PolicySet,
+        client: reqwest::Client,
+        settings: AuthnSettings,
+        previous: Option<&Authenticator>,
+    ) -> Authenticator {
         let mut providers = Vec::new();
         let mut by_owner: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         let mut remotes: HashMap<(Option<String>, String), Arc<RemoteJwks>> = HashMap::new();
+        let carried: Vec<Arc<RemoteJwks>> = previous.map(|p| p.remotes.clone()).unwrap_or_default();
         for r in set.resources() {
             let meshguard_policy::Resource::RequestAuthentication(ra) = r else {
                 continue;
@@ -223,6 +236,13 @@ impl Authenticator {
                     let remote = remotes
                         .entry(key)
                         .or_insert_with(|| {
+                            if let Some(r) = carried.iter().find(|r| {
+                                r.uri() == rule.jwks_uri.as_deref()
+                                    && r.issuer() == rule.issuer
+                                    && r.timeout() == timeout
+                            }) {
+                                return r.clone();
+                            }
                             Arc::new(RemoteJwks::new(
                                 rule.jwks_uri.clone(),
                                 rule.issuer.clone(),

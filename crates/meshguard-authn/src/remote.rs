@@ -99,6 +99,15 @@ impl RemoteJwks {
         self.uri.as_deref()
     }
 
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The fetch timeout (the jwtRule's `timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// True when the keys are due for a refresh (or were never fetched).
     pub fn is_stale(&self) -> bool {
         let last = self.last_ok_ms.load(std::sync::atomic::Ordering::Acquire);

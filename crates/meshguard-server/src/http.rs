@@ -217,7 +217,7 @@ fn split_quoted(v: &str, sep: char) -> Option<Vec<&str>> {
 /// escapes (a `Subject="...,URI=..."` is one value, not a second element or key). The nearest
 /// hop is the last element. Refused (an error, so the request is denied) when the header does not
 /// parse or that element has no URI or more than one.
-fn xfcc_uri(v: &str) -> Result<String, String> {
+pub fn xfcc_uri(v: &str) -> Result<String, String> {
     let bad = |why: &str| {
         format!("X-Forwarded-Client-Cert {why}; refusing rather than guessing the caller")
     };
@@ -240,6 +240,9 @@ fn xfcc_uri(v: &str) -> Result<String, String> {
         }
     }
     match uris.len() {
+        // An empty URI names no one; taken as a principal it would be an identity nobody holds
+        // (found by the xfcc fuzz target).
+        1 if uris[0].is_empty() => Err(bad("has an empty URI")),
         1 => uris.pop().ok_or_else(|| bad("has no URI")),
         0 => Err(bad("has no URI in its nearest element")),
         _ => Err(bad("has two URI fields in its nearest element")),
@@ -282,9 +285,9 @@ impl HttpMode {
     }
 
     /// Builds the engine request from a forward-auth request.
-    pub fn to_request(
+    pub fn to_request<B>(
         &self,
-        req: &HRequest<hyper::body::Incoming>,
+        req: &HRequest<B>,
         peer: SocketAddr,
     ) -> Result<(Request, Identity), String> {
         if !self.trusted(peer.ip()) {
@@ -574,6 +577,9 @@ mod xfcc_tests {
             "Subject=\"unterminated;URI=spiffe://x".to_owned(),
             "garbage".to_owned(),
             String::new(),
+            // Found by the xfcc fuzz target: an empty URI was taken as the caller.
+            "hSHa, sh=\"a\\\"b\";URI=".to_owned(),
+            "By=spiffe://x;URI=\"\"".to_owned(),
         ] {
             assert!(xfcc_uri(&bad).is_err(), "{bad:?} should be refused");
         }

@@ -158,6 +158,7 @@ pub fn load(
     mesh: &MeshConfig,
     client: &reqwest::Client,
     id: u64,
+    previous: Option<&Generation>,
 ) -> Result<Generation, String> {
     let loaded = match source {
         PolicySource::Embedded(docs) => {
@@ -184,7 +185,12 @@ pub fn load(
         .collect();
     let files = loaded.files.clone();
     let set = PolicySet::compile(loaded.resources, mesh.clone()).map_err(|e| e.to_string())?;
-    let authn = Authenticator::new(&set, client.clone(), AuthnSettings::default());
+    let authn = Authenticator::after(
+        &set,
+        client.clone(),
+        AuthnSettings::default(),
+        previous.map(|p| &p.authn),
+    );
     let chains = meshguard_authn::extauth::Chains::build(&set, client)?;
     Ok(Generation {
         id,
@@ -203,7 +209,7 @@ impl State {
         mesh: MeshConfig,
         client: reqwest::Client,
     ) -> Result<Arc<State>, String> {
-        let first = load(&source, &mesh, &client, 1)?;
+        let first = load(&source, &mesh, &client, 1, None)?;
         let metrics = Metrics::new();
         metrics.generation.store(1, Ordering::Relaxed);
         Ok(Arc::new(State {
@@ -259,10 +265,13 @@ impl State {
     async fn reload_locked(&self, why: &str) -> Result<u64, String> {
         let next_id = self.current().id + 1;
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
-        let result = tokio::task::spawn_blocking(move || load(&source, &mesh, &client, next_id))
-            .await
-            .map_err(|e| format!("reload task failed: {e}"))
-            .and_then(|r| r);
+        let previous = self.current();
+        let result = tokio::task::spawn_blocking(move || {
+            load(&source, &mesh, &client, next_id, Some(&previous))
+        })
+        .await
+        .map_err(|e| format!("reload task failed: {e}"))
+        .and_then(|r| r);
         match result {
             Ok(g) => {
                 // Fetch remote keys before the new set serves, so the first tokens do not wait.

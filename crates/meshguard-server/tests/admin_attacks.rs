@@ -198,3 +198,85 @@ spec:
     assert_eq!(status, 200, "{body}");
     srv.stop().await;
 }
+
+/// A reload used to start every remote key set from scratch, so with the JWKS endpoint down a
+/// reload (every file change) made valid tokens fail until the endpoint came back. Keys fetched
+/// by the previous set are carried over for the same jwksUri, issuer and timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_fetched_keys_while_the_jwks_endpoint_is_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = std::fs::read_to_string(format!("{AUTHN_DATA}/jwks.json")).expect("jwks");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let jwks = l.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let d = dir("carry");
+    let jwt = |n: u32| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: edge, annotations: {{revision: \"{n}\"}}}}
+spec:
+  jwtRules:
+  - issuer: https://issuer.test
+    audiences: [api.test]
+    jwksUri: http://{jwks}/keys
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: need-jwt, namespace: edge}}
+spec:
+  action: DENY
+  rules: [{{from: [{{source: {{notRequestPrincipals: [\"*\"]}}}}]}}]
+"
+        )
+    };
+    std::fs::write(d.join("jwt.yaml"), jwt(0)).expect("write");
+    let srv = start(&d, Duration::ZERO).await;
+    let http = srv.bound.http.expect("http");
+    let with_token = || async {
+        reqwest::Client::new()
+            .get(format!("http://{http}/auth"))
+            .header("x-original-uri", "/")
+            .header("x-original-method", "GET")
+            .header("x-meshguard-workload", "edge/app=gw")
+            .header("authorization", format!("Bearer {}", token("RS256")))
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        with_token().await,
+        200,
+        "keys fetched while the endpoint is up"
+    );
+    server.abort();
+    let _ = server.await;
+    for n in 1..=3 {
+        std::fs::write(d.join("jwt.yaml"), jwt(n)).expect("write");
+        srv.state.reload("test").await.expect("reload applies");
+        assert_eq!(
+            with_token().await,
+            200,
+            "after reload {n} with the JWKS endpoint down, the token still verifies"
+        );
+    }
+    srv.stop().await;
+}

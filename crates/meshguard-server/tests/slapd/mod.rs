@@ -56,6 +56,37 @@ cn: managers
 member: uid=alice,ou=people,dc=example,dc=org
 ";
 
+/// Runs slapd with the configuration in `dir` on `port` and waits until it accepts.
+fn spawn(slapd: &std::path::Path, dir: &std::path::Path, port: u16) -> Slapd {
+    let url = format!("ldap://127.0.0.1:{port}/");
+    let child = Command::new(slapd)
+        .arg("-f")
+        .arg(dir.join("slapd.conf"))
+        .args(["-h", &url, "-d", "0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("slapd.log")).expect("log"))
+        .spawn()
+        .expect("start slapd");
+    let guard = Slapd(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "slapd did not start: {}",
+            std::fs::read_to_string(dir.join("slapd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// Starts slapd again on `port` with the configuration and database an earlier
+/// [`start_slapd`] left in `dir` (an outage drill: stop it by dropping the guard).
+#[allow(dead_code)]
+pub fn restart_slapd(dir: &std::path::Path, port: u16) -> Slapd {
+    spawn(std::path::Path::new("/usr/sbin/slapd"), dir, port)
+}
+
 /// Starts slapd; `None` (or a panic under CI=true) when it is not installed.
 pub fn start_slapd(dir: &std::path::Path) -> Option<(Slapd, u16)> {
     start_slapd_with(dir, "")
@@ -100,24 +131,7 @@ overlay memberof
     .expect("conf");
     let port = free_port();
     let url = format!("ldap://127.0.0.1:{port}/");
-    let child = Command::new(slapd)
-        .arg("-f")
-        .arg(&conf)
-        .args(["-h", &url, "-d", "0"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("slapd.log")).expect("log"))
-        .spawn()
-        .expect("start slapd");
-    let guard = Slapd(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "slapd did not start: {}",
-            std::fs::read_to_string(dir.join("slapd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let guard = spawn(&slapd, dir, port);
     std::fs::write(dir.join("data.ldif"), DATA).expect("ldif");
     let out = Command::new("ldapadd")
         .args([

@@ -382,6 +382,12 @@ pub fn start_serve(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16) {
 
 /// As [`start_serve`], returning the gRPC and the HTTP (forward-auth) ports; waits for both.
 pub fn start_serve_ports(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u16) {
+    let (k, grpc, http, _) = start_serve_admin(dir, tag, args);
+    (k, grpc, http)
+}
+
+/// As [`start_serve_ports`], also returning the admin port (waited for too).
+pub fn start_serve_admin(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u16, u16) {
     let (grpc, http, admin) = (free_port(), free_port(), free_port());
     let log = dir.join(format!("serve-{tag}.log"));
     let child = Command::new(meshguard())
@@ -400,7 +406,8 @@ pub fn start_serve_ports(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u1
     let k = Kill(child);
     wait_port(grpc, "meshguard serve", &log);
     wait_port(http, "meshguard serve (HTTP)", &log);
-    (k, grpc, http)
+    wait_port(admin, "meshguard serve (admin)", &log);
+    (k, grpc, http, admin)
 }
 
 /// A static Envoy cluster of one loopback endpoint; `h2` for a gRPC upstream.
