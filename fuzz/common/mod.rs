@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use meshguard_engine::{PolicySource, State};
 use meshguard_policy::MeshConfig;
-use meshguard_server::{PolicySource, State};
 
 /// The engine state over the bundled example policies and AuthConfigs.
 pub fn state() -> &'static Arc<State> {

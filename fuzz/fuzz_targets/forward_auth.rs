@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use common::state;
 use libfuzzer_sys::fuzz_target;
-use meshguard_server::dlog::{DecisionLog, Sink};
+use meshguard_engine::dlog::{DecisionLog, Sink};
 use meshguard_server::http::{ForwardStyle, HttpMode};
 
 fn mode(style: ForwardStyle, trust_client_cert: bool) -> HttpMode {

@@ -13,10 +13,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use meshguard_engine::{PolicySource, State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Inbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
-use meshguard_server::{PolicySource, State, Workload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Harness {

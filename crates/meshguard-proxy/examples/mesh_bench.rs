@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
+use meshguard_engine::{PolicySource, State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
-use meshguard_server::{PolicySource, State, Workload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

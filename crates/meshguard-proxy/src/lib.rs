@@ -29,11 +29,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshguard_engine::decide::{decide, record, Outcome};
+use meshguard_engine::dlog::{DecisionLog, Sink};
+use meshguard_engine::{State, Workload};
 use meshguard_identity::SpiffeId;
 use meshguard_policy::{Destination, HttpRequest, Identity, MtlsMode, Request, Source};
-use meshguard_server::decide::{decide, record, Outcome};
-use meshguard_server::dlog::{DecisionLog, Sink};
-use meshguard_server::{State, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -100,7 +100,6 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Bound on one decision (remote JWKS fetches included); exceeding it denies.
     pub decision_timeout: Duration,
-    pub admin: Option<SocketAddr>,
     pub reload_interval: Duration,
     pub decision_log: Sink,
     /// Open connections per listener; beyond it new connections are closed at once.
@@ -123,7 +122,6 @@ impl ProxyConfig {
             detect_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             decision_timeout: Duration::from_secs(5),
-            admin: None,
             reload_interval: Duration::from_secs(2),
             decision_log: Sink::Off,
             max_connections: 16_384,
@@ -137,7 +135,6 @@ impl ProxyConfig {
 pub struct Bound {
     pub inbound: Vec<SocketAddr>,
     pub outbound: Vec<SocketAddr>,
-    pub admin: Option<SocketAddr>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
@@ -220,16 +217,7 @@ pub async fn run(
             move |s, _peer| outbound_conn(o.clone(), connector.clone(), timeout, idle, s),
         ));
     }
-    if let Some(a) = cfg.admin {
-        let l = bind(a).await?;
-        bound.admin = l.local_addr().ok();
-        tasks.spawn(meshguard_server::serve_admin(
-            l,
-            state.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    tasks.spawn(meshguard_server::watch_policies(
+    tasks.spawn(meshguard_engine::watch_policies(
         state.clone(),
         cfg.reload_interval,
         stop_rx.clone(),

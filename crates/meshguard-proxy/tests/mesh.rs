@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshguard_engine::{PolicySource, State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Bound, Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
-use meshguard_server::{PolicySource, State, Workload};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const AUTHN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../meshguard-authn/tests/data");

@@ -9,8 +9,8 @@ use hyper::{Request, Response, StatusCode};
 use meshguard_policy::Resource;
 use serde_json::json;
 
-use crate::decide::Shared;
-use crate::state::State;
+use meshguard_engine::decide::Shared;
+use meshguard_engine::state::State;
 
 fn text(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -25,10 +25,10 @@ use envoy_types::pb::google::rpc;
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 use tonic::{Response, Status};
 
-use crate::decide::{decide_ext, record, undecidable, Outcome, Shared};
-use crate::dlog::DecisionLog;
-use crate::state::Workload;
 use meshguard_authn::extauth::CheckExtra;
+use meshguard_engine::decide::{decide_ext, record, undecidable, Outcome, Shared};
+use meshguard_engine::dlog::DecisionLog;
+use meshguard_engine::state::Workload;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -68,7 +68,8 @@ fn namespace_of(principal: &str) -> Option<&str> {
 /// `app=backend,version=v1` from a route's `context_extensions`: every entry must be
 /// `key=value` (a malformed value is refused, never read as fewer labels).
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    crate::state::parse_label_list(s).map_err(|e| format!("context_extensions `labels`: {e}"))
+    meshguard_engine::state::parse_label_list(s)
+        .map_err(|e| format!("context_extensions `labels`: {e}"))
 }
 
 /// How to tell meshguard a workload's labels, for the reasons of refused requests.
@@ -147,7 +148,7 @@ pub fn to_request(
     // Istio's default would allow the request (istiod's envoyExtAuthzGrpc provider sends no
     // destination labels unless the deployment adds bootstrap_metadata_labels_key).
     let (namespace, labels) = if let Some(ns) = ext.get("namespace").filter(|n| !n.is_empty()) {
-        crate::state::check_namespace(ns)
+        meshguard_engine::state::check_namespace(ns)
             .map_err(|e| format!("context_extensions `namespace`: {e}"))?;
         let labels = match ext.get("labels") {
             Some(l) => parse_labels(l)?,

@@ -27,9 +27,9 @@ use http_body_util::Full;
 use hyper::{Request as HRequest, Response as HResponse, StatusCode};
 use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
 
-use crate::decide::{decide_ext, record, undecidable, Outcome, Shared};
-use crate::dlog::DecisionLog;
-use crate::state::Workload;
+use meshguard_engine::decide::{decide_ext, record, undecidable, Outcome, Shared};
+use meshguard_engine::dlog::DecisionLog;
+use meshguard_engine::state::Workload;
 
 /// How the proxy in front describes the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

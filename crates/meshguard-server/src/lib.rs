@@ -5,12 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod decide;
-pub mod dlog;
 pub mod grpc;
 pub mod http;
-pub mod metrics;
-pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +20,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use state::{PolicySource, State, Workload};
+pub use meshguard_engine::{dlog, watch_policies, PolicySource, State, Workload};
 
 /// Listener and behaviour settings for `serve`.
 #[derive(Debug, Clone)]
@@ -463,53 +459,4 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-/// Hot reload until `stop` flips: policy files polled every `interval` (a change must be stable
-/// for one interval before it is compiled, so a half-written file is never served) and SIGHUP.
-/// A refused set leaves the previous one active. Used by `serve` and by the mTLS proxy.
-pub async fn watch_policies(st: Arc<State>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut last = st.fingerprint();
-    let mut pending = None;
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let tick = async {
-            if interval.is_zero() {
-                std::future::pending::<()>().await;
-            } else {
-                tokio::time::sleep(interval).await;
-            }
-        };
-        #[cfg(unix)]
-        let sighup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<()>();
-        tokio::select! {
-            _ = tick => {
-                let now = st.fingerprint();
-                if now == last {
-                    pending = None;
-                } else if pending.as_ref() == Some(&now) {
-                    last = now;
-                    pending = None;
-                    let _ = st.reload("policy files changed").await;
-                } else {
-                    pending = Some(now);
-                }
-            }
-            _ = sighup => {
-                last = st.fingerprint();
-                let _ = st.reload("SIGHUP").await;
-            }
-            _ = stop.changed() => break,
-        }
-    }
 }

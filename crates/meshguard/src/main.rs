@@ -258,7 +258,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         .resources()
         .iter()
         .any(|r| matches!(r, meshguard_policy::Resource::RequestAuthentication(_)));
-    let g = meshguard_server::state::Generation {
+    let g = meshguard_engine::state::Generation {
         id: 1,
         authn: Authenticator::new(&set, client.clone(), AuthnSettings::default()),
         chains,
@@ -341,7 +341,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
                 .insert("config_id".to_owned(), b.clone());
         }
         let run_ext = |id: Identity| {
-            rt.block_on(meshguard_server::decide::decide_ext(
+            rt.block_on(meshguard_engine::decide::decide_ext(
                 &g,
                 &req,
                 id,
@@ -464,7 +464,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
 }
 
 /// Prints a decision made on the server's path (an AuthConfig ran).
-fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_server::decide::Outcome) {
+fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_engine::decide::Outcome) {
     let pairs = |v: &[(String, String)]| -> Vec<serde_json::Value> {
         v.iter().map(|(k, v)| serde_json::json!([k, v])).collect()
     };

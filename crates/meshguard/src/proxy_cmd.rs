@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use meshguard_engine::dlog::Sink;
+use meshguard_engine::{PolicySource, State, Workload};
 use meshguard_identity::SpiffeId;
 use meshguard_policy::yaml::{Node, NodeKind};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::source::{SvidFiles, WorkloadApi};
 use meshguard_proxy::{Inbound, Outbound, Protocol, ProxyConfig, SvidStore};
-use meshguard_server::dlog::Sink;
-use meshguard_server::{PolicySource, State, Workload};
 
 use crate::embedded;
 
@@ -35,6 +35,8 @@ enum IdentitySource {
 
 struct Parsed {
     cfg: ProxyConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/config`), served beside the proxy.
+    admin: Option<std::net::SocketAddr>,
     identity: IdentitySource,
     policies: Vec<PathBuf>,
     root_namespace: Option<String>,
@@ -289,9 +291,10 @@ fn parse(path: &Path) -> Result<Parsed> {
             _ => return Err(r.err(n, "`defaultDeny` must be true or false")),
         };
     }
-    if let Some(n) = doc.get("admin") {
-        cfg.admin = Some(r.addr(n, "admin")?);
-    }
+    let admin = match doc.get("admin") {
+        Some(n) => Some(r.addr(n, "admin")?),
+        None => None,
+    };
     if let Some(n) = doc.get("decisionLog") {
         cfg.decision_log = Sink::parse(&r.text(n, "decisionLog")?);
     }
@@ -306,6 +309,7 @@ fn parse(path: &Path) -> Result<Parsed> {
     }
     Ok(Parsed {
         cfg,
+        admin,
         identity,
         policies,
         root_namespace,
@@ -376,11 +380,29 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         };
         let cfg = p.cfg.clone();
         let me = store.id();
-        meshguard_proxy::run(state, store, p.cfg, crate::shutdown_signal(), |b| {
+        let (stop_admin, admin_stop) = tokio::sync::watch::channel(false);
+        let admin = match p.admin {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (admin)"))?;
+                let bound = l.local_addr().ok();
+                tokio::spawn(meshguard_server::serve_admin(l, state.clone(), admin_stop));
+                bound
+            }
+            None => None,
+        };
+        let labels = cfg
+            .workload
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let ran = meshguard_proxy::run(state, store, p.cfg, crate::shutdown_signal(), |b| {
             eprintln!(
-                "meshguard proxy: {me} for workload {}/{:?}; policies from {describe}; default {}",
+                "meshguard proxy: {me} for workload {}/{labels}; policies from {describe}; default {}",
                 cfg.workload.namespace,
-                cfg.workload.labels,
                 if cfg.default_deny {
                     "deny"
                 } else {
@@ -388,9 +410,13 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
                 }
             );
             for (l, addr) in cfg.inbound.iter().zip(&b.inbound) {
+                let protocol = match l.protocol {
+                    meshguard_proxy::Protocol::Http => "http",
+                    meshguard_proxy::Protocol::Tcp => "tcp",
+                };
                 eprintln!(
-                    "  inbound {}: {addr} -> app {} ({:?}, workload port {})",
-                    l.name, l.app, l.protocol, l.port
+                    "  inbound {}: {addr} -> app {} ({protocol}, workload port {})",
+                    l.name, l.app, l.port
                 );
             }
             for (o, addr) in cfg.outbound.iter().zip(&b.outbound) {
@@ -399,11 +425,13 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
                     o.name, o.upstream, o.spiffe_id
                 );
             }
-            if let Some(ad) = b.admin {
+            if let Some(ad) = admin {
                 eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config");
             }
         })
-        .await?;
+        .await;
+        let _ = stop_admin.send(true);
+        ran?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use meshguard_engine::dlog::Sink;
+use meshguard_engine::{PolicySource, State, Workload};
 use meshguard_policy::yaml::{Node, NodeKind};
-use meshguard_server::dlog::Sink;
-use meshguard_server::{PolicySource, ServeConfig, State, Workload};
+use meshguard_server::ServeConfig;
 
 use crate::{embedded, mesh_config, PolicyArgs};
 
