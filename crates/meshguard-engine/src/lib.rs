@@ -9,6 +9,7 @@
 
 pub mod decide;
 pub mod dlog;
+mod error;
 pub mod metrics;
 pub mod state;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use decide::{decide, decide_ext, record, Outcome, Shared};
+pub use error::{LoadError, WorkloadError};
 pub use state::{Generation, PolicySource, State, Workload};
 
 /// Hot reload until `stop` flips: policy files polled every `interval` (a change must be stable

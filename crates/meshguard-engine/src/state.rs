@@ -11,6 +11,7 @@ use meshguard_authn::{Authenticator, AuthnSettings};
 use meshguard_policy::load::{load_paths, Loaded};
 use meshguard_policy::{MeshConfig, PolicySet};
 
+pub use crate::error::{LoadError, WorkloadError};
 use crate::metrics::Metrics;
 
 /// Where policies come from.
@@ -33,28 +34,28 @@ impl Workload {
     /// Parses `namespace` or `namespace/key=value,key=value`. The namespace must be a DNS-1123
     /// label and every label `key=value` with Kubernetes label syntax: a malformed workload is
     /// refused, never read as a workload that no policy selects.
-    pub fn parse(s: &str) -> Result<Workload, String> {
+    pub fn parse(s: &str) -> Result<Workload, WorkloadError> {
         let (ns, labels) = s.split_once('/').unwrap_or((s, ""));
         if ns.is_empty() {
-            return Err(format!(
-                "`{s}`: the workload needs a namespace, as `namespace/app=name,version=v1`"
-            ));
+            return Err(WorkloadError::NoNamespace(s.to_owned()));
         }
-        check_namespace(ns).map_err(|e| format!("`{s}`: {e}"))?;
+        let within = |e: WorkloadError| WorkloadError::In {
+            input: s.to_owned(),
+            source: Box::new(e),
+        };
+        check_namespace(ns).map_err(within)?;
         if s.contains('/') && labels.is_empty() {
-            return Err(format!(
-                "`{s}`: nothing after `/`; write the labels (`namespace/app=name`) or only the namespace"
-            ));
+            return Err(WorkloadError::NoLabels(s.to_owned()));
         }
         Ok(Workload {
             namespace: ns.to_owned(),
-            labels: parse_label_list(labels).map_err(|e| format!("`{s}`: {e}"))?,
+            labels: parse_label_list(labels).map_err(within)?,
         })
     }
 }
 
 /// A Kubernetes namespace name: a DNS-1123 label (lower-case alphanumerics and `-`, 63 at most).
-pub fn check_namespace(ns: &str) -> Result<(), String> {
+pub fn check_namespace(ns: &str) -> Result<(), WorkloadError> {
     let ok = !ns.is_empty()
         && ns.len() <= 63
         && ns
@@ -65,29 +66,23 @@ pub fn check_namespace(ns: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` is not a namespace name (lower-case letters, digits and `-`, at most 63)",
-            ns.escape_debug()
-        ))
+        Err(WorkloadError::Namespace(ns.escape_debug().to_string()))
     }
 }
 
 /// `key=value,key=value` with Kubernetes label syntax (an empty string is no labels).
-pub fn parse_label_list(s: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_label_list(s: &str) -> Result<BTreeMap<String, String>, WorkloadError> {
     let mut map = BTreeMap::new();
     for pair in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| format!("`{}`: labels are written key=value", pair.escape_debug()))?;
+            .ok_or_else(|| WorkloadError::NotKeyValue(pair.escape_debug().to_string()))?;
         let (k, v) = (k.trim(), v.trim());
         if !label_key_ok(k) || !label_value_ok(v) {
-            return Err(format!(
-                "`{}` is not a Kubernetes label (key: [prefix/]name of alphanumerics, `-`, `_`, `.`; value: up to 63 of the same)",
-                pair.escape_debug()
-            ));
+            return Err(WorkloadError::Label(pair.escape_debug().to_string()));
         }
         if map.insert(k.to_owned(), v.to_owned()).is_some() {
-            return Err(format!("label `{k}` is given twice"));
+            return Err(WorkloadError::Duplicate(k.to_owned()));
         }
     }
     Ok(map)
@@ -159,7 +154,7 @@ pub fn load(
     client: &reqwest::Client,
     id: u64,
     previous: Option<&Generation>,
-) -> Result<Generation, String> {
+) -> Result<Generation, LoadError> {
     let loaded = match source {
         PolicySource::Embedded(docs) => {
             let mut l = Loaded::default();
@@ -171,11 +166,10 @@ pub fn load(
         PolicySource::Paths(paths) => load_paths(paths),
     };
     if loaded.has_errors() {
-        let errs: Vec<String> = loaded.errors().map(ToString::to_string).collect();
-        return Err(format!("{} error(s):\n{}", errs.len(), errs.join("\n")));
+        return Err(LoadError::Invalid(loaded.errors().cloned().collect()));
     }
     if matches!(source, PolicySource::Paths(_)) && loaded.files.is_empty() {
-        return Err("no policy files found (looked for *.yaml, *.yml, *.json)".to_owned());
+        return Err(LoadError::NoFiles);
     }
     let warnings = loaded
         .diagnostics
@@ -184,14 +178,15 @@ pub fn load(
         .map(ToString::to_string)
         .collect();
     let files = loaded.files.clone();
-    let set = PolicySet::compile(loaded.resources, mesh.clone()).map_err(|e| e.to_string())?;
+    let set = PolicySet::compile(loaded.resources, mesh.clone())?;
     let authn = Authenticator::after(
         &set,
         client.clone(),
         AuthnSettings::default(),
         previous.map(|p| &p.authn),
     );
-    let chains = meshguard_authn::extauth::Chains::build(&set, client)?;
+    let chains =
+        meshguard_authn::extauth::Chains::build(&set, client).map_err(LoadError::AuthConfig)?;
     Ok(Generation {
         id,
         set,
@@ -208,7 +203,7 @@ impl State {
         source: PolicySource,
         mesh: MeshConfig,
         client: reqwest::Client,
-    ) -> Result<Arc<State>, String> {
+    ) -> Result<Arc<State>, LoadError> {
         let first = load(&source, &mesh, &client, 1, None)?;
         let metrics = Metrics::new();
         metrics.generation.store(1, Ordering::Relaxed);
@@ -232,7 +227,7 @@ impl State {
 
     /// Loads, validates and compiles the source again, then swaps it in atomically. A set that
     /// fails is refused: the error is kept for /readyz and metrics, and the previous set stays.
-    pub async fn reload(&self, why: &str) -> Result<u64, String> {
+    pub async fn reload(&self, why: &str) -> Result<u64, LoadError> {
         let _guard = self.reload_lock.lock().await;
         if let Ok(mut r) = self.running.lock() {
             *r = Some((std::time::Instant::now(), why.to_owned()));
@@ -262,7 +257,7 @@ impl State {
         self.reload_running().filter(|(d, _)| *d >= bound)
     }
 
-    async fn reload_locked(&self, why: &str) -> Result<u64, String> {
+    async fn reload_locked(&self, why: &str) -> Result<u64, LoadError> {
         let next_id = self.current().id + 1;
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
         let previous = self.current();
@@ -270,7 +265,7 @@ impl State {
             load(&source, &mesh, &client, next_id, Some(&previous))
         })
         .await
-        .map_err(|e| format!("reload task failed: {e}"))
+        .map_err(|e| LoadError::Task(e.to_string()))
         .and_then(|r| r);
         match result {
             Ok(g) => {
@@ -299,7 +294,7 @@ impl State {
                 self.metrics.reload_failed.fetch_add(1, Ordering::Relaxed);
                 self.metrics.last_reload_ok.store(0, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(e.clone());
+                    *last = Some(e.to_string());
                 }
                 tracing::error!(trigger = why, error = %e, "policy reload refused; the previous policy set stays active");
                 Err(e)

@@ -369,7 +369,7 @@ impl HttpMode {
             }
         };
         let workload = match h("x-meshguard-workload")? {
-            Some(w) => Workload::parse(w)?,
+            Some(w) => Workload::parse(w).map_err(|e| e.to_string())?,
             None => self.workload.clone().ok_or(
                 "cannot tell which workload this request is for: start meshguard with --workload, or have the proxy send X-Meshguard-Workload",
             )?,

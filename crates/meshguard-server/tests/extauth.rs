@@ -318,7 +318,12 @@ spec:
 ",
     )
     .expect("write");
-    let err = r.state.reload("test").await.expect_err("refused");
+    let err = r
+        .state
+        .reload("test")
+        .await
+        .expect_err("refused")
+        .to_string();
     assert!(
         err.contains("broken.yaml") && err.contains("AuthConfig gloo-system/broken"),
         "{err}"
