@@ -29,7 +29,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshguard_engine::decide::{decide, record, Outcome};
+use meshguard_authn::extauth::CheckExtra;
+use meshguard_engine::decide::{decide_ext, record, Outcome};
 use meshguard_engine::dlog::{DecisionLog, Sink};
 use meshguard_engine::{State, Workload};
 use meshguard_identity::SpiffeId;
@@ -410,6 +411,16 @@ struct Conn {
 }
 
 impl Conn {
+    /// The connection's part of what an AuthConfig step sees (Envoy's source and destination
+    /// addresses).
+    fn extra(&self) -> CheckExtra {
+        CheckExtra {
+            source: Some(self.peer),
+            destination: Some(self.local),
+            ..CheckExtra::default()
+        }
+    }
+
     fn identity(&self) -> Identity {
         match &self.peer_id {
             Some((id, _)) => Identity::default().with_peer(&id.to_string()),
@@ -442,19 +453,19 @@ fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
 }
 
 /// Decides with a time bound and applies default deny; failures deny.
-async fn decide_bounded(ctx: &InCtx, req: &Request, id: &Identity) -> Outcome {
+async fn decide_bounded(ctx: &InCtx, req: &Request, id: &Identity, extra: &CheckExtra) -> Outcome {
     let g = ctx.state.current();
-    let mut o =
-        match tokio::time::timeout(ctx.cfg.decision_timeout, decide(&g, req, id.clone())).await {
-            Ok(o) => o,
-            Err(_) => {
-                ctx.state
-                    .metrics
-                    .internal_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Outcome::internal("denied (fail closed): the decision timed out", g.id)
-            }
-        };
+    let decided = decide_ext(&g, req, id.clone(), extra, None);
+    let mut o = match tokio::time::timeout(ctx.cfg.decision_timeout, decided).await {
+        Ok(o) => o,
+        Err(_) => {
+            ctx.state
+                .metrics
+                .internal_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Outcome::internal("denied (fail closed): the decision timed out", g.id)
+        }
+    };
     if o.allowed && o.by_default && ctx.cfg.default_deny {
         o.allowed = false;
         o.status = 403;
@@ -467,7 +478,7 @@ async fn decide_bounded(ctx: &InCtx, req: &Request, id: &Identity) -> Outcome {
 async fn decide_connection(ctx: &InCtx, conn: &Conn, started: Instant) -> bool {
     let req = request_for(ctx, conn, None);
     let id = conn.identity();
-    let o = decide_bounded(ctx, &req, &id).await;
+    let o = decide_bounded(ctx, &req, &id, &conn.extra()).await;
     record(
         &ctx.state,
         &ctx.log,
@@ -866,7 +877,28 @@ async fn handle_http(
     }
     let request = request_for(ctx, conn, Some(http));
     let id = conn.identity();
-    let o = decide_bounded(ctx, &request, &id).await;
+    // What Envoy's ext_authz would put in the CheckRequest, so an AuthConfig step (a CUSTOM
+    // provider) sees the same input here as behind Envoy: the sockets, the request id, the
+    // protocol, and the scheme Envoy's HTTP/1 codec takes from the connection (https over TLS).
+    let mut extra = conn.extra();
+    extra.request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    extra.protocol = match parts.version {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+    .to_owned();
+    extra.scheme = match parts.uri.scheme_str() {
+        Some(sch) => sch.to_owned(),
+        None if conn.peer_id.is_some() => "https".to_owned(),
+        None => "http".to_owned(),
+    };
+    let o = decide_bounded(ctx, &request, &id, &extra).await;
     let req_id = parts
         .headers
         .get("x-request-id")

@@ -115,6 +115,10 @@ async fn http_app(hits: Arc<AtomicUsize>) -> SocketAddr {
                         "proto": req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()),
                         "jwt_sub": req.headers().get("x-jwt-sub").and_then(|v| v.to_str().ok()),
                         "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
+                        "seen": req.headers().iter()
+                            .filter(|(k, _)| k.as_str().starts_with("x-seen-"))
+                            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                            .collect::<std::collections::BTreeMap<_, _>>(),
                     })
                     .to_string();
                         async move {
@@ -1076,5 +1080,113 @@ spec: {rules: [{}]}
         }
     })
     .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 13: an AuthConfig step called by a CUSTOM policy in the proxy saw an empty request
+/// context (no sockets, request id, protocol or scheme) where behind Envoy's ext_authz it sees
+/// them all. The OPA-Envoy Rego here copies them into headers the app receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_config_in_the_proxy_sees_the_request_context_envoy_would_send() {
+    let dir = std::env::temp_dir().join(format!("meshguard-proxy-ctx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("dir");
+    std::fs::write(
+        dir.join("policies/ctx.yaml"),
+        r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: backend}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: seen, namespace: gloo-system}
+data:
+  seen.rego: |
+    package envoy.authz
+
+    import rego.v1
+
+    http := input.attributes.request.http
+
+    allow := {"allowed": true, "headers": {
+      "x-seen-scheme": http.scheme,
+      "x-seen-protocol": http.protocol,
+      "x-seen-id": http.id,
+      "x-seen-src-port": sprintf("%v", [input.attributes.source.address.socketAddress.portValue]),
+      "x-seen-dst-port": sprintf("%v", [input.attributes.destination.address.socketAddress.portValue]),
+    }}
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: seen, namespace: gloo-system}
+spec:
+  configs:
+  - name: seen
+    opaEnvoy:
+      modules: [{name: seen}]
+      path: envoy/authz/allow
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: backend}
+spec:
+  action: CUSTOM
+  provider: {name: gloo-system.seen}
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: backend}
+spec: {rules: [{}]}
+"#,
+    )
+    .expect("write");
+    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let state = State::new(
+        PolicySource::Paths(vec![dir.join("policies")]),
+        MeshConfig::default(),
+        reqwest::Client::new(),
+    )
+    .expect("policies load");
+    let store = SvidStore::new(material(&ca, SERVER, Duration::from_secs(3600))).expect("store");
+    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
+    cfg.reload_interval = Duration::ZERO;
+    cfg.inbound = vec![Inbound {
+        name: "http".into(),
+        listen: loopback(),
+        port: 8080,
+        app: http_app(Arc::new(AtomicUsize::new(0))).await,
+        protocol: Protocol::Http,
+    }];
+    let bound = start_proxy(state, store, cfg).await;
+    let port = bound.inbound[0];
+    let (status, body, client_port) = blocking(move || {
+        let mut s = TcpStream::connect(port).expect("connect");
+        let client_port = s.local_addr().expect("local").port();
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.write_all(
+            b"GET /x HTTP/1.1\r\nHost: api.backend\r\nx-request-id: req-42\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status: u16 = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+        (status, body, client_port)
+    })
+    .await;
+    assert_eq!(status, 200, "the Rego decision allows: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let seen = &v["seen"];
+    assert_eq!(seen["x-seen-scheme"], "http", "{v}");
+    assert_eq!(seen["x-seen-protocol"], "HTTP/1.1", "{v}");
+    assert_eq!(seen["x-seen-id"], "req-42", "{v}");
+    assert_eq!(seen["x-seen-src-port"], client_port.to_string(), "{v}");
+    assert_eq!(seen["x-seen-dst-port"], port.port().to_string(), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
