@@ -303,11 +303,7 @@ impl Authenticator {
         if id.jwt.is_some() {
             return AuthnOutcome::NoToken;
         }
-        let pre = set.evaluate(req, id);
-        if matches!(
-            pre.reason,
-            meshguard_policy::Reason::PlaintextUnderStrict | meshguard_policy::Reason::Rejected(_)
-        ) {
+        if set.refused_before_filters(req, id) {
             return AuthnOutcome::NoToken;
         }
         self.authenticate(

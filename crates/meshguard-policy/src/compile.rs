@@ -343,6 +343,18 @@ impl PolicySet {
         }
     }
 
+    /// Whether the request is refused before any filter runs: plaintext on a STRICT mTLS port,
+    /// or a path or method Envoy's codec answers 400 to. Cheap (no policy is evaluated): what
+    /// request authentication checks before it looks at tokens.
+    pub fn refused_before_filters(&self, req: &Request, id: &Identity) -> bool {
+        if req.http.as_ref().is_some_and(|h| h.rejection.is_some()) {
+            return true;
+        }
+        let dst = &req.destination;
+        id.peer.is_none()
+            && self.mtls_mode(&dst.namespace, &dst.labels, dst.port) == MtlsMode::Strict
+    }
+
     /// Decides a request: CUSTOM, then DENY, then ALLOW; AUDIT and dry-run policies are
     /// evaluated and reported but never change the decision.
     pub fn evaluate<'a>(&'a self, req: &'a Request, id: &'a Identity) -> Decision<'a> {

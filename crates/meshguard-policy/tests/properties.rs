@@ -161,4 +161,44 @@ proptest! {
         let expect = match ns.strip_suffix('*') { Some(p) => peer_ns.starts_with(p), None => peer_ns == ns };
         prop_assert_eq!(a, expect);
     }
+
+    /// The cheap pre-filter check request authentication uses agrees with the full evaluation:
+    /// refused before filters exactly when `evaluate` says plaintext under STRICT or a 400.
+    #[test]
+    fn refused_before_filters_agrees_with_evaluate(
+        p in path_strategy(),
+        mode in prop_oneof![Just("STRICT"), Just("PERMISSIVE"), Just("DISABLE")],
+        port_mode in prop_oneof![Just(""), Just("STRICT"), Just("PERMISSIVE")],
+        port in prop_oneof![Just(80u16), Just(8080u16)],
+        with_peer in any::<bool>(),
+        opt in 0usize..4,
+    ) {
+        let port_level = if port_mode.is_empty() {
+            String::new()
+        } else {
+            format!("  portLevelMtls:\n    8080: {{mode: {port_mode}}}\n  selector: {{matchLabels: {{app: a}}}}\n")
+        };
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: ns}}\nspec:\n  mtls: {{mode: {mode}}}\n{port_level}"
+        );
+        let mut l = Loaded::default();
+        l.add_text(&yaml, "pa.yaml");
+        prop_assume!(!l.has_errors());
+        let set = PolicySet::compile(l.resources, MeshConfig::default()).expect("compile");
+        let mut req = request();
+        req.destination.port = Some(port);
+        req.destination.labels.insert("app".into(), "a".into());
+        req.http = Some(HttpRequest::new("GET", "h", &p, Vec::new(), OPTIONS[opt]));
+        let id = if with_peer {
+            Identity::default().with_peer("cluster.local/ns/x/sa/y")
+        } else {
+            Identity::default()
+        };
+        let d = set.evaluate(&req, &id);
+        let full = matches!(
+            d.reason,
+            meshguard_policy::Reason::PlaintextUnderStrict | meshguard_policy::Reason::Rejected(_)
+        );
+        prop_assert_eq!(set.refused_before_filters(&req, &id), full);
+    }
 }
