@@ -952,6 +952,34 @@ async fn chain_valid_leaves_without_one_spiffe_id_of_our_domain_are_refused() {
     assert_eq!(mesh.hits.load(Ordering::SeqCst), 1);
 }
 
+/// One proxy for `backend/app=api` (no client side) over `policies`, with an SVID from a fresh
+/// CA and the listeners `inbound`; `tweak` adjusts the rest of the configuration.
+async fn lone_proxy(
+    tag: &str,
+    policies: &str,
+    inbound: Vec<Inbound>,
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (PathBuf, Bound) {
+    let dir = std::env::temp_dir().join(format!("meshguard-proxy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("dir");
+    std::fs::write(dir.join("policies/policies.yaml"), policies).expect("write");
+    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let state = State::new(
+        PolicySource::Paths(vec![dir.join("policies")]),
+        MeshConfig::default(),
+        reqwest::Client::new(),
+    )
+    .expect("policies load");
+    let store = SvidStore::new(material(&ca, SERVER, Duration::from_secs(3600))).expect("store");
+    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
+    cfg.reload_interval = Duration::ZERO;
+    cfg.inbound = inbound;
+    tweak(&mut cfg);
+    let bound = start_proxy(state, store, cfg).await;
+    (dir, bound)
+}
+
 /// Whether the server closes `s` within `within` (a read returns EOF or a reset).
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let _ = s.set_read_timeout(Some(within));
@@ -976,37 +1004,7 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 /// the idle timeout; the slots they held serve new clients again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed() {
-    let dir = std::env::temp_dir().join(format!("meshguard-proxy-idle-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("policies")).expect("dir");
-    std::fs::write(
-        dir.join("policies/open.yaml"),
-        "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: backend}
-spec: {mtls: {mode: PERMISSIVE}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: open, namespace: backend}
-spec: {rules: [{}]}
-",
-    )
-    .expect("write");
-    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
-    let state = State::new(
-        PolicySource::Paths(vec![dir.join("policies")]),
-        MeshConfig::default(),
-        reqwest::Client::new(),
-    )
-    .expect("policies load");
-    let store = SvidStore::new(material(&ca, SERVER, Duration::from_secs(3600))).expect("store");
-    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
-    cfg.reload_interval = Duration::ZERO;
-    cfg.detect_timeout = Duration::from_millis(300);
-    cfg.idle_timeout = Duration::from_secs(1);
-    cfg.max_connections = 32;
-    cfg.inbound = vec![
+    let inbound = vec![
         Inbound {
             name: "http".into(),
             listen: loopback(),
@@ -1022,7 +1020,26 @@ spec: {rules: [{}]}
             protocol: Protocol::Tcp,
         },
     ];
-    let bound = start_proxy(state, store, cfg).await;
+    let (dir, bound) = lone_proxy(
+        "idle",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: backend}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: open, namespace: backend}
+spec: {rules: [{}]}
+",
+        inbound,
+        |cfg| {
+            cfg.detect_timeout = Duration::from_millis(300);
+            cfg.idle_timeout = Duration::from_secs(1);
+            cfg.max_connections = 32;
+        },
+    )
+    .await;
     let (http_port, tcp_port) = (bound.inbound[0], bound.inbound[1]);
 
     blocking(move || {
@@ -1088,11 +1105,15 @@ spec: {rules: [{}]}
 /// them all. The OPA-Envoy Rego here copies them into headers the app receives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_config_in_the_proxy_sees_the_request_context_envoy_would_send() {
-    let dir = std::env::temp_dir().join(format!("meshguard-proxy-ctx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("policies")).expect("dir");
-    std::fs::write(
-        dir.join("policies/ctx.yaml"),
+    let inbound = vec![Inbound {
+        name: "http".into(),
+        listen: loopback(),
+        port: 8080,
+        app: http_app(Arc::new(AtomicUsize::new(0))).await,
+        protocol: Protocol::Http,
+    }];
+    let (dir, bound) = lone_proxy(
+        "ctx",
         r#"apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: backend}
@@ -1140,26 +1161,10 @@ kind: AuthorizationPolicy
 metadata: {name: open, namespace: backend}
 spec: {rules: [{}]}
 "#,
+        inbound,
+        |_| {},
     )
-    .expect("write");
-    let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
-    let state = State::new(
-        PolicySource::Paths(vec![dir.join("policies")]),
-        MeshConfig::default(),
-        reqwest::Client::new(),
-    )
-    .expect("policies load");
-    let store = SvidStore::new(material(&ca, SERVER, Duration::from_secs(3600))).expect("store");
-    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
-    cfg.reload_interval = Duration::ZERO;
-    cfg.inbound = vec![Inbound {
-        name: "http".into(),
-        listen: loopback(),
-        port: 8080,
-        app: http_app(Arc::new(AtomicUsize::new(0))).await,
-        protocol: Protocol::Http,
-    }];
-    let bound = start_proxy(state, store, cfg).await;
+    .await;
     let port = bound.inbound[0];
     let (status, body, client_port) = blocking(move || {
         let mut s = TcpStream::connect(port).expect("connect");

@@ -194,7 +194,7 @@ async fn serve_hyper<F, Fut>(
 }
 
 /// An accepted connection holding one of its listener's slots until it is dropped.
-pub struct Slotted {
+struct Slotted {
     io: tokio::net::TcpStream,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -254,7 +254,7 @@ impl tonic::transport::server::Connected for Slotted {
 }
 
 /// A connection just accepted, not yet known to be talking.
-pub struct Accepted {
+struct Accepted {
     conn: Slotted,
     first_byte: Duration,
 }

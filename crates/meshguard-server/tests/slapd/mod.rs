@@ -84,7 +84,19 @@ fn spawn(slapd: &std::path::Path, dir: &std::path::Path, port: u16) -> Slapd {
 /// [`start_slapd`] left in `dir` (an outage drill: stop it by dropping the guard).
 #[allow(dead_code)]
 pub fn restart_slapd(dir: &std::path::Path, port: u16) -> Slapd {
-    spawn(std::path::Path::new("/usr/sbin/slapd"), dir, port)
+    spawn(
+        &slapd_bin().expect("slapd was found at the first start"),
+        dir,
+        port,
+    )
+}
+
+/// The installed slapd, if any.
+fn slapd_bin() -> Option<PathBuf> {
+    ["/usr/sbin/slapd", "/usr/local/libexec/slapd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Starts slapd; `None` (or a panic under CI=true) when it is not installed.
@@ -94,11 +106,7 @@ pub fn start_slapd(dir: &std::path::Path) -> Option<(Slapd, u16)> {
 
 /// Starts slapd with extra database directives (e.g. `access to` rules) before the overlay.
 pub fn start_slapd_with(dir: &std::path::Path, database_extra: &str) -> Option<(Slapd, u16)> {
-    let slapd = ["/usr/sbin/slapd", "/usr/local/libexec/slapd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(slapd) = slapd else {
+    let Some(slapd) = slapd_bin() else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("slapd is missing; scripts/test.sh installs it (Debian package slapd)");
         }
