@@ -513,8 +513,10 @@ async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
     match first {
         First::Closed => return,
         // HTTP clients speak first: one that sends nothing is closed, not held. A TCP port may
-        // carry a server-first protocol, so silence there means plaintext (as Envoy's
-        // inbound listener continues when its listener filters time out).
+        // carry a server-first protocol, so silence there means plaintext, as istiod's inbound
+        // listener (virtualInbound, 15006) sets continue_on_listener_filters_timeout: true, so
+        // Envoy goes on without the TLS inspector's verdict (pilot/pkg/networking/core
+        // listener builders).
         First::Silent if ctx.listener.protocol == Protocol::Http => {
             tracing::debug!(%peer, "closing a connection that sent nothing within the detect timeout");
             return;
@@ -879,7 +881,10 @@ async fn handle_http(
     let id = conn.identity();
     // What Envoy's ext_authz would put in the CheckRequest, so an AuthConfig step (a CUSTOM
     // provider) sees the same input here as behind Envoy: the sockets, the request id, the
-    // protocol, and the scheme Envoy's HTTP/1 codec takes from the connection (https over TLS).
+    // protocol and `:scheme`. Envoy (docs/root/configuration/http/http_conn_man/headers.rst,
+    // ":scheme"): HTTP/2 keeps the client's; HTTP/1 takes it from an absolute URL, else from
+    // X-Forwarded-Proto as sanitised for an untrusted downstream (a sidecar trusts none), i.e.
+    // from the connection: https over TLS, http in the clear.
     let mut extra = conn.extra();
     extra.request_id = parts
         .headers

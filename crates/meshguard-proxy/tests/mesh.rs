@@ -1102,7 +1102,9 @@ spec: {rules: [{}]}
 
 /// Issue 13: an AuthConfig step called by a CUSTOM policy in the proxy saw an empty request
 /// context (no sockets, request id, protocol or scheme) where behind Envoy's ext_authz it sees
-/// them all. The OPA-Envoy Rego here copies them into headers the app receives.
+/// them all. The OPA-Envoy Rego here copies them into headers the app receives. The scheme of a
+/// plaintext HTTP/1 request is `http`, as Envoy derives it from the connection
+/// (envoy docs/root/configuration/http/http_conn_man/headers.rst, ":scheme").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_config_in_the_proxy_sees_the_request_context_envoy_would_send() {
     let inbound = vec![Inbound {
