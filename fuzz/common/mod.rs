@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use meshguard_engine::{PolicySource, State};
+use meshguard_engine::State;
 use meshguard_policy::MeshConfig;
 
 /// The engine state over the bundled example policies and AuthConfigs.
@@ -33,7 +33,7 @@ pub fn state() -> &'static Arc<State> {
             ),
         ];
         State::new(
-            PolicySource::Embedded(docs),
+            meshguard_engine::Embedded(docs),
             MeshConfig::default(),
             reqwest::Client::new(),
         )

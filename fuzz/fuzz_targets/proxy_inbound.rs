@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use meshguard_engine::{PolicySource, State, Workload};
+use meshguard_engine::{State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Inbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
@@ -111,7 +111,7 @@ fn harness() -> &'static Harness {
         let store =
             SvidStore::new(SvidMaterial::from_issued(svid, ca.bundle_pem())).expect("store");
         let state = State::new(
-            PolicySource::Paths(vec![dir.join("policies")]),
+            meshguard_engine::Files(vec![dir.join("policies")]),
             MeshConfig::default(),
             reqwest::Client::new(),
         )

@@ -7,8 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use meshguard_authn::extauth::{basic, Chains, CheckExtra};
-use meshguard_policy::load::load_paths;
+use meshguard_authn::extauth::{basic, Chains};
 use meshguard_policy::{HttpRequest, Identity, MeshConfig, PathNormalization, PolicySet, Request};
 
 const EXTAUTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
@@ -46,7 +45,17 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut loaded = load_paths(&[std::path::PathBuf::from(EXTAUTH)]);
+    let mut loaded = meshguard_policy::load::Loaded::default();
+    let mut files: Vec<_> = std::fs::read_dir(EXTAUTH)
+        .expect("examples/extauth")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        loaded.add_text(&text, &f.display().to_string());
+    }
     // More models, in memory: an access token checked against an inline JWKS, Gloo's sha1
     // basic auth, and an htpasswd bcrypt (cost 10) user.
     let jwks = std::fs::read_to_string(format!("{DATA}/jwks.json"))
@@ -97,7 +106,6 @@ spec:
     let set = PolicySet::compile(loaded.resources, MeshConfig::default()).expect("compile");
     let chains = Chains::build(&set, &reqwest::Client::new()).expect("chains");
     let id = Identity::default();
-    let extra = CheckExtra::default();
     let mut g = c.benchmark_group("extauth");
 
     let keys = chains.get("gloo-system.api-keys").expect("api-keys");
@@ -119,7 +127,7 @@ spec:
     });
     g.bench_function("api_key", |b| {
         b.iter(|| {
-            let o = keys.run(black_box(&req), &id, &extra).now();
+            let o = keys.run(black_box(&req), &id).now();
             assert!(o.allowed);
             black_box(o)
         })
@@ -136,7 +144,7 @@ spec:
     });
     g.bench_function("basic_apr1", |b| {
         b.iter(|| {
-            let o = basic_chain.run(black_box(&req), &id, &extra).now();
+            let o = basic_chain.run(black_box(&req), &id).now();
             assert!(o.allowed);
             black_box(o)
         })
@@ -154,7 +162,7 @@ spec:
         let chain = chains.get(cid).expect(cid);
         g.bench_function(name, |b| {
             b.iter(|| {
-                let o = chain.run(black_box(&req), &id, &extra).now();
+                let o = chain.run(black_box(&req), &id).now();
                 assert!(o.allowed, "{}", o.reason);
                 black_box(o)
             })
@@ -169,7 +177,7 @@ spec:
         v["tokens"]["RS256"].as_str().expect("token").to_owned()
     };
     let bearer = format!("Bearer {token}");
-    let req = request(
+    let mut req = request(
         "POST",
         "/post",
         &[
@@ -177,13 +185,15 @@ spec:
             ("content-type", "application/json"),
         ],
     );
-    let body_extra = CheckExtra {
-        body: Some(br#"{"item": "book", "quantity": 2}"#.to_vec()),
-        ..Default::default()
-    };
+    if let Some(h) = req.http.as_mut() {
+        h.body = Some(meshguard_policy::Body {
+            bytes: br#"{"item": "book", "quantity": 2}"#.to_vec(),
+            truncated: false,
+        });
+    }
     g.bench_function("opa_envoy_jwt_and_schema", |b| {
         b.iter(|| {
-            let o = opa.run(black_box(&req), &id, &body_extra).now();
+            let o = opa.run(black_box(&req), &id).now();
             assert!(o.allowed, "{}", o.reason);
             black_box(o)
         })
@@ -192,7 +202,7 @@ spec:
     let req = request("GET", "/", &[("authorization", bearer.as_str())]);
     g.bench_function("access_token_jwt_rs256", |b| {
         b.iter(|| {
-            let o = tokens.run(black_box(&req), &id, &extra).now();
+            let o = tokens.run(black_box(&req), &id).now();
             assert!(o.allowed, "{}", o.reason);
             black_box(o)
         })
@@ -205,7 +215,7 @@ spec:
     );
     g.bench_function("chain_apikey_or_basic_fallthrough", |b| {
         b.iter(|| {
-            let o = shop.run(black_box(&req), &id, &extra).now();
+            let o = shop.run(black_box(&req), &id).now();
             assert!(o.allowed);
             black_box(o)
         })

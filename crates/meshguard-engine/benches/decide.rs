@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use meshguard_engine::{decide, PolicySource, State};
+use meshguard_engine::{decide, State};
 use meshguard_policy::load::parse_request;
 use meshguard_policy::yaml::parse_documents;
 use meshguard_policy::{Identity, MeshConfig, PathNormalization, Request};
@@ -38,7 +38,7 @@ fn now<F: Future>(f: F) -> F::Output {
 
 fn bench(c: &mut Criterion) {
     let state = State::new(
-        PolicySource::Paths(vec![format!("{EXAMPLES}/policies").into()]),
+        meshguard_engine::Files(vec![format!("{EXAMPLES}/policies").into()]),
         MeshConfig::default(),
         reqwest::Client::new(),
     )
@@ -51,12 +51,15 @@ fn bench(c: &mut Criterion) {
         "plaintext-to-backend.yaml",
         "api-with-token.yaml",
     ] {
-        let (req, id) = example_request(name);
+        let (mut req, id) = example_request(name);
+        if let Some(p) = &id.peer {
+            req = req.with_peer(p);
+        }
         // First call verifies the token; later ones hit the verified-token cache.
-        let _ = now(decide(&g, &req, id.clone()));
+        let _ = now(decide(&g, &req));
         let label = name.trim_end_matches(".yaml");
         group.bench_function(format!("pipeline/{label}"), |b| {
-            b.iter(|| now(decide(black_box(&g), black_box(&req), id.clone())))
+            b.iter(|| now(decide(black_box(&g), black_box(&req))))
         });
         group.bench_function(format!("evaluate-only/{label}"), |b| {
             b.iter(|| black_box(g.set.evaluate(black_box(&req), &id)).allowed)

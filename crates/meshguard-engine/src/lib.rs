@@ -1,16 +1,20 @@
-//! meshguard's decision engine: the one pipeline every front end calls (`decide`: refusals
-//! before authorization, request authentication, the bound AuthConfig chain, CUSTOM, DENY,
-//! ALLOW, default deny, header merging), the compiled policy generation and its lock-free swap
-//! with hot reload (`state`, `watch`), the decision log (`dlog`) and metrics (`metrics`). It
-//! knows no wire format and owns no listener: `meshguard-server` (ext_authz gRPC, HTTP
-//! forward-auth, admin) and `meshguard-proxy` (the mTLS sidecar) adapt to it.
+//! meshguard's decision engine: the one pipeline every front end calls (`Engine::decide`, a
+//! `Request` in and a `Decision` out: refusals before any filter, request authentication, the
+//! bound AuthConfig chain, CUSTOM, DENY, ALLOW, default deny, header merging), the compiled
+//! policy generation and its lock-free swap with hot reload (`state`, `source`,
+//! `watch_policies`), the decision log (`dlog`) and metrics (`metrics`). It knows no wire format
+//! and owns no listener: `meshguard-server` (ext_authz gRPC, HTTP forward-auth, admin),
+//! `meshguard-proxy` (the mTLS sidecar) and `meshguard check` adapt to it.
 
 #![forbid(unsafe_code)]
 
 pub mod decide;
+pub mod decision;
 pub mod dlog;
+mod engine;
 mod error;
 pub mod metrics;
+pub mod source;
 pub mod state;
 
 use std::sync::Arc;
@@ -18,9 +22,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use decide::{decide, decide_ext, record, Outcome, Shared};
+pub use decide::decide;
+pub use decision::{Decision, DryRun};
+pub use dlog::{DecisionLog, Sink};
+pub use engine::{Engine, Settings};
 pub use error::{LoadError, WorkloadError};
-pub use state::{Generation, PolicySource, State, Workload};
+pub use source::{Embedded, Files, PolicySource};
+pub use state::{Generation, State, Workload};
 
 /// Hot reload until `stop` flips: policy files polled every `interval` (a change must be stable
 /// for one interval before it is compiled, so a half-written file is never served) and SIGHUP.

@@ -8,20 +8,11 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use meshguard_authn::{Authenticator, AuthnSettings};
-use meshguard_policy::load::{load_paths, Loaded};
 use meshguard_policy::{MeshConfig, PolicySet};
 
 pub use crate::error::{LoadError, WorkloadError};
 use crate::metrics::Metrics;
-
-/// Where policies come from.
-#[derive(Debug, Clone)]
-pub enum PolicySource {
-    /// Named YAML texts compiled into the binary (the bundled examples).
-    Embedded(Vec<(String, String)>),
-    /// Files and directories, watched for changes.
-    Paths(Vec<PathBuf>),
-}
+use crate::source::PolicySource;
 
 /// The destination workload for requests that do not say which workload they are for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +122,7 @@ pub struct Generation {
 /// Server-wide state shared by every listener.
 pub struct State {
     current: ArcSwap<Generation>,
-    pub source: PolicySource,
+    pub source: Arc<dyn PolicySource>,
     pub mesh: MeshConfig,
     pub client: reqwest::Client,
     pub metrics: Metrics,
@@ -149,26 +140,17 @@ pub const RELOAD_STALL_AFTER: std::time::Duration = std::time::Duration::from_se
 
 /// Loads and compiles a policy source; every problem is returned at once.
 pub fn load(
-    source: &PolicySource,
+    source: &dyn PolicySource,
     mesh: &MeshConfig,
     client: &reqwest::Client,
     id: u64,
     previous: Option<&Generation>,
 ) -> Result<Generation, LoadError> {
-    let loaded = match source {
-        PolicySource::Embedded(docs) => {
-            let mut l = Loaded::default();
-            for (name, text) in docs {
-                l.add_text(text, name);
-            }
-            l
-        }
-        PolicySource::Paths(paths) => load_paths(paths),
-    };
+    let loaded = source.read();
     if loaded.has_errors() {
         return Err(LoadError::Invalid(loaded.errors().cloned().collect()));
     }
-    if matches!(source, PolicySource::Paths(_)) && loaded.files.is_empty() {
+    if source.must_have_files() && loaded.files.is_empty() {
         return Err(LoadError::NoFiles);
     }
     let warnings = loaded
@@ -200,11 +182,12 @@ pub fn load(
 
 impl State {
     pub fn new(
-        source: PolicySource,
+        source: impl PolicySource + 'static,
         mesh: MeshConfig,
         client: reqwest::Client,
     ) -> Result<Arc<State>, LoadError> {
-        let first = load(&source, &mesh, &client, 1, None)?;
+        let source: Arc<dyn PolicySource> = Arc::new(source);
+        let first = load(source.as_ref(), &mesh, &client, 1, None)?;
         let metrics = Metrics::new();
         metrics.generation.store(1, Ordering::Relaxed);
         Ok(Arc::new(State {
@@ -262,7 +245,7 @@ impl State {
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
         let previous = self.current();
         let result = tokio::task::spawn_blocking(move || {
-            load(&source, &mesh, &client, next_id, Some(&previous))
+            load(source.as_ref(), &mesh, &client, next_id, Some(&previous))
         })
         .await
         .map_err(|e| LoadError::Task(e.to_string()))
@@ -302,26 +285,9 @@ impl State {
         }
     }
 
-    /// A fingerprint of the watched files (path, size, mtime), to notice edits.
-    pub fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-        let PolicySource::Paths(paths) = &self.source else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut stack: Vec<PathBuf> = paths.clone();
-        while let Some(p) = stack.pop() {
-            match std::fs::metadata(&p) {
-                Ok(m) if m.is_dir() => {
-                    if let Ok(rd) = std::fs::read_dir(&p) {
-                        stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
-                    }
-                }
-                Ok(m) => out.push((p, m.len(), m.modified().ok())),
-                Err(_) => out.push((p, u64::MAX, None)),
-            }
-        }
-        out.sort();
-        out
+    /// Changes when the source's content may have changed (polled by [`crate::watch_policies`]).
+    pub fn fingerprint(&self) -> u64 {
+        self.source.fingerprint()
     }
 }
 

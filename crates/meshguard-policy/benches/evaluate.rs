@@ -18,7 +18,15 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 fn seed_set() -> PolicySet {
     let mut l = Loaded::default();
-    l.add_path(std::path::Path::new(&format!("{EXAMPLES}/policies")));
+    let mut files: Vec<_> = std::fs::read_dir(format!("{EXAMPLES}/policies"))
+        .expect("examples/policies")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read");
+        l.add_text(&text, &f.display().to_string());
+    }
     assert!(!l.has_errors(), "{:?}", l.diagnostics);
     PolicySet::compile(l.resources, MeshConfig::default()).expect("compile")
 }
@@ -71,7 +79,6 @@ fn synthetic_request(n: usize) -> (Request, Identity) {
             ip: "10.1.2.3".parse().ok(),
             remote_ip: None,
         },
-        sni: None,
         http: Some(HttpRequest::new(
             "GET",
             "wl-3.ns-42.svc.cluster.local",
@@ -79,7 +86,7 @@ fn synthetic_request(n: usize) -> (Request, Identity) {
             vec![("x-request-id".to_owned(), "1".to_owned())],
             PathNormalization::Base,
         )),
-        custom: Vec::new(),
+        ..Request::default()
     };
     let id = Identity::default().with_peer(&format!("cluster.local/ns/ns-42/sa/client-{i}"));
     (req, id)

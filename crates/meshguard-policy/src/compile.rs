@@ -9,7 +9,6 @@ use std::net::IpAddr;
 
 use regex::Regex;
 
-use crate::decision::{Decision, PolicyRef, Reason, Shadow};
 use crate::matcher::{self, PathMatch, RequestPrincipalMatch, StrMatch};
 use crate::mesh::MeshConfig;
 use crate::request::{Identity, JwtIdentity, Request};
@@ -17,6 +16,7 @@ use crate::resource::{
     Action, Attr, AuthorizationPolicy, KeyRule, MtlsMode, PeerAuthentication,
     RequestAuthentication, Resource, Rule,
 };
+use crate::verdict::{PolicyRef, Reason, Resumed, Shadow, Verdict};
 
 /// A compile failure (a value that validation should have refused).
 #[derive(Debug, thiserror::Error)]
@@ -347,34 +347,47 @@ impl PolicySet {
     /// or a path or method Envoy's codec answers 400 to. Cheap (no policy is evaluated): what
     /// request authentication checks before it looks at tokens.
     pub fn refused_before_filters(&self, req: &Request, id: &Identity) -> bool {
-        if req.http.as_ref().is_some_and(|h| h.rejection.is_some()) {
-            return true;
+        self.refusal(req, id).is_some()
+    }
+
+    /// The verdict for a request refused before any filter runs (see
+    /// [`PolicySet::refused_before_filters`]), without evaluating a policy; `None` when the
+    /// request goes on to authentication and authorization.
+    pub fn refusal<'a>(&'a self, req: &Request, id: &Identity) -> Option<Verdict<'a>> {
+        if id.peer.is_some() && req.http.as_ref().is_none_or(|h| h.rejection.is_none()) {
+            return None;
         }
         let dst = &req.destination;
-        id.peer.is_none()
-            && self.mtls_mode(&dst.namespace, &dst.labels, dst.port) == MtlsMode::Strict
+        let mtls_mode = self.mtls_mode(&dst.namespace, &dst.labels, dst.port);
+        let (status, reason) = refusal(mtls_mode, req, id)?;
+        Some(Verdict {
+            allowed: false,
+            status,
+            reason,
+            mtls_mode,
+            audit: Vec::new(),
+            dry_run: None,
+            if_custom_allows: None,
+        })
     }
 
     /// Decides a request: CUSTOM, then DENY, then ALLOW; AUDIT and dry-run policies are
     /// evaluated and reported but never change the decision.
-    pub fn evaluate<'a>(&'a self, req: &'a Request, id: &'a Identity) -> Decision<'a> {
+    pub fn evaluate<'a>(&'a self, req: &'a Request, id: &'a Identity) -> Verdict<'a> {
         let dst = &req.destination;
         let mtls_mode = self.mtls_mode(&dst.namespace, &dst.labels, dst.port);
-        let mut decision = Decision {
+        let mut decision = Verdict {
             allowed: false,
             status: 403,
             reason: Reason::NoAllowMatched,
             mtls_mode,
             audit: Vec::new(),
             dry_run: None,
+            if_custom_allows: None,
         };
-        if mtls_mode == MtlsMode::Strict && id.peer.is_none() {
-            decision.reason = Reason::PlaintextUnderStrict;
-            return decision;
-        }
-        if let Some(rejection) = req.http.as_ref().and_then(|h| h.rejection) {
-            decision.status = rejection.status();
-            decision.reason = Reason::Rejected(rejection);
+        if let Some((status, reason)) = refusal(mtls_mode, req, id) {
+            decision.status = status;
+            decision.reason = reason;
             return decision;
         }
         // Under DISABLE the server side terminates no mTLS, so no peer identity is available.
@@ -477,6 +490,33 @@ impl PolicySet {
             });
         }
 
+        // DENY, then ALLOW: what decides when no CUSTOM policy matched or its provider allowed.
+        let after_custom = if let Some((_, at)) = deny {
+            let unknown = self.compiled_rule(at).and_then(|r| ctx.unknown_attr_in(r));
+            Resumed {
+                allowed: false,
+                status: 403,
+                reason: Reason::Denied { at, unknown },
+            }
+        } else if allow_policies == 0 {
+            Resumed {
+                allowed: true,
+                status: 200,
+                reason: Reason::NoAllowPolicies,
+            }
+        } else if let Some((_, at)) = allow {
+            Resumed {
+                allowed: true,
+                status: 200,
+                reason: Reason::Allowed { at },
+            }
+        } else {
+            Resumed {
+                allowed: false,
+                status: 403,
+                reason: Reason::NoAllowMatched,
+            }
+        };
         if let Some((_, at)) = custom {
             let provider = at.policy.provider.as_deref().unwrap_or("");
             if many_providers {
@@ -499,30 +539,26 @@ impl PolicySet {
                 }
                 None => {
                     decision.reason = Reason::CustomPending { at };
+                    decision.if_custom_allows = Some(after_custom);
                     return decision;
                 }
             }
         }
-        if let Some((_, at)) = deny {
-            let unknown = self.compiled_rule(at).and_then(|r| ctx.unknown_attr_in(r));
-            decision.reason = Reason::Denied { at, unknown };
-            return decision;
-        }
-        if allow_policies == 0 {
-            decision.allowed = true;
-            decision.status = 200;
-            decision.reason = Reason::NoAllowPolicies;
-            return decision;
-        }
-        if let Some((_, at)) = allow {
-            decision.allowed = true;
-            decision.status = 200;
-            decision.reason = Reason::Allowed { at };
-            return decision;
-        }
-        decision.reason = Reason::NoAllowMatched;
+        decision.allowed = after_custom.allowed;
+        decision.status = after_custom.status;
+        decision.reason = after_custom.reason;
         decision
     }
+}
+
+/// Status and reason for a request refused before any filter: plaintext on a STRICT port, then
+/// what the HTTP codec or path normalisation refuses.
+fn refusal<'a>(mode: MtlsMode, req: &Request, id: &Identity) -> Option<(u16, Reason<'a>)> {
+    if mode == MtlsMode::Strict && id.peer.is_none() {
+        return Some((403, Reason::PlaintextUnderStrict));
+    }
+    let rejection = req.http.as_ref().and_then(|h| h.rejection)?;
+    Some((rejection.status(), Reason::Rejected(rejection)))
 }
 
 impl PolicySet {

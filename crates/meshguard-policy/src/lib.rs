@@ -8,7 +8,6 @@
 
 pub mod boolexpr;
 pub mod compile;
-pub mod decision;
 pub mod diag;
 pub mod extauth;
 pub mod load;
@@ -17,12 +16,15 @@ pub mod mesh;
 pub mod path;
 pub mod request;
 pub mod resource;
+pub mod verdict;
 pub mod yaml;
 
 pub use compile::{CompileError, PolicySet};
-pub use decision::{Decision, PolicyRef, Reason, Shadow};
 pub use diag::{Diagnostic, Severity};
 pub use mesh::MeshConfig;
 pub use path::PathNormalization;
-pub use request::{Destination, HttpRequest, Identity, JwtIdentity, Rejection, Request, Source};
+pub use request::{
+    Body, Destination, HttpRequest, Identity, JwtIdentity, Rejection, Request, Source,
+};
 pub use resource::{Action, MtlsMode, Resource};
+pub use verdict::{PolicyRef, Reason, Resumed, Shadow, Verdict};

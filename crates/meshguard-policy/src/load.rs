@@ -1,7 +1,8 @@
-//! Loading policies from files, directories and strings, and request descriptions for `check`.
+//! Turning policy texts into resources (duplicates reported), and request descriptions for
+//! `check`. No IO: sources (`meshguard-engine::source`) read the bytes.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::diag::{Diagnostic, Severity};
 use crate::mesh::MeshConfig;
@@ -9,9 +10,6 @@ use crate::path::PathNormalization;
 use crate::request::{Destination, HttpRequest, Identity, JwtIdentity, Request, Source};
 use crate::resource::{parse_stream, Resource};
 use crate::yaml::{Node, NodeKind};
-
-/// Largest policy file accepted (a guard against pointing meshguard at the wrong file).
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What loading produced: the valid resources and every diagnostic.
 #[derive(Debug, Default)]
@@ -72,99 +70,9 @@ impl Loaded {
         }
     }
 
-    /// Adds a file or a directory (recursively: `*.yaml`, `*.yml`, `*.json`, sorted by path).
-    pub fn add_path(&mut self, path: &Path) {
-        let display = path.display().to_string();
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.io_error(&display, &format!("cannot read: {e}"));
-                return;
-            }
-        };
-        if meta.is_dir() {
-            let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-                Err(e) => {
-                    self.io_error(&display, &format!("cannot list directory: {e}"));
-                    return;
-                }
-            };
-            entries.sort();
-            for e in entries {
-                let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if name.starts_with('.') {
-                    continue;
-                }
-                if e.is_dir() {
-                    self.add_path(&e);
-                } else if [".yaml", ".yml", ".json"].iter().any(|x| name.ends_with(x)) {
-                    self.add_file(&e);
-                }
-            }
-        } else {
-            self.add_file(path);
-        }
-    }
-
-    fn add_file(&mut self, path: &Path) {
-        use std::io::Read;
-        let display = path.display().to_string();
-        // Only regular files (after following symlinks): opening a FIFO blocks until a writer
-        // comes, and a device such as /dev/zero never ends. A named `*.yaml` is not enough.
-        match std::fs::metadata(path) {
-            Ok(m) if !m.is_file() => {
-                self.io_error(
-                    &display,
-                    "not a regular file (a FIFO, device or socket, possibly behind a symlink); refusing to read it",
-                );
-                return;
-            }
-            // Cheap early refusal; the read below is bounded whatever the metadata says.
-            Ok(m) if m.len() > MAX_FILE_BYTES => {
-                self.io_error(
-                    &display,
-                    &format!("file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"),
-                );
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                self.io_error(&display, &format!("cannot read: {e}"));
-                return;
-            }
-        }
-        // Bounded by the bytes actually read, not by what the metadata claims.
-        let mut bytes = Vec::new();
-        let read = std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
-        if let Err(e) = read {
-            self.io_error(&display, &format!("cannot read: {e}"));
-            return;
-        }
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            self.io_error(
-                &display,
-                &format!("file is larger than {MAX_FILE_BYTES} bytes; refusing to load it"),
-            );
-            return;
-        }
-        match String::from_utf8(bytes) {
-            Ok(text) => {
-                self.files.push(path.to_owned());
-                self.add_text(&text, &display);
-            }
-            Err(e) => self.io_error(
-                &display,
-                &format!(
-                    "not UTF-8 text (first bad byte at offset {}); policies are YAML or JSON",
-                    e.utf8_error().valid_up_to()
-                ),
-            ),
-        }
-    }
-
-    fn io_error(&mut self, file: &str, message: &str) {
+    /// Records a problem reading a source (a file that cannot be read, a bundle that does not
+    /// unpack), as an error diagnostic without a line.
+    pub fn io_error(&mut self, file: &str, message: &str) {
         self.diagnostics.push(Diagnostic {
             severity: Severity::Error,
             file: file.to_owned(),
@@ -175,15 +83,6 @@ impl Loaded {
             message: message.to_owned(),
         });
     }
-}
-
-/// Loads every path (files or directories).
-pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
-    let mut l = Loaded::default();
-    for p in paths {
-        l.add_path(p.as_ref());
-    }
-    l
 }
 
 /// An error in a request description or mesh config, with the field at fault.

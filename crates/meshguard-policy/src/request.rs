@@ -2,7 +2,7 @@
 //! convert into it once; evaluation then allocates nothing.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::path::{normalize, NormalizedPath, PathError, PathNormalization};
 
@@ -128,6 +128,22 @@ pub struct HttpRequest {
     pub lines: Vec<(String, String)>,
     /// Set when the request would be refused before authorization.
     pub rejection: Option<Rejection>,
+    /// `http` or `https` as the front end learnt it (Envoy's `:scheme` rule); empty if unknown.
+    pub scheme: String,
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2` or `HTTP/3`; empty if unknown.
+    pub protocol: String,
+    /// The request id (`x-request-id`, Envoy's `request.http.id`); empty if none.
+    pub id: String,
+    /// The body, when the front end has it (Envoy `with_request_body`, the proxy's buffer).
+    pub body: Option<Body>,
+}
+
+/// A request body as the front end received it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    pub bytes: Vec<u8>,
+    /// The front end cut it (`x-envoy-auth-partial-body: true`, or over its buffer bound).
+    pub truncated: bool,
 }
 
 /// Envoy's original client address from X-Forwarded-For (see [`Request::derive_remote_ip`]).
@@ -210,6 +226,10 @@ impl HttpRequest {
             headers: merged,
             lines,
             rejection,
+            scheme: String::new(),
+            protocol: String::new(),
+            id: String::new(),
+            body: None,
         }
     }
 
@@ -241,19 +261,51 @@ impl HttpRequest {
     }
 }
 
-/// One request or connection to decide.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One request or connection to decide: everything any front end knows about it, filled once
+/// by the adapter (ext_authz gRPC, HTTP forward-auth, the mTLS proxy, `check`, replay) so every
+/// step of the pipeline sees the same input however the request arrived.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Request {
     pub destination: Destination,
     pub source: Source,
+    /// The mTLS peer's SPIFFE ID (`spiffe://...`); `None` for plaintext.
+    pub peer: Option<String>,
     /// TLS SNI (`connection.sni`).
     pub sni: Option<String>,
+    /// The connection's sockets as the front end saw them (the downstream peer and the local
+    /// listener): what Envoy sends as `source.address` and `destination.address`.
+    pub peer_addr: Option<SocketAddr>,
+    pub local_addr: Option<SocketAddr>,
     pub http: Option<HttpRequest>,
+    /// Route context: Envoy per-route `context_extensions`.
+    pub context_extensions: BTreeMap<String, String>,
+    /// The AuthConfig the route binds (`context_extensions.config_id`, an HTTP-mode binding, a
+    /// request file's `authConfig`): run before the Istio policies.
+    pub auth_config: Option<String>,
     /// Verdicts of CUSTOM (ext_authz) providers already consulted, by provider name.
     pub custom: Vec<(String, bool)>,
+    /// A request principal verified before the request reached the engine: the claims of a
+    /// `check` request file, a replayed decision. Request authentication is skipped when set.
+    /// No adapter of outside traffic fills it.
+    pub verified_jwt: Option<std::sync::Arc<JwtIdentity>>,
 }
 
 impl Request {
+    /// Sets the mTLS peer; accepts `spiffe://td/ns/x/sa/y` or the bare `td/ns/x/sa/y` form.
+    pub fn with_peer(mut self, principal: &str) -> Request {
+        self.peer = Some(spiffe_uri(principal));
+        self
+    }
+
+    /// The identity known before request authentication: the mTLS peer (and claims verified
+    /// upstream, if any).
+    pub fn identity(&self) -> Identity {
+        Identity {
+            peer: self.peer.clone(),
+            jwt: self.verified_jwt.clone(),
+        }
+    }
+
     pub fn remote_ip(&self) -> Option<IpAddr> {
         self.source.remote_ip.or(self.source.ip)
     }
@@ -335,12 +387,16 @@ pub struct Identity {
 impl Identity {
     /// Accepts `spiffe://td/ns/x/sa/y` or the bare `td/ns/x/sa/y` form.
     pub fn with_peer(mut self, principal: &str) -> Identity {
-        self.peer = Some(if principal.starts_with("spiffe://") {
-            principal.to_owned()
-        } else {
-            format!("spiffe://{principal}")
-        });
+        self.peer = Some(spiffe_uri(principal));
         self
+    }
+}
+
+fn spiffe_uri(principal: &str) -> String {
+    if principal.starts_with("spiffe://") {
+        principal.to_owned()
+    } else {
+        format!("spiffe://{principal}")
     }
 }
 

@@ -77,7 +77,7 @@ fn request() -> Request {
             Vec::new(),
             PathNormalization::Base,
         )),
-        custom: Vec::new(),
+        ..Request::default()
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use meshguard_engine::{PolicySource, State, Workload};
+use meshguard_engine::{State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
@@ -320,7 +320,7 @@ async fn main() -> Result<(), Error> {
 
     let state = |_: ()| {
         State::new(
-            PolicySource::Embedded(vec![("bench.yaml".into(), POLICY.into())]),
+            meshguard_engine::Embedded(vec![("bench.yaml".into(), POLICY.into())]),
             MeshConfig::default(),
             reqwest::Client::new(),
         )

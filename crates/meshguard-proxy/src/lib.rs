@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -29,12 +29,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshguard_authn::extauth::CheckExtra;
-use meshguard_engine::decide::{decide_ext, record, Outcome};
 use meshguard_engine::dlog::{DecisionLog, Sink};
+use meshguard_engine::{Engine, Settings};
 use meshguard_engine::{State, Workload};
 use meshguard_identity::SpiffeId;
-use meshguard_policy::{Destination, HttpRequest, Identity, MtlsMode, Request, Source};
+use meshguard_policy::{Destination, HttpRequest, MtlsMode, Request, Source};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -146,8 +145,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 
 struct InCtx {
     state: Arc<State>,
+    /// Decides with the proxy's default deny and decision timeout, and records.
+    engine: Engine,
     store: Arc<SvidStore>,
-    log: DecisionLog,
     cfg: Arc<ProxyConfig>,
     listener: Inbound,
     tls: tokio_rustls::TlsAcceptor,
@@ -171,6 +171,14 @@ pub async fn run(
     for e in state.current().authn.prefetch().await {
         tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
     }
+    let engine = Engine::new(
+        state.clone(),
+        log.clone(),
+        Settings {
+            default_deny: cfg.default_deny,
+            timeout: Some(cfg.decision_timeout),
+        },
+    );
     let server_tls = tokio_rustls::TlsAcceptor::from(store.server_config()?);
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
@@ -190,8 +198,8 @@ pub async fn run(
             .push(listener.local_addr().unwrap_or(l.listen));
         let ctx = Arc::new(InCtx {
             state: state.clone(),
+            engine: engine.clone(),
             store: store.clone(),
-            log: log.clone(),
             cfg: cfg.clone(),
             listener: l.clone(),
             tls: server_tls.clone(),
@@ -410,25 +418,6 @@ struct Conn {
     peer_id: Option<(SpiffeId, String)>,
 }
 
-impl Conn {
-    /// The connection's part of what an AuthConfig step sees (Envoy's source and destination
-    /// addresses).
-    fn extra(&self) -> CheckExtra {
-        CheckExtra {
-            source: Some(self.peer),
-            destination: Some(self.local),
-            ..CheckExtra::default()
-        }
-    }
-
-    fn identity(&self) -> Identity {
-        match &self.peer_id {
-            Some((id, _)) => Identity::default().with_peer(&id.to_string()),
-            None => Identity::default(),
-        }
-    }
-}
-
 fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
     let mut req = Request {
         destination: Destination {
@@ -443,57 +432,27 @@ fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -> Request {
             ip: Some(conn.peer.ip().to_canonical()),
             remote_ip: None,
         },
-        sni: None,
+        // What Envoy's ext_authz sends as source and destination addresses.
+        peer_addr: Some(conn.peer),
+        local_addr: Some(conn.local),
         http,
-        custom: Vec::new(),
+        ..Request::default()
     };
+    if let Some((id, _)) = &conn.peer_id {
+        req = req.with_peer(&id.to_string());
+    }
     // remote.ip from X-Forwarded-For, as the sidecar Envoy it replaces derives it.
     req.derive_remote_ip(ctx.state.mesh.xff_trusted_hops);
     req
 }
 
-/// Decides with a time bound and applies default deny; failures deny.
-async fn decide_bounded(ctx: &InCtx, req: &Request, id: &Identity, extra: &CheckExtra) -> Outcome {
-    let g = ctx.state.current();
-    let decided = decide_ext(&g, req, id.clone(), extra, None);
-    let mut o = match tokio::time::timeout(ctx.cfg.decision_timeout, decided).await {
-        Ok(o) => o,
-        Err(_) => {
-            ctx.state
-                .metrics
-                .internal_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Outcome::internal("denied (fail closed): the decision timed out", g.id)
-        }
-    };
-    if o.allowed && o.by_default && ctx.cfg.default_deny {
-        o.allowed = false;
-        o.status = 403;
-        o.reason = "denied: no ALLOW AuthorizationPolicy applies to this workload (meshguard proxy denies by default; set defaultDeny: false for Istio's allow-by-default)".into();
-    }
-    o
-}
-
 /// The L4 decision for a connection, recorded; true when allowed.
-async fn decide_connection(ctx: &InCtx, conn: &Conn, started: Instant) -> bool {
+async fn decide_connection(ctx: &InCtx, conn: &Conn) -> bool {
     let req = request_for(ctx, conn, None);
-    let id = conn.identity();
-    let o = decide_bounded(ctx, &req, &id, &conn.extra()).await;
-    record(
-        &ctx.state,
-        &ctx.log,
-        "proxy-tcp",
-        "",
-        &req,
-        &id,
-        &o,
-        started,
-    );
-    o.allowed
+    ctx.engine.decide("proxy-tcp", &req).await.allowed
 }
 
 async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
     let local = stream.local_addr().unwrap_or(ctx.listener.listen);
     let mode = ctx.state.current().set.mtls_mode(
         &ctx.cfg.workload.namespace,
@@ -526,17 +485,17 @@ async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
     if first != First::Tls {
         if mode == MtlsMode::Strict {
             // The engine's own verdict: plaintext under STRICT is refused, with its reason.
-            decide_connection(&ctx, &plain_conn, started).await;
+            decide_connection(&ctx, &plain_conn).await;
             return;
         }
-        serve_inbound(ctx, stream, plain_conn, started).await;
+        serve_inbound(ctx, stream, plain_conn).await;
         return;
     }
     let accepted = tokio::time::timeout(ctx.cfg.connect_timeout, ctx.tls.accept(stream)).await;
     let tls_stream = match accepted {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse_handshake(&ctx, &plain_conn, &e.to_string(), started),
-        Err(_) => return refuse_handshake(&ctx, &plain_conn, "handshake timed out", started),
+        Ok(Err(e)) => return refuse_handshake(&ctx, &plain_conn, &e.to_string()),
+        Err(_) => return refuse_handshake(&ctx, &plain_conn, "handshake timed out"),
     };
     let peer_id = tls_stream
         .get_ref()
@@ -550,36 +509,22 @@ async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: SocketAddr) {
         });
     if peer_id.is_none() {
         // The verifier requires a valid SVID, so this cannot happen; deny if it ever does.
-        return refuse_handshake(
-            &ctx,
-            &plain_conn,
-            "no peer SVID after the handshake",
-            started,
-        );
+        return refuse_handshake(&ctx, &plain_conn, "no peer SVID after the handshake");
     }
     let conn = Conn {
         peer,
         local,
         peer_id,
     };
-    serve_inbound(ctx, tls_stream, conn, started).await;
+    serve_inbound(ctx, tls_stream, conn).await;
 }
 
-fn refuse_handshake(ctx: &InCtx, conn: &Conn, why: &str, started: Instant) {
-    let o = Outcome::internal(
-        format!("denied: mTLS handshake refused: {why}"),
-        ctx.state.current().id,
-    );
+fn refuse_handshake(ctx: &InCtx, conn: &Conn, why: &str) {
     let req = request_for(ctx, conn, None);
-    record(
-        &ctx.state,
-        &ctx.log,
+    ctx.engine.refuse(
         "proxy-tcp",
-        "",
         &req,
-        &Identity::default(),
-        &o,
-        started,
+        format!("denied: mTLS handshake refused: {why}"),
     );
     tracing::info!(peer = %conn.peer, reason = why, "inbound connection refused");
 }
@@ -608,13 +553,13 @@ async fn first_bytes(s: &TcpStream, wait: Duration) -> First {
     }
 }
 
-async fn serve_inbound<S>(ctx: Arc<InCtx>, io: S, conn: Conn, started: Instant)
+async fn serve_inbound<S>(ctx: Arc<InCtx>, io: S, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match ctx.listener.protocol {
         Protocol::Tcp => {
-            if !decide_connection(&ctx, &conn, started).await {
+            if !decide_connection(&ctx, &conn).await {
                 // Closing is the TCP denial (Envoy's RBAC network filter does the same).
                 return;
             }
@@ -791,7 +736,6 @@ async fn handle_http(
     conn: &Conn,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Body> {
-    let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     if parts.method == hyper::Method::CONNECT {
         return full(405, "Method Not Allowed");
@@ -877,48 +821,31 @@ async fn handle_http(
     if parts.version < hyper::Version::HTTP_2 {
         http = http.as_http1();
     }
-    let request = request_for(ctx, conn, Some(http));
-    let id = conn.identity();
     // What Envoy's ext_authz would put in the CheckRequest, so an AuthConfig step (a CUSTOM
     // provider) sees the same input here as behind Envoy: the sockets, the request id, the
     // protocol and `:scheme`. Envoy (docs/root/configuration/http/http_conn_man/headers.rst,
     // ":scheme"): HTTP/2 keeps the client's; HTTP/1 takes it from an absolute URL, else from
     // X-Forwarded-Proto as sanitised for an untrusted downstream (a sidecar trusts none), i.e.
     // from the connection: https over TLS, http in the clear.
-    let mut extra = conn.extra();
-    extra.request_id = parts
+    http.id = parts
         .headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    extra.protocol = match parts.version {
+    http.protocol = match parts.version {
         hyper::Version::HTTP_10 => "HTTP/1.0",
         hyper::Version::HTTP_2 => "HTTP/2",
         _ => "HTTP/1.1",
     }
     .to_owned();
-    extra.scheme = match parts.uri.scheme_str() {
+    http.scheme = match parts.uri.scheme_str() {
         Some(sch) => sch.to_owned(),
         None if conn.peer_id.is_some() => "https".to_owned(),
         None => "http".to_owned(),
     };
-    let o = decide_bounded(ctx, &request, &id, &extra).await;
-    let req_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    record(
-        &ctx.state,
-        &ctx.log,
-        "proxy-http",
-        req_id,
-        &request,
-        &id,
-        &o,
-        started,
-    );
+    let request = request_for(ctx, conn, Some(http));
+    let o = ctx.engine.decide("proxy-http", &request).await;
     if !o.allowed {
         let mut r = full(o.status, o.body().to_owned());
         for (k, v) in &o.response_headers {

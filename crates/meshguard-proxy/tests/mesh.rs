@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshguard_engine::{PolicySource, State, Workload};
+use meshguard_engine::{State, Workload};
 use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::{Bound, Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
@@ -250,7 +250,7 @@ impl Mesh {
         let app = http_app(hits.clone()).await;
         let tcp_app = echo_app().await;
         let server_state = State::new(
-            PolicySource::Paths(vec![dir.join("policies")]),
+            meshguard_engine::Files(vec![dir.join("policies")]),
             MeshConfig::default(),
             reqwest::Client::new(),
         )
@@ -303,7 +303,7 @@ impl Mesh {
         )
         .expect("write");
         let state = State::new(
-            PolicySource::Paths(vec![empty]),
+            meshguard_engine::Files(vec![empty]),
             MeshConfig::default(),
             reqwest::Client::new(),
         )
@@ -966,7 +966,7 @@ async fn lone_proxy(
     std::fs::write(dir.join("policies/policies.yaml"), policies).expect("write");
     let ca = Ca::init(&dir.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
     let state = State::new(
-        PolicySource::Paths(vec![dir.join("policies")]),
+        meshguard_engine::Files(vec![dir.join("policies")]),
         MeshConfig::default(),
         reqwest::Client::new(),
     )

@@ -26,8 +26,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use envoy_types::ext_authz::v3::pb::{AuthorizationServer, CheckRequest};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use http_body_util::{BodyExt, Full};
-use meshguard_authn::extauth::{Chain, Chains, CheckExtra, StepOutcome};
-use meshguard_policy::load::load_paths;
+use meshguard_authn::extauth::{Chain, Chains, StepOutcome};
 use meshguard_policy::{HttpRequest, Identity, MeshConfig, PathNormalization, PolicySet, Request};
 use serde_json::json;
 
@@ -69,7 +68,7 @@ fn request(path: &str, headers: &[(&str, &str)]) -> Request {
 }
 
 fn run(chain: &Chain, req: &Request) -> StepOutcome {
-    on_rt(chain.run(req, &Identity::default(), &CheckExtra::default()))
+    on_rt(chain.run(req, &Identity::default()))
 }
 
 /// The HTTP peer: introspection (every token active with scope `read`), the pass-through
@@ -249,7 +248,7 @@ spec:
             String::new()
         }
     };
-    let mut loaded = load_paths::<&str>(&[]);
+    let mut loaded = meshguard_policy::load::Loaded::default();
     loaded.add_text(
         &format!(
             "apiVersion: v1

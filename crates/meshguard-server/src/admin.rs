@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use meshguard_policy::Resource;
 use serde_json::json;
 
-use meshguard_engine::decide::Shared;
+type Shared = std::sync::Arc<meshguard_engine::State>;
 use meshguard_engine::state::State;
 
 fn text(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {

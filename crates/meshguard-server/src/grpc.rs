@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
@@ -22,13 +21,11 @@ use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{address, Address};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use envoy_types::pb::google::rpc;
-use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
+use meshguard_policy::{Destination, HttpRequest, Request, Source};
 use tonic::{Response, Status};
 
-use meshguard_authn::extauth::CheckExtra;
-use meshguard_engine::decide::{decide_ext, record, undecidable, Outcome, Shared};
-use meshguard_engine::dlog::DecisionLog;
 use meshguard_engine::state::Workload;
+use meshguard_engine::{Decision, Engine};
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -36,8 +33,7 @@ const PERMISSION_DENIED: i32 = 7;
 const UNAUTHENTICATED: i32 = 16;
 
 pub struct CheckService {
-    pub state: Shared,
-    pub log: DecisionLog,
+    pub engine: Engine,
     pub workload: Option<Workload>,
 }
 
@@ -80,60 +76,19 @@ pub const MAX_CHECK_HEADERS: usize = 4096;
 
 const LABELS_HOWTO: &str = "the CheckRequest names the workload's namespace but not its labels, so selector policies could not be matched: pass them as route context_extensions `labels` (app=backend,version=v1), as Envoy node metadata labels with the ext_authz filter's bootstrap_metadata_labels_key, or start meshguard with --workload";
 
-/// What an AuthConfig step may read beyond the engine's request, and the AuthConfig the route
-/// names (`context_extensions.config_id`, Gloo's `<namespace>.<name>`, or `auth_config`).
-pub fn extra_of(cr: &CheckRequest) -> (CheckExtra, Option<String>) {
-    let mut extra = CheckExtra::default();
-    let Some(attrs) = cr.attributes.as_ref() else {
-        return (extra, None);
-    };
-    extra.context_extensions = attrs
-        .context_extensions
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let sock = |p: Option<&Address>| match socket(p) {
-        (Some(ip), Some(port)) => Some(std::net::SocketAddr::new(ip, port)),
-        _ => None,
-    };
-    extra.source = sock(attrs.source.as_ref().and_then(|p| p.address.as_ref()));
-    extra.destination = sock(attrs.destination.as_ref().and_then(|p| p.address.as_ref()));
-    if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
-        extra.request_id = h.id.clone();
-        extra.protocol = h.protocol.clone();
-        extra.scheme = h.scheme.clone();
-        if !h.raw_body.is_empty() {
-            extra.body = Some(h.raw_body.clone());
-        } else if !h.body.is_empty() {
-            extra.body = Some(h.body.clone().into_bytes());
-        }
-        extra.body_truncated = h
-            .headers
-            .get("x-envoy-auth-partial-body")
-            .is_some_and(|v| v == "true");
-    }
-    let bound = attrs
-        .context_extensions
-        .get("config_id")
-        .or_else(|| attrs.context_extensions.get("auth_config"))
-        .filter(|v| !v.is_empty())
-        .cloned();
-    (extra, bound)
-}
-
 /// Converts a CheckRequest into the engine's request, once.
 pub fn to_request(
     cr: &CheckRequest,
     workload: Option<&Workload>,
     mesh: &meshguard_policy::MeshConfig,
-) -> Result<(Request, Identity), String> {
+) -> Result<Request, String> {
     let attrs = cr
         .attributes
         .as_ref()
         .ok_or("CheckRequest has no attributes")?;
     let src = attrs.source.as_ref();
     let dst = attrs.destination.as_ref();
-    let (src_ip, _) = socket(src.and_then(|p| p.address.as_ref()));
+    let (src_ip, src_port) = socket(src.and_then(|p| p.address.as_ref()));
     let (dst_ip, dst_port) = socket(dst.and_then(|p| p.address.as_ref()));
     let dst_labels: BTreeMap<String, String> = dst
         .map(|d| {
@@ -183,8 +138,20 @@ pub fn to_request(
             .as_ref()
             .map(|t| t.sni.clone())
             .filter(|s| !s.is_empty()),
-        http: None,
-        custom: Vec::new(),
+        peer_addr: src_ip
+            .zip(src_port)
+            .map(|(i, p)| std::net::SocketAddr::new(i, p)),
+        local_addr: dst_ip
+            .zip(dst_port)
+            .map(|(i, p)| std::net::SocketAddr::new(i, p)),
+        context_extensions: ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        // The AuthConfig the route names (Gloo's `config_id`, `<namespace>.<name>`).
+        auth_config: ext
+            .get("config_id")
+            .or_else(|| ext.get("auth_config"))
+            .filter(|v| !v.is_empty())
+            .cloned(),
+        ..Request::default()
     };
     if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
         let lines = h.headers.len() + h.header_map.as_ref().map_or(0, |m| m.headers.len());
@@ -220,19 +187,40 @@ pub fn to_request(
                 headers.push((hv.key.clone(), value));
             }
         }
-        req.http = Some(HttpRequest::new(
+        let mut http = HttpRequest::new(
             h.method.clone(),
             host,
             h.path.clone(),
             headers,
             mesh.path_normalization,
-        ));
+        );
+        http.id = if h.id.is_empty() {
+            h.headers.get("x-request-id").cloned().unwrap_or_default()
+        } else {
+            h.id.clone()
+        };
+        http.protocol = h.protocol.clone();
+        http.scheme = h.scheme.clone();
+        let bytes = if !h.raw_body.is_empty() {
+            Some(h.raw_body.clone())
+        } else if !h.body.is_empty() {
+            Some(h.body.clone().into_bytes())
+        } else {
+            None
+        };
+        http.body = bytes.map(|bytes| meshguard_policy::Body {
+            bytes,
+            truncated: h
+                .headers
+                .get("x-envoy-auth-partial-body")
+                .is_some_and(|v| v == "true"),
+        });
+        req.http = Some(http);
     }
-    let mut id = Identity::default();
     if let Some(p) = src.map(|s| s.principal.as_str()).filter(|p| !p.is_empty()) {
-        id = id.with_peer(p);
+        req = req.with_peer(p);
     }
-    Ok((req, id))
+    Ok(req)
 }
 
 fn string_value(s: impl Into<String>) -> Value {
@@ -241,7 +229,7 @@ fn string_value(s: impl Into<String>) -> Value {
     }
 }
 
-fn metadata(o: &Outcome) -> Struct {
+fn metadata(o: &Decision) -> Struct {
     // An OPA-Envoy decision's `dynamic_metadata` goes out as opa-envoy-plugin sends it, but
     // never under meshguard's own keys (written below, some only when set): access logs and
     // metadata matchers trust them.
@@ -327,7 +315,7 @@ fn header(k: &str, v: &str) -> HeaderValueOption {
 }
 
 /// The CheckResponse for an outcome.
-pub fn to_response(o: &Outcome) -> CheckResponse {
+pub fn to_response(o: &Decision) -> CheckResponse {
     if o.allowed {
         return CheckResponse {
             status: Some(rpc::Status {
@@ -380,44 +368,13 @@ impl Authorization for CheckService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let started = Instant::now();
-        let g = self.state.current();
         let cr = request.into_inner();
-        let req_id = cr
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|h| {
-                if h.id.is_empty() {
-                    h.headers.get("x-request-id").cloned().unwrap_or_default()
-                } else {
-                    h.id.clone()
-                }
-            })
-            .unwrap_or_default();
-        let (outcome, req, id) = match to_request(&cr, self.workload.as_ref(), g.set.mesh()) {
-            Ok((req, id)) => {
-                let (extra, bound) = extra_of(&cr);
-                (
-                    decide_ext(&g, &req, id.clone(), &extra, bound.as_deref()).await,
-                    req,
-                    id,
-                )
-            }
-            Err(e) => undecidable(&self.state, &e, g.id),
+        let mesh = &self.engine.state().mesh;
+        let decision = match to_request(&cr, self.workload.as_ref(), mesh) {
+            Ok(req) => self.engine.decide("grpc", &req).await,
+            Err(e) => self.engine.undecidable("grpc", &e),
         };
-        record(
-            &self.state,
-            &self.log,
-            "grpc",
-            &req_id,
-            &req,
-            &id,
-            &outcome,
-            started,
-        );
-        Ok(Response::new(to_response(&outcome)))
+        Ok(Response::new(to_response(&decision)))
     }
 }
 

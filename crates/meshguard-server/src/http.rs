@@ -20,16 +20,14 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request as HRequest, Response as HResponse, StatusCode};
-use meshguard_policy::{Destination, HttpRequest, Identity, Request, Source};
+use meshguard_policy::{Destination, HttpRequest, Request, Source};
 
-use meshguard_engine::decide::{decide_ext, record, undecidable, Outcome, Shared};
-use meshguard_engine::dlog::DecisionLog;
 use meshguard_engine::state::Workload;
+use meshguard_engine::{Decision, Engine};
 
 /// How the proxy in front describes the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +62,8 @@ impl ForwardStyle {
 
 #[derive(Clone)]
 pub struct HttpMode {
-    pub state: Shared,
-    pub log: DecisionLog,
+    /// Decides (with the mode's time bound in its settings) and records.
+    pub engine: Engine,
     pub workload: Option<Workload>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Envoy HTTP ext_authz `path_prefix`, stripped from the path.
@@ -75,8 +73,6 @@ pub struct HttpMode {
     /// Believe `X-Forwarded-Client-Cert` (the caller's mesh identity) from the proxies. Only
     /// safe when every proxy overwrites or removes the client's copy of that header.
     pub trust_client_cert: bool,
-    /// Longest time a decision may take; past it the request is denied (fail closed).
-    pub timeout: std::time::Duration,
     /// AuthConfigs bound to hosts and path prefixes, for callers that cannot name one.
     pub bindings: Vec<AuthBinding>,
 }
@@ -285,11 +281,7 @@ impl HttpMode {
     }
 
     /// Builds the engine request from a forward-auth request.
-    pub fn to_request<B>(
-        &self,
-        req: &HRequest<B>,
-        peer: SocketAddr,
-    ) -> Result<(Request, Identity), String> {
+    pub fn to_request<B>(&self, req: &HRequest<B>, peer: SocketAddr) -> Result<Request, String> {
         if !self.trusted(peer.ip()) {
             return Err(format!(
                 "{} is not a trusted proxy (--trusted-proxies); HTTP mode answers only its proxies",
@@ -404,8 +396,16 @@ impl HttpMode {
                 Err(_) => return Err(format!("header `{name}` is not valid text")),
             }
         }
-        let mesh = self.state.mesh.path_normalization;
-        let request = Request {
+        let mesh = self.engine.state().mesh.path_normalization;
+        let mut http = HttpRequest::new(method, host, uri, headers, mesh);
+        // The request id the proxy forwards (nginx `$request_id` via a header, Envoy's own).
+        http.id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut request = Request {
             destination: Destination {
                 namespace: workload.namespace,
                 labels: workload.labels,
@@ -416,17 +416,18 @@ impl HttpMode {
                 ip: Some(peer.ip()),
                 remote_ip,
             },
-            sni: None,
-            http: Some(HttpRequest::new(method, host, uri, headers, mesh)),
-            custom: Vec::new(),
+            // The only socket HTTP mode sees is the forwarding proxy's.
+            peer_addr: Some(peer),
+            http: Some(http),
+            ..Request::default()
         };
-        let mut id = Identity::default();
         if self.trust_client_cert {
             if let Some(v) = h("x-forwarded-client-cert")? {
-                id = id.with_peer(&xfcc_uri(v)?);
+                request = request.with_peer(&xfcc_uri(v)?);
             }
         }
-        Ok((request, id))
+        request.auth_config = binding_for(&self.bindings, &request).map(|b| b.config.clone());
+        Ok(request)
     }
 
     pub async fn handle(
@@ -434,60 +435,15 @@ impl HttpMode {
         req: HRequest<hyper::body::Incoming>,
         peer: SocketAddr,
     ) -> Result<HResponse<Full<Bytes>>, Infallible> {
-        let started = Instant::now();
-        let g = self.state.current();
-        let req_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let (outcome, request, id) = match self.to_request(&req, peer) {
-            Ok((r, id)) => {
-                let bound = binding_for(&self.bindings, &r).map(|b| b.config.clone());
-                let extra = meshguard_authn::extauth::CheckExtra {
-                    source: Some(peer),
-                    request_id: req_id.clone(),
-                    ..Default::default()
-                };
-                match tokio::time::timeout(
-                    self.timeout,
-                    decide_ext(&g, &r, id.clone(), &extra, bound.as_deref()),
-                )
-                .await
-                {
-                    Ok(o) => (o, r, id),
-                    Err(_) => {
-                        self.state
-                            .metrics
-                            .internal_errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(timeout = ?self.timeout, "decision timed out; denying");
-                        (
-                            Outcome::internal("denied (fail closed): the decision timed out", g.id),
-                            r,
-                            id,
-                        )
-                    }
-                }
-            }
-            Err(e) => undecidable(&self.state, &e, g.id),
+        let decision = match self.to_request(&req, peer) {
+            Ok(r) => self.engine.decide("http", &r).await,
+            Err(e) => self.engine.undecidable("http", &e),
         };
-        record(
-            &self.state,
-            &self.log,
-            "http",
-            &req_id,
-            &request,
-            &id,
-            &outcome,
-            started,
-        );
-        Ok(response(&outcome))
+        Ok(response(&decision))
     }
 }
 
-pub fn response(o: &Outcome) -> HResponse<Full<Bytes>> {
+pub fn response(o: &Decision) -> HResponse<Full<Bytes>> {
     let status = StatusCode::from_u16(o.status).unwrap_or(StatusCode::FORBIDDEN);
     let body = if o.allowed { "" } else { o.body() };
     let mut b = HResponse::builder()

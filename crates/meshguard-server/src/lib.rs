@@ -20,7 +20,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use meshguard_engine::{dlog, watch_policies, PolicySource, State, Workload};
+pub use meshguard_engine::{
+    dlog, watch_policies, Embedded, Engine, Files, PolicySource, Settings, State, Workload,
+};
 
 /// Listener and behaviour settings for `serve`.
 #[derive(Debug, Clone)]
@@ -370,9 +372,10 @@ pub async fn serve(
     };
 
     if let Some(l) = grpc_l {
+        // tonic's per-request timeout bounds a Check; the engine needs none of its own.
+        let engine = Engine::new(state.clone(), log.clone(), Settings::default());
         let svc = AuthorizationServer::new(grpc::CheckService {
-            state: state.clone(),
-            log: log.clone(),
+            engine,
             workload: cfg.workload.clone(),
         })
         .max_decoding_message_size(cfg.max_grpc_message_bytes);
@@ -428,15 +431,17 @@ pub async fn serve(
         });
     }
     if let Some(l) = http_l {
+        let settings = Settings {
+            timeout: Some(cfg.request_timeout),
+            ..Settings::default()
+        };
         let mode = http::HttpMode {
-            state: state.clone(),
-            log: log.clone(),
+            engine: Engine::new(state.clone(), log.clone(), settings),
             workload: cfg.workload.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
             path_prefix: cfg.http_path_prefix.clone(),
             style: cfg.forward_auth,
             trust_client_cert: cfg.trust_forwarded_client_cert,
-            timeout: cfg.request_timeout,
             bindings: cfg.auth_bindings.clone(),
         };
         let stop = stop_rx.clone();

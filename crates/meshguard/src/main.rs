@@ -14,12 +14,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use meshguard_authn::{Authenticator, AuthnOutcome, AuthnSettings, Rejected};
-use meshguard_policy::load::{load_paths, parse_mesh_config, parse_request, Loaded};
-use meshguard_policy::yaml::parse_documents;
-use meshguard_policy::{
-    Diagnostic, Identity, MeshConfig, PathNormalization, PolicySet, Request, Severity,
+use meshguard_engine::source::load_paths;
+use meshguard_engine::{
+    Decision, DecisionLog, Embedded, Engine, Files, LoadError, Settings, Sink, State,
 };
+use meshguard_policy::load::{parse_mesh_config, parse_request};
+use meshguard_policy::yaml::parse_documents;
+use meshguard_policy::{Diagnostic, MeshConfig, PathNormalization, Request, Severity};
 
 /// Exit code when the request is denied (`check`).
 const EXIT_DENIED: u8 = 3;
@@ -212,18 +213,6 @@ pub(crate) fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
     Ok(mesh)
 }
 
-fn load_policies(a: &PolicyArgs) -> Loaded {
-    if a.policies.is_empty() {
-        let mut l = Loaded::default();
-        for (name, text) in embedded::POLICIES {
-            l.add_text(text, &format!("<embedded>/examples/policies/{name}"));
-        }
-        l
-    } else {
-        load_paths(&a.policies)
-    }
-}
-
 fn print_diagnostics(diags: &[Diagnostic], min: Severity) {
     for d in diags.iter().filter(|d| d.severity <= min) {
         eprintln!("{d}");
@@ -232,13 +221,6 @@ fn print_diagnostics(diags: &[Diagnostic], min: Severity) {
 
 fn check(a: CheckArgs) -> Result<ExitCode> {
     let mesh = mesh_config(&a.policy)?;
-    let loaded = load_policies(&a.policy);
-    if loaded.has_errors() {
-        print_diagnostics(&loaded.diagnostics, Severity::Error);
-        let n = loaded.errors().count();
-        bail!("{n} error(s) in the policies; nothing was decided (run `meshguard lint` for warnings too)");
-    }
-    let set = PolicySet::compile(loaded.resources, mesh).context("compiling policies")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -246,29 +228,30 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client (JWKS, AuthConfig steps)")?;
-    // AuthConfigs are built as the server builds them (Secrets resolved, Rego compiled); steps
-    // that call out (LDAP, introspection, pass-through, OIDC discovery) do so when a request
-    // runs them. Raw tokens are verified against the RequestAuthentication resources; remote
-    // JWKS are fetched on first use, once.
-    let chains = rt
-        .block_on(async { meshguard_authn::extauth::Chains::build(&set, &client) })
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("building the AuthConfigs")?;
-    let has_request_authn = set
-        .resources()
-        .iter()
-        .any(|r| matches!(r, meshguard_policy::Resource::RequestAuthentication(_)));
-    let g = meshguard_engine::state::Generation {
-        id: 1,
-        authn: Authenticator::new(&set, client.clone(), AuthnSettings::default()),
-        chains,
-        set,
-        loaded_at: std::time::SystemTime::now(),
-        files: Vec::new(),
-        warnings: Vec::new(),
+    // The same engine `serve` and `proxy` decide with: the policies are loaded and compiled, the
+    // AuthConfigs built (Secrets resolved, Rego compiled); steps that call out (LDAP,
+    // introspection, pass-through, OIDC discovery) and remote JWKS do so when a request needs
+    // them. No decision log; Istio's allow-by-default.
+    let loaded = rt.block_on(async {
+        if a.policy.policies.is_empty() {
+            State::new(embedded_source(), mesh, client)
+        } else {
+            State::new(Files(a.policy.policies.clone()), mesh, client)
+        }
+    });
+    let state = match loaded {
+        Ok(s) => s,
+        Err(LoadError::Invalid(diags)) => {
+            print_diagnostics(&diags, Severity::Error);
+            let n = diags.len();
+            bail!("{n} error(s) in the policies; nothing was decided (run `meshguard lint` for warnings too)");
+        }
+        Err(e) => return Err(anyhow::anyhow!("{e}")).context("loading the policies"),
     };
+    let log = DecisionLog::start(Sink::Off, state.clone()).context("decision log")?;
+    let engine = Engine::new(state.clone(), log, Settings::default());
+    let g = state.current();
     let set = &g.set;
-    let authn = has_request_authn.then_some(&g.authn);
 
     let requests: Vec<(String, String)> = match (&a.request, &a.example) {
         (Some(r), _) if r == "-" => {
@@ -305,6 +288,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     };
 
     let mut all_allowed = true;
+    let many = requests.len() > 1;
     for (name, text) in &requests {
         let docs = parse_documents(text).map_err(|e| {
             anyhow::anyhow!(
@@ -317,144 +301,42 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         let Some(doc) = docs.first() else {
             bail!("{name}: the request is empty")
         };
-        let (mut req, mut id) = parse_request(doc, set.mesh().path_normalization)
+        let (mut req, id) = parse_request(doc, set.mesh().path_normalization)
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        if let Some(p) = &id.peer {
+            req = req.with_peer(p);
+        }
         // remote.ip as the sidecar's Envoy derives it from X-Forwarded-For.
         req.derive_remote_ip(set.mesh().xff_trusted_hops);
-        // An AuthConfig named by the request (as Envoy's per-route config_id), or one a CUSTOM
-        // policy calls: decided on the server's own path (AuthConfig, then Istio policies).
-        let bound = doc
+        // An AuthConfig named by the request, as Envoy's per-route config_id.
+        req.auth_config = doc
             .get("authConfig")
             .and_then(|n| n.as_str())
             .map(str::to_owned);
-        let mut extra = meshguard_authn::extauth::CheckExtra {
-            body: doc
+        if let Some(b) = &req.auth_config {
+            req.context_extensions
+                .insert("config_id".to_owned(), b.clone());
+        }
+        if let Some(h) = req.http.as_mut() {
+            h.body = doc
                 .get("request")
                 .and_then(|r| r.get("body"))
                 .and_then(|b| b.as_str())
-                .map(|b| b.as_bytes().to_vec()),
-            ..Default::default()
-        };
-        if let Some(b) = &bound {
-            extra
-                .context_extensions
-                .insert("config_id".to_owned(), b.clone());
+                .map(|b| meshguard_policy::Body {
+                    bytes: b.as_bytes().to_vec(),
+                    truncated: false,
+                });
         }
-        let run_ext = |id: Identity| {
-            rt.block_on(meshguard_engine::decide::decide_ext(
-                &g,
-                &req,
-                id,
-                &extra,
-                bound.as_deref(),
-            ))
-        };
-        if bound.is_some() {
-            let o = run_ext(id);
-            all_allowed &= o.allowed;
-            print_outcome(a.output, name, requests.len() > 1, &o);
-            continue;
-        }
-        let unauthenticated = id.clone();
-        let mut authenticated = None;
-        match authenticate(&rt, authn, set, &req, &id) {
-            Some(AuthnOutcome::Rejected(r)) => {
-                all_allowed = false;
-                print_authn_rejection(a.output, name, requests.len() > 1, &r);
-                continue;
-            }
-            Some(AuthnOutcome::Authenticated(au)) => {
-                id.jwt = Some(au.identity.clone());
-                authenticated = Some(au);
-            }
-            Some(AuthnOutcome::NoToken) | None => {}
-        }
-        let d = set.evaluate(&req, &id);
-        if matches!(d.reason, meshguard_policy::Reason::CustomPending { .. })
-            && !g.chains.is_empty()
-        {
-            let o = run_ext(unauthenticated);
-            all_allowed &= o.allowed;
-            print_outcome(a.output, name, requests.len() > 1, &o);
-            continue;
-        }
+        // Verified claims given in the request file stand for a token already verified.
+        req.verified_jwt = id.jwt;
+        let d = rt.block_on(engine.evaluate(&req));
         all_allowed &= d.allowed;
-        match a.output {
-            Output::Json => {
-                let mut j = d.to_json();
-                if matches!(d.reason, meshguard_policy::Reason::NoAllowMatched) {
-                    j["why"] = set.explain_no_match(&req, &id).into();
-                }
-                if let Some(au) = &authenticated {
-                    j["request_principal"] = au.identity.principal.clone().into();
-                    j["request_authentication"] = au.rule.clone().into();
-                    j["headers_to_add"] = au
-                        .headers_to_add
-                        .iter()
-                        .map(|(k, v)| serde_json::json!([k, v]))
-                        .collect();
-                    j["headers_to_remove"] = au.headers_to_remove.clone().into();
-                }
-                if requests.len() > 1 {
-                    j["request"] = name.clone().into();
-                }
-                println!("{j}");
-            }
-            Output::Text => {
-                if requests.len() > 1 {
-                    println!("== {name}");
-                }
-                let verdict = if d.allowed { "ALLOW" } else { "DENY" };
-                println!("{verdict} {} {}", d.status, d.reason);
-                if matches!(d.reason, meshguard_policy::Reason::NoAllowMatched) {
-                    for line in set.explain_no_match(&req, &id) {
-                        println!("  why: {line}");
-                    }
-                }
-                println!("  mTLS mode: {}", d.mtls_mode.as_str());
-                if let Some(au) = &authenticated {
-                    println!(
-                        "  request principal: {} (token verified by RequestAuthentication {})",
-                        au.identity.principal, au.rule
-                    );
-                    for (k, v) in &au.headers_to_add {
-                        println!("  header to add: {k}: {v}");
-                    }
-                    for k in &au.headers_to_remove {
-                        println!("  header to remove: {k}");
-                    }
-                }
-                if let Some(h) = &req.http {
-                    if let Some(p) = h.normalized_path() {
-                        if p != h.raw_path {
-                            println!(
-                                "  path: {} -> {p} ({})",
-                                h.raw_path,
-                                set.mesh().path_normalization.as_str()
-                            );
-                        }
-                    }
-                } else {
-                    println!(
-                        "  TCP connection (no HTTP request): HTTP-only policy fields do not apply"
-                    );
-                }
-                for au in &d.audit {
-                    println!(
-                        "  audit: matched AUDIT policy {} rule {}",
-                        au.name(),
-                        au.rule
-                    );
-                }
-                if let Some(s) = &d.dry_run {
-                    let what = if s.allowed { "allow" } else { "deny" };
-                    match s.policy {
-                        Some(p) => println!("  dry-run: the dry-run policies would {what} (policy {} rule {})", p.name(), p.rule),
-                        None => println!("  dry-run: the dry-run policies would {what} (no dry-run policy matched)"),
-                    }
-                }
-            }
-        }
+        let why = if d.no_allow_matched {
+            set.explain_no_match(&req, &d.identity)
+        } else {
+            Vec::new()
+        };
+        print_decision(a.output, name, many, &d, &req, &why, set.mesh());
     }
     Ok(if all_allowed {
         ExitCode::SUCCESS
@@ -463,118 +345,105 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// Prints a decision made on the server's path (an AuthConfig ran).
-fn print_outcome(output: Output, name: &str, many: bool, o: &meshguard_engine::decide::Outcome) {
-    let pairs = |v: &[(String, String)]| -> Vec<serde_json::Value> {
-        v.iter().map(|(k, v)| serde_json::json!([k, v])).collect()
-    };
-    match output {
-        Output::Json => {
-            let mut j = serde_json::json!({
-                "allowed": o.allowed,
-                "status": o.status,
-                "reason": o.reason,
-                "policy": o.policy,
-                "action": o.action,
-                "auth_config": o.auth_config,
-                "request_principal": o.request_principal,
-                "headers_to_add": pairs(&o.headers_to_add),
-                "headers_to_remove": o.headers_to_remove,
-                "query_params_to_remove": o.query_params_to_remove,
-                "response_headers": pairs(&o.response_headers),
-                "www_authenticate": o.www_authenticate,
-                "dynamic_metadata": o.dynamic_metadata,
-            });
-            if !o.allowed {
-                j["body"] = o.body().into();
-            }
-            if many {
-                j["request"] = name.into();
-            }
-            println!("{j}");
+/// The bundled example policies, as `serve`, `proxy` and `check` load them without `--policies`.
+pub(crate) fn embedded_source() -> Embedded {
+    Embedded(
+        embedded::POLICIES
+            .iter()
+            .map(|(n, t)| (format!("<embedded>/examples/policies/{n}"), (*t).to_owned()))
+            .collect(),
+    )
+}
+
+/// Prints one decision of `check`: a verdict line, then what a user needs to understand it.
+fn print_decision(
+    output: Output,
+    name: &str,
+    many: bool,
+    d: &Decision,
+    req: &Request,
+    why: &[String],
+    mesh: &MeshConfig,
+) {
+    if output == Output::Json {
+        let mut j = d.to_json();
+        if !why.is_empty() {
+            j["why"] = why.into();
         }
-        Output::Text => {
-            if many {
-                println!("== {name}");
-            }
-            let verdict = if o.allowed { "ALLOW" } else { "DENY" };
-            println!("{verdict} {} {}", o.status, o.reason);
-            if let Some(c) = &o.auth_config {
-                println!("  AuthConfig: {c}");
-            }
-            if let Some(p) = &o.policy {
-                println!("  policy: {p} ({})", o.action.unwrap_or("-"));
-            }
-            if let Some(p) = &o.request_principal {
-                println!("  request principal: {p}");
-            }
-            for (k, v) in &o.headers_to_add {
-                println!("  header to add: {k}: {v}");
-            }
-            for k in &o.headers_to_remove {
-                println!("  header to remove: {k}");
-            }
-            for k in &o.query_params_to_remove {
-                println!("  query parameter to remove: {k}");
-            }
-            if let Some(w) = &o.www_authenticate {
-                println!("  response header: www-authenticate: {w}");
-            }
-            for (k, v) in &o.response_headers {
-                println!("  response header: {k}: {v}");
-            }
-            if !o.allowed && !o.body().is_empty() {
-                println!("  body: {}", o.body());
-            }
+        if many {
+            j["request"] = name.into();
+        }
+        println!("{j}");
+        return;
+    }
+    if many {
+        println!("== {name}");
+    }
+    let verdict = if d.allowed { "ALLOW" } else { "DENY" };
+    println!("{verdict} {} {}", d.status, d.reason);
+    for line in why {
+        println!("  why: {line}");
+    }
+    if let Some(c) = &d.auth_config {
+        println!("  AuthConfig: {c}");
+        if let Some(p) = &d.policy {
+            println!("  policy: {p} ({})", d.action.unwrap_or("-"));
         }
     }
-}
-
-/// Runs request authentication where the policy set has RequestAuthentication resources.
-fn authenticate(
-    rt: &tokio::runtime::Runtime,
-    authn: Option<&Authenticator>,
-    set: &PolicySet,
-    req: &Request,
-    id: &Identity,
-) -> Option<AuthnOutcome> {
-    let a = authn?;
-    Some(rt.block_on(a.authenticate_request(set, req, id)))
-}
-
-fn print_authn_rejection(output: Output, name: &str, many: bool, r: &Rejected) {
-    let reason = match &r.error {
-        meshguard_authn::TokenError::JwksUnavailable(detail) => format!("{}: {detail}", r.error),
-        e => e.to_string(),
-    };
-    match output {
-        Output::Json => {
-            let mut j = serde_json::json!({
-                "allowed": false,
-                "status": r.status,
-                "reason": format!("request authentication failed: {reason}"),
-            });
-            if let Some(w) = &r.www_authenticate {
-                j["www_authenticate"] = w.clone().into();
-            }
-            if let Some(rule) = &r.rule {
-                j["request_authentication"] = rule.clone().into();
-            }
-            if many {
-                j["request"] = name.into();
-            }
-            println!("{j}");
+    println!("  mTLS mode: {}", d.mtls_mode);
+    match (&d.request_principal, &d.request_authentication) {
+        (Some(p), Some(rule)) => {
+            println!("  request principal: {p} (token verified by RequestAuthentication {rule})")
         }
-        Output::Text => {
-            if many {
-                println!("== {name}");
+        (Some(p), None) => println!("  request principal: {p}"),
+        (None, Some(rule)) => println!("  RequestAuthentication: {rule}"),
+        (None, None) => {}
+    }
+    for (k, v) in &d.headers_to_add {
+        println!("  header to add: {k}: {v}");
+    }
+    for k in &d.headers_to_remove {
+        println!("  header to remove: {k}");
+    }
+    for k in &d.query_params_to_remove {
+        println!("  query parameter to remove: {k}");
+    }
+    if let Some(w) = &d.www_authenticate {
+        println!("  response header: www-authenticate: {w}");
+    }
+    for (k, v) in &d.response_headers {
+        println!("  response header: {k}: {v}");
+    }
+    if !d.allowed && d.auth_config.is_some() && !d.body().is_empty() {
+        println!("  body: {}", d.body());
+    }
+    match &req.http {
+        Some(h) => {
+            if let Some(p) = h.normalized_path() {
+                if p != h.raw_path {
+                    println!(
+                        "  path: {} -> {p} ({})",
+                        h.raw_path,
+                        mesh.path_normalization.as_str()
+                    );
+                }
             }
-            println!("DENY {} request authentication failed: {reason}", r.status);
-            if let Some(rule) = &r.rule {
-                println!("  RequestAuthentication: {rule}");
+        }
+        None => {
+            println!("  TCP connection (no HTTP request): HTTP-only policy fields do not apply")
+        }
+    }
+    for a in &d.audit {
+        println!("  audit: matched AUDIT policy {a}");
+    }
+    if let Some(s) = &d.dry_run {
+        let what = if s.allowed { "allow" } else { "deny" };
+        match (&s.policy, s.rule) {
+            (Some(p), Some(r)) => {
+                println!("  dry-run: the dry-run policies would {what} (policy {p} rule {r})")
             }
-            if let Some(w) = &r.www_authenticate {
-                println!("  WWW-Authenticate: {w}");
+            _ => {
+                println!("  dry-run: the dry-run policies would {what} (no dry-run policy matched)")
             }
         }
     }

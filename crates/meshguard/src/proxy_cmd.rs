@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshguard_engine::dlog::Sink;
-use meshguard_engine::{PolicySource, State, Workload};
+use std::sync::Arc;
+
+use meshguard_engine::{Files, PolicySource, State, Workload};
 use meshguard_identity::SpiffeId;
 use meshguard_policy::yaml::{Node, NodeKind};
 use meshguard_policy::MeshConfig;
 use meshguard_proxy::source::{SvidFiles, WorkloadApi};
 use meshguard_proxy::{Inbound, Outbound, Protocol, ProxyConfig, SvidStore};
-
-use crate::embedded;
 
 #[derive(Args)]
 pub struct ProxyArgs {
@@ -329,12 +329,8 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
         mesh.root_namespace = r.clone();
     }
     let (source, describe) = if p.policies.is_empty() {
-        let docs = embedded::POLICIES
-            .iter()
-            .map(|(n, t)| (format!("<embedded>/examples/policies/{n}"), (*t).to_owned()))
-            .collect();
         (
-            PolicySource::Embedded(docs),
+            Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,
             "the embedded example policies".to_owned(),
         )
     } else {
@@ -344,7 +340,10 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
             .map(|x| x.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        (PolicySource::Paths(p.policies.clone()), list)
+        (
+            Arc::new(Files(p.policies.clone())) as Arc<dyn PolicySource>,
+            list,
+        )
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

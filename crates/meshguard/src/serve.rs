@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use meshguard_engine::dlog::Sink;
-use meshguard_engine::{PolicySource, State, Workload};
+use std::sync::Arc;
+
+use meshguard_engine::{Files, PolicySource, State, Workload};
 use meshguard_policy::yaml::{Node, NodeKind};
 use meshguard_server::ServeConfig;
 
-use crate::{embedded, mesh_config, PolicyArgs};
+use crate::{mesh_config, PolicyArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -174,12 +176,8 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
 
     let mesh = mesh_config(&a.policy)?;
     let (source, describe) = if a.policy.policies.is_empty() {
-        let docs = embedded::POLICIES
-            .iter()
-            .map(|(n, t)| (format!("<embedded>/examples/policies/{n}"), (*t).to_owned()))
-            .collect();
         (
-            PolicySource::Embedded(docs),
+            Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,
             "the embedded example policies (examples/policies)".to_owned(),
         )
     } else {
@@ -190,7 +188,10 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        (PolicySource::Paths(a.policy.policies.clone()), list)
+        (
+            Arc::new(Files(a.policy.policies.clone())) as Arc<dyn PolicySource>,
+            list,
+        )
     };
     let mut cfg = ServeConfig {
         grpc: listen(a.grpc_listen.as_deref(), "127.0.0.1:9191", "grpc")?,

@@ -13,30 +13,13 @@ pub mod passthrough;
 pub mod rego;
 pub mod token;
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use meshguard_policy::boolexpr::BoolExpr;
 use meshguard_policy::extauth::{AuthConfig, AuthModel};
 use meshguard_policy::{Identity, PolicySet, Request};
 use serde_json::{Map, Value};
-
-/// What a check knows about the request beyond the engine's [`Request`].
-#[derive(Debug, Clone, Default)]
-pub struct CheckExtra {
-    /// Envoy per-route `context_extensions`.
-    pub context_extensions: BTreeMap<String, String>,
-    /// The request body, when the proxy sent it (Envoy `with_request_body`).
-    pub body: Option<Vec<u8>>,
-    /// Whether the proxy cut the body (`x-envoy-auth-partial-body: true`).
-    pub body_truncated: bool,
-    pub source: Option<SocketAddr>,
-    pub destination: Option<SocketAddr>,
-    pub request_id: String,
-    pub protocol: String,
-    pub scheme: String,
-}
 
 /// The result of one step or of a whole chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +81,6 @@ impl StepOutcome {
 pub struct StepInput<'a> {
     pub req: &'a Request,
     pub id: &'a Identity,
-    pub extra: &'a CheckExtra,
     /// Chain state: values earlier steps left for later ones (Gloo's `AuthorizationRequest.State`).
     pub state: &'a mut Map<String, Value>,
 }
@@ -318,12 +300,11 @@ impl Chain {
     }
 
     /// Runs the chain. Denials carry the status and headers of the step that decided.
-    pub async fn run(&self, req: &Request, id: &Identity, extra: &CheckExtra) -> StepOutcome {
+    pub async fn run(&self, req: &Request, id: &Identity) -> StepOutcome {
         let mut state = Map::new();
         let mut input = StepInput {
             req,
             id,
-            extra,
             state: &mut state,
         };
         let mut passed: Vec<StepOutcome> = Vec::new();

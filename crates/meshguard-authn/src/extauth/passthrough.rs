@@ -174,12 +174,12 @@ impl PassThroughStep {
             filter_metadata.insert("solo.auth.passthrough.config".to_owned(), to_struct(c));
         }
         let http = input.req.http.as_ref().map(|h| HttpRequest {
-            id: input.extra.request_id.clone(),
+            id: h.id.clone(),
             method: h.method.clone(),
             path: h.raw_path.clone(),
             host: h.host.clone(),
-            scheme: input.extra.scheme.clone(),
-            protocol: input.extra.protocol.clone(),
+            scheme: h.scheme.clone(),
+            protocol: h.protocol.clone(),
             headers: h
                 .headers
                 .iter()
@@ -187,16 +187,15 @@ impl PassThroughStep {
                 .cloned()
                 .chain([(HOPS_HEADER.to_owned(), (hops(input) + 1).to_string())])
                 .collect(),
-            body: input
-                .extra
+            body: h
                 .body
                 .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .map(|b| String::from_utf8_lossy(&b.bytes).into_owned())
                 .unwrap_or_default(),
             ..Default::default()
         });
         let context_extensions = input
-            .extra
+            .req
             .context_extensions
             .iter()
             .filter(|(k, _)| k.as_str() != "config_id" && k.as_str() != "auth_config")
@@ -205,12 +204,12 @@ impl PassThroughStep {
         let req = CheckRequest {
             attributes: Some(AttributeContext {
                 source: Some(Peer {
-                    address: sock(input.extra.source),
+                    address: sock(input.req.peer_addr),
                     principal: input.id.peer.clone().unwrap_or_default(),
                     ..Default::default()
                 }),
                 destination: Some(Peer {
-                    address: sock(input.extra.destination),
+                    address: sock(input.req.local_addr),
                     ..Default::default()
                 }),
                 request: Some(ReqAttr {
@@ -312,10 +311,10 @@ impl PassThroughStep {
                 body.insert("state".into(), Value::Object(input.state.clone()));
             }
             if *pass_body {
-                if let Some(b) = &input.extra.body {
+                if let Some(b) = input.req.http.as_ref().and_then(|h| h.body.as_ref()) {
                     body.insert(
                         "body".into(),
-                        Value::String(String::from_utf8_lossy(b).into_owned()),
+                        Value::String(String::from_utf8_lossy(&b.bytes).into_owned()),
                     );
                 }
             }

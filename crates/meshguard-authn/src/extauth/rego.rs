@@ -391,8 +391,8 @@ fn headers_object(input: &StepInput<'_>) -> Map<String, Value> {
         h.insert(":authority".into(), Value::String(http.host.clone()));
         h.insert(":method".into(), Value::String(http.method.clone()));
         h.insert(":path".into(), Value::String(http.raw_path.clone()));
-        if !input.extra.scheme.is_empty() {
-            h.insert(":scheme".into(), Value::String(input.extra.scheme.clone()));
+        if !http.scheme.is_empty() {
+            h.insert(":scheme".into(), Value::String(http.scheme.clone()));
         }
         // A header named like a pseudo-header (possible only in `check` request files) must
         // not replace the real one.
@@ -408,17 +408,17 @@ fn http_object(input: &StepInput<'_>, headers: &Map<String, Value>) -> Value {
         return json!({});
     };
     let mut o = json!({
-        "id": input.extra.request_id,
+        "id": http.id,
         "method": http.method,
         "headers": headers,
         "path": http.raw_path,
         "host": http.host,
-        "scheme": input.extra.scheme,
-        "protocol": input.extra.protocol,
+        "scheme": http.scheme,
+        "protocol": http.protocol,
     });
-    if let Some(b) = &input.extra.body {
-        o["body"] = Value::String(String::from_utf8_lossy(b).into_owned());
-        o["size"] = json!(b.len());
+    if let Some(b) = &http.body {
+        o["body"] = Value::String(String::from_utf8_lossy(&b.bytes).into_owned());
+        o["size"] = json!(b.bytes.len());
     }
     o
 }
@@ -434,16 +434,16 @@ fn gloo_input(input: &StepInput<'_>) -> Value {
         }
         None => json!({}),
     };
-    let mut source = json!({"address": addr(input.extra.source)});
+    let mut source = json!({"address": addr(input.req.peer_addr)});
     if let Some(p) = &input.id.peer {
         source["principal"] = Value::String(p.clone());
     }
     json!({
         "check_request": {"attributes": {
             "source": source,
-            "destination": {"address": addr(input.extra.destination)},
+            "destination": {"address": addr(input.req.local_addr)},
             "request": {"http": http},
-            "context_extensions": input.extra.context_extensions,
+            "context_extensions": input.req.context_extensions,
             "metadata_context": {},
         }},
         "http_request": http,
@@ -489,7 +489,7 @@ fn envoy_input(input: &StepInput<'_>) -> Value {
         Some(a) => json!({"socketAddress": {"address": a.ip().to_string(), "portValue": a.port()}}),
         None => json!({}),
     };
-    let mut source = json!({"address": addr(input.extra.source)});
+    let mut source = json!({"address": addr(input.req.peer_addr)});
     if let Some(p) = &input.id.peer {
         source["principal"] = Value::String(p.clone());
     }
@@ -498,13 +498,15 @@ fn envoy_input(input: &StepInput<'_>) -> Value {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (parsed_body, truncated) = match &input.extra.body {
+    let body = input.req.http.as_ref().and_then(|h| h.body.as_ref());
+    let cut = body.is_some_and(|b| b.truncated);
+    let (parsed_body, truncated) = match body.map(|b| b.bytes.as_slice()) {
         Some(b) if content_type.starts_with("application/json") => {
             let declared = headers
                 .get("content-length")
                 .and_then(Value::as_str)
                 .and_then(|l| l.parse::<usize>().ok());
-            let truncated = input.extra.body_truncated || declared.is_some_and(|l| l > b.len());
+            let truncated = cut || declared.is_some_and(|l| l > b.len());
             if truncated {
                 (Value::Null, true)
             } else {
@@ -513,16 +515,16 @@ fn envoy_input(input: &StepInput<'_>) -> Value {
         }
         Some(b) if content_type.starts_with("application/x-www-form-urlencoded") => (
             Value::Object(parsed_query(&format!("?{}", String::from_utf8_lossy(b)))),
-            input.extra.body_truncated,
+            cut,
         ),
-        _ => (Value::Null, input.extra.body_truncated),
+        _ => (Value::Null, cut),
     };
     let mut doc = json!({
         "attributes": {
             "source": source,
-            "destination": {"address": addr(input.extra.destination)},
+            "destination": {"address": addr(input.req.local_addr)},
             "request": {"http": http},
-            "contextExtensions": input.extra.context_extensions,
+            "contextExtensions": input.req.context_extensions,
             "metadataContext": {},
         },
         "parsed_path": parsed_path(raw_path),
@@ -651,25 +653,22 @@ mod tests {
     /// written for opa-envoy-plugin read them (its README's sample input shows them).
     #[test]
     fn pseudo_headers_are_in_the_envoy_input() {
+        let mut http = meshguard_policy::HttpRequest::new(
+            "POST",
+            "shop.test",
+            "/a/../b?x=1",
+            [("x-k".to_owned(), "v".to_owned())],
+            meshguard_policy::PathNormalization::Base,
+        );
+        http.scheme = "https".into();
         let req = meshguard_policy::Request {
-            http: Some(meshguard_policy::HttpRequest::new(
-                "POST",
-                "shop.test",
-                "/a/../b?x=1",
-                [("x-k".to_owned(), "v".to_owned())],
-                meshguard_policy::PathNormalization::Base,
-            )),
-            ..Default::default()
-        };
-        let extra = super::super::CheckExtra {
-            scheme: "https".into(),
+            http: Some(http),
             ..Default::default()
         };
         let mut state = Map::new();
         let input = StepInput {
             req: &req,
             id: &meshguard_policy::Identity::default(),
-            extra: &extra,
             state: &mut state,
         };
         let doc = envoy_input(&input);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshguard_policy::MeshConfig;
-use meshguard_server::{dlog::Sink, Bound, PolicySource, ServeConfig, State};
+use meshguard_server::{dlog::Sink, Bound, ServeConfig, State};
 
 pub const AUTHN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../meshguard-authn/tests/data");
 pub const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies");
@@ -97,7 +97,7 @@ pub async fn start_with(
     tweak: impl FnOnce(&mut ServeConfig),
 ) -> Running {
     let state = State::new(
-        PolicySource::Paths(vec![dir.to_owned()]),
+        meshguard_engine::Files(vec![dir.to_owned()]),
         MeshConfig::default(),
         reqwest::Client::new(),
     )

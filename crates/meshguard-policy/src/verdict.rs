@@ -60,9 +60,11 @@ pub struct Shadow<'a> {
     pub policy: Option<PolicyRef<'a>>,
 }
 
-/// A decision. Borrows from the policy set; nothing is allocated unless AUDIT policies matched.
+/// What the policies decide about one request (the engine turns it into a `Decision` with
+/// headers and the AuthConfig chain's results). Borrows from the policy set; nothing is
+/// allocated unless AUDIT policies matched.
 #[derive(Debug, Clone)]
-pub struct Decision<'a> {
+pub struct Verdict<'a> {
     pub allowed: bool,
     /// 200 allowed, 403 denied, 400/404 refused by path normalisation.
     pub status: u16,
@@ -71,9 +73,31 @@ pub struct Decision<'a> {
     /// AUDIT policies that matched, in RBAC name order.
     pub audit: Vec<PolicyRef<'a>>,
     pub dry_run: Option<Shadow<'a>>,
+    /// With [`Reason::CustomPending`]: what DENY and ALLOW decide once the CUSTOM provider
+    /// allows (they were evaluated in the same pass), so the caller resumes instead of
+    /// evaluating again.
+    pub if_custom_allows: Option<Resumed<'a>>,
 }
 
-impl<'a> Decision<'a> {
+/// The DENY/ALLOW part of a verdict, kept while a CUSTOM provider is consulted.
+#[derive(Debug, Clone, Copy)]
+pub struct Resumed<'a> {
+    pub allowed: bool,
+    pub status: u16,
+    pub reason: Reason<'a>,
+}
+
+impl<'a> Verdict<'a> {
+    /// The verdict once the pending CUSTOM provider has allowed; unchanged otherwise.
+    pub fn resumed(mut self) -> Verdict<'a> {
+        if let Some(r) = self.if_custom_allows.take() {
+            self.allowed = r.allowed;
+            self.status = r.status;
+            self.reason = r.reason;
+        }
+        self
+    }
+
     /// The policy that decided, if one did.
     pub fn policy(&self) -> Option<PolicyRef<'a>> {
         match self.reason {

@@ -1,0 +1,122 @@
+//! `Engine`: what a front end holds. One call decides a request on the current generation and
+//! records it (metrics, decision log); the settings every front end shares (default deny, the
+//! decision's time bound) apply here, not in each adapter.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshguard_policy::Request;
+
+use crate::decision::Decision;
+use crate::dlog::DecisionLog;
+use crate::state::State;
+
+/// How the engine decides beyond the policies themselves.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Deny what no ALLOW policy selects (Istio allows it). The mTLS proxy's default.
+    pub default_deny: bool,
+    /// The longest a decision may take (a slow JWKS, LDAP or pass-through server); past it the
+    /// request is denied. `None`: no bound beyond each step's own timeouts.
+    pub timeout: Option<Duration>,
+}
+
+/// The decision engine a front end holds (cheap to clone).
+#[derive(Clone)]
+pub struct Engine {
+    state: Arc<State>,
+    log: DecisionLog,
+    settings: Settings,
+}
+
+impl Engine {
+    pub fn new(state: Arc<State>, log: DecisionLog, settings: Settings) -> Engine {
+        Engine {
+            state,
+            log,
+            settings,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Decides a request on the current generation, without recording it.
+    pub async fn evaluate(&self, req: &Request) -> Decision {
+        let g = self.state.current();
+        let decided = crate::decide::decide(&g, req);
+        let mut d = match self.settings.timeout {
+            None => decided.await,
+            Some(t) => match tokio::time::timeout(t, decided).await {
+                Ok(d) => d,
+                Err(_) => {
+                    self.state
+                        .metrics
+                        .internal_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(timeout = ?t, "decision timed out; denying");
+                    Decision::internal("denied (fail closed): the decision timed out", g.id)
+                }
+            },
+        };
+        if d.allowed && d.by_default && self.settings.default_deny {
+            d.allowed = false;
+            d.status = 403;
+            d.reason = "denied: no ALLOW AuthorizationPolicy applies to this workload (meshguard denies by default; set defaultDeny: false for Istio's allow-by-default)".into();
+        }
+        d
+    }
+
+    /// Decides a request and records it: `via` names the front end in metrics and the log.
+    pub async fn decide(&self, via: &'static str, req: &Request) -> Decision {
+        let started = Instant::now();
+        let d = self.evaluate(req).await;
+        self.record(via, req, &d, started);
+        d
+    }
+
+    /// A denial the front end made itself (an mTLS handshake it refused), recorded like a
+    /// decision.
+    pub fn refuse(&self, via: &'static str, req: &Request, reason: String) -> Decision {
+        let d = Decision::internal(reason, self.state.current().id);
+        self.record(via, req, &d, Instant::now());
+        d
+    }
+
+    /// A fail-closed denial for input the front end could not turn into a [`Request`]; counted
+    /// as an internal error and logged with why.
+    pub fn undecidable(&self, via: &'static str, error: &str) -> Decision {
+        self.state
+            .metrics
+            .internal_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %error, "denying a request that cannot be decided");
+        let d = Decision::internal(
+            format!("denied (fail closed): {error}"),
+            self.state.current().id,
+        );
+        self.record(via, &Request::default(), &d, Instant::now());
+        d
+    }
+
+    /// Records a finished decision: metrics, and the decision log line when the log is on.
+    pub fn record(&self, via: &'static str, req: &Request, d: &Decision, started: Instant) {
+        self.state.metrics.record_decision(
+            via,
+            d.allowed,
+            d.status,
+            d.policy.as_deref(),
+            started.elapsed(),
+        );
+        if self.log.enabled() {
+            self.log
+                .write(crate::decide::log_entry(via, req, d, started));
+        }
+    }
+}
