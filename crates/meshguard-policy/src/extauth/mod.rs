@@ -263,7 +263,7 @@ pub(crate) fn parse_auth_config(
                 Some(e)
             }
             Err(e) => {
-                ctx.err_at(line, col, &join(sp, "booleanExpr"), e);
+                ctx.err_at(line, col, &join(sp, "booleanExpr"), e.to_string());
                 None
             }
         },

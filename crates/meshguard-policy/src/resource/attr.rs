@@ -147,14 +147,31 @@ fn names_in_nested_brackets(s: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// Why istiod's validation refuses a `when` key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionKeyError {
+    /// A map key (`request.headers`, `request.auth.claims`, `experimental.`) without `[<name>]`.
+    #[error("bad key `{key}`: should have format {prefix}[<name>]")]
+    BadMapKey { key: String, prefix: &'static str },
+    #[error("attribute `{0}` is replaced by the metadata.namespace of the policy")]
+    ReplacedByNamespace(String),
+    #[error("attribute `{0}` is replaced by the workload selector")]
+    ReplacedBySelector(String),
+    #[error("deprecated attribute `{0}`: only supported in v1alpha1")]
+    Deprecated(String),
+    #[error("unknown attribute `{0}`; supported keys: {hint}", hint = HTTP_ONLY_KEYS_HINT)]
+    Unknown(String),
+}
+
 /// Maps a `when` key to its attribute, or explains why istiod's validation refuses it.
-pub fn condition_attr(key: &str) -> Result<Attr, String> {
-    let map_key = |prefix: &str| -> Option<Result<String, String>> {
+pub fn condition_attr(key: &str) -> Result<Attr, ConditionKeyError> {
+    let map_key = |prefix: &'static str| -> Option<Result<String, ConditionKeyError>> {
         let rest = key.strip_prefix(prefix)?;
         if !valid_map_key(key) {
-            return Some(Err(format!(
-                "bad key `{key}`: should have format {prefix}[<name>]"
-            )));
+            return Some(Err(ConditionKeyError::BadMapKey {
+                key: key.to_owned(),
+                prefix,
+            }));
         }
         Some(Ok(rest.to_owned()))
     };
@@ -189,24 +206,53 @@ pub fn condition_attr(key: &str) -> Result<Attr, String> {
         "destination.port" => Attr::Port,
         "connection.sni" => Attr::Sni,
         "destination.namespace" => {
-            return Err(format!(
-                "attribute `{key}` is replaced by the metadata.namespace of the policy"
-            ))
+            return Err(ConditionKeyError::ReplacedByNamespace(key.to_owned()));
         }
         k if k.starts_with("destination.labels") => {
-            return Err(format!(
-                "attribute `{key}` is replaced by the workload selector"
-            ));
+            return Err(ConditionKeyError::ReplacedBySelector(key.to_owned()));
         }
         "destination.name" | "destination.user" => {
-            return Err(format!(
-                "deprecated attribute `{key}`: only supported in v1alpha1"
-            ));
+            return Err(ConditionKeyError::Deprecated(key.to_owned()));
         }
-        other => {
-            return Err(format!(
-                "unknown attribute `{other}`; supported keys: {HTTP_ONLY_KEYS_HINT}"
-            ));
-        }
+        other => return Err(ConditionKeyError::Unknown(other.to_owned())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages reach users as diagnostics and must not change.
+    #[test]
+    fn condition_key_messages() {
+        let msg = |k: &str| condition_attr(k).unwrap_err().to_string();
+        assert_eq!(
+            msg("request.headers"),
+            "bad key `request.headers`: should have format request.headers[<name>]"
+        );
+        assert_eq!(
+            msg("experimental.x"),
+            "bad key `experimental.x`: should have format experimental.[<name>]"
+        );
+        assert_eq!(
+            msg("destination.namespace"),
+            "attribute `destination.namespace` is replaced by the metadata.namespace of the policy"
+        );
+        assert_eq!(
+            msg("destination.labels[app]"),
+            "attribute `destination.labels[app]` is replaced by the workload selector"
+        );
+        assert_eq!(
+            msg("destination.user"),
+            "deprecated attribute `destination.user`: only supported in v1alpha1"
+        );
+        assert_eq!(
+            msg("source.foo"),
+            format!("unknown attribute `source.foo`; supported keys: {HTTP_ONLY_KEYS_HINT}")
+        );
+        assert_eq!(
+            condition_attr("request.headers[X-Token]"),
+            Ok(Attr::Header("x-token".into()))
+        );
+    }
 }

@@ -438,7 +438,7 @@ fn validate_value(ctx: &mut Ctx<'_>, attr: &Attr, v: &str, line: u32, col: u32, 
         }
         Attr::Path => {
             if let Err(e) = crate::matcher::validate_path_template(v) {
-                ctx.err_at(line, col, field, e);
+                ctx.err_at(line, col, field, e.to_string());
             } else if !crate::matcher::is_path_template(v) && has_inner_wildcard(v) {
                 ctx.warn_at(line, col, field, format!("`{v}` has a `*` in the middle: Istio only supports `*` at the start or end (or `{{*}}`/`{{**}}` path templates), so this `*` is a literal character and will almost never match"));
             }
@@ -490,7 +490,7 @@ fn parse_condition(ctx: &mut Ctx<'_>, c: &Node, path: &str, action: Action) -> O
     let attr = match condition_attr(&key) {
         Ok(a) => a,
         Err(e) => {
-            ctx.err_at(kl, kc, &kp, e);
+            ctx.err_at(kl, kc, &kp, e.to_string());
             return None;
         }
     };

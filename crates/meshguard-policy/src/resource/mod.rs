@@ -13,7 +13,7 @@ mod request_authentication;
 
 use std::collections::BTreeMap;
 
-pub use self::attr::{condition_attr, Attr};
+pub use self::attr::{condition_attr, Attr, ConditionKeyError};
 pub use self::authorization::{
     parse_go_bool, parse_ip_block, Action, AuthorizationPolicy, KeyRule, Rule, DRY_RUN_ANNOTATION,
 };

@@ -132,7 +132,7 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
     rule.audiences = auds.into_iter().map(|a| a.0).collect();
     if let Some((u, line, col)) = get_str(ctx, r, "jwksUri", path) {
         if let Err(e) = check_http_url(&u) {
-            ctx.err_at(line, col, &join(path, "jwksUri"), e);
+            ctx.err_at(line, col, &join(path, "jwksUri"), e.to_string());
         }
         rule.jwks_uri = Some(u);
     }
@@ -248,21 +248,35 @@ fn parse_jwt_rule(ctx: &mut Ctx<'_>, r: &Node, path: &str) -> Option<JwtRule> {
     Some(rule)
 }
 
+/// Why istiod refuses a `jwksUri`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum JwksUriError {
+    #[error("`{0}`: URI scheme is not supported; use http:// or https://")]
+    UnsupportedScheme(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{uri}`: invalid port `{port}`")]
+    InvalidPort { uri: String, port: String },
+}
+
 /// istio `ParseJwksURI`: http(s) scheme, a host, and a numeric port if one is given.
-fn check_http_url(u: &str) -> Result<(), String> {
+fn check_http_url(u: &str) -> Result<(), JwksUriError> {
     let rest = u
         .strip_prefix("https://")
         .or_else(|| u.strip_prefix("http://"))
-        .ok_or_else(|| format!("`{u}`: URI scheme is not supported; use http:// or https://"))?;
+        .ok_or_else(|| JwksUriError::UnsupportedScheme(u.to_owned()))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit('@').next().unwrap_or("");
     if host_port.is_empty() {
-        return Err(format!("`{u}` has no host"));
+        return Err(JwksUriError::NoHost(u.to_owned()));
     }
     if !host_port.ends_with(']') {
         if let Some((_, port)) = host_port.rsplit_once(':') {
             if port.parse::<u16>().is_err() {
-                return Err(format!("`{u}`: invalid port `{port}`"));
+                return Err(JwksUriError::InvalidPort {
+                    uri: u.to_owned(),
+                    port: port.to_owned(),
+                });
             }
         }
     }
@@ -274,4 +288,25 @@ fn strings(v: Option<Vec<(String, u32, u32)>>) -> Vec<String> {
         .into_iter()
         .map(|(s, _, _)| s)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages reach users as diagnostics and must not change.
+    #[test]
+    fn jwks_uri_messages() {
+        let msg = |u: &str| check_http_url(u).unwrap_err().to_string();
+        assert_eq!(
+            msg("ftp://x"),
+            "`ftp://x`: URI scheme is not supported; use http:// or https://"
+        );
+        assert_eq!(msg("https:///keys"), "`https:///keys` has no host");
+        assert_eq!(
+            msg("https://h:x/keys"),
+            "`https://h:x/keys`: invalid port `x`"
+        );
+        assert_eq!(check_http_url("https://[::1]:8443/keys"), Ok(()));
+    }
 }
