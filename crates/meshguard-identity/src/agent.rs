@@ -28,6 +28,36 @@ pub mod pb {
 
 use pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 
+/// Why a registration entry selector does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("`{0}`: uid must be a number")]
+    BadUid(String),
+    #[error("`{0}`: gid must be a number")]
+    BadGid(String),
+    #[error("`{selector}`: reading /etc/passwd: {error}")]
+    Passwd {
+        selector: String,
+        error: std::io::Error,
+    },
+    #[error("`{0}`: no such user")]
+    NoSuchUser(String),
+    #[error("`{0}`: selectors are unix:uid:<n>, unix:gid:<n> or unix:user:<name>")]
+    Syntax(String),
+}
+
+/// Why the agent refuses its registration entries or SVID lifetime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    #[error("entry {entry} is not in the CA's trust domain {trust_domain}")]
+    ForeignTrustDomain {
+        entry: SpiffeId,
+        trust_domain: String,
+    },
+    #[error("the SVID lifetime {0:?} is under one second")]
+    TtlTooShort(Duration),
+}
+
 /// Who may receive an identity: every selector must match the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -37,20 +67,24 @@ pub enum Selector {
 
 impl Selector {
     /// Parses `unix:uid:1000`, `unix:gid:1000` or `unix:user:name` (resolved via /etc/passwd).
-    pub fn parse(s: &str) -> Result<Selector, String> {
+    pub fn parse(s: &str) -> Result<Selector, SelectorError> {
         let mut parts = s.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("unix"), Some("uid"), Some(v)) => v
                 .parse()
                 .map(Selector::Uid)
-                .map_err(|_| format!("`{s}`: uid must be a number")),
+                .map_err(|_| SelectorError::BadUid(s.to_owned())),
             (Some("unix"), Some("gid"), Some(v)) => v
                 .parse()
                 .map(Selector::Gid)
-                .map_err(|_| format!("`{s}`: gid must be a number")),
+                .map_err(|_| SelectorError::BadGid(s.to_owned())),
             (Some("unix"), Some("user"), Some(name)) => {
-                let passwd = std::fs::read_to_string("/etc/passwd")
-                    .map_err(|e| format!("`{s}`: reading /etc/passwd: {e}"))?;
+                let passwd = std::fs::read_to_string("/etc/passwd").map_err(|error| {
+                    SelectorError::Passwd {
+                        selector: s.to_owned(),
+                        error,
+                    }
+                })?;
                 passwd
                     .lines()
                     .find_map(|l| {
@@ -60,11 +94,9 @@ impl Selector {
                             .flatten()
                     })
                     .map(Selector::Uid)
-                    .ok_or_else(|| format!("`{s}`: no such user"))
+                    .ok_or_else(|| SelectorError::NoSuchUser(s.to_owned()))
             }
-            _ => Err(format!(
-                "`{s}`: selectors are unix:uid:<n>, unix:gid:<n> or unix:user:<name>"
-            )),
+            _ => Err(SelectorError::Syntax(s.to_owned())),
         }
     }
 
@@ -101,15 +133,15 @@ pub struct Agent {
 
 const HEADER: &str = "workload.spiffe.io";
 
-fn check_entries(ca: &Ca, entries: &[Entry]) -> Result<(), String> {
+fn check_entries(ca: &Ca, entries: &[Entry]) -> Result<(), AgentError> {
     match entries
         .iter()
         .find(|e| e.spiffe_id.trust_domain() != ca.trust_domain)
     {
-        Some(e) => Err(format!(
-            "entry {} is not in the CA's trust domain {}",
-            e.spiffe_id, ca.trust_domain
-        )),
+        Some(e) => Err(AgentError::ForeignTrustDomain {
+            entry: e.spiffe_id.clone(),
+            trust_domain: ca.trust_domain.clone(),
+        }),
         None => Ok(()),
     }
 }
@@ -126,10 +158,10 @@ fn check_header<T>(r: &Request<T>) -> Result<(), Status> {
 impl Agent {
     /// An agent for `ca`. Entries outside the CA's trust domain or a lifetime under one second
     /// are refused.
-    pub fn new(ca: Ca, entries: Vec<Entry>, ttl: Duration) -> Result<Agent, String> {
+    pub fn new(ca: Ca, entries: Vec<Entry>, ttl: Duration) -> Result<Agent, AgentError> {
         check_entries(&ca, &entries)?;
         if ttl < Duration::from_secs(1) {
-            return Err(format!("the SVID lifetime {ttl:?} is under one second"));
+            return Err(AgentError::TtlTooShort(ttl));
         }
         let (rotation, _) = watch::channel(0);
         Ok(Agent {
@@ -154,7 +186,7 @@ impl Agent {
     /// Replaces the registration entries. Open streams re-attest their caller at once: they get
     /// the new set of SVIDs, or end with `PermissionDenied` when the caller lost every identity.
     /// Entries for another trust domain than the CA's are refused as a whole.
-    pub fn set_entries(&self, entries: Vec<Entry>) -> Result<(), String> {
+    pub fn set_entries(&self, entries: Vec<Entry>) -> Result<(), AgentError> {
         check_entries(&self.inner.ca, &entries)?;
         if let Ok(mut e) = self.inner.entries.write() {
             *e = entries;
@@ -577,4 +609,38 @@ fn to_proto_value(v: serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages reach users (`meshguard agent` errors) and must not change.
+    #[test]
+    fn error_messages() {
+        let msg = |s: &str| Selector::parse(s).unwrap_err().to_string();
+        assert_eq!(msg("unix:uid:x"), "`unix:uid:x`: uid must be a number");
+        assert_eq!(msg("unix:gid:-1"), "`unix:gid:-1`: gid must be a number");
+        assert_eq!(
+            msg("k8s:ns:default"),
+            "`k8s:ns:default`: selectors are unix:uid:<n>, unix:gid:<n> or unix:user:<name>"
+        );
+        assert_eq!(
+            Selector::parse("unix:uid:1000").ok(),
+            Some(Selector::Uid(1000))
+        );
+        assert_eq!(
+            AgentError::TtlTooShort(Duration::from_millis(500)).to_string(),
+            "the SVID lifetime 500ms is under one second"
+        );
+        let entry = SpiffeId::parse_workload("spiffe://other.td/ns/x/sa/y").expect("id");
+        assert_eq!(
+            AgentError::ForeignTrustDomain {
+                entry,
+                trust_domain: "td".into(),
+            }
+            .to_string(),
+            "entry spiffe://other.td/ns/x/sa/y is not in the CA's trust domain td"
+        );
+    }
 }

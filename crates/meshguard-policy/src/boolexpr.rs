@@ -13,6 +13,24 @@ pub enum BoolExpr {
     Or(Box<BoolExpr>, Box<BoolExpr>),
 }
 
+/// Why a `booleanExpr` does not parse; the column is 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoolExprError {
+    #[error("unexpected `{found}` at column {col}")]
+    UnexpectedChar { found: char, col: usize },
+    #[error("nested more than {max} levels")]
+    TooDeep { max: usize },
+    #[error("missing `)` at column {col}")]
+    MissingClose { col: usize },
+    /// `token` is the token as the parser names it (`Close`, `And`, `Name("a")`, ...).
+    #[error("unexpected {token} at column {col}")]
+    UnexpectedToken { token: String, col: usize },
+    #[error("the expression ends too early")]
+    EndsEarly,
+    #[error("unexpected text at column {col}")]
+    TrailingText { col: usize },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
     Name(String),
@@ -23,7 +41,7 @@ enum Tok {
     Close,
 }
 
-fn lex(s: &str) -> Result<Vec<(usize, Tok)>, String> {
+fn lex(s: &str) -> Result<Vec<(usize, Tok)>, BoolExprError> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -61,11 +79,10 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, String> {
                 out.push((start, Tok::Name(s[start..i].to_owned())));
             }
             _ => {
-                return Err(format!(
-                    "unexpected `{}` at column {}",
-                    s[i..].chars().next().unwrap_or('?'),
-                    i + 1
-                ))
+                return Err(BoolExprError::UnexpectedChar {
+                    found: s[i..].chars().next().unwrap_or('?'),
+                    col: i + 1,
+                })
             }
         }
     }
@@ -89,7 +106,7 @@ impl Parser {
         self.toks.get(self.pos).map(|t| t.0 + 1).unwrap_or(0)
     }
 
-    fn or(&mut self) -> Result<BoolExpr, String> {
+    fn or(&mut self) -> Result<BoolExpr, BoolExprError> {
         let mut left = self.and()?;
         while self.peek() == Some(&Tok::Or) {
             self.pos += 1;
@@ -98,7 +115,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<BoolExpr, String> {
+    fn and(&mut self) -> Result<BoolExpr, BoolExprError> {
         let mut left = self.unary()?;
         while self.peek() == Some(&Tok::And) {
             self.pos += 1;
@@ -107,10 +124,10 @@ impl Parser {
         Ok(left)
     }
 
-    fn unary(&mut self) -> Result<BoolExpr, String> {
+    fn unary(&mut self) -> Result<BoolExpr, BoolExprError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(format!("nested more than {MAX_DEPTH} levels"));
+            return Err(BoolExprError::TooDeep { max: MAX_DEPTH });
         }
         let r = match self.peek().cloned() {
             Some(Tok::Not) => {
@@ -121,7 +138,7 @@ impl Parser {
                 self.pos += 1;
                 let e = self.or()?;
                 if self.peek() != Some(&Tok::Close) {
-                    return Err(format!("missing `)` at column {}", self.col()));
+                    return Err(BoolExprError::MissingClose { col: self.col() });
                 }
                 self.pos += 1;
                 Ok(e)
@@ -130,8 +147,11 @@ impl Parser {
                 self.pos += 1;
                 Ok(BoolExpr::Step(n))
             }
-            Some(t) => Err(format!("unexpected {t:?} at column {}", self.col())),
-            None => Err("the expression ends too early".into()),
+            Some(t) => Err(BoolExprError::UnexpectedToken {
+                token: format!("{t:?}"),
+                col: self.col(),
+            }),
+            None => Err(BoolExprError::EndsEarly),
         };
         self.depth -= 1;
         r
@@ -139,7 +159,7 @@ impl Parser {
 }
 
 impl BoolExpr {
-    pub fn parse(s: &str) -> Result<BoolExpr, String> {
+    pub fn parse(s: &str) -> Result<BoolExpr, BoolExprError> {
         let mut p = Parser {
             toks: lex(s)?,
             pos: 0,
@@ -147,7 +167,7 @@ impl BoolExpr {
         };
         let e = p.or()?;
         if p.pos != p.toks.len() {
-            return Err(format!("unexpected text at column {}", p.col()));
+            return Err(BoolExprError::TrailingText { col: p.col() });
         }
         Ok(e)
     }
@@ -188,5 +208,22 @@ mod tests {
             assert!(BoolExpr::parse(bad).is_err(), "{bad}");
         }
         assert!(BoolExpr::parse(&format!("{}a{}", "(".repeat(100), ")".repeat(100))).is_err());
+    }
+
+    /// The messages are shown to users (AuthConfig diagnostics) and must not change.
+    #[test]
+    fn error_messages() {
+        let msg = |s: &str| BoolExpr::parse(s).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(msg("a & b"), "unexpected `&` at column 3");
+        assert_eq!(msg("(a"), "missing `)` at column 0");
+        assert_eq!(msg("(a b"), "missing `)` at column 4");
+        assert_eq!(msg(""), "the expression ends too early");
+        assert_eq!(msg("a b"), "unexpected text at column 3");
+        assert_eq!(msg(")"), "unexpected Close at column 1");
+        assert_eq!(msg("a && ||"), "unexpected Or at column 6");
+        assert_eq!(
+            msg(&format!("{}a{}", "(".repeat(100), ")".repeat(100))),
+            "nested more than 64 levels"
+        );
     }
 }

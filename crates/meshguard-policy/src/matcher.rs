@@ -91,45 +91,64 @@ fn is_pchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~%!$&'()+,;:@=".contains(c)
 }
 
+/// Why a `paths` value is not a valid `{*}`/`{**}` path template.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PathTemplateError {
+    #[error("invalid or unsupported path `{0}`: `{{` and `}}` are only allowed in the path templates {{*}} and {{**}}")]
+    StrayBrace(String),
+    #[error("invalid path template `{0}`: it must start with `/`")]
+    NotAbsolute(String),
+    #[error("invalid path template `{0}`: {{**}} is not allowed to appear more than once")]
+    RepeatedMatchAny(String),
+    #[error("invalid path template `{0}`: {{**}} must be the last operator")]
+    MatchAnyNotLast(String),
+    #[error("invalid or unsupported path template `{path}`: `{segment}` mixes a template with other text; a template must be a whole segment")]
+    MixedSegment { path: String, segment: String },
+    #[error("invalid path template `{path}`: segment `{segment}` has characters that are not valid in a path")]
+    InvalidCharacters { path: String, segment: String },
+    #[error("path template `{path}` does not compile: {error}")]
+    DoesNotCompile { path: String, error: regex::Error },
+}
+
 /// istio `CheckValidPathTemplate`: `{**}` at most once and only as the last operator, no other
 /// braces, and literal segments made of valid path characters.
-pub fn validate_path_template(p: &str) -> Result<(), String> {
+pub fn validate_path_template(p: &str) -> Result<(), PathTemplateError> {
     if !p.contains('{') && !p.contains('}') {
         return Ok(());
     }
     if !is_path_template(p) {
-        return Err(format!("invalid or unsupported path `{p}`: `{{` and `}}` are only allowed in the path templates {{*}} and {{**}}"));
+        return Err(PathTemplateError::StrayBrace(p.to_owned()));
     }
     if !p.starts_with('/') {
-        return Err(format!(
-            "invalid path template `{p}`: it must start with `/`"
-        ));
+        return Err(PathTemplateError::NotAbsolute(p.to_owned()));
     }
     let globs: Vec<&str> = p.trim_matches('/').split('/').collect();
     let mut seen_any = false;
     for g in &globs {
         if *g == MATCH_ANY {
             if seen_any {
-                return Err(format!(
-                    "invalid path template `{p}`: {{**}} is not allowed to appear more than once"
-                ));
+                return Err(PathTemplateError::RepeatedMatchAny(p.to_owned()));
             }
             seen_any = true;
             continue;
         }
         if *g == MATCH_ONE {
             if seen_any {
-                return Err(format!(
-                    "invalid path template `{p}`: {{**}} must be the last operator"
-                ));
+                return Err(PathTemplateError::MatchAnyNotLast(p.to_owned()));
             }
             continue;
         }
         if g.contains('{') || g.contains('}') {
-            return Err(format!("invalid or unsupported path template `{p}`: `{g}` mixes a template with other text; a template must be a whole segment"));
+            return Err(PathTemplateError::MixedSegment {
+                path: p.to_owned(),
+                segment: (*g).to_owned(),
+            });
         }
         if !g.chars().all(is_pchar) || g.contains('*') {
-            return Err(format!("invalid path template `{p}`: segment `{g}` has characters that are not valid in a path"));
+            return Err(PathTemplateError::InvalidCharacters {
+                path: p.to_owned(),
+                segment: (*g).to_owned(),
+            });
         }
     }
     Ok(())
@@ -153,7 +172,7 @@ impl PartialEq for PathTemplate {
 impl Eq for PathTemplate {}
 
 impl PathTemplate {
-    pub fn new(p: &str) -> Result<PathTemplate, String> {
+    pub fn new(p: &str) -> Result<PathTemplate, PathTemplateError> {
         let mut pattern = String::from("^");
         let mut rest = p;
         while !rest.is_empty() {
@@ -172,7 +191,10 @@ impl PathTemplate {
         pattern.push('$');
         regex::Regex::new(&pattern)
             .map(|re| PathTemplate { re })
-            .map_err(|e| format!("path template `{p}` does not compile: {e}"))
+            .map_err(|error| PathTemplateError::DoesNotCompile {
+                path: p.to_owned(),
+                error,
+            })
     }
 
     /// Matches a normalised path (query already removed).
@@ -189,9 +211,13 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
+    /// The error is the [`PathTemplateError`] message: its caller in `compile.rs` takes a
+    /// `String`.
     pub fn new(v: &str) -> Result<PathMatch, String> {
         if is_path_template(v) {
-            PathTemplate::new(v).map(PathMatch::Template)
+            PathTemplate::new(v)
+                .map(PathMatch::Template)
+                .map_err(|e| e.to_string())
         } else {
             Ok(PathMatch::Str(StrMatch::new(v)))
         }
@@ -246,6 +272,27 @@ mod tests {
         assert!(validate_path_template("/foo/{**}/{**}").is_err());
         assert!(validate_path_template("/foo{*}").is_err());
         assert!(validate_path_template("/foo/{*}/bar").is_ok());
+    }
+
+    /// The messages reach users as diagnostics and must not change.
+    #[test]
+    fn template_error_messages() {
+        let msg = |p: &str| validate_path_template(p).unwrap_err().to_string();
+        assert_eq!(msg("/a/{x}"), "invalid or unsupported path `/a/{x}`: `{` and `}` are only allowed in the path templates {*} and {**}");
+        assert_eq!(
+            msg("a/{*}"),
+            "invalid path template `a/{*}`: it must start with `/`"
+        );
+        assert_eq!(
+            msg("/{**}/{**}"),
+            "invalid path template `/{**}/{**}`: {**} is not allowed to appear more than once"
+        );
+        assert_eq!(
+            msg("/{**}/{*}"),
+            "invalid path template `/{**}/{*}`: {**} must be the last operator"
+        );
+        assert_eq!(msg("/foo{*}"), "invalid or unsupported path template `/foo{*}`: `foo{*}` mixes a template with other text; a template must be a whole segment");
+        assert_eq!(msg("/a b/{*}"), "invalid path template `/a b/{*}`: segment `a b` has characters that are not valid in a path");
     }
 }
 
