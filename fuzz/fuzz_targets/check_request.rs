@@ -16,8 +16,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let st = common::state();
     let g = st.current();
-    let _ = meshguard_server::grpc::extra_of(&cr);
-    if let Ok((req, id)) = meshguard_server::grpc::to_request(&cr, None, g.set.mesh()) {
-        let _ = g.set.evaluate(&req, &id);
+    if let Ok(req) = meshguard_envoy::request_from_check(&cr, None, g.set.mesh()) {
+        let _ = g.set.evaluate(&req, &req.identity());
+        // What a pass-through step would send on: encoding never panics either.
+        let _ = meshguard_envoy::to_check_request(&req);
     }
 });

@@ -15,19 +15,19 @@ use std::net::SocketAddr;
 use common::state;
 use libfuzzer_sys::fuzz_target;
 use meshguard_engine::dlog::{DecisionLog, Sink};
+use meshguard_engine::{Engine, Settings};
 use meshguard_server::http::{ForwardStyle, HttpMode};
 
 fn mode(style: ForwardStyle, trust_client_cert: bool) -> HttpMode {
     let st = state().clone();
+    let log = DecisionLog::start(Sink::Off, st.clone()).expect("no log");
     HttpMode {
-        log: DecisionLog::start(Sink::Off, st.clone()).expect("no log"),
-        state: st,
+        engine: Engine::new(st, log, Settings::default()),
         workload: None,
         trusted_proxies: vec!["127.0.0.0/8".parse().expect("cidr")],
         path_prefix: "/check".to_owned(),
         style,
         trust_client_cert,
-        timeout: std::time::Duration::from_secs(1),
         bindings: Vec::new(),
     }
 }
@@ -58,8 +58,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let m = mode(style, first & 0x80 != 0);
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
-    if let Ok((r, id)) = m.to_request(&req, peer) {
+    if let Ok(r) = m.to_request(&req, peer) {
         let g = state().current();
-        let _ = g.set.evaluate(&r, &id);
+        let _ = g.set.evaluate(&r, &r.identity());
     }
 });

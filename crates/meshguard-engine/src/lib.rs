@@ -26,7 +26,8 @@ pub use decide::decide;
 pub use decision::{Decision, DryRun};
 pub use dlog::{DecisionLog, Sink};
 pub use engine::{Engine, Settings};
-pub use error::{LoadError, WorkloadError};
+pub use error::LoadError;
+pub use meshguard_policy::workload::WorkloadError;
 pub use source::{Embedded, Files, PolicySource};
 pub use state::{Generation, State, Workload};
 

@@ -943,7 +943,7 @@ fn compile_key(
             Attr::Header(_) | Attr::Method if v == "*" => vec![M::Present],
             Attr::Host if v == "*" => vec![M::Present],
             Attr::Host => vec![M::StrIgnoreCase(StrMatch::new_ignore_case(v))],
-            Attr::Path => vec![M::Path(PathMatch::new(v).map_err(err)?)],
+            Attr::Path => vec![M::Path(PathMatch::new(v).map_err(|e| err(e.to_string()))?)],
             Attr::Header(_)
             | Attr::Method
             | Attr::Sni

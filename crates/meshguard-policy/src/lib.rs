@@ -19,6 +19,7 @@ pub mod path;
 pub mod request;
 pub mod resource;
 pub mod verdict;
+pub mod workload;
 pub mod yaml;
 
 pub use compile::{CompileError, PolicySet};

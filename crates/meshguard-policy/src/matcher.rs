@@ -211,13 +211,9 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    /// The error is the [`PathTemplateError`] message: its caller in `compile.rs` takes a
-    /// `String`.
-    pub fn new(v: &str) -> Result<PathMatch, String> {
+    pub fn new(v: &str) -> Result<PathMatch, PathTemplateError> {
         if is_path_template(v) {
-            PathTemplate::new(v)
-                .map(PathMatch::Template)
-                .map_err(|e| e.to_string())
+            PathTemplate::new(v).map(PathMatch::Template)
         } else {
             Ok(PathMatch::Str(StrMatch::new(v)))
         }

@@ -16,20 +16,9 @@
 //! other, directly or through a CUSTOM policy on the delegate, stop after a few hops instead of
 //! recursing until timeouts. Not an `unavailable` case: `failureModeAllow` does not apply.
 
-use std::collections::HashMap;
-
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address, Address, Metadata, SocketAddress,
-};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Peer, Request as ReqAttr,
-};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PValue};
+use meshguard_envoy as envoy;
 use meshguard_policy::extauth::{PassThroughAuth, PassThroughTarget};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{StepInput, StepOutcome};
 
@@ -60,7 +49,7 @@ fn hops(input: &StepInput<'_>) -> u32 {
 }
 
 enum Target {
-    Grpc(tonic::transport::Channel),
+    Grpc(envoy::Client),
     Http(reqwest::Client),
 }
 
@@ -69,70 +58,16 @@ pub struct PassThroughStep {
     target: Target,
 }
 
-/// A JSON value as a protobuf `Value` (numbers become doubles, as in protojson).
-pub fn to_proto(v: &Value) -> PValue {
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(to_proto).collect(),
-        }),
-        Value::Object(o) => Kind::StructValue(to_struct(o)),
-    };
-    PValue { kind: Some(kind) }
-}
-
-fn to_struct(o: &Map<String, Value>) -> Struct {
-    Struct {
-        fields: o.iter().map(|(k, v)| (k.clone(), to_proto(v))).collect(),
-    }
-}
-
-fn from_proto(v: &PValue) -> Value {
-    match &v.kind {
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(from_proto).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(from_struct(s)),
-        _ => Value::Null,
-    }
-}
-
-fn from_struct(s: &Struct) -> Map<String, Value> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), from_proto(v)))
-        .collect()
-}
-
-fn sock(a: Option<std::net::SocketAddr>) -> Option<Address> {
-    a.map(|a| Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: a.ip().to_string(),
-            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
-                a.port(),
-            ))),
-            ..Default::default()
-        })),
-    })
-}
-
 impl PassThroughStep {
     pub fn build(
         cfg: &PassThroughAuth,
         client: &reqwest::Client,
     ) -> Result<PassThroughStep, String> {
         let target = match &cfg.target {
-            PassThroughTarget::Grpc { address } => {
-                let ep = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| format!("grpc.address `{address}`: {e}"))?
-                    .connect_timeout(cfg.timeout)
-                    .timeout(cfg.timeout);
-                Target::Grpc(ep.connect_lazy())
-            }
+            PassThroughTarget::Grpc { address } => Target::Grpc(
+                envoy::Client::lazy(address, cfg.timeout)
+                    .map_err(|e| format!("grpc.address {e}"))?,
+            ),
             PassThroughTarget::Http { .. } => Target::Http(client.clone()),
         };
         Ok(PassThroughStep {
@@ -160,118 +95,48 @@ impl PassThroughStep {
             );
         }
         match &self.target {
-            Target::Grpc(ch) => self.grpc(ch.clone(), input).await,
+            Target::Grpc(c) => self.grpc(c, input).await,
             Target::Http(c) => self.http(c, input).await,
         }
     }
 
-    async fn grpc(&self, ch: tonic::transport::Channel, input: &mut StepInput<'_>) -> StepOutcome {
-        let mut filter_metadata = HashMap::new();
+    async fn grpc(&self, client: &envoy::Client, input: &mut StepInput<'_>) -> StepOutcome {
+        // The request as Envoy would send it, with the hop count, without the AuthConfig
+        // choice (the delegate decides with its own), and with the chain state and config as
+        // Gloo passes them.
+        let mut req = envoy::to_check_request(input.req);
+        envoy::set_header(&mut req, HOPS_HEADER, (hops(input) + 1).to_string());
+        envoy::drop_context_extensions(&mut req, &["config_id", "auth_config"]);
         if !input.state.is_empty() {
-            filter_metadata.insert("solo.auth.passthrough".to_owned(), to_struct(input.state));
+            envoy::set_filter_metadata(&mut req, "solo.auth.passthrough", input.state);
         }
         if let Some(Value::Object(c)) = &self.cfg.config {
-            filter_metadata.insert("solo.auth.passthrough.config".to_owned(), to_struct(c));
+            envoy::set_filter_metadata(&mut req, "solo.auth.passthrough.config", c);
         }
-        let http = input.req.http.as_ref().map(|h| HttpRequest {
-            id: h.id.clone(),
-            method: h.method.clone(),
-            path: h.raw_path.clone(),
-            host: h.host.clone(),
-            scheme: h.scheme.clone(),
-            protocol: h.protocol.clone(),
-            headers: h
-                .headers
-                .iter()
-                .filter(|(k, _)| k != HOPS_HEADER)
-                .cloned()
-                .chain([(HOPS_HEADER.to_owned(), (hops(input) + 1).to_string())])
-                .collect(),
-            body: h
-                .body
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(&b.bytes).into_owned())
-                .unwrap_or_default(),
-            ..Default::default()
-        });
-        let context_extensions = input
-            .req
-            .context_extensions
-            .iter()
-            .filter(|(k, _)| k.as_str() != "config_id" && k.as_str() != "auth_config")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let req = CheckRequest {
-            attributes: Some(AttributeContext {
-                source: Some(Peer {
-                    address: sock(input.req.peer_addr),
-                    principal: input.id.peer.clone().unwrap_or_default(),
-                    ..Default::default()
-                }),
-                destination: Some(Peer {
-                    address: sock(input.req.local_addr),
-                    ..Default::default()
-                }),
-                request: Some(ReqAttr {
-                    http,
-                    ..Default::default()
-                }),
-                context_extensions,
-                metadata_context: Some(Metadata {
-                    filter_metadata,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        };
-        let resp = match AuthorizationClient::new(ch).check(req).await {
-            Ok(r) => r.into_inner(),
+        let answer = match client.check(req).await {
+            Ok(r) => envoy::from_check_response(&r),
             Err(e) => {
-                return self.unavailable(format!(
-                    "passThroughAuth gRPC delegate failed: {}",
-                    e.message()
-                ))
+                return self.unavailable(format!("passThroughAuth gRPC delegate failed: {e}"))
             }
         };
-        let code = resp.status.as_ref().map(|s| s.code).unwrap_or(2);
-        let header_pairs =
-            |hs: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
-                hs.iter()
-                    .filter_map(|h| h.header.as_ref())
-                    .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
-                    .collect::<Vec<_>>()
-            };
-        if code == 0 {
+        if answer.allowed {
             let mut o = StepOutcome::allow("the gRPC delegate allowed");
-            if let Some(HttpResponse::OkResponse(ok)) = &resp.http_response {
-                o.headers_to_add = header_pairs(&ok.headers);
-                o.headers_to_remove = ok.headers_to_remove.clone();
-                o.response_headers = header_pairs(&ok.response_headers_to_add);
-            }
-            if let Some(Kind::StructValue(st)) = resp
-                .dynamic_metadata
-                .as_ref()
-                .and_then(|m| m.fields.get("solo.auth.passthrough"))
-                .and_then(|v| v.kind.clone())
-            {
-                for (k, v) in from_struct(&st) {
-                    input.state.insert(k, v);
+            o.headers_to_add = answer.headers_to_add;
+            o.headers_to_remove = answer.headers_to_remove;
+            o.response_headers = answer.response_headers;
+            if let Some(Value::Object(st)) = answer.dynamic_metadata.get("solo.auth.passthrough") {
+                for (k, v) in st {
+                    input.state.insert(k.clone(), v.clone());
                 }
             }
             return o;
         }
-        let mut o = StepOutcome::deny(403, format!("the gRPC delegate denied (code {code})"));
-        if let Some(HttpResponse::DeniedResponse(d)) = &resp.http_response {
-            if let Some(s) = d.status.as_ref().and_then(|s| u16::try_from(s.code).ok()) {
-                if (100..=599).contains(&s) && s != 0 {
-                    o.status = s;
-                }
-            }
-            o.response_headers = header_pairs(&d.headers);
-            o.body = d.body.clone();
-        } else if code == 16 {
-            o.status = 401;
-        }
+        let mut o = StepOutcome::deny(
+            answer.status,
+            format!("the gRPC delegate denied ({})", answer.status),
+        );
+        o.response_headers = answer.response_headers;
+        o.body = answer.body;
         loop_refused(o)
     }
 
