@@ -9,6 +9,7 @@
 pub mod boolexpr;
 pub mod compile;
 pub mod diag;
+mod evaluate;
 pub mod extauth;
 mod fields;
 pub mod load;

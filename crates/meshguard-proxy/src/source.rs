@@ -44,7 +44,7 @@ impl SvidFiles {
         let leaf = chain
             .first()
             .ok_or_else(|| bad(&self.cert, "no certificate".into()))?;
-        let id = spiffe_id_of(leaf).map_err(|e| bad(&self.cert, e))?;
+        let id = spiffe_id_of(leaf).map_err(|e| bad(&self.cert, e.to_string()))?;
         Ok(SvidMaterial {
             id,
             chain,

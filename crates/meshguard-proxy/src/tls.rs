@@ -97,14 +97,31 @@ pub fn cert_sha256(der: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Why a certificate carries no usable SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    #[error("the certificate does not parse: {0}")]
+    Parse(String),
+    #[error("bad subjectAltName: {0}")]
+    San(String),
+    #[error("the certificate has no subjectAltName, so no SPIFFE ID")]
+    NoSan,
+    #[error("URI SAN `{uri}`: {reason}")]
+    BadId { uri: String, reason: String },
+    #[error("the certificate has no URI SAN, so no SPIFFE ID")]
+    NoUri,
+    #[error("the certificate has {0} URI SANs; an X509-SVID has exactly one")]
+    ManyUris(usize),
+}
+
 /// The SPIFFE ID of a leaf certificate: exactly one URI SAN, a valid SPIFFE ID with a path.
-pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, SvidError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| SvidError::Parse(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
-        .map_err(|e| format!("bad subjectAltName: {e}"))?
-        .ok_or("the certificate has no subjectAltName, so no SPIFFE ID")?;
+        .map_err(|e| SvidError::San(e.to_string()))?
+        .ok_or(SvidError::NoSan)?;
     let uris: Vec<&str> = san
         .value
         .general_names
@@ -115,12 +132,12 @@ pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, String> {
         })
         .collect();
     match uris.as_slice() {
-        [one] => SpiffeId::parse_workload(one).map_err(|e| format!("URI SAN `{one}`: {e}")),
-        [] => Err("the certificate has no URI SAN, so no SPIFFE ID".into()),
-        _ => Err(format!(
-            "the certificate has {} URI SANs; an X509-SVID has exactly one",
-            uris.len()
-        )),
+        [one] => SpiffeId::parse_workload(one).map_err(|e| SvidError::BadId {
+            uri: (*one).to_owned(),
+            reason: e.to_string(),
+        }),
+        [] => Err(SvidError::NoUri),
+        _ => Err(SvidError::ManyUris(uris.len())),
     }
 }
 
@@ -129,7 +146,7 @@ fn build(material: &SvidMaterial, provider: &Arc<CryptoProvider>) -> Result<Curr
         .chain
         .first()
         .ok_or_else(|| ProxyError::Identity("the SVID has no certificate".into()))?;
-    let id = spiffe_id_of(leaf).map_err(ProxyError::Identity)?;
+    let id = spiffe_id_of(leaf).map_err(|e| ProxyError::Identity(e.to_string()))?;
     if id != material.id {
         return Err(ProxyError::Identity(format!(
             "the certificate is for {id}, not {}",
@@ -260,7 +277,7 @@ impl SvidStore {
         leaf: &CertificateDer<'_>,
         expect: Option<&SpiffeId>,
     ) -> Result<(), rustls::Error> {
-        let id = spiffe_id_of(leaf).map_err(rustls::Error::General)?;
+        let id = spiffe_id_of(leaf).map_err(|e| rustls::Error::General(e.to_string()))?;
         let td = self.current.load().id.trust_domain().to_owned();
         if id.trust_domain() != td {
             return Err(rustls::Error::General(format!(

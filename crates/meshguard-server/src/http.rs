@@ -90,19 +90,55 @@ pub struct AuthBinding {
     pub config: String,
 }
 
+/// A `--auth-binding` that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    #[error("`{0}`: write [host]/path=authconfig, e.g. /api=gloo-system.api-keys")]
+    Form(String),
+    #[error("`{0}`: the path prefix must start with /")]
+    NoPath(String),
+    #[error("`{0}`: no AuthConfig named after `=`")]
+    NoConfig(String),
+}
+
+/// Why a forward-auth request cannot be turned into a request to decide (it is denied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0} is not a trusted proxy (--trusted-proxies); HTTP mode answers only its proxies")]
+    UntrustedPeer(IpAddr),
+    #[error("header `{0}` is sent more than once; the proxy must send it once")]
+    Repeated(String),
+    #[error("header `{0}` is not valid text")]
+    NotText(String),
+    #[error("header `{name}` is missing: the proxy must send it (--forward-auth {style})")]
+    Missing { name: String, style: &'static str },
+    #[error("the path does not start with the configured prefix `{0}`")]
+    Prefix(String),
+    #[error("{0}")]
+    Workload(#[from] meshguard_engine::WorkloadError),
+    #[error("cannot tell which workload this request is for: start meshguard with --workload, or have the proxy send X-Meshguard-Workload")]
+    NoWorkload,
+    #[error("X-Forwarded-For entry `{0}` is not an IP address; refusing rather than skipping it")]
+    ForwardedFor(String),
+    #[error("header `x-forwarded-port` is `{0}`, not a port number")]
+    Port(String),
+    #[error("X-Forwarded-Client-Cert {0}; refusing rather than guessing the caller")]
+    ClientCert(&'static str),
+}
+
 impl AuthBinding {
     /// Parses `[host]/path/prefix=config`, e.g. `shop.example.com/api=gloo-system.api-keys` or
     /// `/admin=basic-auth`.
-    pub fn parse(s: &str) -> Result<AuthBinding, String> {
-        let (target, config) = s.rsplit_once('=').ok_or_else(|| {
-            format!("`{s}`: write [host]/path=authconfig, e.g. /api=gloo-system.api-keys")
-        })?;
+    pub fn parse(s: &str) -> Result<AuthBinding, BindingError> {
+        let (target, config) = s
+            .rsplit_once('=')
+            .ok_or_else(|| BindingError::Form(s.to_owned()))?;
         let slash = target
             .find('/')
-            .ok_or_else(|| format!("`{s}`: the path prefix must start with /"))?;
+            .ok_or_else(|| BindingError::NoPath(s.to_owned()))?;
         let (host, path) = target.split_at(slash);
         if config.trim().is_empty() {
-            return Err(format!("`{s}`: no AuthConfig named after `=`"));
+            return Err(BindingError::NoConfig(s.to_owned()));
         }
         Ok(AuthBinding {
             host: (!host.is_empty() && host != "*").then(|| host.to_ascii_lowercase()),
@@ -213,10 +249,8 @@ fn split_quoted(v: &str, sep: char) -> Option<Vec<&str>> {
 /// escapes (a `Subject="...,URI=..."` is one value, not a second element or key). The nearest
 /// hop is the last element. Refused (an error, so the request is denied) when the header does not
 /// parse or that element has no URI or more than one.
-pub fn xfcc_uri(v: &str) -> Result<String, String> {
-    let bad = |why: &str| {
-        format!("X-Forwarded-Client-Cert {why}; refusing rather than guessing the caller")
-    };
+pub fn xfcc_uri(v: &str) -> Result<String, ForwardError> {
+    let bad = ForwardError::ClientCert;
     let elements = split_quoted(v, ',').ok_or_else(|| bad("has an unterminated quote"))?;
     let last = elements.last().map(|e| e.trim()).unwrap_or("");
     let pairs = split_quoted(last, ';').ok_or_else(|| bad("has an unterminated quote"))?;
@@ -256,22 +290,19 @@ impl HttpMode {
     /// wrote. An entry that is not a bare IP address (`1.2.3.4:80`, `[::1]`, `x junk`) ends the
     /// walk with an error: skipping it would let the client-written entry to its left decide.
     /// `::ffff:a.b.c.d` is read as `a.b.c.d`.
-    fn original_client(&self, headers: &hyper::HeaderMap) -> Result<Option<IpAddr>, String> {
+    fn original_client(&self, headers: &hyper::HeaderMap) -> Result<Option<IpAddr>, ForwardError> {
         let mut entries: Vec<&str> = Vec::new();
         for line in headers.get_all("x-forwarded-for") {
             let line = line
                 .to_str()
-                .map_err(|_| "header `x-forwarded-for` is not valid text".to_owned())?;
+                .map_err(|_| ForwardError::NotText("x-forwarded-for".to_owned()))?;
             entries.extend(line.split(','));
         }
         for entry in entries.iter().rev() {
             let e = entry.trim();
-            let ip = e.parse::<IpAddr>().map_err(|_| {
-                format!(
-                    "X-Forwarded-For entry `{}` is not an IP address; refusing rather than skipping it",
-                    e.escape_debug()
-                )
-            })?;
+            let ip = e
+                .parse::<IpAddr>()
+                .map_err(|_| ForwardError::ForwardedFor(e.escape_debug().to_string()))?;
             let ip = ip.to_canonical();
             if !self.trusted(ip) {
                 return Ok(Some(ip));
@@ -281,39 +312,38 @@ impl HttpMode {
     }
 
     /// Builds the engine request from a forward-auth request.
-    pub fn to_request<B>(&self, req: &HRequest<B>, peer: SocketAddr) -> Result<Request, String> {
+    pub fn to_request<B>(
+        &self,
+        req: &HRequest<B>,
+        peer: SocketAddr,
+    ) -> Result<Request, ForwardError> {
         if !self.trusted(peer.ip()) {
-            return Err(format!(
-                "{} is not a trusted proxy (--trusted-proxies); HTTP mode answers only its proxies",
-                peer.ip()
-            ));
+            return Err(ForwardError::UntrustedPeer(peer.ip()));
         }
         // A header that is present must be usable: never fall back to another source of truth,
         // and never pick one of two lines (which one a proxy wrote is unknowable).
-        let h = |name: &str| -> Result<Option<&str>, String> {
+        let h = |name: &str| -> Result<Option<&str>, ForwardError> {
             let mut all = req.headers().get_all(name).iter();
             let first = all.next();
             let single = META_HEADERS.contains(&name) || name == "x-forwarded-port";
             if first.is_some() && all.next().is_some() && single {
-                return Err(format!(
-                    "header `{name}` is sent more than once; the proxy must send it once"
-                ));
+                return Err(ForwardError::Repeated(name.to_owned()));
             }
             match first {
                 None => Ok(None),
                 Some(v) => v
                     .to_str()
                     .map(Some)
-                    .map_err(|_| format!("header `{name}` is not valid text")),
+                    .map_err(|_| ForwardError::NotText(name.to_owned())),
             }
         };
-        let need = |name: &str| -> Result<String, String> {
-            h(name)?.map(str::to_owned).ok_or_else(|| {
-                format!(
-                    "header `{name}` is missing: the proxy must send it (--forward-auth {})",
-                    self.style.as_str()
-                )
-            })
+        let need = |name: &str| -> Result<String, ForwardError> {
+            h(name)?
+                .map(str::to_owned)
+                .ok_or_else(|| ForwardError::Missing {
+                    name: name.to_owned(),
+                    style: self.style.as_str(),
+                })
         };
         let (method, uri, host) = match self.style {
             ForwardStyle::Nginx => (
@@ -341,12 +371,8 @@ impl HttpMode {
                 let stripped = if self.path_prefix.is_empty() {
                     pq
                 } else {
-                    pq.strip_prefix(self.path_prefix.as_str()).ok_or_else(|| {
-                        format!(
-                            "the path does not start with the configured prefix `{}`",
-                            self.path_prefix
-                        )
-                    })?
+                    pq.strip_prefix(self.path_prefix.as_str())
+                        .ok_or_else(|| ForwardError::Prefix(self.path_prefix.clone()))?
                 };
                 let stripped = if stripped.starts_with('/') {
                     stripped.to_owned()
@@ -361,10 +387,8 @@ impl HttpMode {
             }
         };
         let workload = match h("x-meshguard-workload")? {
-            Some(w) => Workload::parse(w).map_err(|e| e.to_string())?,
-            None => self.workload.clone().ok_or(
-                "cannot tell which workload this request is for: start meshguard with --workload, or have the proxy send X-Meshguard-Workload",
-            )?,
+            Some(w) => Workload::parse(w)?,
+            None => self.workload.clone().ok_or(ForwardError::NoWorkload)?,
         };
         // The original client is the right-most X-Forwarded-For address that is not one of our
         // proxies (entries further left are whatever the client wrote). It feeds `remote.ip` /
@@ -374,12 +398,11 @@ impl HttpMode {
         // addressed it (a port in the Host). Unknown otherwise: DENY rules that test it then
         // deny rather than being skipped.
         let port = match h("x-forwarded-port")? {
-            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| {
-                format!(
-                    "header `x-forwarded-port` is `{}`, not a port number",
-                    p.escape_debug()
-                )
-            })?),
+            Some(p) => Some(
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| ForwardError::Port(p.escape_debug().to_string()))?,
+            ),
             None => host
                 .rsplit_once(':')
                 .filter(|(h, _)| !h.ends_with(']') || host.starts_with('['))
@@ -393,7 +416,7 @@ impl HttpMode {
             }
             match v.to_str() {
                 Ok(v) => headers.push((name.to_owned(), v.to_owned())),
-                Err(_) => return Err(format!("header `{name}` is not valid text")),
+                Err(_) => return Err(ForwardError::NotText(name.to_owned())),
             }
         }
         let mesh = self.engine.state().mesh.path_normalization;
@@ -437,7 +460,7 @@ impl HttpMode {
     ) -> Result<HResponse<Full<Bytes>>, Infallible> {
         let decision = match self.to_request(&req, peer) {
             Ok(r) => self.engine.decide("http", &r).await,
-            Err(e) => self.engine.undecidable("http", &e),
+            Err(e) => self.engine.undecidable("http", &e.to_string()),
         };
         Ok(response(&decision))
     }

@@ -1,0 +1,256 @@
+//! HTTP on inbound listeners: sanitise what the app must not see from a client, build the one
+//! `Request`, decide every request with the engine, answer denials, forward allowed requests
+//! to the app with the peer in `x-forwarded-client-cert`.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
+use meshguard_policy::HttpRequest;
+
+use crate::inbound::{request_for, Conn};
+use crate::InCtx;
+
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+pub(crate) fn full(status: u16, body: impl Into<Bytes>) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::FORBIDDEN);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) a proxy must not forward.
+pub(crate) const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+];
+
+pub(crate) fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// Why a request is refused before any policy runs.
+pub(crate) fn malformed(why: &'static str) -> hyper::Response<Body> {
+    tracing::info!(reason = why, "request refused before authorization");
+    full(400, "Bad Request")
+}
+
+/// Header names that request authentication may write for this workload: a client must not be
+/// able to send them.
+pub(crate) fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
+    let g = ctx.state.current();
+    meshguard_authn::output_header_names(
+        &g.set,
+        &ctx.cfg.workload.namespace,
+        &ctx.cfg.workload.labels,
+    )
+}
+
+pub(crate) async fn handle_http(
+    ctx: &InCtx,
+    conn: &Conn,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    if parts.method == hyper::Method::CONNECT {
+        return full(405, "Method Not Allowed");
+    }
+    let upgrade = parts
+        .headers
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if upgrade.as_deref().is_some_and(|u| u != "h2c") {
+        // WebSocket and other upgrades would turn into an unchecked byte stream.
+        return full(
+            501,
+            "upgrades are not supported on HTTP listeners; use protocol: tcp",
+        );
+    }
+    // One host, decided and forwarded alike: the URI authority (HTTP/2 :authority or an
+    // absolute-form target) and every Host header must agree (RFC 9113 section 8.3.1).
+    let mut hosts = parts.headers.get_all(hyper::header::HOST).iter();
+    let host_header = hosts.next().map(|h| h.to_str());
+    if hosts.next().is_some() {
+        return malformed("several Host headers");
+    }
+    let host = match (parts.uri.authority().map(|a| a.as_str()), host_header) {
+        (_, Some(Err(_))) => return malformed("a Host header that is not text"),
+        (Some(a), Some(Ok(h))) if !a.eq_ignore_ascii_case(h) => {
+            return malformed("the Host header differs from the request's authority")
+        }
+        (Some(a), _) => a.to_owned(),
+        (None, Some(Ok(h))) => h.to_owned(),
+        (None, None) => String::new(),
+    };
+    // Sanitise first, then decide on exactly the headers the app will receive.
+    let h = &mut parts.headers;
+    strip_hop_by_hop(h);
+    h.remove("x-forwarded-client-cert");
+    for name in jwt_output_headers(ctx) {
+        h.remove(name.as_str());
+    }
+    if let Some((peer, hash)) = &conn.peer_id {
+        let xfcc = format!("By={};Hash={hash};URI={peer}", ctx.store.id());
+        if let Ok(v) = HeaderValue::from_str(&xfcc) {
+            h.insert("x-forwarded-client-cert", v);
+        }
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.peer_id.is_some() {
+            "https"
+        } else {
+            "http"
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        h.insert(hyper::header::HOST, v);
+    }
+    let mut headers = Vec::with_capacity(h.len());
+    for (k, v) in h.iter() {
+        // Envoy forwards UTF-8 (obs-text) in header values; the engine must see what the app
+        // sees, so bytes that are not UTF-8 are refused rather than compared lossily. hyper
+        // has already refused control characters.
+        match std::str::from_utf8(v.as_bytes()) {
+            Ok(t) => headers.push((k.as_str().to_owned(), t.to_owned())),
+            Err(_) => return malformed("a header value that is not UTF-8"),
+        }
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    // Envoy's HTTP/1 codec answers 400 to a request target with a fragment (`#`).
+    if target.contains('#') {
+        return malformed("a request target with a fragment (#)");
+    }
+    let mut http = HttpRequest::new(
+        parts.method.as_str(),
+        host,
+        target,
+        headers,
+        ctx.state.mesh.path_normalization,
+    );
+    if parts.version < hyper::Version::HTTP_2 {
+        http = http.as_http1();
+    }
+    // What Envoy's ext_authz would put in the CheckRequest, so an AuthConfig step (a CUSTOM
+    // provider) sees the same input here as behind Envoy: the sockets, the request id, the
+    // protocol and `:scheme`. Envoy (docs/root/configuration/http/http_conn_man/headers.rst,
+    // ":scheme"): HTTP/2 keeps the client's; HTTP/1 takes it from an absolute URL, else from
+    // X-Forwarded-Proto as sanitised for an untrusted downstream (a sidecar trusts none), i.e.
+    // from the connection: https over TLS, http in the clear.
+    http.id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    http.protocol = match parts.version {
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+    .to_owned();
+    http.scheme = match parts.uri.scheme_str() {
+        Some(sch) => sch.to_owned(),
+        None if conn.peer_id.is_some() => "https".to_owned(),
+        None => "http".to_owned(),
+    };
+    let request = request_for(ctx, conn, Some(http));
+    let o = ctx.engine.decide("proxy-http", &request).await;
+    if !o.allowed {
+        let mut r = full(o.status, o.body().to_owned());
+        for (k, v) in &o.response_headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                r.headers_mut().append(k, v);
+            }
+        }
+        if let Some(w) = o
+            .www_authenticate
+            .as_deref()
+            .and_then(|w| HeaderValue::from_str(w).ok())
+        {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, w);
+        }
+        return r;
+    }
+
+    // The app receives the path that was authorised (normalised as Envoy forwards it).
+    let mut path = match request.http.as_ref().and_then(|h| h.path.as_ref().ok()) {
+        Some(p) => match &p.query {
+            Some(q) => format!("{}?{q}", p.path),
+            None => p.path.clone(),
+        },
+        None => return full(400, "Bad Request"),
+    };
+    if !o.query_params_to_remove.is_empty() {
+        path = meshguard_authn::extract::remove_query_params(&path, &o.query_params_to_remove);
+    }
+    let Ok(uri) = format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() else {
+        return full(400, "Bad Request");
+    };
+    parts.uri = uri;
+    parts.version = hyper::Version::HTTP_11;
+    let h = &mut parts.headers;
+    for name in &o.headers_to_remove {
+        h.remove(name.as_str());
+    }
+    // Client-sent copies of these names were removed before the decision; one line per
+    // verified token, as Envoy's jwt_authn adds them.
+    for (k, v) in &o.headers_to_add {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            h.append(k, v);
+        }
+    }
+    let upstream = hyper::Request::from_parts(parts, body.boxed());
+    match ctx.client.request(upstream).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            hyper::Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            tracing::warn!(app = %ctx.listener.app, error = %e, "the app did not answer");
+            full(
+                503,
+                "upstream connect error or disconnect/reset before headers",
+            )
+        }
+    }
+}
