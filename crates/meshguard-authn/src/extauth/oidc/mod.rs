@@ -45,7 +45,7 @@ use meshguard_policy::extauth::OidcAuthorizationCode;
 use meshguard_policy::PolicySet;
 use serde_json::{json, Value};
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 use provider::{form_escape, CodeError, Discovered};
 use refresh::{RefreshError, RefreshRx};
 use session::{cookie, random_b64, Kind};
@@ -93,10 +93,10 @@ impl OidcStep {
         id: &str,
         cfg: &OidcAuthorizationCode,
         client: &reqwest::Client,
-    ) -> Result<OidcStep, String> {
+    ) -> Result<OidcStep, BuildError> {
         let secret = super::client_secret(set, &cfg.client_secret)?;
         if secret.len() < 16 {
-            return Err("the client secret is too short (under 16 bytes) to derive a cookie key from; use the provider's generated secret".into());
+            return Err(BuildError::ShortClientSecret);
         }
         let key = session::cookie_key(&secret, id)?;
         let (session_name, pending_name) =
@@ -127,7 +127,7 @@ impl OidcStep {
     async fn start_login(&self, input: &StepInput<'_>) -> StepOutcome {
         let d = match self.discover().await {
             Ok(d) => d,
-            Err(e) => return StepOutcome::failed(503, e),
+            Err(e) => return StepOutcome::failed(503, e.to_string()),
         };
         let (Ok(state), Ok(nonce), Ok(verifier)) = (random_b64(24), random_b64(24), random_b64(32))
         else {
@@ -199,13 +199,13 @@ impl OidcStep {
         }
         let d = match self.discover().await {
             Ok(d) => d,
-            Err(e) => return StepOutcome::failed(503, e),
+            Err(e) => return StepOutcome::failed(503, e.to_string()),
         };
         let verifier = pending["verifier"].as_str().unwrap_or("");
         let tokens = match self.exchange_code(&d, &code, verifier).await {
             Ok(v) => v,
-            Err(CodeError::Refused(e)) => return deny(e),
-            Err(CodeError::Unavailable(e)) => return StepOutcome::failed(503, e),
+            Err(e @ CodeError::Unreachable(_)) => return StepOutcome::failed(503, e.to_string()),
+            Err(e) => return deny(e.to_string()),
         };
         let Some(id_token) = tokens["id_token"].as_str() else {
             return deny("no id_token in the token response".into());
@@ -239,7 +239,7 @@ impl OidcStep {
         }
         let set_session = match self.session_cookie(&mut session) {
             Ok(c) => c,
-            Err(e) => return StepOutcome::failed(503, e),
+            Err(e) => return StepOutcome::failed(503, e.to_string()),
         };
         let url = pending["url"].as_str().unwrap_or("/");
         self.redirect(
@@ -336,7 +336,7 @@ impl OidcStep {
                     Ok(mut new) => {
                         let set_session = match self.session_cookie(&mut new) {
                             Ok(c) => c,
-                            Err(e) => return StepOutcome::failed(503, e),
+                            Err(e) => return StepOutcome::failed(503, e.to_string()),
                         };
                         let mut o = self.with_session(input, &new, "OIDC session refreshed");
                         o.response_headers.push(("set-cookie".into(), set_session));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{now, OidcStep};
-use crate::remote::{FetchSettings, RemoteJwks};
+use crate::jose::JoseError;
+use crate::remote::{FetchSettings, KeysError, RemoteJwks};
 
 /// Bound on discovery and token requests.
 pub(super) const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -20,12 +21,59 @@ pub(super) struct Discovered {
     jwks: Arc<RemoteJwks>,
 }
 
+/// Why a response body is not the JSON document asked for.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BodyError {
+    #[error("{0}")]
+    Read(#[source] reqwest::Error),
+    #[error("response too large")]
+    TooLarge,
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
+/// Why the provider's discovery document is not usable.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DiscoveryError {
+    #[error("OIDC discovery at {url} failed: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("OIDC discovery at {url}: {source}")]
+    Body { url: String, source: BodyError },
+    #[error("OIDC discovery at {url}: issuer does not match issuerUrl")]
+    Issuer { url: String },
+    #[error("OIDC discovery at {url} has no `{field}`")]
+    Missing { url: String, field: &'static str },
+}
+
 /// Why the authorization code brought no tokens.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum CodeError {
-    /// The provider refused the code or answered nonsense: deny (403).
-    Refused(String),
-    /// The provider could not be asked: an outage (503).
-    Unavailable(String),
+    #[error("token response: {0}")]
+    Body(#[source] BodyError),
+    #[error("the token endpoint refused the code ({0})")]
+    Refused(reqwest::StatusCode),
+    /// The provider could not be asked: an outage (503), not a refusal (403).
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+}
+
+/// Why an ID token is refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum IdTokenError {
+    #[error(transparent)]
+    Malformed(#[from] JoseError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Signature(#[from] crate::TokenError),
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("the token is not for this client")]
+    WrongAudience,
+    #[error("nonce mismatch")]
+    NonceMismatch,
+    #[error("expired")]
+    Expired,
 }
 
 /// RFC 7009 revocation of a session's tokens, in the background (best effort, bounded).
@@ -51,12 +99,12 @@ fn revoke_in_background(
 }
 
 /// A JSON response body, at most 64 KiB.
-pub(super) async fn json_body(r: reqwest::Response) -> Result<Value, String> {
-    let b = r.bytes().await.map_err(|e| e.to_string())?;
+pub(super) async fn json_body(r: reqwest::Response) -> Result<Value, BodyError> {
+    let b = r.bytes().await.map_err(BodyError::Read)?;
     if b.len() > 64 * 1024 {
-        return Err("response too large".into());
+        return Err(BodyError::TooLarge);
     }
-    serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}"))
+    serde_json::from_slice(&b).map_err(BodyError::NotJson)
 }
 
 pub(super) fn form_escape(s: &str) -> String {
@@ -73,7 +121,7 @@ pub(super) fn form_escape(s: &str) -> String {
 }
 
 impl OidcStep {
-    pub(super) async fn discover(&self) -> Result<Arc<Discovered>, String> {
+    pub(super) async fn discover(&self) -> Result<Arc<Discovered>, DiscoveryError> {
         if let Some(d) = self.discovered.lock().ok().and_then(|d| d.clone()) {
             return Ok(d);
         }
@@ -84,22 +132,29 @@ impl OidcStep {
             .timeout(HTTP_TIMEOUT)
             .send()
             .await
-            .map_err(|e| format!("OIDC discovery at {url} failed: {e}"))
+            .map_err(|source| DiscoveryError::Unreachable {
+                url: url.clone(),
+                source,
+            })
             .map(json_body)?
             .await
-            .map_err(|e| format!("OIDC discovery at {url}: {e}"))?;
+            .map_err(|source| DiscoveryError::Body {
+                url: url.clone(),
+                source,
+            })?;
         if doc["issuer"].as_str().map(|i| i.trim_end_matches('/'))
             != Some(self.cfg.issuer_url.as_str())
         {
-            return Err(format!(
-                "OIDC discovery at {url}: issuer does not match issuerUrl"
-            ));
+            return Err(DiscoveryError::Issuer { url });
         }
-        let field = |k: &str| {
+        let field = |k: &'static str| {
             doc[k]
                 .as_str()
                 .map(str::to_owned)
-                .ok_or_else(|| format!("OIDC discovery at {url} has no `{k}`"))
+                .ok_or_else(|| DiscoveryError::Missing {
+                    url: url.clone(),
+                    field: k,
+                })
         };
         let d = Arc::new(Discovered {
             authorization_endpoint: field("authorization_endpoint")?,
@@ -150,16 +205,9 @@ impl OidcStep {
             .send()
             .await;
         match resp {
-            Ok(r) if r.status().is_success() => json_body(r)
-                .await
-                .map_err(|e| CodeError::Refused(format!("token response: {e}"))),
-            Ok(r) => Err(CodeError::Refused(format!(
-                "the token endpoint refused the code ({})",
-                r.status()
-            ))),
-            Err(e) => Err(CodeError::Unavailable(format!(
-                "token endpoint unreachable: {e}"
-            ))),
+            Ok(r) if r.status().is_success() => json_body(r).await.map_err(CodeError::Body),
+            Ok(r) => Err(CodeError::Refused(r.status())),
+            Err(e) => Err(CodeError::Unreachable(e)),
         }
     }
 
@@ -196,8 +244,8 @@ impl OidcStep {
         token: &str,
         nonce: &str,
         nonce_required: bool,
-    ) -> Result<Value, String> {
-        let jwt = crate::jose::parse(token).map_err(|e| e.to_string())?;
+    ) -> Result<Value, IdTokenError> {
+        let jwt = crate::jose::parse(token)?;
         let mut keys = d.jwks.keys().await?;
         if let Some(kid) = &jwt.kid {
             if !keys.has_kid(kid) {
@@ -206,11 +254,11 @@ impl OidcStep {
                 }
             }
         }
-        crate::verify_signature(&keys, &jwt).map_err(|e| e.to_string())?;
+        crate::verify_signature(&keys, &jwt)?;
         let c = Value::Object(jwt.payload);
         if c["iss"].as_str().map(|i| i.trim_end_matches('/')) != Some(self.cfg.issuer_url.as_str())
         {
-            return Err("wrong issuer".into());
+            return Err(IdTokenError::WrongIssuer);
         }
         let aud_ok = match &c["aud"] {
             Value::String(a) => *a == self.cfg.client_id,
@@ -220,7 +268,7 @@ impl OidcStep {
             _ => false,
         };
         if !aud_ok {
-            return Err("the token is not for this client".into());
+            return Err(IdTokenError::WrongAudience);
         }
         let checked = nonce_required || !c["nonce"].is_null();
         if checked
@@ -229,13 +277,13 @@ impl OidcStep {
                 nonce.as_bytes(),
             )
         {
-            return Err("nonce mismatch".into());
+            return Err(IdTokenError::NonceMismatch);
         }
         if c["exp"]
             .as_u64()
             .is_none_or(|e| now() > e.saturating_add(60))
         {
-            return Err("expired".into());
+            return Err(IdTokenError::Expired);
         }
         Ok(c)
     }

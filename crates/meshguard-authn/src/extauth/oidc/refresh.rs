@@ -91,7 +91,10 @@ impl OidcStep {
         let Some(token) = session["refresh_token"].as_str().filter(|t| !t.is_empty()) else {
             return Err(RefreshError::Refused("no refresh token".into()));
         };
-        let d = self.discover().await.map_err(RefreshError::Unavailable)?;
+        let d = self
+            .discover()
+            .await
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
         let key = token_key(token);
         let mut rx = {
             let Ok(mut map) = self.refreshing.lock() else {

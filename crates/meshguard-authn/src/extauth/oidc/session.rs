@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::{now, OidcStep};
-use crate::extauth::StepInput;
+use crate::extauth::{BuildError, StepInput};
 
 const SESSION_COOKIE: &str = "meshguard-session";
 const PENDING_COOKIE: &str = "meshguard-oidc-pending";
@@ -24,8 +24,20 @@ pub(super) enum Kind {
     Pending,
 }
 
+/// Why a cookie could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SealError {
+    #[error("no randomness")]
+    NoRandomness,
+    #[error("sealing failed")]
+    Sealing,
+    /// The sealed session (this many bytes) would not fit in a cookie.
+    #[error("the session cookie would be {0} bytes, more than browsers keep ({MAX_COOKIE}); the provider's tokens are too large to keep in a cookie")]
+    TooLarge(usize),
+}
+
 /// The cookie key: PBKDF2-HMAC-SHA256 of the client secret, salted with the AuthConfig id.
-pub(super) fn cookie_key(secret: &str, id: &str) -> Result<LessSafeKey, String> {
+pub(super) fn cookie_key(secret: &str, id: &str) -> Result<LessSafeKey, BuildError> {
     let mut raw = [0u8; 32];
     let salt = format!("meshguard oidc session v2\0{id}");
     aws_lc_rs::pbkdf2::derive(
@@ -36,8 +48,7 @@ pub(super) fn cookie_key(secret: &str, id: &str) -> Result<LessSafeKey, String> 
         &mut raw,
     );
     Ok(LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, &raw)
-            .map_err(|_| "cookie key derivation failed".to_owned())?,
+        UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| BuildError::CookieKey)?,
     ))
 }
 
@@ -58,11 +69,11 @@ pub(super) fn cookie_names(app_url: &str, cookie_prefix: Option<&str>) -> (Strin
     )
 }
 
-pub(super) fn random_b64(n: usize) -> Result<String, String> {
+pub(super) fn random_b64(n: usize) -> Result<String, SealError> {
     let mut b = vec![0u8; n];
     SystemRandom::new()
         .fill(&mut b)
-        .map_err(|_| "no randomness".to_owned())?;
+        .map_err(|_| SealError::NoRandomness)?;
     Ok(B64.encode(b))
 }
 
@@ -82,11 +93,11 @@ impl OidcStep {
         format!("{}\0{k}", self.id)
     }
 
-    pub(super) fn seal(&self, v: &Value, kind: Kind) -> Result<String, String> {
+    pub(super) fn seal(&self, v: &Value, kind: Kind) -> Result<String, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
-            .map_err(|_| "no randomness".to_owned())?;
+            .map_err(|_| SealError::NoRandomness)?;
         let mut data = v.to_string().into_bytes();
         self.key
             .seal_in_place_append_tag(
@@ -94,7 +105,7 @@ impl OidcStep {
                 Aad::from(self.aad(kind).as_bytes()),
                 &mut data,
             )
-            .map_err(|_| "sealing failed".to_owned())?;
+            .map_err(|_| SealError::Sealing)?;
         let mut out = nonce.to_vec();
         out.extend(data);
         Ok(B64.encode(out))
@@ -123,7 +134,7 @@ impl OidcStep {
 
     /// `Set-Cookie` for a session; the access token is left out when it would make the cookie
     /// too large and nothing reads it (no accessTokenHeader).
-    pub(super) fn session_cookie(&self, session: &mut Value) -> Result<String, String> {
+    pub(super) fn session_cookie(&self, session: &mut Value) -> Result<String, SealError> {
         let exp = session["exp"].as_u64().unwrap_or(0);
         let mut sealed = self.seal(session, Kind::Session)?;
         if sealed.len() > MAX_COOKIE && self.cfg.access_token_header.is_none() {
@@ -133,10 +144,7 @@ impl OidcStep {
             sealed = self.seal(session, Kind::Session)?;
         }
         if sealed.len() > MAX_COOKIE {
-            return Err(format!(
-                "the session cookie would be {} bytes, more than browsers keep ({MAX_COOKIE}); the provider's tokens are too large to keep in a cookie",
-                sealed.len()
-            ));
+            return Err(SealError::TooLarge(sealed.len()));
         }
         Ok(format!(
             "{}={sealed}; {}",
