@@ -168,10 +168,8 @@ fn strict_object(bytes: &[u8], what: &'static str) -> Result<Map<String, Value>,
 }
 
 /// Parses JSON strictly: duplicate member names anywhere are an error.
-pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice::<StrictValue>(bytes)
-        .map(|v| v.0)
-        .map_err(|e| e.to_string())
+pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<StrictValue>(bytes).map(|v| v.0)
 }
 
 /// A JSON value whose deserialisation refuses duplicate object keys.

@@ -63,6 +63,36 @@ pub enum JwksError {
     NoUsableKey(String),
 }
 
+/// Why one JWK is skipped.
+#[derive(Debug, thiserror::Error)]
+enum KeyError {
+    #[error(transparent)]
+    Alg(#[from] crate::jose::JoseError),
+    #[error("invalid key material: {0}")]
+    Material(#[source] jsonwebtoken::errors::Error),
+    /// A required member (`n`, `e`, `x`, `y`, `k`) is absent.
+    #[error("{kty} key without `{member}`")]
+    Missing {
+        kty: &'static str,
+        member: &'static str,
+    },
+    #[error("unsupported {kty} curve {crv:?}")]
+    UnsupportedCurve {
+        kty: &'static str,
+        crv: Option<String>,
+    },
+    #[error("oct key `k` is not base64url")]
+    OctNotBase64,
+    #[error("oct key is empty")]
+    OctEmpty,
+    #[error("symmetric (oct) keys are only accepted from inline jwks")]
+    OctNotInline,
+    #[error("unsupported key type {0:?}")]
+    UnsupportedKty(Option<String>),
+    #[error("`alg` {alg:?} does not fit a {kind:?} key")]
+    AlgMismatch { alg: Algorithm, kind: KeyKind },
+}
+
 /// A parsed key set.
 #[derive(Debug, Default)]
 pub struct KeySet {
@@ -82,7 +112,7 @@ impl KeySet {
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(JwksError::TooLarge);
         }
-        let v = parse_json_strict(bytes).map_err(JwksError::Json)?;
+        let v = parse_json_strict(bytes).map_err(|e| JwksError::Json(e.to_string()))?;
         let Some(list) = v.get("keys").and_then(Value::as_array) else {
             return Err(JwksError::NoKeys);
         };
@@ -103,19 +133,20 @@ impl KeySet {
         Ok(set)
     }
 
-    fn parse_key(k: &Value, allow_oct: bool) -> Result<Key, String> {
+    fn parse_key(k: &Value, allow_oct: bool) -> Result<Key, KeyError> {
         // `use` is not consulted: Envoy 1.40 (jwt_verify_lib) verifies with a key marked
         // `use: enc` too (tests/envoy_jwt.rs, case kid_enc_key).
         let alg = match s(k, "alg") {
-            Some(a) => Some(crate::jose::parse_alg(a).map_err(|e| e.to_string())?),
+            Some(a) => Some(crate::jose::parse_alg(a)?),
             None => None,
         };
-        let bad = |e: jsonwebtoken::errors::Error| format!("invalid key material: {e}");
+        let bad = KeyError::Material;
+        let missing = |kty, member| KeyError::Missing { kty, member };
         let (kind, decoding) = match s(k, "kty") {
             Some("RSA") => {
                 let (n, e) = (
-                    s(k, "n").ok_or("RSA key without `n`")?,
-                    s(k, "e").ok_or("RSA key without `e`")?,
+                    s(k, "n").ok_or(missing("RSA", "n"))?,
+                    s(k, "e").ok_or(missing("RSA", "e"))?,
                 );
                 (
                     KeyKind::Rsa,
@@ -126,44 +157,50 @@ impl KeySet {
                 let kind = match s(k, "crv") {
                     Some("P-256") => KeyKind::EcP256,
                     Some("P-384") => KeyKind::EcP384,
-                    other => return Err(format!("unsupported EC curve {other:?}")),
+                    other => {
+                        return Err(KeyError::UnsupportedCurve {
+                            kty: "EC",
+                            crv: other.map(str::to_owned),
+                        })
+                    }
                 };
                 let (x, y) = (
-                    s(k, "x").ok_or("EC key without `x`")?,
-                    s(k, "y").ok_or("EC key without `y`")?,
+                    s(k, "x").ok_or(missing("EC", "x"))?,
+                    s(k, "y").ok_or(missing("EC", "y"))?,
                 );
                 (kind, DecodingKey::from_ec_components(x, y).map_err(bad)?)
             }
             Some("OKP") => {
                 if s(k, "crv") != Some("Ed25519") {
-                    return Err(format!("unsupported OKP curve {:?}", s(k, "crv")));
+                    return Err(KeyError::UnsupportedCurve {
+                        kty: "OKP",
+                        crv: s(k, "crv").map(str::to_owned),
+                    });
                 }
                 (
                     KeyKind::Ed25519,
-                    DecodingKey::from_ed_components(s(k, "x").ok_or("OKP key without `x`")?)
+                    DecodingKey::from_ed_components(s(k, "x").ok_or(missing("OKP", "x"))?)
                         .map_err(bad)?,
                 )
             }
             Some("oct") if allow_oct => {
-                let secret = s(k, "k").ok_or("oct key without `k`")?;
+                let secret = s(k, "k").ok_or(missing("oct", "k"))?;
                 let raw = base64::Engine::decode(
                     &base64::engine::general_purpose::URL_SAFE_NO_PAD,
                     secret.trim_end_matches('='),
                 )
-                .map_err(|_| "oct key `k` is not base64url".to_owned())?;
+                .map_err(|_| KeyError::OctNotBase64)?;
                 if raw.is_empty() {
-                    return Err("oct key is empty".to_owned());
+                    return Err(KeyError::OctEmpty);
                 }
                 (KeyKind::Oct, DecodingKey::from_secret(&raw))
             }
-            Some("oct") => {
-                return Err("symmetric (oct) keys are only accepted from inline jwks".to_owned())
-            }
-            other => return Err(format!("unsupported key type {other:?}")),
+            Some("oct") => return Err(KeyError::OctNotInline),
+            other => return Err(KeyError::UnsupportedKty(other.map(str::to_owned))),
         };
         if let Some(a) = alg {
             if !kind.accepts(a) {
-                return Err(format!("`alg` {a:?} does not fit a {kind:?} key"));
+                return Err(KeyError::AlgMismatch { alg: a, kind });
             }
         }
         Ok(Key {
@@ -188,5 +225,47 @@ impl KeySet {
     /// Whether a key with this `kid` exists at all.
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Why each unusable key was skipped, as `lint` and the logs show it.
+    #[test]
+    fn skipped_keys_say_why() {
+        let jwks = br#"{"keys":[
+            {"kty":"RSA","e":"AQAB"},
+            {"kty":"EC","crv":"P-521","x":"a","y":"b"},
+            {"kty":"OKP","crv":"X25519","x":"a"},
+            {"kty":"oct","k":"c2VjcmV0"},
+            {"kty":"oct","k":"c2VjcmV0","alg":"RS256"},
+            {"kty":"XYZ"},
+            {"kty":"RSA","alg":"none","n":"a","e":"AQAB"}
+        ]}"#;
+        let Err(JwksError::NoUsableKey(why)) = KeySet::parse(jwks, false) else {
+            panic!("no key should be usable");
+        };
+        assert_eq!(
+            why,
+            "keys[0]: RSA key without `n`; \
+             keys[1]: unsupported EC curve Some(\"P-521\"); \
+             keys[2]: unsupported OKP curve Some(\"X25519\"); \
+             keys[3]: symmetric (oct) keys are only accepted from inline jwks; \
+             keys[4]: symmetric (oct) keys are only accepted from inline jwks; \
+             keys[5]: unsupported key type Some(\"XYZ\"); \
+             keys[6]: Jwt algorithm `none` is not allowed"
+        );
+        let Err(JwksError::NoUsableKey(why)) = KeySet::parse(
+            br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"RS256"},{"kty":"oct","k":""},{"kty":"EC","crv":"P-256","x":"a"}]}"#,
+            true,
+        ) else {
+            panic!("no key should be usable");
+        };
+        assert_eq!(
+            why,
+            "keys[0]: `alg` RS256 does not fit a Oct key; keys[1]: oct key is empty; keys[2]: EC key without `y`"
+        );
     }
 }

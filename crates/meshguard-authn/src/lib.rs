@@ -282,7 +282,7 @@ impl Authenticator {
         let mut errors = Vec::new();
         for r in &self.remotes {
             if let Err(e) = r.keys().await {
-                errors.push(e);
+                errors.push(e.to_string());
             }
         }
         errors
@@ -542,7 +542,10 @@ impl Authenticator {
         let keys = match &p.keys {
             KeySource::Inline(Ok(k)) => k.clone(),
             KeySource::Inline(Err(e)) => return Err(TokenError::JwksInvalid(e.clone())),
-            KeySource::Remote(r) => r.keys().await.map_err(TokenError::JwksUnavailable)?,
+            KeySource::Remote(r) => r
+                .keys()
+                .await
+                .map_err(|e| TokenError::JwksUnavailable(e.to_string()))?,
         };
         match verify_signature(&keys, jwt) {
             Err(TokenError::NoMatchingKey) => {

@@ -8,7 +8,49 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::Mutex;
 
-use crate::jwks::{KeySet, MAX_JWKS_BYTES};
+use crate::jwks::{JwksError, KeySet, MAX_JWKS_BYTES};
+
+/// Why no keys are available for an issuer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    /// The last fetch failed (and no keys were fetched before).
+    #[error("fetching JWKS for issuer {issuer}: {source}")]
+    Fetch {
+        issuer: String,
+        #[source]
+        source: FetchError,
+    },
+    #[error("no keys")]
+    NoKeys,
+}
+
+/// Why one fetch of a key set failed. URLs are shown redacted ([`redact_url`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The request or the body read failed: reqwest's message without its copy of the URL.
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("{url}: body larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge { url: String },
+    /// The discovery document is not (strict) JSON.
+    #[error("{url}: {reason}")]
+    DiscoveryJson { url: String, reason: String },
+    #[error("{url}: no jwks_uri in the discovery document")]
+    NoJwksUri { url: String },
+    #[error("{url}: {source}")]
+    Jwks {
+        url: String,
+        #[source]
+        source: JwksError,
+    },
+}
 
 /// How fetches behave.
 #[derive(Debug, Clone)]
@@ -42,7 +84,7 @@ pub struct FetchStats {
 struct FetchState {
     last_attempt: Option<Instant>,
     last_success: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<FetchError>,
 }
 
 /// One remote key set.
@@ -123,7 +165,7 @@ impl RemoteJwks {
 
     /// The cached keys, fetching first if none were ever fetched, or refreshing if stale.
     /// Returns the last error when no keys are available.
-    pub async fn keys(self: &Arc<Self>) -> Result<Arc<KeySet>, String> {
+    pub async fn keys(self: &Arc<Self>) -> Result<Arc<KeySet>, KeysError> {
         if let Some(k) = self.keys.load_full() {
             if self.is_stale()
                 && !self
@@ -142,7 +184,7 @@ impl RemoteJwks {
             return Ok(k);
         }
         self.fetch_now(false).await?;
-        self.keys.load_full().ok_or_else(|| "no keys".to_owned())
+        self.keys.load_full().ok_or(KeysError::NoKeys)
     }
 
     /// Re-fetches because a token named a `kid` the cached set lacks (rate-limited).
@@ -151,7 +193,7 @@ impl RemoteJwks {
         self.keys.load_full()
     }
 
-    async fn fetch_now(&self, for_kid: bool) -> Result<(), String> {
+    async fn fetch_now(&self, for_kid: bool) -> Result<(), KeysError> {
         let mut st = self.state.lock().await;
         if let Some(t) = st.last_attempt {
             let min = if for_kid {
@@ -163,7 +205,7 @@ impl RemoteJwks {
             };
             if t.elapsed() < min {
                 return match &st.last_error {
-                    Some(e) if self.keys.load().is_none() => Err(e.clone()),
+                    Some(e) if self.keys.load().is_none() => Err(self.fetch_failed(e.clone())),
                     _ => Ok(()),
                 };
             }
@@ -172,7 +214,7 @@ impl RemoteJwks {
         let result = tokio::time::timeout(self.timeout, self.fetch_keys()).await;
         let result = match result {
             Ok(r) => r,
-            Err(_) => Err(format!("timed out after {:?}", self.timeout)),
+            Err(_) => Err(FetchError::Timeout(self.timeout)),
         };
         // Rate limits count from the end of an attempt, so a slow endpoint is not hit again by
         // every caller that queued behind it.
@@ -195,41 +237,53 @@ impl RemoteJwks {
                 Ok(())
             }
             Err(e) => {
-                let msg = format!("fetching JWKS for issuer {}: {e}", self.issuer);
-                st.last_error = Some(msg.clone());
+                st.last_error = Some(e.clone());
                 self.stats
                     .failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(msg)
+                Err(self.fetch_failed(e))
             }
         }
     }
 
-    async fn fetch_keys(&self) -> Result<KeySet, String> {
+    fn fetch_failed(&self, source: FetchError) -> KeysError {
+        KeysError::Fetch {
+            issuer: self.issuer.clone(),
+            source,
+        }
+    }
+
+    async fn fetch_keys(&self) -> Result<KeySet, FetchError> {
         let uri = match &self.uri {
             Some(u) => u.clone(),
             None => self.discover().await?,
         };
         let body = self.get_bounded(&uri).await?;
-        KeySet::parse(&body, false).map_err(|e| format!("{}: {e}", redact_url(&uri)))
+        KeySet::parse(&body, false).map_err(|source| FetchError::Jwks {
+            url: redact_url(&uri),
+            source,
+        })
     }
 
     /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` -> `jwks_uri`.
-    async fn discover(&self) -> Result<String, String> {
+    async fn discover(&self) -> Result<String, FetchError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
         let body = self.get_bounded(&url).await?;
         let shown = redact_url(&url);
-        let v = crate::jose::parse_json_strict(&body).map_err(|e| format!("{shown}: {e}"))?;
+        let v = crate::jose::parse_json_strict(&body).map_err(|e| FetchError::DiscoveryJson {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
         v.get("jwks_uri")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| format!("{shown}: no jwks_uri in the discovery document"))
+            .ok_or(FetchError::NoJwksUri { url: shown })
     }
 
-    async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get_bounded(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         // Errors name the URL without credentials (userinfo, query values), and reqwest's own
         // message without its copy of the URL.
         let shown = redact_url(url);
@@ -238,24 +292,29 @@ impl RemoteJwks {
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("{shown}: {}", e.without_url()))?;
+            .map_err(|e| FetchError::Http {
+                url: shown.clone(),
+                reason: e.without_url().to_string(),
+            })?;
         if !resp.status().is_success() {
-            return Err(format!("{shown}: HTTP {}", resp.status()));
+            return Err(FetchError::Status {
+                url: shown,
+                status: resp.status(),
+            });
         }
         if resp
             .content_length()
             .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
         {
-            return Err(format!("{shown}: body larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(FetchError::TooLarge { url: shown });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("{shown}: {}", e.without_url()))?
-        {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError::Http {
+            url: shown.clone(),
+            reason: e.without_url().to_string(),
+        })? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!("{shown}: body larger than {MAX_JWKS_BYTES} bytes"));
+                return Err(FetchError::TooLarge { url: shown });
             }
             body.extend_from_slice(&chunk);
         }

@@ -74,8 +74,8 @@ pub fn load(
         AuthnSettings::default(),
         previous.map(|p| &p.authn),
     );
-    let chains =
-        meshguard_authn::extauth::Chains::build(&set, client).map_err(LoadError::AuthConfig)?;
+    let chains = meshguard_authn::extauth::Chains::build(&set, client)
+        .map_err(|e| LoadError::AuthConfig(e.to_string()))?;
     Ok(Generation {
         id,
         set,

@@ -477,7 +477,7 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
                     col: 1,
                     resource: Some(format!("AuthConfig {}/{}", c.meta.namespace, c.meta.name)),
                     field: "spec.configs".into(),
-                    message: e,
+                    message: e.to_string(),
                 });
             }
         }

@@ -8,7 +8,7 @@ use meshguard_policy::extauth::{labels_match, ApiKeyAuth, MetadataHeader};
 use meshguard_policy::PolicySet;
 use serde_json::Value;
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 
 struct Key {
     digest: [u8; 32],
@@ -33,7 +33,11 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 pub const KEY_FIELD: &str = "api-key";
 
 impl ApiKeyStep {
-    pub fn build(set: &PolicySet, namespace: &str, a: &ApiKeyAuth) -> Result<ApiKeyStep, String> {
+    pub fn build(
+        set: &PolicySet,
+        namespace: &str,
+        a: &ApiKeyAuth,
+    ) -> Result<ApiKeyStep, BuildError> {
         let mut keys = Vec::new();
         let mut seen = Vec::new();
         for s in set.secrets() {
@@ -51,25 +55,26 @@ impl ApiKeyStep {
             }
             let Some(key) = s.data.get(KEY_FIELD) else {
                 if by_ref {
-                    return Err(format!(
-                        "Secret {}/{} has no `{KEY_FIELD}` entry",
-                        s.meta.namespace, s.meta.name
-                    ));
+                    return Err(BuildError::SecretEntryMissing {
+                        namespace: s.meta.namespace.clone(),
+                        name: s.meta.name.clone(),
+                        entry: KEY_FIELD,
+                    });
                 }
                 continue;
             };
             if key.is_empty() {
-                return Err(format!(
-                    "Secret {}/{} has an empty API key",
-                    s.meta.namespace, s.meta.name
-                ));
+                return Err(BuildError::EmptyApiKey {
+                    namespace: s.meta.namespace.clone(),
+                    name: s.meta.name.clone(),
+                });
             }
             let digest = sha256(key);
             if seen.contains(&digest) {
-                return Err(format!(
-                    "Secret {}/{} repeats an API key another Secret already holds",
-                    s.meta.namespace, s.meta.name
-                ));
+                return Err(BuildError::DuplicateApiKey {
+                    namespace: s.meta.namespace.clone(),
+                    name: s.meta.name.clone(),
+                });
             }
             seen.push(digest);
             let metadata = s
@@ -90,10 +95,11 @@ impl ApiKeyStep {
                 .iter()
                 .any(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
             {
-                return Err(format!(
-                    "apiKeySecretRefs: Secret {}/{} is not loaded",
-                    r.namespace, r.name
-                ));
+                return Err(BuildError::SecretNotLoaded {
+                    field: "apiKeySecretRefs",
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                });
             }
         }
         Ok(ApiKeyStep {

@@ -9,7 +9,7 @@ use md5::{Digest, Md5};
 use meshguard_policy::extauth::{BasicAuth, PasswordEncryption};
 use meshguard_policy::PolicySet;
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 
 const ITOA64: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -159,7 +159,7 @@ fn credential_digest(user: &str, password: &str) -> [u8; 32] {
 }
 
 impl BasicStep {
-    pub fn build(set: &PolicySet, b: &BasicAuth) -> Result<BasicStep, String> {
+    pub fn build(set: &PolicySet, b: &BasicAuth) -> Result<BasicStep, BuildError> {
         let mut users = BTreeMap::new();
         for (name, u) in &b.users {
             let stored = match b.encryption {
@@ -179,8 +179,10 @@ impl BasicStep {
             let text = ["htpasswd", ".htpasswd", "users"]
                 .iter()
                 .find_map(|k| s.data.get(*k))
-                .ok_or_else(|| {
-                    format!("Secret {}/{} has no `htpasswd` entry", r.namespace, r.name)
+                .ok_or_else(|| BuildError::SecretEntryMissing {
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    entry: "htpasswd",
                 })?;
             let text = String::from_utf8_lossy(text);
             for (i, line) in text.lines().enumerate() {
@@ -188,29 +190,27 @@ impl BasicStep {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (user, hash) = line.split_once(':').ok_or_else(|| {
-                    format!(
-                        "Secret {}/{} htpasswd line {}: expected user:hash",
-                        r.namespace,
-                        r.name,
-                        i + 1
-                    )
-                })?;
+                let (user, hash) =
+                    line.split_once(':')
+                        .ok_or_else(|| BuildError::HtpasswdSyntax {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            line: i + 1,
+                        })?;
                 if let Some(cost) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
                     if hash.starts_with("$2") && cost > MAX_BCRYPT_COST {
-                        return Err(format!(
-                            "Secret {}/{} htpasswd line {}: bcrypt cost {cost} is above {MAX_BCRYPT_COST} (too slow to check per request)",
-                            r.namespace,
-                            r.name,
-                            i + 1
-                        ));
+                        return Err(BuildError::BcryptCost {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            line: i + 1,
+                            cost,
+                        });
                     }
                 }
-                let stored = Stored::from_htpasswd(hash).ok_or_else(|| {
-                    format!(
-                        "Secret {}/{} htpasswd line {}: only $apr1$ and bcrypt ($2y$) hashes are accepted (plain, crypt and {{SHA}} are too weak)",
-                        r.namespace, r.name, i + 1
-                    )
+                let stored = Stored::from_htpasswd(hash).ok_or_else(|| BuildError::WeakHash {
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    line: i + 1,
                 })?;
                 users.insert(user.to_owned(), std::sync::Arc::new(stored));
             }

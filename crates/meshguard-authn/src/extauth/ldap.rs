@@ -22,7 +22,7 @@ use meshguard_policy::PolicySet;
 use serde_json::Value;
 
 use super::basic::basic_credentials;
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 
 /// Bound on connecting and on each LDAP operation.
 pub const LDAP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,22 +57,29 @@ fn norm_dn(dn: &str) -> String {
         .join(",")
 }
 
+/// The LDAP server could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("LDAP server {address} unreachable: {source}")]
+struct ConnectError {
+    address: String,
+    source: ldap3::LdapError,
+}
+
 impl LdapStep {
-    pub fn build(set: &PolicySet, cfg: &LdapAuth) -> Result<LdapStep, String> {
+    pub fn build(set: &PolicySet, cfg: &LdapAuth) -> Result<LdapStep, BuildError> {
         let service_account = match &cfg.service_account {
             None => None,
             Some(r) => {
                 let s = super::secret(set, r, "groupLookupSettings.credentialsSecretRef")?;
-                let field = |k: &str| {
+                let field = |k: &'static str| {
                     s.data
                         .get(k)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                         .filter(|v| !v.is_empty())
-                        .ok_or_else(|| {
-                            format!(
-                                "groupLookupSettings: Secret {}/{} has no `{k}`",
-                                r.namespace, r.name
-                            )
+                        .ok_or_else(|| BuildError::ServiceAccountField {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            field: k,
                         })
                 };
                 Some((field("username")?, field("password")?))
@@ -88,7 +95,7 @@ impl LdapStep {
     }
 
     /// A pooled connection, or a new one. `fresh` skips the pool.
-    async fn connect(&self, fresh: bool) -> Result<Ldap, String> {
+    async fn connect(&self, fresh: bool) -> Result<Ldap, ConnectError> {
         if !fresh {
             if let Some(c) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
                 return Ok(c);
@@ -97,7 +104,10 @@ impl LdapStep {
         let settings = LdapConnSettings::new().set_conn_timeout(LDAP_TIMEOUT);
         let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.cfg.address)
             .await
-            .map_err(|e| format!("LDAP server {} unreachable: {e}", self.cfg.address))?;
+            .map_err(|source| ConnectError {
+                address: self.cfg.address.clone(),
+                source,
+            })?;
         tokio::spawn(async move {
             let _ = conn.drive().await;
         });
@@ -129,7 +139,7 @@ impl LdapStep {
         };
         let mut ldap = match self.connect(false).await {
             Ok(l) => l,
-            Err(e) => return StepOutcome::failed(503, e),
+            Err(e) => return StepOutcome::failed(503, e.to_string()),
         };
         let mut bind = ldap
             .with_timeout(LDAP_TIMEOUT)
@@ -142,7 +152,7 @@ impl LdapStep {
             }
             ldap = match self.connect(true).await {
                 Ok(l) => l,
-                Err(e) => return StepOutcome::failed(503, e),
+                Err(e) => return StepOutcome::failed(503, e.to_string()),
             };
             bind = ldap
                 .with_timeout(LDAP_TIMEOUT)

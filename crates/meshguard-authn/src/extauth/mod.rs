@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod basic;
+mod error;
 pub mod ldap;
 pub mod oidc;
 pub mod passthrough;
@@ -20,6 +21,8 @@ use meshguard_policy::boolexpr::BoolExpr;
 use meshguard_policy::extauth::{AuthConfig, AuthModel};
 use meshguard_policy::{Identity, PolicySet, Request};
 use serde_json::{Map, Value};
+
+pub use error::{BuildError, ConfigError};
 
 /// The result of one step or of a whole chain.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +126,7 @@ pub struct Chains {
 
 impl Chains {
     /// Compiles every AuthConfig of `set`; the first problem is returned with the config named.
-    pub fn build(set: &PolicySet, client: &reqwest::Client) -> Result<Chains, String> {
+    pub fn build(set: &PolicySet, client: &reqwest::Client) -> Result<Chains, ConfigError> {
         // Auth services are asked without following redirects: a delegate that answers an
         // unauthenticated caller with a redirect to its login page must not turn into a 200.
         let client = &reqwest::Client::builder()
@@ -136,11 +139,12 @@ impl Chains {
             *name_count.entry(c.meta.name.as_str()).or_default() += 1;
         }
         for c in set.auth_configs() {
-            let chain = Arc::new(compile(set, c, client).map_err(|e| {
-                format!(
-                    "{}:{}: AuthConfig {}/{}: {e}",
-                    c.origin.file, c.origin.line, c.meta.namespace, c.meta.name
-                )
+            let chain = Arc::new(compile(set, c, client).map_err(|source| ConfigError {
+                file: c.origin.file.clone(),
+                line: c.origin.line,
+                namespace: c.meta.namespace.clone(),
+                name: c.meta.name.clone(),
+                source: Box::new(source),
             })?);
             let [full, short] = c.ids();
             by_id.insert(full, chain.clone());
@@ -153,7 +157,7 @@ impl Chains {
 
     /// Every AuthConfig that cannot be built, with why (for `lint`): missing Secrets or
     /// ConfigMaps, Rego that does not parse, unusable keys.
-    pub fn problems(set: &PolicySet) -> Vec<(&AuthConfig, String)> {
+    pub fn problems(set: &PolicySet) -> Vec<(&AuthConfig, BuildError)> {
         set.auth_configs()
             .iter()
             .filter_map(|c| {
@@ -182,33 +186,36 @@ impl Chains {
 pub(crate) fn secret<'a>(
     set: &'a PolicySet,
     r: &meshguard_policy::extauth::ObjectRef,
-    what: &str,
-) -> Result<&'a meshguard_policy::extauth::Secret, String> {
+    what: &'static str,
+) -> Result<&'a meshguard_policy::extauth::Secret, BuildError> {
     set.secrets()
         .iter()
         .find(|s| s.meta.name == r.name && s.meta.namespace == r.namespace)
-        .ok_or_else(|| format!("{what}: Secret {}/{} is not loaded", r.namespace, r.name))
+        .ok_or_else(|| BuildError::SecretNotLoaded {
+            field: what,
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        })
 }
 
 /// An OAuth2 client secret: the `client-secret` (or `clientSecret`) entry of a Secret.
 pub(crate) fn client_secret(
     set: &PolicySet,
     r: &meshguard_policy::extauth::ObjectRef,
-) -> Result<String, String> {
+) -> Result<String, BuildError> {
     let s = secret(set, r, "clientSecretRef")?;
     ["client-secret", "clientSecret"]
         .iter()
         .find_map(|k| s.data.get(*k))
         .map(|v| String::from_utf8_lossy(v).into_owned())
-        .ok_or_else(|| {
-            format!(
-                "Secret {}/{} has no `client-secret` entry",
-                r.namespace, r.name
-            )
+        .ok_or_else(|| BuildError::SecretEntryMissing {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            entry: "client-secret",
         })
 }
 
-fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<Chain, String> {
+fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<Chain, BuildError> {
     let mut steps = Vec::new();
     for s in &c.steps {
         let step = match &s.model {
@@ -217,20 +224,18 @@ fn compile(set: &PolicySet, c: &AuthConfig, client: &reqwest::Client) -> Result<
             }
             AuthModel::Basic(b) => Step::Basic(basic::BasicStep::build(set, b)?),
             AuthModel::Rego(r) => Step::Rego(Box::new(
-                rego::RegoStep::build(set, r).map_err(|e| format!("config `{}`: {e}", s.name))?,
+                rego::RegoStep::build(set, r).map_err(|e| e.in_step(&s.name))?,
             )),
             AuthModel::AccessToken(a) => Step::Token(Box::new(
-                token::TokenStep::build(set, a, client)
-                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
+                token::TokenStep::build(set, a, client).map_err(|e| e.in_step(&s.name))?,
             )),
             AuthModel::Ldap(l) => Step::Ldap(Box::new(ldap::LdapStep::build(set, l)?)),
             AuthModel::PassThrough(p) => Step::PassThrough(Box::new(
-                passthrough::PassThroughStep::build(p, client)
-                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
+                passthrough::PassThroughStep::build(p, client).map_err(|e| e.in_step(&s.name))?,
             )),
             AuthModel::Oidc(o) => Step::Oidc(Box::new(
                 oidc::OidcStep::build(set, &c.ids()[0], o, client)
-                    .map_err(|e| format!("config `{}`: {e}", s.name))?,
+                    .map_err(|e| e.in_step(&s.name))?,
             )),
             AuthModel::Jwt => Step::Jwt,
         };

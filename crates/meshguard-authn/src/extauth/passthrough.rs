@@ -20,7 +20,7 @@ use meshguard_envoy as envoy;
 use meshguard_policy::extauth::{PassThroughAuth, PassThroughTarget};
 use serde_json::{Map, Value};
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 
 const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -62,11 +62,10 @@ impl PassThroughStep {
     pub fn build(
         cfg: &PassThroughAuth,
         client: &reqwest::Client,
-    ) -> Result<PassThroughStep, String> {
+    ) -> Result<PassThroughStep, BuildError> {
         let target = match &cfg.target {
             PassThroughTarget::Grpc { address } => Target::Grpc(
-                envoy::Client::lazy(address, cfg.timeout)
-                    .map_err(|e| format!("grpc.address {e}"))?,
+                envoy::Client::lazy(address, cfg.timeout).map_err(BuildError::GrpcAddress)?,
             ),
             PassThroughTarget::Http { .. } => Target::Http(client.clone()),
         };

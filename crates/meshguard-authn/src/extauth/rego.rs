@@ -24,7 +24,7 @@ use meshguard_policy::PolicySet;
 use regorus::Value as RValue;
 use serde_json::{json, Map, Value};
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
 
 /// Wall-clock bound on one evaluation.
 pub const EVAL_LIMIT: Duration = Duration::from_millis(100);
@@ -258,7 +258,7 @@ fn add_jwt_builtins(e: &mut regorus::Engine) -> anyhow::Result<()> {
 }
 
 impl RegoStep {
-    pub fn build(set: &PolicySet, r: &RegoAuth) -> Result<RegoStep, String> {
+    pub fn build(set: &PolicySet, r: &RegoAuth) -> Result<RegoStep, BuildError> {
         let mut modules: Vec<(String, String)> = Vec::new();
         let mut data: Vec<(String, String)> = Vec::new();
         for m in &r.modules {
@@ -266,7 +266,10 @@ impl RegoStep {
                 .config_maps()
                 .iter()
                 .find(|c| c.meta.name == m.name && c.meta.namespace == m.namespace)
-                .ok_or_else(|| format!("ConfigMap {}/{} is not loaded", m.namespace, m.name))?;
+                .ok_or_else(|| BuildError::ConfigMapNotLoaded {
+                    namespace: m.namespace.clone(),
+                    name: m.name.clone(),
+                })?;
             for (k, v) in &cm.data {
                 let name = format!("{}/{}/{k}", m.namespace, m.name);
                 if k.ends_with(".json") {
@@ -277,21 +280,27 @@ impl RegoStep {
             }
         }
         if modules.is_empty() {
-            return Err("the referenced ConfigMaps hold no Rego module".into());
+            return Err(BuildError::NoRegoModule);
         }
         // Current OPA parses Rego v1; Gloo-era policies are v0. Try v1, then v0.
-        let build = |v0: bool| -> Result<regorus::Engine, String> {
+        let build = |v0: bool| -> Result<regorus::Engine, BuildError> {
             let mut e = regorus::Engine::new();
             e.set_rego_v0(v0);
             for (name, src) in &modules {
                 e.add_policy(name.clone(), src.clone())
-                    .map_err(|err| format!("{name}: {err}"))?;
+                    .map_err(|source| BuildError::RegoFile {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
             for (name, json) in &data {
                 e.add_data_json(json)
-                    .map_err(|err| format!("{name}: {err}"))?;
+                    .map_err(|source| BuildError::RegoFile {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
-            add_jwt_builtins(&mut e).map_err(|err| err.to_string())?;
+            add_jwt_builtins(&mut e).map_err(BuildError::RegoBuiltins)?;
             e.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
                 limit: EVAL_LIMIT,
                 check_interval: NonZeroU32::MIN.saturating_add(63),
@@ -307,7 +316,7 @@ impl RegoStep {
         // denying every request later; clones start prepared.
         template
             .eval_query("true".into(), false)
-            .map_err(|e| format!("the Rego modules do not compile: {e}"))?;
+            .map_err(BuildError::RegoCompile)?;
         Ok(RegoStep {
             template,
             mode: r.mode.clone(),

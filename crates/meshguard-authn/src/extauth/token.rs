@@ -12,9 +12,10 @@ use meshguard_policy::extauth::{AccessTokenValidation, TokenValidation};
 use meshguard_policy::PolicySet;
 use serde_json::{Map, Value};
 
-use super::{StepInput, StepOutcome};
+use super::{BuildError, StepInput, StepOutcome};
+use crate::jose::JoseError;
 use crate::jwks::KeySet;
-use crate::remote::{FetchSettings, RemoteJwks};
+use crate::remote::{FetchSettings, KeysError, RemoteJwks};
 
 /// Bound on one introspection call.
 pub const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,6 +47,37 @@ enum Kind {
     },
 }
 
+/// Why a bearer token is not accepted (or could not be checked).
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("malformed token: {0}")]
+    Malformed(#[source] JoseError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Signature(#[from] crate::TokenError),
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("introspection endpoint unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    #[error("introspection endpoint answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("introspection response: {0}")]
+    Body(#[source] reqwest::Error),
+    #[error("introspection response too large")]
+    TooLarge,
+    #[error("introspection response is not JSON")]
+    NotJson,
+    #[error("introspection response is not an object")]
+    NotObject,
+    #[error("token is not active")]
+    Inactive,
+}
+
 pub struct TokenStep {
     kind: Kind,
     cache_timeout: Duration,
@@ -65,7 +97,7 @@ impl TokenStep {
         set: &PolicySet,
         a: &AccessTokenValidation,
         client: &reqwest::Client,
-    ) -> Result<TokenStep, String> {
+    ) -> Result<TokenStep, BuildError> {
         let kind = match &a.validation {
             TokenValidation::Jwt {
                 local_jwks,
@@ -74,8 +106,7 @@ impl TokenStep {
             } => {
                 let keys = match (local_jwks, remote_jwks) {
                     (Some(inline), _) => Keys::Local(
-                        KeySet::parse(inline.as_bytes(), false)
-                            .map_err(|e| format!("localJwks: {e}"))?,
+                        KeySet::parse(inline.as_bytes(), false).map_err(BuildError::LocalJwks)?,
                     ),
                     (None, Some((url, every))) => Keys::Remote(Arc::new(RemoteJwks::new(
                         Some(url.clone()),
@@ -87,7 +118,7 @@ impl TokenStep {
                             ..FetchSettings::default()
                         },
                     ))),
-                    (None, None) => return Err("no JWKS".into()),
+                    (None, None) => return Err(BuildError::NoJwks),
                 };
                 Kind::Jwt {
                     keys,
@@ -105,7 +136,7 @@ impl TokenStep {
                     None => None,
                 };
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(format!("introspectionUrl `{url}` is not an http(s) URL"));
+                    return Err(BuildError::IntrospectionUrl(url.clone()));
                 }
                 Kind::Introspection {
                     url: url.clone(),
@@ -129,8 +160,8 @@ impl TokenStep {
         keys: &Keys,
         issuer: &str,
         token: &str,
-    ) -> Result<Map<String, Value>, String> {
-        let jwt = crate::jose::parse(token).map_err(|e| format!("malformed token: {e}"))?;
+    ) -> Result<Map<String, Value>, CheckError> {
+        let jwt = crate::jose::parse(token).map_err(CheckError::Malformed)?;
         let fetched;
         let set: &KeySet = match keys {
             Keys::Local(k) => k,
@@ -147,7 +178,7 @@ impl TokenStep {
                 &fetched
             }
         };
-        crate::verify_signature(set, &jwt).map_err(|e| e.to_string())?;
+        crate::verify_signature(set, &jwt)?;
         let now = now_secs();
         let skew = 60.0;
         let claims = jwt.payload;
@@ -156,17 +187,17 @@ impl TokenStep {
             .and_then(Value::as_f64)
             .is_some_and(|e| now > e + skew)
         {
-            return Err("token expired".into());
+            return Err(CheckError::Expired);
         }
         if claims
             .get("nbf")
             .and_then(Value::as_f64)
             .is_some_and(|n| now + skew < n)
         {
-            return Err("token not yet valid".into());
+            return Err(CheckError::NotYetValid);
         }
         if !issuer.is_empty() && claims.get("iss").and_then(Value::as_str) != Some(issuer) {
-            return Err("wrong issuer".into());
+            return Err(CheckError::WrongIssuer);
         }
         Ok(claims)
     }
@@ -180,7 +211,7 @@ impl TokenStep {
         client: &reqwest::Client,
         cache: &IntrospectionCache,
         token: &str,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Map<String, Value>, CheckError> {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
         let mut key = [0u8; 32];
         key.copy_from_slice(d.as_ref());
@@ -203,34 +234,27 @@ impl TokenStep {
         if !client_id.is_empty() {
             req = req.basic_auth(client_id, client_secret);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("introspection endpoint unreachable: {e}"))?;
+        let resp = req.send().await.map_err(CheckError::Unreachable)?;
         if !resp.status().is_success() {
-            return Err(format!("introspection endpoint answered {}", resp.status()));
+            return Err(CheckError::Status(resp.status()));
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("introspection response: {e}"))?;
+        let body = resp.bytes().await.map_err(CheckError::Body)?;
         if body.len() > MAX_RESPONSE {
-            return Err("introspection response too large".into());
+            return Err(CheckError::TooLarge);
         }
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|_| "introspection response is not JSON".to_owned())?;
+        let v: Value = serde_json::from_slice(&body).map_err(|_| CheckError::NotJson)?;
         let Value::Object(claims) = v else {
-            return Err("introspection response is not an object".into());
+            return Err(CheckError::NotObject);
         };
         if claims.get("active") != Some(&Value::Bool(true)) {
-            return Err("token is not active".into());
+            return Err(CheckError::Inactive);
         }
         if claims
             .get("exp")
             .and_then(Value::as_f64)
             .is_some_and(|e| now_secs() > e)
         {
-            return Err("token expired".into());
+            return Err(CheckError::Expired);
         }
         // Cache until the earlier of cacheTimeout and the token's exp.
         let mut ttl = self.cache_timeout;
@@ -325,7 +349,8 @@ impl TokenStep {
 
 /// A refused token is 403; an endpoint or JWKS that could not be asked is an outage (503),
 /// which never counts as a pass, not even under `!`.
-fn refusal(e: String) -> StepOutcome {
+fn refusal(e: CheckError) -> StepOutcome {
+    let e = e.to_string();
     let outage = ["unreachable", "answered 5", "timed out", "JWKS", "fetch"]
         .iter()
         .any(|m| e.contains(m));
