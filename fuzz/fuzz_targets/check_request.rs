@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let st = common::state();
     let g = st.current();
-    if let Ok(req) = meshguard_envoy::request_from_check(&cr, None, g.set.mesh()) {
+    if let Ok(req) = meshguard_envoy::request_from_check(cr, None, g.set.mesh()) {
         let _ = g.set.evaluate(&req, &req.identity());
         // What a pass-through step would send on: encoding never panics either.
         let _ = meshguard_envoy::to_check_request(&req);

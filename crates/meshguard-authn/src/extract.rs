@@ -1,5 +1,7 @@
 //! Where tokens are taken from, as Envoy's jwt_authn extractor does it.
 
+use std::borrow::Cow;
+
 use meshguard_policy::resource::JwtRule;
 
 /// Where a token was found.
@@ -53,6 +55,10 @@ pub fn locations(rule: &JwtRule) -> Locations {
     }
 }
 
+/// A token and where it was found; borrowed from the request unless it had to be built
+/// (repeated header lines joined, a percent-decoded parameter).
+pub type Extracted<'a> = (Cow<'a, str>, Location);
+
 /// Extracts the tokens one provider (jwtRule) sees, in Envoy 1.40's order: header locations,
 /// then query parameters, then cookies. `headers` have lower-case names; `query` is the raw query
 /// string (without `?`). Empty tokens are returned too: a location that is present but empty is
@@ -67,22 +73,20 @@ pub fn locations(rule: &JwtRule) -> Locations {
 ///   tokens that fail verification); a value with no such character is taken whole;
 /// - a query parameter counts once, its first occurrence, percent-decoded;
 /// - cookies from every `Cookie` line; the first cookie of a name counts, quotes removed.
-pub fn extract(
+pub fn extract<'a>(
     locs: &Locations,
-    headers: &[(String, String)],
+    headers: &'a [(String, String)],
     query: Option<&str>,
-) -> Vec<(String, Location)> {
+) -> Vec<Extracted<'a>> {
     let mut out = Vec::new();
     for (name, prefix) in &locs.headers {
-        let mut joined: Option<String> = None;
+        // One line is borrowed as it is; only repeated lines are joined into a new string.
+        let mut joined: Option<Cow<'a, str>> = None;
         for (_, v) in headers.iter().filter(|(n, _)| n == name) {
-            match &mut joined {
-                Some(j) => {
-                    j.push(',');
-                    j.push_str(v);
-                }
-                None => joined = Some(v.clone()),
-            }
+            joined = Some(match joined {
+                None => Cow::Borrowed(v.as_str()),
+                Some(j) => Cow::Owned(format!("{j},{v}")),
+            });
         }
         let Some(value) = joined else { continue };
         let token = if prefix.is_empty() {
@@ -96,7 +100,10 @@ pub fn extract(
                 .iter()
                 .position(|b| JWT_BYTES[usize::from(*b)])
             {
-                Some(start) => value[after + start..].to_owned(),
+                Some(start) => match value {
+                    Cow::Borrowed(v) => Cow::Borrowed(&v[after + start..]),
+                    Cow::Owned(v) => Cow::Owned(v[after + start..].to_owned()),
+                },
                 None => value,
             }
         };
@@ -109,7 +116,7 @@ pub fn extract(
                 (percent_decode(k) == *name).then(|| percent_decode(v))
             });
             if let Some(v) = first {
-                out.push((v, Location::Param(name.clone())));
+                out.push((Cow::Owned(v), Location::Param(name.clone())));
             }
         }
     }
@@ -124,10 +131,11 @@ pub fn extract(
                     let (k, v) = c.split_once('=').unwrap_or((c, ""));
                     (k == name).then(|| {
                         let v = v.trim();
-                        v.strip_prefix('"')
-                            .and_then(|x| x.strip_suffix('"'))
-                            .unwrap_or(v)
-                            .to_owned()
+                        Cow::Borrowed(
+                            v.strip_prefix('"')
+                                .and_then(|x| x.strip_suffix('"'))
+                                .unwrap_or(v),
+                        )
                     })
                 });
             if let Some(v) = first {

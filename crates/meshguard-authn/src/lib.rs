@@ -372,7 +372,7 @@ impl Authenticator {
 
         // What each provider sees in its own locations (istiod gives every jwtRule its own
         // provider, and Envoy extracts per provider).
-        let seen: Vec<(usize, Vec<(String, Location)>)> = active
+        let seen: Vec<(usize, Vec<extract::Extracted<'_>>)> = active
             .iter()
             .map(|&pi| {
                 let tokens = extract::extract(&self.providers[pi].locations, req.headers, query);
@@ -425,7 +425,7 @@ impl Authenticator {
     async fn verify_all(
         &self,
         pi: usize,
-        tokens: &[(String, Location)],
+        tokens: &[extract::Extracted<'_>],
     ) -> Result<AuthnOutcome, TokenError> {
         let p = &self.providers[pi];
         let mut out: Option<Authenticated> = None;
@@ -499,7 +499,7 @@ impl Authenticator {
                     Some(KeySource::Remote(r)) if r.is_stale() => {
                         // Starts a background refresh; the entry stays valid until the keys
                         // actually change.
-                        let _ = r.keys().await;
+                        let _ = Box::pin(r.keys()).await;
                         self.cache
                             .get(token, now, |pi| self.generation(pi))
                             .is_some()
@@ -514,7 +514,9 @@ impl Authenticator {
         let jwt = jose::parse(token).map_err(TokenError::Malformed)?;
         let p = &self.providers[pi];
         let generation = self.generation(pi);
-        self.verify_with_provider(p, &jwt, now).await?;
+        // Boxed: the key fetch it may wait for is a large future, and this is the cache-miss
+        // path; the common (cached) path keeps a small future.
+        Box::pin(self.verify_with_provider(p, &jwt, now)).await?;
         let exp = num_claim(&jwt.payload, "exp")
             .ok()
             .flatten()

@@ -87,12 +87,14 @@ fn namespace_of(principal: &str) -> Option<&str> {
 /// Decodes a CheckRequest into the engine's request, once: destination workload, sockets, peer
 /// principal, SNI, route context (`context_extensions`, the AuthConfig a route names with
 /// `config_id` or `auth_config`), and the HTTP request with its id, protocol, scheme and body.
+/// Takes the request by value: header names and values move into the engine's request instead
+/// of being copied.
 pub fn request_from_check(
-    cr: &CheckRequest,
+    cr: CheckRequest,
     workload: Option<&Workload>,
     mesh: &MeshConfig,
 ) -> Result<Request, CodecError> {
-    let attrs = cr.attributes.as_ref().ok_or(CodecError::NoAttributes)?;
+    let attrs = cr.attributes.ok_or(CodecError::NoAttributes)?;
     let src = attrs.source.as_ref();
     let dst = attrs.destination.as_ref();
     let (src_ip, src_port) = socket(src.and_then(|p| p.address.as_ref()));
@@ -128,6 +130,15 @@ pub fn request_from_check(
         return Err(CodecError::NoWorkload);
     };
     let port = ext.get("port").and_then(|p| p.parse().ok()).or(dst_port);
+    let auth_config = ext
+        .get("config_id")
+        .or_else(|| ext.get("auth_config"))
+        .filter(|v| !v.is_empty())
+        .cloned();
+    let peer = src
+        .map(|s| s.principal.as_str())
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
     let mut req = Request {
         destination: Destination {
             namespace,
@@ -139,32 +150,24 @@ pub fn request_from_check(
             ip: src_ip,
             remote_ip: None,
         },
-        sni: attrs
-            .tls_session
-            .as_ref()
-            .map(|t| t.sni.clone())
-            .filter(|s| !s.is_empty()),
+        sni: attrs.tls_session.map(|t| t.sni).filter(|s| !s.is_empty()),
         peer_addr: src_ip.zip(src_port).map(|(i, p)| SocketAddr::new(i, p)),
         local_addr: dst_ip.zip(dst_port).map(|(i, p)| SocketAddr::new(i, p)),
-        context_extensions: ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        context_extensions: attrs.context_extensions.into_iter().collect(),
         // The AuthConfig the route names (Gloo's `config_id`, `<namespace>.<name>`).
-        auth_config: ext
-            .get("config_id")
-            .or_else(|| ext.get("auth_config"))
-            .filter(|v| !v.is_empty())
-            .cloned(),
+        auth_config,
         ..Request::default()
     };
-    if let Some(h) = attrs.request.as_ref().and_then(|r| r.http.as_ref()) {
+    if let Some(h) = attrs.request.and_then(|r| r.http) {
         req.http = Some(http_from(h, mesh)?);
     }
-    if let Some(p) = src.map(|s| s.principal.as_str()).filter(|p| !p.is_empty()) {
-        req = req.with_peer(p);
+    if let Some(p) = peer {
+        req = req.with_peer(&p);
     }
     Ok(req)
 }
 
-fn http_from(h: &HttpAttr, mesh: &MeshConfig) -> Result<HttpRequest, CodecError> {
+fn http_from(h: HttpAttr, mesh: &MeshConfig) -> Result<HttpRequest, CodecError> {
     let lines = h.headers.len() + h.header_map.as_ref().map_or(0, |m| m.headers.len());
     if lines > MAX_CHECK_HEADERS {
         return Err(CodecError::TooManyHeaders(lines));
@@ -172,58 +175,51 @@ fn http_from(h: &HttpAttr, mesh: &MeshConfig) -> Result<HttpRequest, CodecError>
     let host = if h.host.is_empty() {
         h.headers.get(":authority").cloned().unwrap_or_default()
     } else {
-        h.host.clone()
+        h.host
     };
+    let id = if h.id.is_empty() {
+        h.headers.get("x-request-id").cloned().unwrap_or_default()
+    } else {
+        h.id
+    };
+    let truncated = h
+        .headers
+        .get("x-envoy-auth-partial-body")
+        .is_some_and(|v| v == "true");
     // With `encode_raw_headers`, Envoy sends `header_map` (one entry per header line, raw
     // bytes) instead of the merged `headers` map.
-    let mut headers: Vec<(String, String)> = h
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with(':'))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if let Some(map) = &h.header_map {
-        for hv in &map.headers {
+    let mut raw: Vec<(String, String)> = Vec::new();
+    if let Some(map) = h.header_map {
+        for hv in map.headers {
             if hv.key.starts_with(':') || h.headers.contains_key(&hv.key) {
                 continue;
             }
             let value = if hv.raw_value.is_empty() {
-                hv.value.clone()
+                hv.value
             } else {
-                String::from_utf8(hv.raw_value.clone())
-                    .map_err(|_| CodecError::NotUtf8(hv.key.clone()))?
+                String::from_utf8(hv.raw_value).map_err(|_| CodecError::NotUtf8(hv.key.clone()))?
             };
-            headers.push((hv.key.clone(), value));
+            raw.push((hv.key, value));
         }
     }
-    let mut http = HttpRequest::new(
-        h.method.clone(),
-        host,
-        h.path.clone(),
-        headers,
-        mesh.path_normalization,
-    );
-    http.id = if h.id.is_empty() {
-        h.headers.get("x-request-id").cloned().unwrap_or_default()
-    } else {
-        h.id.clone()
-    };
-    http.protocol = h.protocol.clone();
-    http.scheme = h.scheme.clone();
+    let mut headers: Vec<(String, String)> = h
+        .headers
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(':'))
+        .collect();
+    headers.extend(raw);
+    let mut http = HttpRequest::new(h.method, host, h.path, headers, mesh.path_normalization);
+    http.id = id;
+    http.protocol = h.protocol;
+    http.scheme = h.scheme;
     let bytes = if !h.raw_body.is_empty() {
-        Some(h.raw_body.clone())
+        Some(h.raw_body)
     } else if !h.body.is_empty() {
-        Some(h.body.clone().into_bytes())
+        Some(h.body.into_bytes())
     } else {
         None
     };
-    http.body = bytes.map(|bytes| Body {
-        bytes,
-        truncated: h
-            .headers
-            .get("x-envoy-auth-partial-body")
-            .is_some_and(|v| v == "true"),
-    });
+    http.body = bytes.map(|bytes| Body { bytes, truncated });
     Ok(http)
 }
 
@@ -356,7 +352,7 @@ mod tests {
             ..Request::default()
         }
         .with_peer("cluster.local/ns/a/sa/b");
-        let back = request_from_check(&to_check_request(&req), None, &MeshConfig::default())
+        let back = request_from_check(to_check_request(&req), None, &MeshConfig::default())
             .expect("decodes");
         let mut want = req.clone();
         want.source.ip = "10.0.0.1".parse().ok();

@@ -196,7 +196,10 @@ impl HttpRequest {
         let path = normalize(&raw_path, normalization);
         let lines: Vec<(String, String)> = headers
             .into_iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .map(|(mut n, v)| {
+                n.make_ascii_lowercase();
+                (n, v)
+            })
             .collect();
         let merged = merge_lines(&lines);
         let method = method.into();

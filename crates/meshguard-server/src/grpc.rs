@@ -91,8 +91,7 @@ impl Authorization for CheckService {
     ) -> Result<Response<CheckResponse>, Status> {
         let cr = request.into_inner();
         let mesh = &self.engine.state().mesh;
-        let decision = match meshguard_envoy::request_from_check(&cr, self.workload.as_ref(), mesh)
-        {
+        let decision = match meshguard_envoy::request_from_check(cr, self.workload.as_ref(), mesh) {
             Ok(req) => self.engine.decide("grpc", &req).await,
             Err(e) => self.engine.undecidable("grpc", &e.to_string()),
         };

@@ -78,6 +78,23 @@ enum CheckError {
     Inactive,
 }
 
+impl CheckError {
+    /// The token could not be checked: the key set or the introspection endpoint could not be
+    /// asked. Decided by the kind of error, never by its text: a token's own header is echoed
+    /// in some messages (`Jwt algorithm `fetch` is not supported`), and a client must not be
+    /// able to turn its refusal into an outage.
+    fn is_outage(&self) -> bool {
+        match self {
+            CheckError::Keys(KeysError::Fetch { .. })
+            | CheckError::Signature(crate::TokenError::JwksUnavailable(_))
+            | CheckError::Unreachable(_) => true,
+            CheckError::Status(s) => s.is_server_error(),
+            CheckError::Body(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+}
+
 pub struct TokenStep {
     kind: Kind,
     cache_timeout: Duration,
@@ -350,10 +367,8 @@ impl TokenStep {
 /// A refused token is 403; an endpoint or JWKS that could not be asked is an outage (503),
 /// which never counts as a pass, not even under `!`.
 fn refusal(e: CheckError) -> StepOutcome {
+    let outage = e.is_outage();
     let e = e.to_string();
-    let outage = ["unreachable", "answered 5", "timed out", "JWKS", "fetch"]
-        .iter()
-        .any(|m| e.contains(m));
     if outage {
         StepOutcome::failed(503, format!("access token not checked: {e}"))
     } else {
@@ -373,4 +388,29 @@ fn form_escape(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use crate::jose::JoseError;
+
+    /// Found in review: the status used to be chosen by searching the message for words such as
+    /// "fetch" or "JWKS", and an unsupported `alg` is echoed in the message.
+    #[test]
+    fn a_token_cannot_name_itself_into_an_outage() {
+        for alg in ["fetch", "JWKS", "timed out", "unreachable", "answered 503"] {
+            let o = refusal(CheckError::Malformed(JoseError::UnsupportedAlg(alg.into())));
+            assert_eq!(o.status, 403, "alg {alg:?}");
+            assert!(!o.error, "alg {alg:?} must be a refusal, not an outage");
+        }
+        let o = refusal(CheckError::Status(reqwest::StatusCode::BAD_GATEWAY));
+        assert_eq!((o.status, o.error), (503, true));
+        let o = refusal(CheckError::Status(reqwest::StatusCode::UNAUTHORIZED));
+        assert_eq!((o.status, o.error), (403, false));
+        let o = refusal(CheckError::Signature(crate::TokenError::JwksUnavailable(
+            "down".into(),
+        )));
+        assert_eq!((o.status, o.error), (503, true));
+    }
 }
