@@ -376,8 +376,9 @@ fn refusal(e: CheckError) -> StepOutcome {
     }
 }
 
-/// `application/x-www-form-urlencoded` escaping of a value.
-fn form_escape(s: &str) -> String {
+/// `application/x-www-form-urlencoded` escaping of a value (also for the OIDC step's token
+/// requests).
+pub(crate) fn form_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -46,7 +46,8 @@ use meshguard_policy::PolicySet;
 use serde_json::{json, Value};
 
 use super::{BuildError, StepInput, StepOutcome};
-use provider::{form_escape, CodeError, Discovered};
+use crate::extauth::token::form_escape;
+use provider::{CodeError, Discovered};
 use refresh::{RefreshError, RefreshRx};
 use session::{cookie, random_b64, Kind};
 

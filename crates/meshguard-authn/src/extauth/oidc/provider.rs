@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{now, OidcStep};
+use crate::extauth::token::form_escape;
 use crate::jose::JoseError;
 use crate::remote::{FetchSettings, KeysError, RemoteJwks};
 
@@ -105,19 +106,6 @@ pub(super) async fn json_body(r: reqwest::Response) -> Result<Value, BodyError> 
         return Err(BodyError::TooLarge);
     }
     serde_json::from_slice(&b).map_err(BodyError::NotJson)
-}
-
-pub(super) fn form_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 impl OidcStep {

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::provider::{form_escape, json_body, HTTP_TIMEOUT};
+use super::provider::{json_body, HTTP_TIMEOUT};
 use super::{now, OidcStep};
+use crate::extauth::token::form_escape;
 
 /// Why a session could not be renewed.
 #[derive(Debug, Clone)]
