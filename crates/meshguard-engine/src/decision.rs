@@ -40,7 +40,8 @@ pub struct Decision {
     pub dry_run: Option<DryRun>,
     pub generation: u64,
     /// Allowed only because no enforced ALLOW policy applies to the workload (Istio's default);
-    /// an engine with `default_deny` turns these into denials.
+    /// an engine with `default_deny` turns these into denials unless an AuthConfig ran and
+    /// allowed the request.
     pub by_default: bool,
     /// Denied because ALLOW policies apply to the workload and none matched (`check` explains
     /// why each rule did not).

@@ -65,12 +65,36 @@ impl Engine {
                 }
             },
         };
-        if d.allowed && d.by_default && self.settings.default_deny {
-            d.allowed = false;
-            d.status = 403;
-            d.reason = "denied: no ALLOW AuthorizationPolicy applies to this workload (meshguard denies by default; set defaultDeny: false for Istio's allow-by-default)".into();
+        // An AuthConfig that ran and allowed (bound to the route, or a CUSTOM policy's
+        // provider) is an explicit allow: the default applies only where nothing decided.
+        if d.by_default && d.auth_config.is_none() {
+            self.by_default(&g, req, &mut d);
         }
         d
+    }
+
+    /// A request to a workload no ALLOW policy selects: denied under default deny (allowed, as
+    /// in Istio, otherwise). Either way the first such request per namespace and generation is
+    /// logged as a warning, so a typo in a namespace or a missing policy does not pass silently.
+    fn by_default(&self, g: &crate::state::Generation, req: &Request, d: &mut Decision) {
+        let ns = req.destination.namespace.as_str();
+        let first = g
+            .unselected_warned
+            .lock()
+            .map(|mut seen| seen.len() < 1024 && seen.insert(ns.to_owned()))
+            .unwrap_or(false);
+        if first {
+            if self.settings.default_deny {
+                tracing::warn!(namespace = %ns, "no ALLOW AuthorizationPolicy selects this workload, so its requests are denied by default (shown once per namespace and policy generation)");
+            } else {
+                tracing::warn!(namespace = %ns, "no ALLOW AuthorizationPolicy selects this workload, so its requests are ALLOWED (Istio's default; shown once per namespace and policy generation)");
+            }
+        }
+        if d.allowed && self.settings.default_deny {
+            d.allowed = false;
+            d.status = 403;
+            d.reason = "denied: no ALLOW AuthorizationPolicy applies to this workload (meshguard denies by default; `--default-allow` or `defaultDeny: false` gives Istio's allow-by-default)".into();
+        }
     }
 
     /// Decides a request and records it: `via` names the front end in metrics and the log.

@@ -32,6 +32,7 @@ impl PolicySource for Embedded {
     fn read(&self) -> Loaded {
         let mut l = Loaded::default();
         for (name, text) in &self.0 {
+            l.files.push(PathBuf::from(name));
             l.add_text(text, name);
         }
         l
@@ -183,13 +184,21 @@ fn add_file(l: &mut Loaded, path: &Path) {
             l.files.push(path.to_owned());
             l.add_text(&text, &display);
         }
-        Err(e) => l.io_error(
-            &display,
-            &format!(
-                "not UTF-8 text (first bad byte at offset {}); policies are YAML or JSON",
-                e.utf8_error().valid_up_to()
-            ),
-        ),
+        Err(e) => {
+            // Where the first bad byte stands, as an editor counts lines and columns.
+            let at = e.utf8_error().valid_up_to();
+            let good = &e.as_bytes()[..at];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let col = at - good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            l.error_at(
+                &display,
+                u32::try_from(line).unwrap_or(u32::MAX),
+                u32::try_from(col).unwrap_or(u32::MAX),
+                &format!(
+                    "not UTF-8 text (first bad byte at offset {at}); policies are YAML or JSON, not binary files"
+                ),
+            )
+        }
     }
 }
 

@@ -24,6 +24,27 @@ pub struct Generation {
     pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// Namespaces already warned about in this generation: traffic to a workload that no ALLOW
+    /// policy selects, denied (or allowed) only by the default.
+    pub(crate) unselected_warned: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Generation {
+    /// Namespaces that have at least one ALLOW AuthorizationPolicy (the root namespace's apply
+    /// to every namespace).
+    pub fn namespaces_with_allow(&self) -> std::collections::BTreeSet<String> {
+        use meshguard_policy::{Action, Resource};
+        self.set
+            .resources()
+            .iter()
+            .filter_map(|r| match r {
+                Resource::AuthorizationPolicy(p) if p.action == Action::Allow => {
+                    Some(p.meta.namespace.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Server-wide state shared by every listener.
@@ -84,6 +105,7 @@ pub fn load(
         loaded_at: SystemTime::now(),
         files,
         warnings,
+        unselected_warned: Mutex::new(Default::default()),
     })
 }
 
@@ -151,6 +173,7 @@ impl State {
         let next_id = self.current().id + 1;
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
         let previous = self.current();
+        let previous_set = previous.clone();
         let result = tokio::task::spawn_blocking(move || {
             load(source.as_ref(), &mesh, &client, next_id, Some(&previous))
         })
@@ -165,6 +188,9 @@ impl State {
                 }
                 let id = g.id;
                 let warnings = g.warnings.len();
+                if g.namespaces_with_allow().is_empty() {
+                    tracing::warn!(generation = id, "the new policy set has no ALLOW AuthorizationPolicy: under default deny every request is denied");
+                }
                 self.current.store(Arc::new(g));
                 self.metrics.reload_ok.fetch_add(1, Ordering::Relaxed);
                 self.metrics.generation.store(id, Ordering::Relaxed);
@@ -172,11 +198,27 @@ impl State {
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
                 }
+                let c = meshguard_policy::resource::Changes::between(
+                    previous_set.set.resources(),
+                    self.current().set.resources(),
+                );
+                drop(previous_set);
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
                 tracing::info!(
                     generation = id,
                     warnings,
                     trigger = why,
-                    "policies reloaded"
+                    added = %list(&c.added),
+                    removed = %list(&c.removed),
+                    modified = %list(&c.modified),
+                    "policies reloaded{}",
+                    if c.is_empty() { " (no resource changed)" } else { "" }
                 );
                 Ok(id)
             }

@@ -1,39 +1,19 @@
-//! Readers for the fields of a YAML mapping (strings, booleans, lists, maps, unknown-field
-//! checks) that report a wrong type with its position, shared by every resource parser.
+//! The collecting side of the one YAML field reader (`read.rs`): policy resources report every
+//! wrong type or unknown field as a diagnostic with its position and keep the valid rest.
 
 use std::collections::BTreeMap;
 
-use crate::diag::{suggest, Ctx};
+use crate::diag::Ctx;
+pub(crate) use crate::read::join;
+pub use crate::read::parse_duration;
+use crate::read::{quote_hint, unknown_keys};
 use crate::yaml::{Node, NodeKind};
 
 /// Reports fields of `node` that are not in `known`, with a "did you mean" hint.
 pub(crate) fn check_fields(ctx: &mut Ctx<'_>, node: &Node, path: &str, known: &[&str]) {
     let Some(entries) = node.as_map() else { return };
-    for (k, _) in entries {
-        if !known.contains(&k.text.as_str()) {
-            let hint = suggest(&k.text, known)
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            let f = join(path, &k.text);
-            ctx.err_at(
-                k.line,
-                k.col,
-                &f,
-                format!(
-                    "unknown field `{}`{hint}; known fields: {}",
-                    k.text,
-                    known.join(", ")
-                ),
-            );
-        }
-    }
-}
-
-pub(crate) fn join(path: &str, f: &str) -> String {
-    if path.is_empty() {
-        f.to_owned()
-    } else {
-        format!("{path}.{f}")
+    for (k, message) in unknown_keys(entries, known) {
+        ctx.err_at(k.line, k.col, &join(path, &k.text), message);
     }
 }
 
@@ -76,15 +56,6 @@ pub(crate) fn get_str(
             );
             None
         }
-    }
-}
-
-fn quote_hint(n: &Node) -> String {
-    match &n.kind {
-        NodeKind::Int(i) => format!(" (write \"{i}\" in quotes)"),
-        NodeKind::Bool(b) => format!(" (write \"{b}\" in quotes)"),
-        NodeKind::Float(f) => format!(" (write \"{f}\" in quotes)"),
-        _ => String::new(),
     }
 }
 
@@ -218,25 +189,4 @@ fn string_map_with(
         );
     }
     out
-}
-
-/// Parses a protobuf-JSON duration (`5s`, `1.5s`) or Go-style duration (`500ms`, `1m`).
-pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| s.split_at(i))?;
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return None;
-    }
-    Some(std::time::Duration::from_secs_f64(secs))
 }

@@ -17,6 +17,7 @@ pub mod matcher;
 pub mod mesh;
 mod meta;
 pub mod path;
+pub mod read;
 pub mod request;
 pub mod resource;
 pub mod verdict;

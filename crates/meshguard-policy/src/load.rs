@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use crate::diag::{Diagnostic, Severity};
 use crate::mesh::MeshConfig;
 use crate::path::PathNormalization;
+use crate::read::{scalar_text, Field, FieldError};
 use crate::request::{Destination, HttpRequest, Identity, JwtIdentity, Request, Source};
 use crate::resource::{parse_stream, Resource};
-use crate::yaml::{Node, NodeKind};
+use crate::yaml::Node;
 
 /// What loading produced: the valid resources and every diagnostic.
 #[derive(Debug, Default)]
@@ -35,7 +36,19 @@ impl Loaded {
 
     /// Adds one YAML text (a file's contents) under the given display name.
     pub fn add_text(&mut self, text: &str, file: &str) {
+        let diagnostics_before = self.diagnostics.len();
         let rs = parse_stream(text, file, &mut self.diagnostics);
+        if rs.is_empty() && self.diagnostics.len() == diagnostics_before {
+            self.diagnostics.push(Diagnostic {
+                severity: Severity::Warning,
+                file: file.to_owned(),
+                line: 1,
+                col: 1,
+                resource: None,
+                field: String::new(),
+                message: "the file is empty: it holds no resources".to_owned(),
+            });
+        }
         for r in rs {
             let dup = self.resources.iter().find(|o| {
                 o.kind() == r.kind()
@@ -70,6 +83,19 @@ impl Loaded {
         }
     }
 
+    /// Records an error at a position that is not a resource's (a byte that is not UTF-8).
+    pub fn error_at(&mut self, file: &str, line: u32, col: u32, message: &str) {
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.to_owned(),
+            line,
+            col,
+            resource: None,
+            field: String::new(),
+            message: message.to_owned(),
+        });
+    }
+
     /// Records a problem reading a source (a file that cannot be read, a bundle that does not
     /// unpack), as an error diagnostic without a line.
     pub fn io_error(&mut self, file: &str, message: &str) {
@@ -85,193 +111,79 @@ impl Loaded {
     }
 }
 
-/// An error in a request description or mesh config, with the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {field}: {message}")]
-pub struct InputError {
-    pub line: u32,
-    pub field: String,
-    pub message: String,
-}
-
-fn ierr(n: &Node, field: &str, message: impl Into<String>) -> InputError {
-    InputError {
-        line: n.line,
-        field: field.to_owned(),
-        message: message.into(),
-    }
-}
-
-fn check_known(n: &Node, field: &str, known: &[&str]) -> Result<(), InputError> {
-    if let Some(m) = n.as_map() {
-        for (k, _) in m {
-            if !known.contains(&k.text.as_str()) {
-                let f = if field.is_empty() {
-                    k.text.clone()
-                } else {
-                    format!("{field}.{}", k.text)
-                };
-                return Err(InputError {
-                    line: k.line,
-                    field: f,
-                    message: format!(
-                        "unknown field `{}`; known fields: {}",
-                        k.text,
-                        known.join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(())
-    } else {
-        Err(ierr(
-            n,
-            field,
-            format!("must be a mapping, found {}", n.type_name()),
-        ))
-    }
-}
-
-fn scalar_text(n: &Node) -> Option<String> {
-    match &n.kind {
-        NodeKind::Str(s) => Some(s.clone()),
-        NodeKind::Int(i) => Some(i.to_string()),
-        NodeKind::Bool(b) => Some(b.to_string()),
-        NodeKind::Float(f) => Some(f.to_string()),
-        _ => None,
-    }
-}
-
-fn opt_str(parent: &Node, key: &str, field: &str) -> Result<Option<String>, InputError> {
-    match parent.get(key) {
-        None => Ok(None),
-        Some(n) if n.is_null() => Ok(None),
-        Some(n) => scalar_text(n).map(Some).ok_or_else(|| {
-            ierr(
-                n,
-                &format!("{field}.{key}"),
-                format!("must be a string, found {}", n.type_name()),
-            )
-        }),
-    }
-}
-
-fn opt_ip(parent: &Node, key: &str, field: &str) -> Result<Option<std::net::IpAddr>, InputError> {
-    match opt_str(parent, key, field)? {
-        None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| InputError {
-            line: parent.get(key).map_or(parent.line, |n| n.line),
-            field: format!("{field}.{key}"),
-            message: format!("`{s}` is not an IP address"),
-        }),
-    }
-}
-
-fn string_map(n: &Node, field: &str) -> Result<Vec<(String, String)>, InputError> {
-    let Some(entries) = n.as_map() else {
-        return Err(ierr(n, field, "must be a mapping"));
-    };
-    let mut out = Vec::new();
-    for (k, v) in entries {
-        match &v.kind {
-            NodeKind::Seq(items) => {
-                for i in items {
-                    let s = scalar_text(i).ok_or_else(|| {
-                        ierr(i, &format!("{field}.{}", k.text), "values must be strings")
-                    })?;
-                    out.push((k.text.clone(), s));
-                }
-            }
-            _ => {
-                let s = scalar_text(v).ok_or_else(|| {
-                    ierr(v, &format!("{field}.{}", k.text), "values must be strings")
-                })?;
-                out.push((k.text.clone(), s));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Parses a request description (the `meshguard check --request` format, YAML or JSON; see the
 /// README). The path is normalised with `normalization`.
 pub fn parse_request(
     node: &Node,
     normalization: PathNormalization,
-) -> Result<(Request, Identity), InputError> {
-    check_known(
-        node,
-        "",
-        &[
-            "destination",
-            "source",
-            "sni",
-            "request",
-            "custom",
-            "authConfig",
-        ],
-    )?;
+) -> Result<(Request, Identity), FieldError> {
+    let root = Field::root(node);
+    root.mapping(&[
+        "destination",
+        "source",
+        "sni",
+        "request",
+        "custom",
+        "authConfig",
+    ])?;
     let mut req = Request::default();
     let mut id = Identity::default();
-    let Some(d) = node.get("destination") else {
-        return Err(ierr(
-            node,
-            "destination",
-            "missing `destination` (namespace, labels, port)",
-        ));
-    };
-    check_known(d, "destination", &["namespace", "labels", "port", "ip"])?;
-    let namespace = opt_str(d, "namespace", "destination")?
-        .ok_or_else(|| ierr(d, "destination.namespace", "missing `namespace`"))?;
+    let d = root.get("destination").ok_or_else(|| {
+        Field::named(node, "destination").error("missing `destination` (namespace, labels, port)")
+    })?;
+    d.mapping(&["namespace", "labels", "port", "ip"])?;
+    let namespace = d
+        .get("namespace")
+        .ok_or_else(|| Field::named(d.node, "destination.namespace").error("missing `namespace`"))?
+        .text()?;
     let labels: BTreeMap<String, String> = match d.get("labels") {
-        Some(l) if !l.is_null() => string_map(l, "destination.labels")?.into_iter().collect(),
-        _ => BTreeMap::new(),
+        Some(l) => l.string_pairs()?.into_iter().collect(),
+        None => BTreeMap::new(),
     };
     let port = match d.get("port") {
         None => None,
         Some(p) => Some(
-            scalar_text(p)
+            p.text()
+                .ok()
                 .and_then(|s| s.parse::<u16>().ok())
-                .ok_or_else(|| ierr(p, "destination.port", "must be a port number 0-65535"))?,
+                .ok_or_else(|| p.error("must be a port number 0-65535"))?,
         ),
+    };
+    let ip = |f: &Field<'_, '_>, key: &str| -> Result<Option<std::net::IpAddr>, FieldError> {
+        f.get(key).map(|n| n.parse("an IP address")).transpose()
     };
     req.destination = Destination {
         namespace,
         labels,
         port,
-        ip: opt_ip(d, "ip", "destination")?,
+        ip: ip(&d, "ip")?,
     };
-    if let Some(s) = node.get("source").filter(|s| !s.is_null()) {
-        check_known(s, "source", &["principal", "ip", "remote_ip"])?;
+    if let Some(s) = root.get("source") {
+        s.mapping(&["principal", "ip", "remote_ip"])?;
         req.source = Source {
-            ip: opt_ip(s, "ip", "source")?,
-            remote_ip: opt_ip(s, "remote_ip", "source")?,
+            ip: ip(&s, "ip")?,
+            remote_ip: ip(&s, "remote_ip")?,
         };
-        if let Some(p) = opt_str(s, "principal", "source")? {
+        if let Some(p) = s.get("principal") {
+            let p = p.text()?;
             if p.is_empty() {
-                return Err(ierr(
-                    s,
-                    "source.principal",
-                    "must not be empty; omit it for plaintext",
-                ));
+                return Err(Field::named(s.node, "source.principal")
+                    .error("must not be empty; omit it for plaintext"));
             }
             id = id.with_peer(&p);
         }
     }
-    req.sni = opt_str(node, "sni", "")?;
-    if let Some(h) = node.get("request").filter(|h| !h.is_null()) {
-        check_known(
-            h,
-            "request",
-            &["method", "host", "path", "headers", "auth", "body"],
-        )?;
-        let method = opt_str(h, "method", "request")?.unwrap_or_else(|| "GET".to_owned());
-        let path = opt_str(h, "path", "request")?.unwrap_or_else(|| "/".to_owned());
+    req.sni = root.get("sni").map(|s| s.text()).transpose()?;
+    if let Some(h) = root.get("request") {
+        h.mapping(&["method", "host", "path", "headers", "auth", "body"])?;
+        let text = |key: &str| h.get(key).map(|v| v.text()).transpose();
+        let method = text("method")?.unwrap_or_else(|| "GET".to_owned());
+        let path = text("path")?.unwrap_or_else(|| "/".to_owned());
         let headers = match h.get("headers") {
-            Some(hs) if !hs.is_null() => string_map(hs, "request.headers")?,
-            _ => Vec::new(),
+            Some(hs) => hs.string_pairs()?,
+            None => Vec::new(),
         };
-        let host = match opt_str(h, "host", "request")? {
+        let host = match text("host")? {
             Some(host) => host,
             None => headers
                 .iter()
@@ -281,36 +193,27 @@ pub fn parse_request(
         };
         // `check` describes a request as a client sends it to Envoy over HTTP/1.1.
         req.http = Some(HttpRequest::new(method, host, path, headers, normalization).as_http1());
-        if let Some(a) = h.get("auth").filter(|a| !a.is_null()) {
-            check_known(a, "request.auth", &["principal", "claims", "token"])?;
-            let principal = opt_str(a, "principal", "request.auth")?;
+        if let Some(a) = h.get("auth") {
+            a.mapping(&["principal", "claims", "token"])?;
+            let principal = a.get("principal").map(|p| p.text()).transpose()?;
             let claims = match a.get("claims") {
-                Some(c) if !c.is_null() => match c.to_json() {
+                Some(c) => match c.node.to_json() {
                     serde_json::Value::Object(m) => m,
-                    _ => {
-                        return Err(ierr(
-                            c,
-                            "request.auth.claims",
-                            "must be a mapping (the verified JWT payload)",
-                        ))
-                    }
+                    _ => return Err(c.error("must be a mapping (the verified JWT payload)")),
                 },
-                _ => serde_json::Map::new(),
+                None => serde_json::Map::new(),
             };
-            if let Some(token) = opt_str(a, "token", "request.auth")? {
+            if let Some(token) = a.get("token").map(|t| t.text()).transpose()? {
+                let at_token = Field::named(a.node, "request.auth.token");
                 if principal.is_some() || !claims.is_empty() {
-                    return Err(ierr(
-                        a,
-                        "request.auth.token",
+                    return Err(at_token.error(
                         "give either a raw `token` (verified by the RequestAuthentication policies) or already-verified `claims`/`principal`, not both",
                     ));
                 }
                 // The raw token travels as a client sends it; request authentication verifies it.
                 if let Some(h) = req.http.as_mut() {
                     if h.header("authorization").is_some() {
-                        return Err(ierr(
-                            a,
-                            "request.auth.token",
+                        return Err(at_token.error(
                             "the request already has an Authorization header; give the token in one place",
                         ));
                     }
@@ -318,9 +221,7 @@ pub fn parse_request(
                 }
             } else {
                 if principal.is_none() && claims.is_empty() {
-                    return Err(ierr(
-                        a,
-                        "request.auth",
+                    return Err(a.error(
                         "give `claims` (the verified JWT payload) and/or `principal` (iss/sub), or a raw `token`",
                     ));
                 }
@@ -328,17 +229,14 @@ pub fn parse_request(
             }
         }
     }
-    if let Some(c) = node.get("custom").filter(|c| !c.is_null()) {
-        for (k, v) in string_map(c, "custom")? {
+    if let Some(c) = root.get("custom") {
+        for (k, v) in c.string_pairs()? {
             let verdict = match v.as_str() {
                 "allow" | "true" => true,
                 "deny" | "false" => false,
                 other => {
-                    return Err(ierr(
-                        c,
-                        &format!("custom.{k}"),
-                        format!("`{other}`: use allow or deny"),
-                    ))
+                    return Err(Field::named(c.node, &format!("custom.{k}"))
+                        .error(format!("`{other}`: use allow or deny")))
                 }
             };
             req.custom.push((k, verdict));
@@ -350,75 +248,63 @@ pub fn parse_request(
 /// Parses a meshConfig subset (YAML mapping): rootNamespace, trustDomain, trustDomainAliases,
 /// pathNormalization (a string, or `{normalization: ...}` as in MeshConfig), extensionProviders
 /// (names, or MeshConfig's list of `{name: ...}` objects).
-pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, InputError> {
+pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, FieldError> {
     let mut m = MeshConfig::default();
-    let Some(entries) = node.as_map() else {
-        return Err(ierr(node, "", "mesh config must be a mapping"));
-    };
-    for (k, v) in entries {
+    let root = Field::root(node);
+    let entries = root
+        .entries()
+        .map_err(|_| root.error("mesh config must be a mapping"))?;
+    for (k, _) in entries {
+        let Some(v) = root.get(&k.text) else { continue };
         match k.text.as_str() {
-            "rootNamespace" => {
-                m.root_namespace =
-                    scalar_text(v).ok_or_else(|| ierr(v, "rootNamespace", "must be a string"))?
-            }
-            "trustDomain" => {
-                m.trust_domain =
-                    scalar_text(v).ok_or_else(|| ierr(v, "trustDomain", "must be a string"))?
-            }
+            "rootNamespace" => m.root_namespace = v.text()?,
+            "trustDomain" => m.trust_domain = v.text()?,
             "trustDomainAliases" => {
-                let NodeKind::Seq(items) = &v.kind else {
-                    return Err(ierr(v, "trustDomainAliases", "must be a list"));
-                };
-                m.trust_domain_aliases = items.iter().filter_map(scalar_text).collect();
+                m.trust_domain_aliases = v
+                    .items()?
+                    .iter()
+                    .map(|i| i.text())
+                    .collect::<Result<_, _>>()?
             }
             "defaultConfig" => {
                 if let Some(n) = v
                     .get("gatewayTopology")
-                    .and_then(|g| g.get("numTrustedProxies"))
+                    .as_ref()
+                    .and_then(|g| g.get("numTrustedProxies").map(|n| n.node))
                 {
-                    let t = scalar_text(n).unwrap_or_default();
-                    m.xff_trusted_hops = t.parse().map_err(|_| {
-                        ierr(
-                            n,
-                            "defaultConfig.gatewayTopology.numTrustedProxies",
-                            format!("`{t}` is not a number"),
-                        )
-                    })?;
+                    m.xff_trusted_hops =
+                        Field::named(n, "defaultConfig.gatewayTopology.numTrustedProxies")
+                            .parse("a number")?;
                 }
             }
             "pathNormalization" => {
                 let s = match v.get("normalization") {
-                    Some(n) => scalar_text(n),
-                    None => scalar_text(v),
+                    Some(n) => n.text(),
+                    None => v.text(),
                 }
                 .unwrap_or_default();
                 m.path_normalization = PathNormalization::parse(&s).ok_or_else(|| {
-                    ierr(
-                        v,
-                        "pathNormalization",
-                        format!("`{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"),
-                    )
+                    v.error(format!(
+                        "`{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES"
+                    ))
                 })?;
             }
             "extensionProviders" => {
-                let NodeKind::Seq(items) = &v.kind else {
-                    return Err(ierr(v, "extensionProviders", "must be a list"));
-                };
-                for i in items {
-                    let name = i
-                        .get("name")
-                        .and_then(scalar_text)
-                        .or_else(|| scalar_text(i));
+                for i in v.items()? {
+                    let name = match i.get("name") {
+                        Some(n) => n.text().ok(),
+                        None => i.text().ok(),
+                    };
                     let Some(n) = name else {
-                        return Err(ierr(i, "extensionProviders", "each entry needs a `name`"));
+                        return Err(i.error("each entry needs a `name`"));
                     };
                     // A bare name (as `--provider` gives) is taken as a valid provider; a full
                     // meshConfig entry is checked as istiod checks it.
                     let full = i.get("name").is_some();
-                    if let Some(why) = full.then(|| provider_problem(i)).flatten() {
+                    if let Some(why) = full.then(|| provider_problem(i.node)).flatten() {
                         m.invalid_providers.push((n.clone(), why));
                     }
-                    if i.get("envoyExtAuthzHttp").is_some() {
+                    if i.node.get("envoyExtAuthzHttp").is_some() {
                         m.http_providers.push(n.clone());
                     }
                     m.extension_providers.push(n);
@@ -468,7 +354,7 @@ fn provider_problem(entry: &Node) -> Option<String> {
         }
     }
     if let Some(t) = text("timeout") {
-        if crate::resource::parse_duration(&t).is_none() {
+        if crate::read::parse_duration(&t).is_none() {
             return Some(format!("{kind}.timeout `{t}` is not a duration"));
         }
     }

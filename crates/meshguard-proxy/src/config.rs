@@ -1,12 +1,15 @@
-//! The proxy's configuration: inbound and outbound listeners, identity, limits, and the errors
-//! that stop it from starting.
+//! The proxy's configuration: inbound and outbound listeners, identity, limits, the errors that
+//! stop it from starting, and the `meshguard proxy --config` file that describes it all.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshguard_engine::dlog::Sink;
 use meshguard_engine::Workload;
 use meshguard_identity::SpiffeId;
+use meshguard_policy::read::{first_document, ConfigError, Field, FieldError};
+use meshguard_policy::yaml::{Node, NodeKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -95,5 +98,296 @@ impl ProxyConfig {
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(3600),
         }
+    }
+}
+
+/// Where the proxy gets its SVID.
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    Files(crate::source::SvidFiles),
+    Api(crate::source::WorkloadApi),
+}
+
+/// A `meshguard proxy --config` file, read: the proxy's settings and what the binary wires
+/// around it (admin listener, identity, where policies come from).
+#[derive(Debug, Clone)]
+pub struct ProxyFile {
+    pub cfg: ProxyConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/config`), served beside the proxy.
+    pub admin: Option<SocketAddr>,
+    pub identity: IdentitySource,
+    /// Policy files and directories, relative paths resolved against the config file's folder;
+    /// empty for the embedded examples.
+    pub policies: Vec<PathBuf>,
+    pub root_namespace: Option<String>,
+    /// Things that work but deserve a word (an outbound listener off loopback).
+    pub warnings: Vec<String>,
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "workload",
+    "identity",
+    "policies",
+    "rootNamespace",
+    "inbound",
+    "outbound",
+    "defaultDeny",
+    "admin",
+    "decisionLog",
+    "reloadInterval",
+    "detectTimeout",
+    "idleTimeout",
+];
+
+impl ProxyFile {
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<ProxyFile, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::read("the proxy config", path, &e))?;
+        ProxyFile::parse(&text, path)
+    }
+
+    /// Parses a config text; `path` names it in errors and anchors relative file paths.
+    pub fn parse(text: &str, path: &Path) -> Result<ProxyFile, ConfigError> {
+        let file = path.display().to_string();
+        let whole = |message: &str| ConfigError::File {
+            file: file.clone(),
+            message: message.to_owned(),
+        };
+        let doc = first_document(text, &file)?.ok_or_else(|| whole("the file is empty"))?;
+        let base = path.parent().map(PathBuf::from).unwrap_or_default();
+        let mut p = read_doc(&doc, &base).map_err(|e| ConfigError::field(&file, e))?;
+        if p.cfg.inbound.is_empty() && p.cfg.outbound.is_empty() {
+            return Err(whole(
+                "no `inbound` or `outbound` listeners; nothing to proxy",
+            ));
+        }
+        for o in &p.cfg.outbound {
+            if !o.listen.ip().is_loopback() {
+                p.warnings.push(format!(
+                    "outbound listener {} ({}) is not on loopback: anyone who reaches it can call {} with this workload's identity",
+                    o.name, o.listen, o.spiffe_id
+                ));
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn addr(f: &Field<'_, '_>) -> Result<SocketAddr, FieldError> {
+    f.parse("an address like 127.0.0.1:15006")
+}
+
+fn spiffe_id(f: &Field<'_, '_>) -> Result<SpiffeId, FieldError> {
+    SpiffeId::parse_workload(&f.text()?).map_err(|e| f.error(e.to_string()))
+}
+
+fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
+    let root = Field::root(doc);
+    root.mapping(TOP_LEVEL)?;
+    let wl = root.required("workload")?;
+    wl.mapping(&["namespace", "labels"])?;
+    let namespace = wl.required("namespace")?.text()?;
+    let labels = match wl.get("labels") {
+        Some(l) => {
+            let mut m = std::collections::BTreeMap::new();
+            for (k, v) in l.entries()? {
+                m.insert(k.text.clone(), Field::named(v, "workload.labels").text()?);
+            }
+            m
+        }
+        None => Default::default(),
+    };
+    let mut cfg = ProxyConfig::new(Workload { namespace, labels });
+
+    let id = root.required("identity")?;
+    id.mapping(&["workloadApi", "files", "spiffeId"])?;
+    let identity = match (id.get("workloadApi"), id.get("files")) {
+        (Some(sock), None) => {
+            let s = sock.text()?;
+            let socket = s
+                .strip_prefix("unix://")
+                .or_else(|| s.strip_prefix("unix:"))
+                .unwrap_or(&s);
+            IdentitySource::Api(crate::source::WorkloadApi {
+                socket: PathBuf::from(socket),
+                spiffe_id: id.get("spiffeId").map(|n| spiffe_id(&n)).transpose()?,
+            })
+        }
+        (None, Some(f)) => {
+            f.mapping(&["cert", "key", "bundle"])?;
+            let file = |k: &str| -> Result<PathBuf, FieldError> {
+                Ok(base.join(f.required(k)?.text()?))
+            };
+            IdentitySource::Files(crate::source::SvidFiles {
+                cert: file("cert")?,
+                key: file("key")?,
+                bundle: file("bundle")?,
+            })
+        }
+        _ => {
+            return Err(id.error(
+                "needs exactly one of `workloadApi: unix:/path/agent.sock` or `files: {cert, key, bundle}`",
+            ))
+        }
+    };
+
+    let mut policies = Vec::new();
+    if let Some(p) = root.get("policies") {
+        for item in p.items()? {
+            policies.push(base.join(item.text()?));
+        }
+    }
+    let root_namespace = root.get("rootNamespace").map(|n| n.text()).transpose()?;
+    if let Some(n) = root.get("inbound") {
+        for (i, l) in n.items()?.iter().enumerate() {
+            l.mapping(&["name", "listen", "port", "app", "protocol"])?;
+            let protocol = match l.get("protocol").map(|p| p.text()).transpose()?.as_deref() {
+                None | Some("http") => Protocol::Http,
+                Some("tcp") => Protocol::Tcp,
+                Some(other) => {
+                    return Err(l
+                        .required("protocol")?
+                        .error(format!("`{other}` is not http or tcp")))
+                }
+            };
+            let port = l.required("port")?;
+            let port = match port.node.kind {
+                NodeKind::Int(_) => port.port()?,
+                _ => {
+                    return Err(
+                        port.error("must be a port number (the workload port policies name)")
+                    )
+                }
+            };
+            cfg.inbound.push(Inbound {
+                name: match l.get("name") {
+                    Some(n) => n.text()?,
+                    None => format!("inbound[{i}]"),
+                },
+                listen: addr(&l.required("listen")?)?,
+                port,
+                app: addr(&l.required("app")?)?,
+                protocol,
+            });
+        }
+    }
+    if let Some(n) = root.get("outbound") {
+        for (i, o) in n.items()?.iter().enumerate() {
+            o.mapping(&["name", "listen", "upstream", "spiffeId"])?;
+            cfg.outbound.push(Outbound {
+                name: match o.get("name") {
+                    Some(n) => n.text()?,
+                    None => format!("outbound[{i}]"),
+                },
+                listen: addr(&o.required("listen")?)?,
+                upstream: addr(&o.required("upstream")?)?,
+                spiffe_id: spiffe_id(&o.required("spiffeId")?)?,
+            });
+        }
+    }
+    if let Some(n) = root.get("defaultDeny") {
+        cfg.default_deny = n.bool()?;
+    }
+    let admin = root.get("admin").map(|n| addr(&n)).transpose()?;
+    if let Some(n) = root.get("decisionLog") {
+        cfg.decision_log = Sink::parse(&n.text()?);
+    }
+    if let Some(n) = root.get("reloadInterval") {
+        cfg.reload_interval = n.duration()?;
+    }
+    if let Some(n) = root.get("detectTimeout") {
+        cfg.detect_timeout = n.duration()?;
+    }
+    if let Some(n) = root.get("idleTimeout") {
+        cfg.idle_timeout = n.duration()?;
+    }
+    Ok(ProxyFile {
+        cfg,
+        admin,
+        identity,
+        policies,
+        root_namespace,
+        warnings: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "workload: {namespace: backend, labels: {app: api}}
+identity: {files: {cert: svid.pem, key: svid.key, bundle: bundle.pem}}
+policies: [policies/]
+inbound:
+- {listen: 127.0.0.1:15006, port: 8080, app: 127.0.0.1:8080}
+outbound:
+- {name: api, listen: 0.0.0.0:15001, upstream: 127.0.0.1:15006, spiffeId: spiffe://cluster.local/ns/backend/sa/api}
+idleTimeout: 10m
+";
+
+    #[test]
+    fn a_config_file_reads_whole_with_paths_relative_to_it() {
+        let p = ProxyFile::parse(GOOD, Path::new("/etc/mg/proxy.yaml")).unwrap();
+        assert_eq!(p.policies, [PathBuf::from("/etc/mg/policies/")]);
+        match &p.identity {
+            IdentitySource::Files(f) => assert_eq!(f.cert, PathBuf::from("/etc/mg/svid.pem")),
+            IdentitySource::Api(_) => panic!("files expected"),
+        }
+        assert_eq!(p.cfg.inbound[0].name, "inbound[0]");
+        assert_eq!(p.cfg.idle_timeout, Duration::from_secs(600));
+        assert!(p.cfg.default_deny);
+        assert!(
+            p.warnings[0].contains("not on loopback"),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_field() {
+        let cases = [
+            (
+                "listen: 127.0.0.1:15006",
+                "listen: nowhere",
+                "p.yaml:5: inbound[0].listen: `nowhere` is not an address like 127.0.0.1:15006",
+            ),
+            (
+                "port: 8080",
+                "port: \"8080\"",
+                "p.yaml:5: inbound[0].port: must be a port number",
+            ),
+            (
+                "idleTimeout: 10m",
+                "idleTimeout: soon",
+                "p.yaml:8: idleTimeout: `soon` is not a duration",
+            ),
+            (
+                "idleTimeout: 10m",
+                "idleTimout: 10m",
+                "p.yaml:8: idleTimout: unknown field `idleTimout` (did you mean `idleTimeout`?)",
+            ),
+            (
+                "spiffeId: spiffe://cluster.local/ns/backend/sa/api",
+                "spiffeId: http://x",
+                "p.yaml:7: outbound[0].spiffeId: ",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let text = GOOD.replace(from, to);
+            let e = ProxyFile::parse(&text, Path::new("p.yaml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{to}: {e}");
+        }
+        let e = ProxyFile::parse("", Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "p.yaml: the file is empty");
+        let no_listeners = "workload: {namespace: a}\nidentity: {workloadApi: unix:/s}\n";
+        let e = ProxyFile::parse(no_listeners, Path::new("p.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing to proxy"), "{e}");
     }
 }

@@ -35,7 +35,7 @@ use meshguard_engine::{Engine, Settings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub use config::{Inbound, Outbound, Protocol, ProxyConfig, ProxyError};
+pub use config::{IdentitySource, Inbound, Outbound, Protocol, ProxyConfig, ProxyError, ProxyFile};
 pub use copy::{splice, splice_idle};
 use inbound::inbound_conn;
 use outbound::outbound_conn;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod config;
 pub mod grpc;
 pub mod http;
 
@@ -51,6 +52,9 @@ pub struct ServeConfig {
     /// HTTP and admin listeners: connections served at once; beyond it new ones are closed at
     /// once (a client holding sockets cannot exhaust file descriptors).
     pub max_connections: usize,
+    /// Deny requests to workloads that no ALLOW policy selects (on by default; off gives Istio's
+    /// allow-by-default).
+    pub default_deny: bool,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +80,7 @@ impl Default for ServeConfig {
             auth_bindings: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            default_deny: true,
         }
     }
 }
@@ -373,7 +378,11 @@ pub async fn serve(
 
     if let Some(l) = grpc_l {
         // tonic's per-request timeout bounds a Check; the engine needs none of its own.
-        let engine = Engine::new(state.clone(), log.clone(), Settings::default());
+        let settings = Settings {
+            default_deny: cfg.default_deny,
+            ..Settings::default()
+        };
+        let engine = Engine::new(state.clone(), log.clone(), settings);
         let svc = AuthorizationServer::new(grpc::CheckService {
             engine,
             workload: cfg.workload.clone(),
@@ -433,7 +442,7 @@ pub async fn serve(
     if let Some(l) = http_l {
         let settings = Settings {
             timeout: Some(cfg.request_timeout),
-            ..Settings::default()
+            default_deny: cfg.default_deny,
         };
         let mode = http::HttpMode {
             engine: Engine::new(state.clone(), log.clone(), settings),

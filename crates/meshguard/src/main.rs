@@ -74,7 +74,8 @@ pub(crate) struct PolicyArgs {
         long = "policies",
         short = 'p',
         env = "MESHGUARD_POLICIES",
-        value_delimiter = ','
+        value_delimiter = ',',
+        num_args = 1..
     )]
     pub(crate) policies: Vec<PathBuf>,
     /// A MeshConfig YAML (rootNamespace, trustDomain, trustDomainAliases, pathNormalization,
@@ -91,6 +92,10 @@ pub(crate) struct PolicyArgs {
     /// CUSTOM policies naming any other provider act as DENY, as in Istio.
     #[arg(long = "provider", env = "MESHGUARD_PROVIDERS", value_delimiter = ',')]
     pub(crate) providers: Vec<String>,
+    /// Allow requests to workloads that no ALLOW policy selects, as Istio does. Without it
+    /// meshguard denies them (default deny), and says so in the decision.
+    #[arg(long, env = "MESHGUARD_DEFAULT_ALLOW")]
+    pub(crate) default_allow: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +105,17 @@ pub(crate) enum Normalization {
     Base,
     MergeSlashes,
     DecodeAndMergeSlashes,
+}
+
+impl From<PathNormalization> for Normalization {
+    fn from(p: PathNormalization) -> Self {
+        match p {
+            PathNormalization::None => Normalization::None,
+            PathNormalization::Base => Normalization::Base,
+            PathNormalization::MergeSlashes => Normalization::MergeSlashes,
+            PathNormalization::DecodeAndMergeSlashes => Normalization::DecodeAndMergeSlashes,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -125,11 +141,11 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct LintArgs {
-    /// Policy files or directories to validate.
-    #[arg(required = true)]
+    /// Policy files or directories to validate. Default: the embedded example policies.
     paths: Vec<PathBuf>,
-    /// Mesh settings to lint against (see `check --help`): enables warnings about CUSTOM
-    /// providers that do not exist and path rules weakened by the path normalisation.
+    /// Mesh settings to lint against (see `check --help`). Without it, Istio's defaults: path
+    /// normalisation BASE and no extension providers, so CUSTOM providers that do not exist and
+    /// DENY path rules that `//admin` slips past are reported.
     #[arg(long, env = "MESHGUARD_MESH_CONFIG")]
     mesh_config: Option<PathBuf>,
     /// Output format: `file:line:col: severity: field: message` lines, or a JSON array.
@@ -190,9 +206,9 @@ pub(crate) fn mesh_config(a: &PolicyArgs) -> Result<MeshConfig> {
         Some(path) => {
             let docs = read_yaml(path, "mesh config")?;
             match docs.first() {
-                Some(d) => {
-                    parse_mesh_config(d).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                }
+                Some(d) => parse_mesh_config(d).map_err(|e| {
+                    meshguard_policy::read::ConfigError::field(&path.display().to_string(), e)
+                })?,
                 None => MeshConfig::default(),
             }
         }
@@ -231,7 +247,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
     // The same engine `serve` and `proxy` decide with: the policies are loaded and compiled, the
     // AuthConfigs built (Secrets resolved, Rego compiled); steps that call out (LDAP,
     // introspection, pass-through, OIDC discovery) and remote JWKS do so when a request needs
-    // them. No decision log; Istio's allow-by-default.
+    // them. No decision log; default deny unless --default-allow, as in `serve` and `proxy`.
     let loaded = rt.block_on(async {
         if a.policy.policies.is_empty() {
             State::new(embedded_source(), mesh, client)
@@ -249,7 +265,11 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         Err(e) => return Err(anyhow::anyhow!("{e}")).context("loading the policies"),
     };
     let log = DecisionLog::start(Sink::Off, state.clone()).context("decision log")?;
-    let engine = Engine::new(state.clone(), log, Settings::default());
+    let settings = Settings {
+        default_deny: !a.policy.default_allow,
+        ..Settings::default()
+    };
+    let engine = Engine::new(state.clone(), log, settings);
     let g = state.current();
     let set = &g.set;
 
@@ -336,7 +356,7 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         } else {
             Vec::new()
         };
-        print_decision(a.output, name, many, &d, &req, &why, set.mesh());
+        print_decision(a.output, name, many, &d, &req, &why, &engine);
     }
     Ok(if all_allowed {
         ExitCode::SUCCESS
@@ -363,10 +383,21 @@ fn print_decision(
     d: &Decision,
     req: &Request,
     why: &[String],
-    mesh: &MeshConfig,
+    engine: &Engine,
 ) {
+    let settings = engine.settings();
+    let g = engine.state().current();
+    let mesh = g.set.mesh();
     if output == Output::Json {
         let mut j = d.to_json();
+        if d.by_default {
+            j["default"] = if settings.default_deny {
+                "deny"
+            } else {
+                "allow"
+            }
+            .into();
+        }
         if !why.is_empty() {
             j["why"] = why.into();
         }
@@ -383,6 +414,13 @@ fn print_decision(
     println!("{verdict} {} {}", d.status, d.reason);
     for line in why {
         println!("  why: {line}");
+    }
+    if d.by_default {
+        if settings.default_deny {
+            println!("  default: deny (no ALLOW policy selects the workload; --default-allow gives Istio's allow)");
+        } else {
+            println!("  default: allow (--default-allow, as Istio: no ALLOW policy selects the workload)");
+        }
     }
     if let Some(c) = &d.auth_config {
         println!("  AuthConfig: {c}");
@@ -450,18 +488,24 @@ fn print_decision(
 }
 
 fn lint(a: LintArgs) -> Result<ExitCode> {
-    let mut loaded = load_paths(&a.paths);
-    if let Some(path) = &a.mesh_config {
-        let mesh = mesh_config(&PolicyArgs {
-            policies: Vec::new(),
-            mesh_config: Some(path.clone()),
-            root_namespace: None,
-            path_normalization: None,
-            providers: Vec::new(),
-        })?;
-        let extra = meshguard_policy::load::mesh_warnings(&loaded.resources, &mesh);
-        loaded.diagnostics.extend(extra);
-    }
+    let mut loaded = if a.paths.is_empty() {
+        eprintln!("meshguard lint: no paths given; linting the embedded example policies");
+        meshguard_engine::PolicySource::read(&embedded_source())
+    } else {
+        load_paths(&a.paths)
+    };
+    // Without --mesh-config the mesh is Istio's default (path normalisation BASE, no extension
+    // providers), which is what the policies get in a mesh that sets nothing.
+    let mesh = mesh_config(&PolicyArgs {
+        policies: Vec::new(),
+        mesh_config: a.mesh_config.clone(),
+        root_namespace: None,
+        path_normalization: None,
+        providers: Vec::new(),
+        default_allow: false,
+    })?;
+    let extra = meshguard_policy::load::mesh_warnings(&loaded.resources, &mesh);
+    loaded.diagnostics.extend(extra);
     // AuthConfigs are checked as the server builds them: referenced Secrets and ConfigMaps
     // must be loaded, Rego must parse.
     if loaded.errors().count() == 0 && !loaded.resources.is_empty() {
@@ -485,6 +529,8 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
     loaded
         .diagnostics
         .sort_by(|x, y| (&x.file, x.line, x.col).cmp(&(&y.file, y.line, y.col)));
+    // Each problem once, however many checks found it.
+    loaded.diagnostics.dedup();
     let errors = loaded.errors().count();
     let warnings = loaded.diagnostics.len() - errors;
     match a.output {
@@ -513,7 +559,7 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
             );
         }
     }
-    if loaded.files.is_empty() && errors == 0 {
+    if loaded.files.is_empty() && errors == 0 && !a.paths.is_empty() {
         bail!("no policy files found (looked for *.yaml, *.yml, *.json)");
     }
     let fail = errors > 0 || (a.deny_warnings && warnings > 0);

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -11,7 +10,7 @@ use meshguard_engine::dlog::Sink;
 use std::sync::Arc;
 
 use meshguard_engine::{Files, PolicySource, State, Workload};
-use meshguard_policy::yaml::{Node, NodeKind};
+use meshguard_server::config::ServeFile;
 use meshguard_server::ServeConfig;
 
 use crate::{mesh_config, PolicyArgs};
@@ -80,77 +79,44 @@ pub struct ServeArgs {
     pub grpc_max_message_bytes: Option<usize>,
 }
 
-/// Reads the config file into flag defaults (flags win).
+/// Reads the config file into flag defaults (flags and environment variables win).
 fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
     let Some(path) = a.config.clone() else {
         return Ok(());
     };
-    let docs = crate::read_yaml(&path, "config file")?;
-    let Some(doc) = docs.first() else {
-        return Ok(());
-    };
-    let Some(entries) = doc.as_map() else {
-        bail!("{}: the config must be a mapping", path.display())
-    };
-    let text_of = |n: &Node, key: &str| -> Result<String> {
-        match &n.kind {
-            NodeKind::Str(s) => Ok(s.clone()),
-            NodeKind::Int(i) => Ok(i.to_string()),
-            NodeKind::Bool(b) => Ok(b.to_string()),
-            _ => bail!("{}:{}: `{key}` must be a string", path.display(), n.line),
-        }
-    };
-    let list_of = |n: &Node, key: &str| -> Result<Vec<String>> {
-        match &n.kind {
-            NodeKind::Seq(items) => items.iter().map(|i| text_of(i, key)).collect(),
-            _ => Ok(text_of(n, key)?
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .collect()),
-        }
-    };
-    for (k, v) in entries {
-        let key = k.text.as_str();
-        match key {
-            "grpcListen" => a.grpc_listen = a.grpc_listen.take().or(Some(text_of(v, key)?)),
-            "httpListen" => a.http_listen = a.http_listen.take().or(Some(text_of(v, key)?)),
-            "adminListen" => a.admin_listen = a.admin_listen.take().or(Some(text_of(v, key)?)),
-            "workload" => a.workload = a.workload.take().or(Some(text_of(v, key)?)),
-            "httpPathPrefix" => a.http_path_prefix = a.http_path_prefix.take().or(Some(text_of(v, key)?)),
-            "decisionLog" => a.decision_log = a.decision_log.take().or(Some(text_of(v, key)?)),
-            "reloadInterval" => a.reload_interval = a.reload_interval.take().or(Some(text_of(v, key)?)),
-            "logLevel" => a.log_level = a.log_level.take().or(Some(text_of(v, key)?)),
-            "grpcMaxMessageBytes" => {
-                let t = text_of(v, key)?;
-                let n = t.parse().map_err(|_| anyhow::anyhow!("{}: `grpcMaxMessageBytes` is `{t}`, not a number of bytes", path.display()))?;
-                a.grpc_max_message_bytes = a.grpc_max_message_bytes.or(Some(n));
-            }
-            "forwardAuth" => a.forward_auth = a.forward_auth.take().or(Some(text_of(v, key)?)),
-            "trustForwardedClientCert" => a.trust_forwarded_client_cert |= text_of(v, key)? == "true",
-            "rootNamespace" => a.policy.root_namespace = a.policy.root_namespace.take().or(Some(text_of(v, key)?)),
-            "meshConfig" => a.policy.mesh_config = a.policy.mesh_config.take().or(Some(text_of(v, key)?.into())),
-            "trustedProxies" if a.trusted_proxies.is_empty() => a.trusted_proxies = list_of(v, key)?,
-            "authBindings" if a.auth_bindings.is_empty() => a.auth_bindings = list_of(v, key)?,
-            "providers" if a.policy.providers.is_empty() => a.policy.providers = list_of(v, key)?,
-            "policies" if a.policy.policies.is_empty() => {
-                // Relative paths are relative to the config file.
-                let base = path.parent().map(PathBuf::from).unwrap_or_default();
-                a.policy.policies = list_of(v, key)?.into_iter().map(|p| base.join(p)).collect();
-            }
-            "pathNormalization" if a.policy.path_normalization.is_none() => {
-                let s = text_of(v, key)?;
-                a.policy.path_normalization = Some(<crate::Normalization as clap::ValueEnum>::from_str(&s, true).map_err(|_| {
-                    anyhow::anyhow!("{}:{}: pathNormalization `{s}`: use NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES", path.display(), v.line)
-                })?);
-            }
-            "trustedProxies" | "providers" | "policies" | "pathNormalization" | "authBindings" => {}
-            other => bail!(
-                "{}:{}: unknown config key `{other}` (known: grpcListen, httpListen, adminListen, policies, meshConfig, rootNamespace, pathNormalization, providers, workload, trustedProxies, forwardAuth, trustForwardedClientCert, httpPathPrefix, authBindings, decisionLog, reloadInterval, logLevel)",
-                path.display(),
-                k.line
-            ),
+    let f = ServeFile::load(&path)?;
+    fn or<T>(flag: &mut Option<T>, file: Option<T>) {
+        if flag.is_none() {
+            *flag = file;
         }
     }
+    fn or_list<T>(flag: &mut Vec<T>, file: Vec<T>) {
+        if flag.is_empty() {
+            *flag = file;
+        }
+    }
+    or(&mut a.grpc_listen, f.grpc_listen);
+    or(&mut a.http_listen, f.http_listen);
+    or(&mut a.admin_listen, f.admin_listen);
+    or(&mut a.workload, f.workload);
+    or(&mut a.http_path_prefix, f.http_path_prefix);
+    or(&mut a.decision_log, f.decision_log);
+    or(&mut a.reload_interval, f.reload_interval);
+    or(&mut a.log_level, f.log_level);
+    or(&mut a.grpc_max_message_bytes, f.grpc_max_message_bytes);
+    or(&mut a.forward_auth, f.forward_auth);
+    a.trust_forwarded_client_cert |= f.trust_forwarded_client_cert.unwrap_or(false);
+    a.policy.default_allow |= f.default_deny == Some(false);
+    or(&mut a.policy.root_namespace, f.root_namespace);
+    or(&mut a.policy.mesh_config, f.mesh_config);
+    or(
+        &mut a.policy.path_normalization,
+        f.path_normalization.map(crate::Normalization::from),
+    );
+    or_list(&mut a.trusted_proxies, f.trusted_proxies);
+    or_list(&mut a.auth_bindings, f.auth_bindings);
+    or_list(&mut a.policy.providers, f.providers);
+    or_list(&mut a.policy.policies, f.policies);
     Ok(())
 }
 
@@ -178,7 +144,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     let (source, describe) = if a.policy.policies.is_empty() {
         (
             Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,
-            "the embedded example policies (examples/policies)".to_owned(),
+            "the embedded example policies (examples/policies: demo material, not for production; give --policies)".to_owned(),
         )
     } else {
         let list = a
@@ -230,6 +196,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         })?;
     }
     cfg.trust_forwarded_client_cert = a.trust_forwarded_client_cert;
+    cfg.default_deny = !a.policy.default_allow;
     if let Some(n) = a.grpc_max_message_bytes {
         cfg.max_grpc_message_bytes = n;
     }
@@ -238,8 +205,9 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         cfg.decision_log = Sink::parse(l);
     }
     if let Some(r) = &a.reload_interval {
-        cfg.reload_interval =
-            meshguard_policy::resource::parse_duration(r).unwrap_or(Duration::from_secs(2));
+        cfg.reload_interval = meshguard_policy::read::parse_duration(r).with_context(|| {
+            format!("--reload-interval `{r}` is not a duration like 2s, 500ms or 0s")
+        })?;
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -255,10 +223,22 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         let g = state.current();
         let resources = g.set.resources().len();
         let warnings = g.warnings.len();
+        let allow_namespaces = g.namespaces_with_allow();
         drop(g);
+        let default_deny = cfg.default_deny;
         let shutdown = crate::shutdown_signal();
         meshguard_server::serve(state, cfg, shutdown, |b| {
             eprintln!("meshguard serve: {resources} resources from {describe} (policy generation 1, {warnings} lint warnings; run `meshguard lint` to see them)");
+            if default_deny {
+                eprintln!("  default deny: requests to workloads that no ALLOW policy selects are refused (--default-allow for Istio's allow)");
+            } else {
+                eprintln!("  default allow (Istio): requests to workloads that no ALLOW policy selects are ALLOWED");
+            }
+            if allow_namespaces.is_empty() {
+                eprintln!("  WARNING: no ALLOW AuthorizationPolicy in this set: {}", if default_deny { "every request is denied" } else { "every request that no DENY policy refuses is allowed" });
+            } else {
+                eprintln!("  namespaces with ALLOW policies: {}", allow_namespaces.into_iter().collect::<Vec<_>>().join(", "));
+            }
             if let Some(g) = b.grpc {
                 eprintln!("  Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check, grpc.health.v1): {g}");
             }

@@ -1,9 +1,9 @@
 //! The CLI as a user drives it: exit codes, text and JSON output, errors that name what to fix.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
+mod cmd;
+use cmd::{run_stdin, BIN};
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 fn run(args: &[&str]) -> Output {
@@ -11,23 +11,6 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run meshguard")
-}
-
-fn run_stdin(args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    child.wait_with_output().expect("wait")
 }
 
 fn stdout(o: &Output) -> String {
@@ -237,7 +220,7 @@ fn serve_explains_bad_settings() {
     let o = run(&["serve", "--config", cfg.to_str().expect("utf8")]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("unknown config key `httpListn`"),
+        stderr(&o).contains("httpListn: unknown field `httpListn` (did you mean `httpListen`?)"),
         "{}",
         stderr(&o)
     );

@@ -77,6 +77,66 @@ impl Resource {
             Resource::ConfigMap(p) => &p.origin,
         }
     }
+
+    /// `kind namespace/name`, as logs and diagnostics name a resource.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}/{}",
+            self.kind(),
+            self.meta().namespace,
+            self.meta().name
+        )
+    }
+
+    /// The same resource with the same content, wherever it was written (file and line aside).
+    pub fn same_content(&self, other: &Resource) -> bool {
+        let mut moved = self.clone();
+        let o = other.origin().clone();
+        match &mut moved {
+            Resource::AuthorizationPolicy(p) => p.origin = o,
+            Resource::PeerAuthentication(p) => p.origin = o,
+            Resource::RequestAuthentication(p) => p.origin = o,
+            Resource::AuthConfig(p) => p.origin = o,
+            Resource::Secret(p) => p.origin = o,
+            Resource::ConfigMap(p) => p.origin = o,
+        }
+        moved == *other
+    }
+}
+
+/// What changed between two policy sets, each resource named as `kind namespace/name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub modified: Vec<String>,
+}
+
+impl Changes {
+    pub fn between(old: &[Resource], new: &[Resource]) -> Changes {
+        let key = |r: &Resource| (r.kind(), r.meta().namespace.clone(), r.meta().name.clone());
+        let old_by: std::collections::HashMap<_, &Resource> =
+            old.iter().map(|r| (key(r), r)).collect();
+        let new_keys: std::collections::HashSet<_> = new.iter().map(key).collect();
+        let mut c = Changes::default();
+        for r in new {
+            match old_by.get(&key(r)) {
+                None => c.added.push(r.describe()),
+                Some(o) if !o.same_content(r) => c.modified.push(r.describe()),
+                Some(_) => {}
+            }
+        }
+        c.removed = old
+            .iter()
+            .filter(|r| !new_keys.contains(&key(r)))
+            .map(Resource::describe)
+            .collect();
+        c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.modified.is_empty()
+    }
 }
 
 const SECURITY_GROUP: &str = "security.istio.io";

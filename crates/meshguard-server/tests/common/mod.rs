@@ -108,6 +108,9 @@ pub async fn start_with(
         admin: Some("127.0.0.1:0".parse().expect("addr")),
         decision_log: Sink::Off,
         reload_interval,
+        // Istio's allow-by-default, which these tests pin where no ALLOW policy applies;
+        // meshguard's default deny is tested in crates/meshguard/tests/defaults.rs.
+        default_deny: false,
         ..ServeConfig::default()
     };
     let mut cfg = cfg;
