@@ -10,6 +10,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use meshguard_authn::extauth::{basic, Chains};
 use meshguard_policy::{HttpRequest, Identity, MeshConfig, PathNormalization, PolicySet, Request};
 
+#[path = "../../meshguard-policy/tests/support/mod.rs"]
+mod support;
+
 const EXTAUTH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/extauth");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
@@ -45,17 +48,7 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut loaded = meshguard_policy::load::Loaded::default();
-    let mut files: Vec<_> = std::fs::read_dir(EXTAUTH)
-        .expect("examples/extauth")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).expect("read");
-        loaded.add_text(&text, &f.display().to_string());
-    }
+    let mut loaded = support::load_dir(EXTAUTH);
     // More models, in memory: an access token checked against an inline JWKS, Gloo's sha1
     // basic auth, and an htpasswd bcrypt (cost 10) user.
     let jwks = std::fs::read_to_string(format!("{DATA}/jwks.json"))

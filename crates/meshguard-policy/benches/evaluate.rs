@@ -9,6 +9,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use meshguard_policy::load::{parse_request, Loaded};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use meshguard_policy::yaml::parse_documents;
 use meshguard_policy::{
     Destination, HttpRequest, Identity, MeshConfig, PathNormalization, PolicySet, Request, Source,
@@ -17,16 +20,7 @@ use meshguard_policy::{
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 fn seed_set() -> PolicySet {
-    let mut l = Loaded::default();
-    let mut files: Vec<_> = std::fs::read_dir(format!("{EXAMPLES}/policies"))
-        .expect("examples/policies")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).expect("read");
-        l.add_text(&text, &f.display().to_string());
-    }
+    let l = support::load_dir(&format!("{EXAMPLES}/policies"));
     assert!(!l.has_errors(), "{:?}", l.diagnostics);
     PolicySet::compile(l.resources, MeshConfig::default()).expect("compile")
 }

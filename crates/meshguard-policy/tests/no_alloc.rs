@@ -4,7 +4,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use meshguard_policy::load::{parse_request, Loaded};
+use meshguard_policy::load::parse_request;
+
+mod support;
 use meshguard_policy::yaml::parse_documents;
 use meshguard_policy::{MeshConfig, PathNormalization, PolicySet};
 
@@ -33,17 +35,8 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn evaluate_does_not_allocate() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
-    let mut l = Loaded::default();
-    let mut files: Vec<_> = std::fs::read_dir(format!("{dir}/policies"))
-        .expect("examples/policies")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).expect("read");
-        l.add_text(&text, &f.display().to_string());
-    }
+    let dir = support::EXAMPLES;
+    let l = support::load_dir(&format!("{dir}/policies"));
     assert!(!l.has_errors());
     let set = PolicySet::compile(l.resources, MeshConfig::default()).expect("compile");
     // Every bundled request except the one that matches an AUDIT policy (reporting audit

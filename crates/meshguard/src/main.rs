@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod out;
 mod agent_cmd;
 mod ca_cmd;
 mod embedded;

@@ -620,3 +620,20 @@ request: {{method: GET, host: shop.test, path: /api/cart, headers: {{authorizati
     assert!(out.starts_with("DENY 401"), "{out}");
     assert!(out.contains("www-authenticate"), "{out}");
 }
+
+/// `meshguard check --example all | head -1`: a reader that goes away ends the output quietly.
+#[test]
+fn a_closed_pipe_ends_output_without_a_panic() {
+    let mut child = Command::new(BIN)
+        .args(["check", "--example", "all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The reader is gone before the first line is written.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(0), "{err}");
+}
