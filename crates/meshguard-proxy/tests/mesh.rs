@@ -438,7 +438,22 @@ async fn allowed_denied_and_identity_forwarded() {
         .client(WEB, "spiffe://cluster.local/ns/backend/sa/impostor")
         .await;
     let w = wrong.outbound[0];
-    assert_eq!(blocking(move || http(w, "/orders", &[])).await, None);
+    // The app gets a 503 that says why, not a reset (as Envoy answers an upstream failure).
+    let (status, body) = blocking(move || http(w, "/orders", &[]))
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("expected spiffe://cluster.local/ns/backend/sa/impostor"),
+        "{body}"
+    );
+    // A TCP app (no request line) is closed as before.
+    let got = blocking(move || {
+        let mut s = TcpStream::connect(w).expect("connect");
+        echo(&mut s, b"hello")
+    })
+    .await;
+    assert_eq!(got, None);
     let _ = &mesh.server_store;
 }
 
@@ -500,7 +515,12 @@ async fn strict_permissive_and_reload() {
         .await
         .expect("answer");
     assert_eq!(status, 200);
-    assert_eq!(blocking(move || http(w, "/orders", &[])).await, None);
+    // The client proxy's handshake fails; its app is told so with a 503.
+    let (status, body) = blocking(move || http(w, "/orders", &[]))
+        .await
+        .expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("mTLS to the upstream proxy"), "{body}");
 }
 
 /// A TLS client presenting an arbitrary certificate, not checking the server: for attacks.
