@@ -2,7 +2,7 @@
 //! plaintext, what the codec or path normalisation refuses), request authentication, the
 //! AuthConfig the route binds, then CUSTOM (resumed, not re-evaluated), DENY and ALLOW.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use meshguard_authn::extauth::StepOutcome;
 use meshguard_authn::{Authenticated, AuthnOutcome, TokenError};
@@ -205,19 +205,23 @@ fn decision_of(
         custom_body: None,
         auth_config: None,
         dynamic_metadata: serde_json::Map::new(),
+        id: String::new(),
     }
 }
 
 /// The decision log line for a decision.
 pub fn log_entry(via: &str, req: &Request, o: &Decision, started: Instant) -> serde_json::Value {
-    let time = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
     let http = req.http.as_ref();
+    // The original client: remote.ip (X-Forwarded-For as Envoy derives it), else the peer.
+    let client_ip = req
+        .source
+        .remote_ip
+        .or(req.source.ip)
+        .or(req.peer_addr.map(|a| a.ip()));
     let mut e = json!({
-        "time": time,
-        "id": http.map_or("", |h| h.id.as_str()),
+        "time": crate::dlog::rfc3339(SystemTime::now()),
+        "id": o.id,
+        "client_ip": client_ip.map(|ip| ip.to_string()),
         "mode": via,
         "allowed": o.allowed,
         "status": o.status,

@@ -55,6 +55,10 @@ pub struct Decision {
     pub auth_config: Option<String>,
     /// `dynamic_metadata` fields chosen by AuthConfig steps (OPA-Envoy decisions).
     pub dynamic_metadata: serde_json::Map<String, serde_json::Value>,
+    /// The decision id: the request's `x-request-id` (Envoy's `request.http.id`), or one the
+    /// engine made up when there is none. In the decision log and in Envoy's dynamic metadata
+    /// (`decision_id`), so an access log line and a decision line can be joined.
+    pub id: String,
 }
 
 impl Decision {
@@ -84,6 +88,7 @@ impl Decision {
             custom_body: None,
             auth_config: None,
             dynamic_metadata: serde_json::Map::new(),
+            id: String::new(),
         }
     }
 

@@ -17,6 +17,8 @@ const BATCH: usize = 64 * 1024;
 pub struct LogHealth {
     /// Lines lost to write errors (full disk, closed pipe).
     pub lost: AtomicU64,
+    /// Set on SIGHUP: a file sink is reopened before the next write (logrotate moved it).
+    pub reopen: std::sync::atomic::AtomicBool,
     /// The last write error while it persists (cleared by the next successful write).
     pub error: std::sync::Mutex<Option<String>>,
 }
@@ -77,6 +79,45 @@ impl Sink {
     }
 }
 
+fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match sink {
+        Sink::Stdout => Box::new(std::io::stdout()),
+        Sink::Stderr => Box::new(std::io::stderr()),
+        Sink::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        Sink::Off => Box::new(std::io::sink()),
+    })
+}
+
+/// `2026-12-02T16:26:13.123456Z`: RFC 3339 in UTC with microseconds, as log pipelines parse it.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to a civil date (Howard Hinnant's algorithm, proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
 /// A handle to the log writer.
 #[derive(Clone)]
 pub struct DecisionLog {
@@ -94,17 +135,7 @@ impl DecisionLog {
                 metrics: state,
             });
         }
-        let mut out: Box<dyn Write + Send> = match &sink {
-            Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::Stderr => Box::new(std::io::stderr()),
-            Sink::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
-            Sink::Off => Box::new(std::io::sink()),
-        };
+        let mut out = open(&sink)?;
         let (tx, mut rx) = mpsc::channel::<String>(8192);
         let st = state.clone();
         std::thread::Builder::new()
@@ -115,6 +146,15 @@ impl DecisionLog {
                 // error is kept for /readyz (a full disk, say). Decisions never wait for it.
                 let mut batch: Vec<u8> = Vec::with_capacity(BATCH);
                 while let Some(line) = rx.blocking_recv() {
+                    if st.metrics.decision_log.reopen.swap(false, Ordering::Relaxed) {
+                        match open(&sink) {
+                            Ok(o) => {
+                                out = o;
+                                tracing::info!("decision log reopened (SIGHUP)");
+                            }
+                            Err(e) => tracing::error!(error = %e, "decision log: cannot reopen the file after SIGHUP; writing to the old one"),
+                        }
+                    }
                     batch.clear();
                     let mut lines = 0u64;
                     let mut next = Some(line);
@@ -143,6 +183,15 @@ impl DecisionLog {
         self.tx.is_some()
     }
 
+    /// Reopens a file sink before the next line (SIGHUP, after logrotate moved the file).
+    pub fn reopen(&self) {
+        self.metrics
+            .metrics
+            .decision_log
+            .reopen
+            .store(true, Ordering::Relaxed);
+    }
+
     pub fn write(&self, entry: serde_json::Value) {
         if let Some(tx) = &self.tx {
             if tx.try_send(entry.to_string()).is_err() {
@@ -150,5 +199,21 @@ impl DecisionLog {
                 m.decision_log_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let t = |s: u64, us: u64| {
+            super::rfc3339(UNIX_EPOCH + Duration::from_micros(s * 1_000_000 + us))
+        };
+        assert_eq!(t(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(t(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(t(1_795_969_573, 123_456), "2026-11-29T16:26:13.123456Z");
+        assert_eq!(t(4_107_542_399, 0), "2100-02-28T23:59:59.000000Z");
     }
 }

@@ -70,6 +70,7 @@ impl Engine {
         if d.by_default && d.auth_config.is_none() {
             self.by_default(&g, req, &mut d);
         }
+        d.id = decision_id(req);
         d
     }
 
@@ -108,23 +109,25 @@ impl Engine {
     /// A denial the front end made itself (an mTLS handshake it refused), recorded like a
     /// decision.
     pub fn refuse(&self, via: &'static str, req: &Request, reason: String) -> Decision {
-        let d = Decision::internal(reason, self.state.current().id);
+        let mut d = Decision::internal(reason, self.state.current().id);
+        d.id = decision_id(req);
         self.record(via, req, &d, Instant::now());
         d
     }
 
     /// A fail-closed denial for input the front end could not turn into a [`Request`]; counted
-    /// as an internal error and logged with why.
+    /// as a bad request (the caller's or its configuration's mistake) and logged with why.
     pub fn undecidable(&self, via: &'static str, error: &str) -> Decision {
         self.state
             .metrics
-            .internal_errors
+            .bad_requests
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %error, "denying a request that cannot be decided");
-        let d = Decision::internal(
+        let mut d = Decision::internal(
             format!("denied (fail closed): {error}"),
             self.state.current().id,
         );
+        d.id = generated_id();
         self.record(via, &Request::default(), &d, Instant::now());
         d
     }
@@ -138,9 +141,38 @@ impl Engine {
             d.policy.as_deref(),
             started.elapsed(),
         );
+        if let Some(c) = &d.auth_config {
+            self.state.metrics.record_auth_config(c, d.allowed);
+        }
         if self.log.enabled() {
             self.log
                 .write(crate::decide::log_entry(via, req, d, started));
         }
     }
+}
+
+/// The request's own id (`x-request-id`, which Envoy sets on every request), else a new one.
+fn decision_id(req: &Request) -> String {
+    match req.http.as_ref().map(|h| h.id.as_str()) {
+        Some(id) if !id.is_empty() => id.to_owned(),
+        _ => generated_id(),
+    }
+}
+
+/// `mg-` + 16 hex digits random per process + a 12-digit counter: unique across replicas and
+/// restarts with overwhelming likelihood, with no entropy drawn per decision.
+fn generated_id() -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .hash_one((std::process::id(), std::time::SystemTime::now()))
+    });
+    format!(
+        "mg-{seed:016x}{:012x}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

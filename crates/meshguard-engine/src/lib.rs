@@ -72,6 +72,8 @@ pub async fn watch_policies(st: Arc<State>, interval: Duration, mut stop: watch:
                 }
             }
             _ = sighup => {
+                // logrotate's postrotate sends SIGHUP: the decision log file is reopened too.
+                st.metrics.decision_log.reopen.store(true, std::sync::atomic::Ordering::Relaxed);
                 last = st.fingerprint();
                 let _ = st.reload("SIGHUP").await;
             }

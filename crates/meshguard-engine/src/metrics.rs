@@ -29,8 +29,29 @@ pub struct Metrics {
     /// Lines lost to write errors, and the error while it lasts.
     pub decision_log: crate::dlog::LogHealth,
     pub internal_errors: AtomicU64,
+    /// Requests denied because the front end could not describe them (no workload, a malformed
+    /// CheckRequest): the caller's or its configuration's mistake, not ours.
+    pub bad_requests: AtomicU64,
     /// CheckRequests refused before decoding because they exceed --grpc-max-message-bytes.
     pub grpc_too_large: AtomicU64,
+    /// Unix time (seconds) of the last reload attempt, 0 before the first.
+    pub last_reload_at: AtomicU64,
+    /// AuthConfig chain -> (allowed, denied) of the decisions it took part in.
+    auth_configs: RwLock<HashMap<String, [AtomicU64; 2]>>,
+    /// Filled by the mTLS proxy: connections accepted and handshakes refused, by direction.
+    pub proxy: ProxyMetrics,
+}
+
+/// What the mTLS proxy counts (zero in `serve`).
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    pub inbound_connections: AtomicU64,
+    pub outbound_connections: AtomicU64,
+    pub open_connections: AtomicU64,
+    pub inbound_handshake_failures: AtomicU64,
+    pub outbound_handshake_failures: AtomicU64,
+    /// Unix time (seconds) when the current SVID expires, 0 when there is none.
+    pub svid_expiry: AtomicU64,
 }
 
 impl Metrics {
@@ -81,9 +102,37 @@ impl Metrics {
         );
     }
 
+    /// Counts one decision an AuthConfig chain (or several, comma-joined) took part in.
+    pub fn record_auth_config(&self, chains: &str, allowed: bool) {
+        for chain in chains.split(',') {
+            let i = usize::from(!allowed);
+            let hit = {
+                let map = self.auth_configs.read().unwrap_or_else(|e| e.into_inner());
+                map.get(chain)
+                    .map(|c| c[i].fetch_add(1, Ordering::Relaxed))
+                    .is_some()
+            };
+            if !hit {
+                let mut map = self.auth_configs.write().unwrap_or_else(|e| e.into_inner());
+                map.entry(chain.to_owned()).or_default()[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// The text exposition; `jwks` holds (issuer/uri, ok, failed) per remote key set.
     pub fn render(&self, jwks: &[(String, u64, u64)]) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP meshguard_build_info The running build (always 1)."
+        );
+        let _ = writeln!(out, "# TYPE meshguard_build_info gauge");
+        let _ = writeln!(
+            out,
+            "meshguard_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process_metrics(&mut out);
         let _ = writeln!(out, "# HELP meshguard_decisions_total Authorization decisions by result, HTTP status and deciding policy (empty: no single policy decided).");
         let _ = writeln!(out, "# TYPE meshguard_decisions_total counter");
         let map = self.decisions.read().unwrap_or_else(|e| e.into_inner());
@@ -206,6 +255,38 @@ impl Metrics {
             "meshguard_internal_errors_total {}",
             self.internal_errors.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# HELP meshguard_bad_requests_total Requests denied because they could not be described (no workload, a malformed CheckRequest): a client or configuration mistake.");
+        let _ = writeln!(out, "# TYPE meshguard_bad_requests_total counter");
+        let _ = writeln!(
+            out,
+            "meshguard_bad_requests_total {}",
+            self.bad_requests.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_last_reload_timestamp_seconds Unix time of the last reload attempt (0: none yet); its result is meshguard_last_reload_success.");
+        let _ = writeln!(out, "# TYPE meshguard_last_reload_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "meshguard_last_reload_timestamp_seconds {}",
+            self.last_reload_at.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_auth_config_decisions_total Decisions an AuthConfig chain took part in, by result.");
+        let _ = writeln!(out, "# TYPE meshguard_auth_config_decisions_total counter");
+        {
+            let map = self.auth_configs.read().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = map.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for (chain, c) in rows {
+                for (i, result) in ["allow", "deny"].iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "meshguard_auth_config_decisions_total{{auth_config=\"{}\",result=\"{result}\"}} {}",
+                        escape(chain),
+                        c[i].load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
+        self.proxy.render(&mut out);
         let _ = writeln!(out, "# HELP meshguard_grpc_messages_too_large_total CheckRequests refused because they exceed --grpc-max-message-bytes (Envoy denies them).");
         let _ = writeln!(
             out,
@@ -217,6 +298,113 @@ impl Metrics {
             self.grpc_too_large.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+impl ProxyMetrics {
+    fn render(&self, out: &mut String) {
+        let connections = self.inbound_connections.load(Ordering::Relaxed)
+            + self.outbound_connections.load(Ordering::Relaxed);
+        if connections == 0 && self.svid_expiry.load(Ordering::Relaxed) == 0 {
+            return; // not a proxy
+        }
+        let _ = writeln!(out, "# HELP meshguard_proxy_connections_total Connections the proxy accepted, by direction.");
+        let _ = writeln!(out, "# TYPE meshguard_proxy_connections_total counter");
+        let _ = writeln!(
+            out,
+            "meshguard_proxy_connections_total{{direction=\"inbound\"}} {}",
+            self.inbound_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "meshguard_proxy_connections_total{{direction=\"outbound\"}} {}",
+            self.outbound_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshguard_proxy_open_connections Connections open now."
+        );
+        let _ = writeln!(out, "# TYPE meshguard_proxy_open_connections gauge");
+        let _ = writeln!(
+            out,
+            "meshguard_proxy_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_proxy_handshake_failures_total mTLS handshakes that failed (inbound: a client refused; outbound: the upstream refused or presented another identity).");
+        let _ = writeln!(
+            out,
+            "# TYPE meshguard_proxy_handshake_failures_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "meshguard_proxy_handshake_failures_total{{direction=\"inbound\"}} {}",
+            self.inbound_handshake_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "meshguard_proxy_handshake_failures_total{{direction=\"outbound\"}} {}",
+            self.outbound_handshake_failures.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP meshguard_svid_expiry_timestamp_seconds Unix time when the proxy's current X.509-SVID expires.");
+        let _ = writeln!(out, "# TYPE meshguard_svid_expiry_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "meshguard_svid_expiry_timestamp_seconds {}",
+            self.svid_expiry.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The standard `process_*` metrics from /proc (Linux; absent elsewhere).
+fn process_metrics(out: &mut String) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // /proc/[pid]/stat: utime is field 14, stime 15, starttime 22, rss 24 (1-based); `rest`
+    // starts at field 3.
+    let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    let ticks = 100.0; // USER_HZ on Linux
+    let page = 4096.0;
+    if let (Some(u), Some(s)) = (num(14), num(15)) {
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds."
+        );
+        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(out, "process_cpu_seconds_total {}", (u + s) as f64 / ticks);
+    }
+    if let Some(rss) = num(24) {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes."
+        );
+        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+        let _ = writeln!(out, "process_resident_memory_bytes {}", rss as f64 * page);
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    if let (Some(start), Some(boot)) = (num(22), boot) {
+        let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.");
+        let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
+        let _ = writeln!(
+            out,
+            "process_start_time_seconds {}",
+            boot as f64 + start as f64 / ticks
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors."
+        );
+        let _ = writeln!(out, "# TYPE process_open_fds gauge");
+        let _ = writeln!(out, "process_open_fds {}", fds.count());
     }
 }
 

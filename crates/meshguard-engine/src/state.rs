@@ -170,6 +170,10 @@ impl State {
     }
 
     async fn reload_locked(&self, why: &str) -> Result<u64, LoadError> {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.metrics.last_reload_at.store(now, Ordering::Relaxed);
         let next_id = self.current().id + 1;
         let (source, mesh, client) = (self.source.clone(), self.mesh.clone(), self.client.clone());
         let previous = self.current();

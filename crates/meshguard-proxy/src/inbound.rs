@@ -129,6 +129,11 @@ pub(crate) async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: Socke
 }
 
 pub(crate) fn refuse_handshake(ctx: &InCtx, conn: &Conn, why: &str) {
+    ctx.state
+        .metrics
+        .proxy
+        .inbound_handshake_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let req = request_for(ctx, conn, None);
     ctx.engine.refuse(
         "proxy-tcp",

@@ -23,6 +23,7 @@ pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,6 +121,7 @@ pub async fn run(
             listener,
             stop_rx.clone(),
             cfg.max_connections,
+            (state.clone(), Direction::Inbound),
             move |s, peer| inbound_conn(ctx.clone(), s, peer),
         ));
     }
@@ -130,13 +132,33 @@ pub async fn run(
             .push(listener.local_addr().unwrap_or(o.listen));
         let connector = tokio_rustls::TlsConnector::from(store.client_config(o.spiffe_id.clone())?);
         let (o, timeout, idle) = (Arc::new(o.clone()), cfg.connect_timeout, cfg.idle_timeout);
+        let st = state.clone();
         tasks.spawn(accept_loop(
             listener,
             stop_rx.clone(),
             cfg.max_connections,
-            move |s, _peer| outbound_conn(o.clone(), connector.clone(), timeout, idle, s),
+            (state.clone(), Direction::Outbound),
+            move |s, _peer| {
+                outbound_conn(st.clone(), o.clone(), connector.clone(), timeout, idle, s)
+            },
         ));
     }
+    // The SVID's expiry on /metrics, kept current across rotations.
+    let (st, svids) = (state.clone(), store.clone());
+    let mut rotations = store.subscribe();
+    let mut stop_expiry = stop_rx.clone();
+    tasks.spawn(async move {
+        loop {
+            st.metrics
+                .proxy
+                .svid_expiry
+                .store(svids.expires_at(), Ordering::Relaxed);
+            tokio::select! {
+                changed = rotations.changed() => if changed.is_err() { return },
+                _ = stop_expiry.changed() => return,
+            }
+        }
+    });
     tasks.spawn(meshguard_engine::watch_policies(
         state.clone(),
         cfg.reload_interval,
@@ -150,10 +172,18 @@ pub async fn run(
     Ok(())
 }
 
+/// Which way a listener's connections go, for the connection counters.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    Inbound,
+    Outbound,
+}
+
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     max: usize,
+    (state, direction): (Arc<State>, Direction),
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
@@ -170,9 +200,18 @@ pub(crate) async fn accept_loop<F, Fut>(
                         continue;
                     };
                     let _ = s.set_nodelay(true);
+                    let m = &state.metrics.proxy;
+                    match direction {
+                        Direction::Inbound => &m.inbound_connections,
+                        Direction::Outbound => &m.outbound_connections,
+                    }
+                    .fetch_add(1, Ordering::Relaxed);
+                    m.open_connections.fetch_add(1, Ordering::Relaxed);
                     let conn = handle(s, peer);
+                    let st = state.clone();
                     tokio::spawn(async move {
                         conn.await;
+                        st.metrics.proxy.open_connections.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
                 }

@@ -11,6 +11,7 @@ use crate::config::Outbound;
 use crate::copy::splice_idle;
 
 pub(crate) async fn outbound_conn(
+    state: Arc<meshguard_engine::State>,
     o: Arc<Outbound>,
     connector: tokio_rustls::TlsConnector,
     timeout: Duration,
@@ -31,6 +32,11 @@ pub(crate) async fn outbound_conn(
     let tls = match tokio::time::timeout(timeout, connector.connect(name, up)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            state
+                .metrics
+                .proxy
+                .outbound_handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(upstream = %o.upstream, expected = %o.spiffe_id, error = %e, "upstream refused: mTLS handshake failed");
             let why = format!("mTLS to the upstream proxy {} failed: {e}", o.upstream);
             answer_app(local, &why).await;

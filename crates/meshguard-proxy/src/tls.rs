@@ -74,6 +74,8 @@ struct Current {
     client_verifier: Arc<dyn ClientCertVerifier>,
     /// Hex SHA-256 of our leaf (for logs and tests).
     leaf_sha256: String,
+    /// When the leaf expires (Unix seconds).
+    not_after: u64,
 }
 
 /// The proxy's identity: current SVID, bundle and verifiers, replaced as a unit.
@@ -177,7 +179,11 @@ fn build(material: &SvidMaterial, provider: &Arc<CryptoProvider>) -> Result<Curr
             .map_err(|e| {
                 ProxyError::Identity(format!("cannot verify clients with this bundle: {e}"))
             })?;
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0))
+        .unwrap_or(0);
     Ok(Current {
+        not_after,
         leaf_sha256: cert_sha256(leaf),
         id,
         certified,
@@ -222,6 +228,11 @@ impl SvidStore {
 
     pub fn trust_domain(&self) -> String {
         self.current.load().id.trust_domain().to_owned()
+    }
+
+    /// When the current SVID expires (Unix seconds).
+    pub fn expires_at(&self) -> u64 {
+        self.current.load().not_after
     }
 
     /// Hex SHA-256 of the current leaf certificate.

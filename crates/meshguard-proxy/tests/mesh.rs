@@ -639,6 +639,23 @@ async fn forged_foreign_expired_and_self_signed_peers_are_refused() {
         raw::get(inbound, foreign.chain, foreign.key.as_ref().clone_key()).await,
         None
     );
+    // Counted on /metrics: connections, the refused handshake, the SVID's expiry.
+    let m = mesh.server_state.metrics.render(&[]);
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+    };
+    assert!(value("meshguard_proxy_connections_total{direction=\"inbound\"}") >= 2.0);
+    assert!(value("meshguard_proxy_handshake_failures_total{direction=\"inbound\"}") >= 1.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let expiry = value("meshguard_svid_expiry_timestamp_seconds");
+    assert!(expiry > now && expiry <= now + 3700.0, "{expiry} vs {now}");
+    assert!(value("process_resident_memory_bytes") > 0.0);
+    assert!(value("process_open_fds") > 0.0);
 
     // A self-signed certificate claiming web's SPIFFE ID.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");

@@ -114,18 +114,45 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
     })
 }
 
-/// Ready unless the last reload was refused or a reload is stuck (the serving set may be out of
-/// date either way); a decision log that loses lines is reported but keeps the server ready.
+/// What is wrong but keeps the server serving: a refused reload (the last good set serves), a
+/// decision log that loses lines. Shown on `/healthz` and `/readyz`, which stay 200 for it, so
+/// one bad policy file does not take every replica out of the load balancer at once.
+fn degraded(state: &State) -> Vec<String> {
+    let generation = state.metrics.generation.load(Ordering::Relaxed);
+    let mut out = Vec::new();
+    if let Some(e) = state.last_error.lock().ok().and_then(|e| e.clone()) {
+        out.push(format!(
+            "degraded: the last policy reload was refused; generation {generation} (the last good set) is still serving\n{e}"
+        ));
+    }
+    if let Some(p) = state.metrics.decision_log.problem() {
+        out.push(format!("warning: {p}"));
+    }
+    out
+}
+
+/// `/healthz`: the process serves. `ok`, or `ok (degraded)` with what is wrong.
+fn healthz(state: &State) -> Response<Full<Bytes>> {
+    let d = degraded(state);
+    let mut body = if d.is_empty() {
+        "ok\n".to_owned()
+    } else {
+        "ok (degraded)\n".to_owned()
+    };
+    for line in d {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    text(StatusCode::OK, "text/plain", body)
+}
+
+/// Ready unless a reload is stuck (the serving set may be out of date and nothing says when it
+/// will be current). A refused reload keeps the server ready on its last good set and is shown
+/// as degraded.
 fn readyz(state: &State) -> Response<Full<Bytes>> {
     let generation = state.metrics.generation.load(Ordering::Relaxed);
     let mut body = String::new();
     let mut ready = true;
-    if let Some(e) = state.last_error.lock().ok().and_then(|e| e.clone()) {
-        ready = false;
-        body.push_str(&format!(
-            "the last policy reload was refused; generation {generation} is still serving\n{e}\n"
-        ));
-    }
     if let Some((running, why)) = state.reload_stalled() {
         ready = false;
         body.push_str(&format!(
@@ -136,8 +163,9 @@ fn readyz(state: &State) -> Response<Full<Bytes>> {
     if ready {
         body.insert_str(0, &format!("ready: policy generation {generation}\n"));
     }
-    if let Some(p) = state.metrics.decision_log.problem() {
-        body.push_str(&format!("warning: {p}\n"));
+    for line in degraded(state) {
+        body.push_str(&line);
+        body.push('\n');
     }
     let status = if ready {
         StatusCode::OK
@@ -152,7 +180,7 @@ pub async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/healthz" => healthz(&state),
         "/readyz" => readyz(&state),
         "/metrics" => {
             let g = state.current();

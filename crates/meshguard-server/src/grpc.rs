@@ -18,7 +18,8 @@ pub struct CheckService {
 }
 
 /// meshguard's own keys in a CheckResponse's `dynamic_metadata`.
-const OWN: [&str; 6] = [
+const OWN: [&str; 7] = [
+    "decision_id",
     "allowed",
     "reason",
     "policy",
@@ -38,6 +39,7 @@ pub fn answer_of(o: &Decision) -> Answer {
         .filter(|(k, _)| !OWN.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    meta.insert("decision_id".into(), o.id.clone().into());
     meta.insert("allowed".into(), o.allowed.into());
     meta.insert("reason".into(), o.reason.clone().into());
     if let Some(p) = &o.policy {

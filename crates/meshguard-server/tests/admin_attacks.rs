@@ -68,8 +68,17 @@ data:
     let e = srv.state.reload("test").await.expect_err("refused");
     let (status, readyz) = get(admin, "/readyz").await;
     let (_, config) = get(admin, "/config").await;
-    assert_eq!(status, 503, "{readyz}");
-    let seen = format!("{e}\n{readyz}\n{config}");
+    // Still ready on the last good set, and degraded says why (so one bad file does not take
+    // every replica out of the load balancer).
+    assert_eq!(status, 200, "{readyz}");
+    assert!(
+        readyz.contains("degraded: the last policy reload was refused"),
+        "{readyz}"
+    );
+    let (status, healthz) = get(admin, "/healthz").await;
+    assert_eq!(status, 200, "{healthz}");
+    assert!(healthz.starts_with("ok (degraded)"), "{healthz}");
+    let seen = format!("{e}\n{readyz}\n{config}\n{healthz}");
     assert!(
         seen.contains("stringData.api-key") && seen.contains("keys.yaml"),
         "the refusal names the file and field: {seen}"

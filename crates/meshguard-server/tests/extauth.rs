@@ -1133,6 +1133,11 @@ spec:
     assert!(ok.headers_to_remove.contains(&"x-internal".to_owned()));
     assert_eq!(meta(&resp, "tier"), Some(Kind::StringValue("gold".into())));
     assert_eq!(meta(&resp, "score"), Some(Kind::NumberValue(7.0)));
+    // The decision id is Envoy's request id, so access log and decision log lines join.
+    assert_eq!(
+        meta(&resp, "decision_id"),
+        Some(Kind::StringValue("r1".into()))
+    );
 
     let resp = client
         .check(check(&ask("/other")))

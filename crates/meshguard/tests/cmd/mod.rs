@@ -1,5 +1,7 @@
 //! Running the built binary as a user does, shared by the CLI tests.
 
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

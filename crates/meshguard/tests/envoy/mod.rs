@@ -391,7 +391,9 @@ pub fn start_serve_admin(dir: &Path, tag: &str, args: &[&str]) -> (Kill, u16, u1
     let (grpc, http, admin) = (free_port(), free_port(), free_port());
     let log = dir.join(format!("serve-{tag}.log"));
     let child = Command::new(meshguard())
-        .args(["serve", "--decision-log", "off"])
+        // Envoy as istiod configures it allows a workload no ALLOW policy selects; these tests
+        // compare with it, so serve runs with Istio's rule (default deny: tests/defaults.rs).
+        .args(["serve", "--decision-log", "off", "--default-allow"])
         .args(args)
         .arg("--grpc-listen")
         .arg(format!("127.0.0.1:{grpc}"))

@@ -1,0 +1,188 @@
+//! What an operator relies on from a running `meshguard serve`: decision log lines that join
+//! with access logs (RFC 3339 time, decision id, client IP), the log file reopened on SIGHUP for
+//! logrotate, and metrics that tell client mistakes from internal errors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod cmd;
+use cmd::BIN;
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn request(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+/// The lines of a file once it has at least `n` of them.
+fn lines_of(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines.len() >= n || Instant::now() > until {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_rfc3339_utc(t: &str) -> bool {
+    let b = t.as_bytes();
+    t.len() == 27
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+        && b[19] == b'.'
+        && t.ends_with('Z')
+        && t[..4].parse::<u32>().is_ok_and(|y| y >= 2024)
+}
+
+#[test]
+fn decision_log_lines_join_rotate_and_metrics_tell_mistakes_apart() {
+    let dir = std::env::temp_dir().join(format!("meshguard-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let log = dir.join("decisions.jsonl");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "off",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--reload-interval",
+            "0s",
+            "--decision-log",
+        ])
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let err = BufReader::new(child.stderr.take().expect("stderr"));
+    let pid = child.id().to_string();
+    let _guard = Kill(child);
+    let (mut http, mut admin) = (String::new(), String::new());
+    let mut lines = err.lines().map_while(Result::ok);
+    for line in lines.by_ref() {
+        if line.contains("HTTP forward-auth (") {
+            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
+        }
+        if let Some(a) = line.trim().strip_prefix("admin: http://") {
+            admin = a.split('/').next().unwrap_or("").to_owned();
+        }
+        if line.starts_with("stop with Ctrl-C") {
+            break;
+        }
+    }
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    assert!(!http.is_empty() && !admin.is_empty(), "{http} {admin}");
+
+    let backend = [
+        ("X-Original-Method", "GET"),
+        ("X-Original-URI", "/api/v1/users?token=secret"),
+        ("X-Meshguard-Workload", "production/app=backend"),
+        ("X-Forwarded-For", "203.0.113.7"),
+    ];
+    let mut with_id = backend.to_vec();
+    with_id.push(("X-Request-Id", "req-42"));
+    request(&http, "/auth", &with_id);
+    request(&http, "/auth", &backend);
+    let got = lines_of(&log, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for l in &got {
+        let t = l["time"].as_str().expect("time is a string");
+        assert!(is_rfc3339_utc(t), "{t}");
+        assert_eq!(l["client_ip"], "203.0.113.7", "{l}");
+        assert!(!l.to_string().contains("secret"), "no query strings: {l}");
+    }
+    assert_eq!(got[0]["id"], "req-42");
+    let made = got[1]["id"].as_str().expect("id");
+    assert!(made.starts_with("mg-") && made.len() == 31, "{made}");
+
+    // logrotate: move the file away, SIGHUP, and the next line goes to a new file.
+    let rotated = dir.join("decisions.jsonl.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    request(&http, "/auth", &with_id);
+    let fresh = lines_of(&log, 1);
+    assert_eq!(fresh.len(), 1, "a new file after SIGHUP");
+    assert_eq!(
+        lines_of(&rotated, 2).len(),
+        2,
+        "the rotated file is left alone"
+    );
+
+    // A request that names no workload is the client's mistake, not an internal error.
+    let (status, _) = request(
+        &http,
+        "/auth",
+        &[("X-Original-Method", "GET"), ("X-Original-URI", "/")],
+    );
+    assert_eq!(status, 403);
+    let (_, metrics) = request(&admin, "/metrics", &[]);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("meshguard_bad_requests_total "), 1.0);
+    assert_eq!(value("meshguard_internal_errors_total "), 0.0);
+    assert!(
+        value("meshguard_last_reload_timestamp_seconds ") > 1.7e9,
+        "SIGHUP reloaded"
+    );
+    assert!(value("process_cpu_seconds_total ") > 0.0);
+    assert!(value("process_resident_memory_bytes ") > 1e6);
+    assert!(
+        metrics.contains("meshguard_build_info{version=\""),
+        "{metrics}"
+    );
+    let (status, health) = request(&admin, "/healthz", &[]);
+    assert_eq!((status, health.as_str()), (200, "ok\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
