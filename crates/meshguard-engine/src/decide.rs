@@ -209,8 +209,20 @@ fn decision_of(
     }
 }
 
-/// The decision log line for a decision.
-pub fn log_entry(via: &str, req: &Request, o: &Decision, started: Instant) -> serde_json::Value {
+/// The version of the decision log line's schema (README, "Decision log"); bumped when a field
+/// changes meaning, not when one is added.
+pub const LOG_SCHEMA: u64 = 1;
+
+/// The decision log line for a decision: what happened and, for replay (`meshguard simulate`),
+/// every attribute the policies can match, the headers and claims among them only where a
+/// policy reads them (`inputs`) and never credentials.
+pub fn log_entry(
+    via: &str,
+    req: &Request,
+    o: &Decision,
+    started: Instant,
+    inputs: &meshguard_policy::inputs::Inputs,
+) -> serde_json::Value {
     let http = req.http.as_ref();
     // The original client: remote.ip (X-Forwarded-For as Envoy derives it), else the peer.
     let client_ip = req
@@ -218,19 +230,28 @@ pub fn log_entry(via: &str, req: &Request, o: &Decision, started: Instant) -> se
         .remote_ip
         .or(req.source.ip)
         .or(req.peer_addr.map(|a| a.ip()));
+    let ip = |i: Option<std::net::IpAddr>| i.map(|i| i.to_string());
     let mut e = json!({
+        "v": LOG_SCHEMA,
         "time": crate::dlog::rfc3339(SystemTime::now()),
         "id": o.id,
-        "client_ip": client_ip.map(|ip| ip.to_string()),
+        "client_ip": ip(client_ip),
         "mode": via,
         "allowed": o.allowed,
         "status": o.status,
         "reason": o.reason,
         "policy": o.policy,
         "rule": o.rule,
+        "action": o.action,
         "source_principal": req.peer,
         "request_principal": o.request_principal,
         "namespace": req.destination.namespace,
+        "labels": req.destination.labels,
+        "port": req.destination.port,
+        "source_ip": ip(req.source.ip),
+        "remote_ip": ip(req.source.remote_ip),
+        "destination_ip": ip(req.destination.ip),
+        "sni": req.sni,
         "method": http.map(|h| h.method.as_str()),
         "host": http.map(|h| h.host.as_str()),
         // The normalised path without the query: queries can carry tokens.
@@ -238,6 +259,28 @@ pub fn log_entry(via: &str, req: &Request, o: &Decision, started: Instant) -> se
         "latency_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         "generation": o.generation,
     });
+    if let Some(h) = http {
+        let mut headers = serde_json::Map::new();
+        for name in &inputs.headers {
+            let lines: Vec<&str> = h.header_lines(name).collect();
+            if !lines.is_empty() {
+                headers.insert(name.clone(), lines.into());
+            }
+        }
+        if !headers.is_empty() {
+            e["headers"] = headers.into();
+        }
+    }
+    if let Some(jwt) = &o.identity.jwt {
+        let claims: serde_json::Map<String, serde_json::Value> = inputs
+            .claims
+            .iter()
+            .filter_map(|c| jwt.claims.get(c).map(|v| (c.clone(), v.clone())))
+            .collect();
+        if !claims.is_empty() {
+            e["claims"] = claims.into();
+        }
+    }
     if !o.audit.is_empty() {
         e["audit"] = o.audit.clone().into();
     }

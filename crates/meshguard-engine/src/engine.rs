@@ -145,8 +145,13 @@ impl Engine {
             self.state.metrics.record_auth_config(c, d.allowed);
         }
         if self.log.enabled() {
-            self.log
-                .write(crate::decide::log_entry(via, req, d, started));
+            self.log.write(crate::decide::log_entry(
+                via,
+                req,
+                d,
+                started,
+                &self.state.current().inputs,
+            ));
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Generation {
     /// Namespaces already warned about in this generation: traffic to a workload that no ALLOW
     /// policy selects, denied (or allowed) only by the default.
     pub(crate) unselected_warned: Mutex<std::collections::HashSet<String>>,
+    /// The headers and claims the policies read: what the decision log records for replay.
+    pub inputs: meshguard_policy::inputs::Inputs,
 }
 
 impl Generation {
@@ -88,6 +90,7 @@ pub fn load(
         .map(ToString::to_string)
         .collect();
     let files = loaded.files.clone();
+    let inputs = meshguard_policy::inputs::Inputs::of(&loaded.resources);
     let set = PolicySet::compile(loaded.resources, mesh.clone())?;
     let authn = Authenticator::after(
         &set,
@@ -106,6 +109,7 @@ pub fn load(
         files,
         warnings,
         unselected_warned: Mutex::new(Default::default()),
+        inputs,
     })
 }
 

@@ -9,6 +9,7 @@ mod ca_cmd;
 mod embedded;
 mod proxy_cmd;
 mod serve;
+mod simulate_cmd;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -66,6 +67,13 @@ enum Command {
     /// AuthorizationPolicy (per connection for TCP, per request for HTTP) in front of the app;
     /// outbound listeners take the app's plaintext and originate mTLS to upstream proxies.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Replay a decision log against candidate policies: every recorded request whose outcome
+    /// would change (allow -> deny, deny -> allow, status), grouped by source -> destination and
+    /// by the policy responsible.
+    ///
+    /// Exit status: 0 nothing changes, 2 some request would be decided differently (a CI gate),
+    /// 1 bad input.
+    Simulate(simulate_cmd::SimulateArgs),
 }
 
 #[derive(Args)]
@@ -166,6 +174,7 @@ fn main() -> ExitCode {
         Command::Ca(a) => ca_cmd::run(a),
         Command::Agent(a) => agent_cmd::run(a),
         Command::Proxy(a) => proxy_cmd::run(a),
+        Command::Simulate(a) => simulate_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {
@@ -237,24 +246,25 @@ fn print_diagnostics(diags: &[Diagnostic], min: Severity) {
     }
 }
 
-fn check(a: CheckArgs) -> Result<ExitCode> {
-    let mesh = mesh_config(&a.policy)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+/// The engine `check`, `test` and `simulate` decide with: the same one `serve` and `proxy`
+/// use. The policies are loaded and compiled, the AuthConfigs built (Secrets resolved, Rego
+/// compiled); steps that call out (LDAP, introspection, pass-through, OIDC discovery) and remote
+/// JWKS do so when a request needs them. No decision log; default deny unless --default-allow.
+/// `what` completes "nothing was ..." when the policies do not load.
+pub(crate) fn offline_engine(
+    a: &PolicyArgs,
+    rt: &tokio::runtime::Runtime,
+    what: &str,
+) -> Result<Engine> {
+    let mesh = mesh_config(a)?;
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client (JWKS, AuthConfig steps)")?;
-    // The same engine `serve` and `proxy` decide with: the policies are loaded and compiled, the
-    // AuthConfigs built (Secrets resolved, Rego compiled); steps that call out (LDAP,
-    // introspection, pass-through, OIDC discovery) and remote JWKS do so when a request needs
-    // them. No decision log; default deny unless --default-allow, as in `serve` and `proxy`.
     let loaded = rt.block_on(async {
-        if a.policy.policies.is_empty() {
+        if a.policies.is_empty() {
             State::new(embedded_source(), mesh, client)
         } else {
-            State::new(Files(a.policy.policies.clone()), mesh, client)
+            State::new(Files(a.policies.clone()), mesh, client)
         }
     });
     let state = match loaded {
@@ -262,16 +272,25 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         Err(LoadError::Invalid(diags)) => {
             print_diagnostics(&diags, Severity::Error);
             let n = diags.len();
-            bail!("{n} error(s) in the policies; nothing was decided (run `meshguard lint` for warnings too)");
+            bail!("{n} error(s) in the policies; nothing was {what} (run `meshguard lint` for warnings too)");
         }
         Err(e) => return Err(anyhow::anyhow!("{e}")).context("loading the policies"),
     };
     let log = DecisionLog::start(Sink::Off, state.clone()).context("decision log")?;
     let settings = Settings {
-        default_deny: !a.policy.default_allow,
+        default_deny: !a.default_allow,
         ..Settings::default()
     };
-    let engine = Engine::new(state.clone(), log, settings);
+    Ok(Engine::new(state, log, settings))
+}
+
+fn check(a: CheckArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let engine = offline_engine(&a.policy, &rt, "decided")?;
+    let state = engine.state().clone();
     let g = state.current();
     let set = &g.set;
 
@@ -392,7 +411,7 @@ fn print_decision(
     let mesh = g.set.mesh();
     if output == Output::Json {
         let mut j = d.to_json();
-        if d.by_default {
+        if d.by_default && d.auth_config.is_none() {
             j["default"] = if settings.default_deny {
                 "deny"
             } else {
@@ -417,7 +436,7 @@ fn print_decision(
     for line in why {
         println!("  why: {line}");
     }
-    if d.by_default {
+    if d.by_default && d.auth_config.is_none() {
         if settings.default_deny {
             println!("  default: deny (no ALLOW policy selects the workload; --default-allow gives Istio's allow)");
         } else {

@@ -11,6 +11,16 @@ macro_rules! println {
     }};
 }
 
+/// `print!`, with the same care.
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::out::write_failed(&e);
+        }
+    }};
+}
+
 /// A write to standard output failed: a closed pipe ends the program with success; anything
 /// else (a full disk) is reported and ends it with failure.
 pub(crate) fn write_failed(e: &std::io::Error) -> ! {

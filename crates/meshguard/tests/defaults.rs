@@ -1,13 +1,12 @@
 //! Safe defaults as a new user meets them: `serve` and `check` deny what no ALLOW policy covers
 //! unless told otherwise, say so, and the start-up banner's examples give the answers it prints.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 mod cmd;
-use cmd::{run_stdin, BIN};
+use cmd::{http_get, run_stdin, BIN};
 
 struct Serve {
     child: Child,
@@ -83,20 +82,11 @@ fn serve(args: &[&str]) -> (Serve, Vec<String>) {
 
 /// One HTTP/1.1 request; returns the status code.
 fn get(addr: &str, path: &str, headers: &[(String, String)]) -> u16 {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {out:?}"))
+    let hs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    http_get(addr, path, &hs).0
 }
 
 /// Runs a banner line `curl -i http://ADDR/PATH -H 'K: V' ...   # 200...` as curl would and

@@ -89,6 +89,17 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// Headers this config reads credentials from (API key headers, lower case): never logged.
+    pub fn credential_headers(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.model {
+                AuthModel::ApiKey(k) => Some(k.header_name.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The names a request can use for this config: `namespace.name` (Gloo's `config_id`) and
     /// `name`.
     pub fn ids(&self) -> [String; 2] {
