@@ -8,7 +8,9 @@ mod agent_cmd;
 mod ca_cmd;
 mod embedded;
 mod proxy_cmd;
+mod request_input;
 mod serve;
+mod test_cmd;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -66,6 +68,11 @@ enum Command {
     /// AuthorizationPolicy (per connection for TCP, per request for HTTP) in front of the app;
     /// outbound listeners take the app's plaintext and originate mTLS to upstream proxies.
     Proxy(proxy_cmd::ProxyArgs),
+    /// Run policy unit tests: YAML files of requests and the verdicts they must get, decided by
+    /// the same engine as `check`.
+    ///
+    /// Exit status: 0 when every case passes, 1 when any fails or a test file cannot be run.
+    Test(test_cmd::TestArgs),
 }
 
 #[derive(Args)]
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => agent_cmd::run(a),
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Lint(a) => lint(a),
+        Command::Test(a) => test_cmd::run(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {
                 println!("# ---- examples/policies/{name}");

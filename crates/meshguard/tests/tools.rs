@@ -1,0 +1,264 @@
+//! The operator tools, run as a user runs them: `meshguard test`, `policies-for`, `who-can`,
+//! `secret`, `completions`, `man`, `--version`, `--log-level`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshguard");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run meshguard")
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run meshguard")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(stdout(o).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+}
+
+/// A fresh directory under the target dir, removed first if a previous run left it.
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+// ---- meshguard test ----
+
+/// The bundled example requests carry their expectations in examples/tests; they pass with the
+/// embedded policies and with the same policies from disk, and every example request is covered.
+#[test]
+fn bundled_example_requests_pass_their_tests() {
+    let tests = format!("{EXAMPLES}/tests");
+    for extra in [
+        vec![],
+        vec![
+            "--policies",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policies"),
+        ],
+    ] {
+        let mut args = vec!["test", tests.as_str()];
+        args.extend(extra.iter().copied());
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("8 passed, 0 failed"), "{}", stdout(&o));
+    }
+    let text = std::fs::read_to_string(format!("{tests}/requests.test.yaml")).expect("read");
+    for entry in std::fs::read_dir(format!("{EXAMPLES}/requests")).expect("requests") {
+        let name = entry.expect("entry").file_name();
+        let name = name.to_str().expect("name");
+        assert!(
+            text.contains(&format!("requestFile: ../requests/{name}")),
+            "examples/tests/requests.test.yaml has no case for examples/requests/{name}"
+        );
+    }
+}
+
+/// `meshguard test` decides as `meshguard check` does: the JSON decision of every bundled case
+/// is the one `check --example` prints.
+#[test]
+fn test_decides_as_check_does() {
+    let o = run(&["test", &format!("{EXAMPLES}/tests"), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["passed"], 8);
+    assert_eq!(v["failed"], 0);
+    let cases = v["files"][0]["cases"].as_array().expect("cases");
+    let text =
+        std::fs::read_to_string(format!("{EXAMPLES}/tests/requests.test.yaml")).expect("read");
+    let files: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("requestFile: ../requests/"))
+        .collect();
+    assert_eq!(files.len(), cases.len());
+    for (case, file) in cases.iter().zip(files) {
+        let c = run(&["check", "--example", file, "--output", "json"]);
+        let mut from_check = json(&c);
+        let mut from_test = case["decision"].clone();
+        for j in [&mut from_check, &mut from_test] {
+            j.as_object_mut().expect("object").remove("why");
+        }
+        assert_eq!(from_test, from_check, "{file}");
+    }
+}
+
+#[test]
+fn failing_cases_say_why_and_exit_1() {
+    let d = scratch("test-failing");
+    write(
+        &d,
+        "policy.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-readers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules:
+  - from: [{source: {namespaces: [shop]}}]
+    to: [{operation: {methods: [GET]}}]
+"#,
+    );
+    write(
+        &d,
+        "shop.test.yaml",
+        r#"policies: [policy.yaml]
+cases:
+- name: same namespace reads
+  request:
+    destination: {namespace: shop, labels: {app: web}, port: 80}
+    source: {principal: cluster.local/ns/shop/sa/a}
+    request: {method: GET, path: /}
+  expect: {decision: allow, policy: shop/web-readers, rule: 0, action: ALLOW}
+- name: wrong on purpose
+  request:
+    destination: {namespace: shop, labels: {app: web}, port: 80}
+    source: {principal: cluster.local/ns/other/sa/a}
+    request: {method: GET, path: /}
+  expect: allow
+- name: status mismatch
+  request:
+    destination: {namespace: shop, labels: {app: web}, port: 80}
+    source: {principal: cluster.local/ns/shop/sa/a}
+    request: {method: DELETE, path: /}
+  expect: {decision: deny, status: 401}
+- name: a typo in the request
+  request: {destination: {namespace: shop, lables: {app: web}}}
+  expect: deny
+"#,
+    );
+    // Found by directory search from the current directory.
+    let o = run_in(&d, &["test"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(out.contains("PASS  same namespace reads"), "{out}");
+    assert!(out.contains("FAIL  wrong on purpose"), "{out}");
+    assert!(out.contains("expected allow, got deny"), "{out}");
+    assert!(
+        out.contains("why: shop/web-readers rule 0: no `from` entry matched"),
+        "{out}"
+    );
+    assert!(out.contains("expected status 401, got 403"), "{out}");
+    assert!(
+        out.contains("destination.lables: unknown field `lables`"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 3 failed"), "{out}");
+    assert!(!out.contains("Some("), "{out}");
+
+    let o = run_in(&d, &["test", "--format", "json", "--run", "wrong"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json(&o);
+    assert_eq!(v["passed"], 0);
+    assert_eq!(v["failed"], 1);
+    let c = &v["files"][0]["cases"][0];
+    assert_eq!(c["name"], "wrong on purpose");
+    assert_eq!(c["passed"], false);
+    assert_eq!(c["decision"]["allowed"], false);
+    assert_eq!(c["failures"][0], "expected allow, got deny");
+
+    let o = run_in(&d, &["test", "--run", "same"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+}
+
+#[test]
+fn test_file_mistakes_name_the_line_and_the_fix() {
+    let d = scratch("test-mistakes");
+    let f = write(
+        &d,
+        "a.test.yaml",
+        "cases:\n- request: {destination: {namespace: x}}\n  expect: {decision: maybe}\n- request: {destination: {namespace: x}}\n  expect: {decision: allow, stauts: 200}\n",
+    );
+    let o = run(&["test", f.to_str().expect("path")]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        out.contains("line 3: cases[0].expect.decision: must be `allow` or `deny`, found `maybe`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cases[1].expect.stauts: unknown field; expected one of: decision, status"),
+        "{out}"
+    );
+    let f = write(&d, "b.test.yaml", "policies: missing-dir\ncases: []\n");
+    let o = run(&["test", f.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("ERROR the policies do not load"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run_in(&scratch("test-none"), &["test"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no test files found"), "{}", stderr(&o));
+}
+
+/// Mesh settings and default deny in the test file change the verdicts as they change `serve`'s.
+#[test]
+fn test_file_mesh_config_and_default_deny() {
+    let d = scratch("test-mesh");
+    write(
+        &d,
+        "deny.yaml",
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+"#,
+    );
+    write(
+        &d,
+        "m.test.yaml",
+        r#"policies: [deny.yaml]
+meshConfig: {pathNormalization: MERGE_SLASHES}
+cases:
+- name: double slash is merged, so denied
+  request: {destination: {namespace: shop}, source: {principal: cluster.local/ns/a/sa/b}, request: {path: //admin}}
+  expect: {decision: deny, policy: shop/deny-admin}
+- name: no ALLOW policy, Istio allows
+  request: {destination: {namespace: shop}, source: {principal: cluster.local/ns/a/sa/b}, request: {path: /x}}
+  expect: allow
+"#,
+    );
+    write(
+        &d,
+        "n.test.yaml",
+        r#"policies: [deny.yaml]
+defaultDeny: true
+cases:
+- name: default deny
+  request: {destination: {namespace: shop}, source: {principal: cluster.local/ns/a/sa/b}, request: {path: /x}}
+  expect: {decision: deny, reasonContains: no ALLOW AuthorizationPolicy applies}
+"#,
+    );
+    let o = run(&["test", d.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("3 passed, 0 failed"), "{}", stdout(&o));
+}
