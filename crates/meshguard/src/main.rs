@@ -6,7 +6,9 @@
 mod out;
 mod agent_cmd;
 mod ca_cmd;
+mod completions;
 mod embedded;
+mod logging;
 mod proxy_cmd;
 mod request_input;
 mod serve;
@@ -32,7 +34,7 @@ const EXIT_DENIED: u8 = 3;
 #[derive(Parser)]
 #[command(
     name = "meshguard",
-    version,
+    version = env!("MESHGUARD_VERSION"),
     about = "Zero-trust security for a service mesh: Istio AuthorizationPolicy, PeerAuthentication and RequestAuthentication, decided exactly as Istio decides.",
     long_about = None,
     after_help = "Start here:\n  meshguard serve                        run the authorization server on the bundled example policies
@@ -73,6 +75,10 @@ enum Command {
     ///
     /// Exit status: 0 when every case passes, 1 when any fails or a test file cannot be run.
     Test(test_cmd::TestArgs),
+    /// Print shell completions (bash, zsh, fish), generated from this binary's flags.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with `--dir`.
+    Man(completions::ManArgs),
 }
 
 #[derive(Args)]
@@ -175,6 +181,8 @@ fn main() -> ExitCode {
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Test(a) => test_cmd::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {
                 println!("# ---- examples/policies/{name}");

@@ -42,6 +42,10 @@ pub(crate) struct TestArgs {
     /// Also show the decision of cases that pass.
     #[arg(long, short = 'v')]
     verbose: bool,
+    /// The operational log on stderr (a JWKS that cannot be fetched, an AuthConfig step that
+    /// fails): error, warn, info, debug, trace, off, or an EnvFilter directive.
+    #[arg(long, env = "MESHGUARD_LOG", default_value = "warn")]
+    log_level: String,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -186,6 +190,7 @@ struct FileOutcome {
 }
 
 pub(crate) fn run(a: TestArgs) -> Result<ExitCode> {
+    crate::logging::init_logging(&a.log_level)?;
     let roots = if a.paths.is_empty() {
         vec![PathBuf::from(".")]
     } else {

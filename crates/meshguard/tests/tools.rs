@@ -262,3 +262,114 @@ cases:
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).contains("3 passed, 0 failed"), "{}", stdout(&o));
 }
+
+// ---- --log-level ----
+
+#[test]
+fn unknown_log_levels_are_refused_with_the_valid_ones() {
+    let o = run(&[
+        "test",
+        &format!("{EXAMPLES}/tests"),
+        "--log-level",
+        "verbose",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("unknown level `verbose`"), "{e}");
+    assert!(e.contains("error, warn, info, debug, trace"), "{e}");
+    assert_eq!(e.lines().count(), 1, "one line, said once: {e}");
+    let o = run(&[
+        "test",
+        &format!("{EXAMPLES}/tests"),
+        "--log-level",
+        "info,meshguard_engine=debug",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+// ---- completions, man page, --version ----
+
+#[test]
+fn version_names_the_commit() {
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v = stdout(&o);
+    let git = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = git.unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        v.trim(),
+        format!("meshguard {} ({commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn completions_for_each_shell_know_the_commands() {
+    for (shell, marker) in [
+        ("bash", "complete -F _meshguard"),
+        ("zsh", "#compdef meshguard"),
+        ("fish", "complete -c meshguard"),
+    ] {
+        let o = run(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let s = stdout(&o);
+        assert!(s.contains(marker), "{shell}");
+        for cmd in ["serve", "check", "test", "completions", "man"] {
+            assert!(s.contains(cmd), "{shell} completions lack `{cmd}`");
+        }
+    }
+    // bash loads it and registers the completion.
+    let bash = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source <({BIN} completions bash) && complete -p meshguard"),
+        ])
+        .output();
+    if let Ok(b) = bash {
+        assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+        assert!(String::from_utf8_lossy(&b.stdout).contains("_meshguard"));
+    }
+    let o = run(&["completions", "powershell-ish"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("possible values: bash, zsh, fish"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn man_page_and_pages_per_command() {
+    let o = run(&["man"]);
+    assert_eq!(o.status.code(), Some(0));
+    let page = stdout(&o);
+    assert!(page.contains(".TH meshguard 1"), "{page}");
+    assert!(page.contains("meshguard\\-test(1)"), "{page}");
+    let d = scratch("man");
+    let o = run(&["man", "--dir", d.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for f in [
+        "meshguard.1",
+        "meshguard-serve.1",
+        "meshguard-ca-init.1",
+        "meshguard-test.1",
+    ] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(text.contains(".SH SYNOPSIS"), "{f}");
+    }
+    // `man` renders it, where man is installed.
+    if let Ok(m) = Command::new("man")
+        .args(["-l", d.join("meshguard-test.1").to_str().expect("p")])
+        .env("MANPAGER", "cat")
+        .output()
+    {
+        if m.status.success() {
+            assert!(String::from_utf8_lossy(&m.stdout).contains("--format"));
+        }
+    }
+}
