@@ -11,6 +11,7 @@ mod embedded;
 mod logging;
 mod proxy_cmd;
 mod request_input;
+mod secret_cmd;
 mod serve;
 mod test_cmd;
 
@@ -75,6 +76,9 @@ enum Command {
     ///
     /// Exit status: 0 when every case passes, 1 when any fails or a test file cannot be run.
     Test(test_cmd::TestArgs),
+    /// Write the Kubernetes Secrets Gloo AuthConfigs read: API keys (`apiKeyAuth`) and htpasswd
+    /// users (`basicAuth.htpasswdSecretRef`).
+    Secret(secret_cmd::SecretArgs),
     /// Print shell completions (bash, zsh, fish), generated from this binary's flags.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), or write one page per command with `--dir`.
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Test(a) => test_cmd::run(a),
+        Command::Secret(a) => secret_cmd::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
         Command::Examples => {

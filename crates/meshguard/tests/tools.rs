@@ -373,3 +373,304 @@ fn man_page_and_pages_per_command() {
         }
     }
 }
+
+// ---- meshguard secret ----
+
+fn run_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+/// `check` with the policies in `dir`, deciding `request`; returns the JSON decision.
+fn check_in(dir: &Path, request: &str) -> serde_json::Value {
+    let req = write(dir, "request.yaml", request);
+    let o = run(&[
+        "check",
+        "--policies",
+        dir.join("policies").to_str().expect("path"),
+        "--request",
+        req.to_str().expect("path"),
+        "--output",
+        "json",
+    ]);
+    json(&o)
+}
+
+#[test]
+fn apikey_secret_is_read_by_api_key_auth() {
+    let d = scratch("secret-apikey");
+    let p = d.join("policies");
+    std::fs::create_dir_all(&p).expect("mkdir");
+    let secret = p.join("secret.yaml");
+    let o = run(&[
+        "secret",
+        "apikey",
+        "--name",
+        "ci-bot",
+        "--namespace",
+        "gloo-system",
+        "--key",
+        "s3cr3t-key-0123",
+        "--label",
+        "team=ci",
+        "--metadata",
+        "user-email=ci@example.com",
+        "-o",
+        secret.to_str().expect("path"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&secret)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Never overwritten.
+    let again = run(&[
+        "secret",
+        "apikey",
+        "--name",
+        "x",
+        "--namespace",
+        "a",
+        "-o",
+        secret.to_str().expect("path"),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("an existing file is not overwritten"),
+        "{}",
+        stderr(&again)
+    );
+    write(
+        &p,
+        "authconfig.yaml",
+        r#"apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: keys, namespace: gloo-system}
+spec:
+  configs:
+  - apiKeyAuth:
+      labelSelector: {team: ci}
+      headersFromMetadataEntry:
+        x-user-email: {name: user-email, required: true}
+"#,
+    );
+    let o = run(&["lint", p.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let req = |key: &str| {
+        format!(
+            "destination: {{namespace: shop, labels: {{app: web}}}}\nsource: {{principal: cluster.local/ns/shop/sa/a}}\nrequest: {{path: /api, headers: {{api-key: {key}}}}}\nauthConfig: gloo-system.keys\n"
+        )
+    };
+    let v = check_in(&d, &req("s3cr3t-key-0123"));
+    assert_eq!(v["allowed"], true, "{v}");
+    let added = v["headers_to_add"].to_string();
+    assert!(added.contains("[\"x-user-id\",\"ci-bot\"]"), "{v}");
+    assert!(
+        added.contains("[\"x-user-email\",\"ci@example.com\"]"),
+        "{v}"
+    );
+    let v = check_in(&d, &req("wrong-key"));
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["status"], 401, "{v}");
+
+    // A generated key is printed on stderr and is the one in the Secret.
+    let o = run(&[
+        "secret",
+        "apikey",
+        "--name",
+        "gen",
+        "--namespace",
+        "gloo-system",
+        "--label",
+        "team=ci",
+        "--metadata",
+        "user-email=gen@example.com",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let key = stderr(&o)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "generated API key (send it in the AuthConfig's headerName, default `api-key`): ",
+            )
+        })
+        .map(str::to_owned)
+        .expect("generated key on stderr");
+    assert!(key.len() >= 43, "{key}");
+    std::fs::write(p.join("generated.yaml"), stdout(&o)).expect("write");
+    let v = check_in(&d, &req(&key));
+    assert_eq!(v["allowed"], true, "{v}");
+    assert!(
+        v["headers_to_add"]
+            .to_string()
+            .contains("[\"x-user-id\",\"gen\"]"),
+        "{v}"
+    );
+    // From stdin, too.
+    let o = run_stdin(
+        &[
+            "secret",
+            "apikey",
+            "--name",
+            "s",
+            "--namespace",
+            "gloo-system",
+            "--key-stdin",
+        ],
+        "k-from-stdin\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\"api-key\": \"ay1mcm9tLXN0ZGlu\""),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn htpasswd_secret_is_read_by_basic_auth() {
+    let d = scratch("secret-htpasswd");
+    let p = d.join("policies");
+    std::fs::create_dir_all(&p).expect("mkdir");
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "users",
+            "--namespace",
+            "gloo-system",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
+        "correct horse\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::write(p.join("secret.yaml"), stdout(&o)).expect("write");
+    write(
+        &p,
+        "authconfig.yaml",
+        r#"apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: basic, namespace: gloo-system}
+spec:
+  configs:
+  - basicAuth:
+      realm: shop
+      htpasswdSecretRef: {name: users}
+"#,
+    );
+    use base64::Engine as _;
+    let req = |cred: &str| {
+        let b = base64::engine::general_purpose::STANDARD.encode(cred);
+        format!(
+            "destination: {{namespace: shop}}\nsource: {{principal: cluster.local/ns/shop/sa/a}}\nrequest: {{path: /, headers: {{authorization: Basic {b}}}}}\nauthConfig: gloo-system.basic\n"
+        )
+    };
+    let v = check_in(&d, &req("alice:correct horse"));
+    assert_eq!(v["allowed"], true, "{v}");
+    let v = check_in(&d, &req("alice:wrong"));
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["status"], 401, "{v}");
+    assert_eq!(v["www_authenticate"], "Basic realm=\"shop\"", "{v}");
+
+    // Mistakes say what to do.
+    let o = run(&["secret", "htpasswd", "--name", "users", "--user", "alice"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--password-stdin"), "{}", stderr(&o));
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "users",
+            "--user",
+            "a:b",
+            "--password-stdin",
+        ],
+        "x\n",
+    );
+    assert!(stderr(&o).contains("without `:`"), "{}", stderr(&o));
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "users",
+            "--user",
+            "a",
+            "--password-stdin",
+            "--cost",
+            "13",
+        ],
+        "x\n",
+    );
+    assert!(stderr(&o).contains("use 4 to 12"), "{}", stderr(&o));
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "Users",
+            "--user",
+            "a",
+            "--password-stdin",
+        ],
+        "x\n",
+    );
+    assert!(
+        stderr(&o).contains("is not a Kubernetes object name"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "users",
+            "--user",
+            "a",
+            "--password-stdin",
+        ],
+        "",
+    );
+    assert!(
+        stderr(&o).contains("password on standard input is empty"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        "secret",
+        "apikey",
+        "--name",
+        "k",
+        "--namespace",
+        "x",
+        "--label",
+        "team",
+    ]);
+    assert!(
+        stderr(&o).contains("labels are written key=value"),
+        "{}",
+        stderr(&o)
+    );
+}
