@@ -12,6 +12,7 @@ pub mod diag;
 mod evaluate;
 pub mod extauth;
 mod fields;
+pub mod inspect;
 pub mod load;
 pub mod matcher;
 pub mod mesh;

@@ -8,6 +8,7 @@ mod agent_cmd;
 mod ca_cmd;
 mod completions;
 mod embedded;
+mod inspect_cmd;
 mod logging;
 mod proxy_cmd;
 mod request_input;
@@ -76,6 +77,12 @@ enum Command {
     ///
     /// Exit status: 0 when every case passes, 1 when any fails or a test file cannot be run.
     Test(test_cmd::TestArgs),
+    /// Which AuthorizationPolicies, PeerAuthentications and RequestAuthentications select a
+    /// workload, and why (mesh-wide, namespace-wide, selector, targetRef).
+    PoliciesFor(inspect_cmd::PoliciesForArgs),
+    /// Which callers can reach a workload: per ALLOW rule the principals, namespaces, IP blocks,
+    /// paths and methods it admits, and the DENY and CUSTOM rules that come first.
+    WhoCan(inspect_cmd::WhoCanArgs),
     /// Write the Kubernetes Secrets Gloo AuthConfigs read: API keys (`apiKeyAuth`) and htpasswd
     /// users (`basicAuth.htpasswdSecretRef`).
     Secret(secret_cmd::SecretArgs),
@@ -185,6 +192,8 @@ fn main() -> ExitCode {
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Test(a) => test_cmd::run(a),
+        Command::PoliciesFor(a) => inspect_cmd::policies_for(a),
+        Command::WhoCan(a) => inspect_cmd::who_can(a),
         Command::Secret(a) => secret_cmd::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),

@@ -319,7 +319,16 @@ fn completions_for_each_shell_know_the_commands() {
         assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
         let s = stdout(&o);
         assert!(s.contains(marker), "{shell}");
-        for cmd in ["serve", "check", "test", "completions", "man"] {
+        for cmd in [
+            "serve",
+            "check",
+            "test",
+            "policies-for",
+            "who-can",
+            "secret",
+            "completions",
+            "man",
+        ] {
             assert!(s.contains(cmd), "{shell} completions lack `{cmd}`");
         }
     }
@@ -349,7 +358,7 @@ fn man_page_and_pages_per_command() {
     assert_eq!(o.status.code(), Some(0));
     let page = stdout(&o);
     assert!(page.contains(".TH meshguard 1"), "{page}");
-    assert!(page.contains("meshguard\\-test(1)"), "{page}");
+    assert!(page.contains("meshguard\\-who\\-can(1)"), "{page}");
     let d = scratch("man");
     let o = run(&["man", "--dir", d.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -673,4 +682,337 @@ spec:
         "{}",
         stderr(&o)
     );
+}
+
+// ---- policies-for, who-can ----
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/who-can.yaml");
+
+fn names(list: &serde_json::Value, applies: bool) -> Vec<String> {
+    list.as_array()
+        .expect("list")
+        .iter()
+        .filter(|s| s["applies"] == applies)
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["namespace"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn policies_for_says_which_policies_select_a_workload_and_why() {
+    let o = run(&[
+        "policies-for",
+        "--namespace",
+        "shop",
+        "--labels",
+        "app=web",
+        "--policies",
+        FIXTURE,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        names(&v["authorizationPolicies"], true),
+        [
+            "istio-system/allow-prometheus",
+            "istio-system/deny-blocked-ips",
+            "shop/allow-shop",
+            "shop/deny-delete"
+        ]
+    );
+    assert_eq!(
+        names(&v["authorizationPolicies"], false),
+        ["shop/db-only", "shop/gateway-policy"]
+    );
+    let why = |name: &str| {
+        v["authorizationPolicies"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["why"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        why("allow-prometheus").contains("root namespace istio-system: selector app=web matches")
+    );
+    assert!(why("deny-blocked-ips").starts_with("mesh-wide"));
+    assert!(why("allow-shop").starts_with("namespace-wide"));
+    assert_eq!(why("deny-delete"), "selector app=web matches");
+    assert!(why("db-only").contains("selector app=db does not match"));
+    assert!(why("gateway-policy").contains("targetRef"));
+    assert!(
+        !v.to_string().contains("elsewhere"),
+        "other namespaces are not listed"
+    );
+    assert_eq!(
+        names(&v["peerAuthentications"], true),
+        ["istio-system/default", "shop/web"]
+    );
+    assert_eq!(
+        names(&v["requestAuthentications"], true),
+        ["istio-system/idp"]
+    );
+    assert_eq!(v["mtlsMode"], "STRICT");
+
+    // Port-level mTLS.
+    let o = run(&[
+        "policies-for",
+        "-n",
+        "shop",
+        "-l",
+        "app=web",
+        "--port",
+        "9090",
+        "-p",
+        FIXTURE,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json(&o)["mtlsMode"], "DISABLE");
+
+    // Another workload in the namespace: the selector policies drop out.
+    let o = run(&["policies-for", "-n", "shop", "-l", "app=db", "-p", FIXTURE]);
+    let out = stdout(&o);
+    assert!(out.contains("applies shop/db-only"), "{out}");
+    assert!(
+        out.contains("not     istio-system/allow-prometheus"),
+        "{out}"
+    );
+    assert!(!out.contains("Some("), "{out}");
+
+    // The bundled examples by default; mistakes say what to fix.
+    let o = run(&["policies-for", "-n", "production", "-l", "app=backend"]);
+    assert!(
+        stdout(&o).contains("applies production/frontend-to-backend"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("the bundled example policies"));
+    let o = run(&["policies-for", "-n", "Shop"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not a namespace name"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["policies-for", "-n", "shop", "-l", "app"]);
+    assert!(
+        stderr(&o).contains("labels are written key=value"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn rules(v: &serde_json::Value, part: &str) -> Vec<String> {
+    v[part]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| format!("{} {}", r["policy"].as_str().unwrap_or(""), r["rule"]))
+        .collect()
+}
+
+#[test]
+fn who_can_lists_callers_per_allow_rule_minus_deny() {
+    let o = run(&[
+        "who-can", "-n", "shop", "-l", "app=web", "-p", FIXTURE, "--format", "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(
+        rules(&v, "deny"),
+        ["istio-system/deny-blocked-ips 0", "shop/deny-delete 0"]
+    );
+    assert_eq!(
+        rules(&v, "allow"),
+        [
+            "istio-system/allow-prometheus 0",
+            "shop/allow-shop 0",
+            "shop/allow-shop 1"
+        ]
+    );
+    let allow = v["allow"].as_array().expect("allow");
+    // GET/POST rules cannot be hit by the DELETE denial; the port rule can.
+    let minus = |i: usize| allow[i]["minus"].to_string();
+    assert!(!minus(0).contains("deny-delete"), "{}", minus(0));
+    assert!(!minus(1).contains("deny-delete"), "{}", minus(1));
+    assert!(minus(2).contains("deny-delete"), "{}", minus(2));
+    assert!(minus(1).contains("deny-blocked-ips"), "{}", minus(1));
+    assert_eq!(
+        allow[1]["callers"],
+        "principals [cluster.local/ns/shop/sa/frontend] or requestPrincipals [https://idp.example.com/*]"
+    );
+    assert_eq!(allow[2]["callers"], "remoteIpBlocks [10.0.0.0/8]");
+    assert_eq!(allow[2]["from"][0][0]["values"][0], "10.0.0.0/8");
+    assert_eq!(v["allowByDefault"], false);
+    assert!(v["approximate"]
+        .to_string()
+        .contains("overlap is ruled out only on literal"));
+
+    // For one request: rules that cannot match it drop out, and under the port's DISABLE
+    // mode a namespace rule never matches.
+    let o = run(&[
+        "who-can", "-n", "shop", "-l", "app=web", "-p", FIXTURE, "--port", "9090", "--method",
+        "GET", "--path", "/metrics", "--format", "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["mtlsMode"], "DISABLE");
+    assert_eq!(rules(&v, "allow"), ["shop/allow-shop 1"]);
+    assert_eq!(rules(&v, "deny"), ["istio-system/deny-blocked-ips 0"]);
+    assert!(
+        v["neverMatch"]
+            .to_string()
+            .contains("istio-system/allow-prometheus rule 0"),
+        "{v}"
+    );
+    assert!(
+        v["notForThisRequest"]
+            .to_string()
+            .contains("shop/allow-shop rule 0 (ALLOW)"),
+        "{v}"
+    );
+
+    // Text for people.
+    let o = run(&[
+        "who-can",
+        "-n",
+        "production",
+        "-l",
+        "app=backend",
+        "--method",
+        "GET",
+        "--path",
+        "/api/v1/../admin",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        out.contains("/api/v1/../admin (matched as /api/admin)"),
+        "{out}"
+    );
+    assert!(out.contains("production/deny-admin rule 0"), "{out}");
+    assert!(out.contains("callers:    notNamespaces [ops]"), "{out}");
+    assert!(
+        out.contains("minus:      requests denied by production/deny-admin rule 0"),
+        "{out}"
+    );
+    assert!(out.contains("production/audit-writes (AUDIT)"), "{out}");
+    assert!(!out.contains("Some(") && !out.contains("None"), "{out}");
+    // No ALLOW policy: said plainly.
+    let o = run(&["who-can", "-n", "other-ns", "-p", FIXTURE]);
+    assert!(
+        stdout(&o).contains("no ALLOW policy selects this workload"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["who-can", "-n", "shop", "--path", "api"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("must start with `/`"), "{}", stderr(&o));
+}
+
+/// who-can agrees with the engine: for concrete requests, a request `check` allows by a rule
+/// is one who-can lists for that port, method and path, and a request that no listed ALLOW
+/// rule can admit is denied by `check`.
+#[test]
+fn who_can_agrees_with_check() {
+    let d = scratch("who-can-check");
+    let cases = [
+        (
+            "cluster.local/ns/shop/sa/frontend",
+            None,
+            "GET",
+            "/api/orders",
+            "10.1.2.3",
+        ),
+        (
+            "cluster.local/ns/shop/sa/frontend",
+            None,
+            "DELETE",
+            "/api/orders",
+            "10.1.2.3",
+        ),
+        (
+            "cluster.local/ns/shop/sa/frontend",
+            None,
+            "GET",
+            "/metrics",
+            "10.1.2.3",
+        ),
+        (
+            "cluster.local/ns/monitoring/sa/prom",
+            None,
+            "GET",
+            "/metrics",
+            "10.1.2.3",
+        ),
+        (
+            "cluster.local/ns/monitoring/sa/prom",
+            None,
+            "GET",
+            "/metrics",
+            "203.0.113.9",
+        ),
+        (
+            "cluster.local/ns/other/sa/x",
+            Some(9090),
+            "GET",
+            "/x",
+            "10.1.2.3",
+        ),
+    ];
+    for (principal, port, method, path, ip) in cases {
+        let port_line = port.map(|p| format!(", port: {p}")).unwrap_or_default();
+        let req = format!(
+            "destination: {{namespace: shop, labels: {{app: web}}{port_line}}}\nsource: {{principal: {principal}, ip: {ip}}}\nrequest: {{method: {method}, path: {path}, headers: {{x-team: ops}}}}\n"
+        );
+        let r = write(&d, "req.yaml", &req);
+        let c = json(&run(&[
+            "check",
+            "-p",
+            FIXTURE,
+            "--request",
+            r.to_str().expect("path"),
+            "--output",
+            "json",
+        ]));
+        let mut args = vec![
+            "who-can", "-n", "shop", "-l", "app=web", "-p", FIXTURE, "--method", method, "--path",
+            path, "--format", "json",
+        ];
+        let port_s = port.map(|p| p.to_string());
+        if let Some(p) = &port_s {
+            args.extend(["--port", p.as_str()]);
+        }
+        let w = json(&run(&args));
+        let listed = rules(&w, "allow");
+        if c["allowed"] == true && c["action"] == "ALLOW" {
+            let by = format!("{} {}", c["policy"].as_str().unwrap_or(""), c["rule"]);
+            assert!(
+                listed.contains(&by),
+                "{req}: check allowed by {by}, who-can lists {listed:?}"
+            );
+        }
+        if listed.is_empty() {
+            assert_eq!(
+                c["allowed"], false,
+                "{req}: who-can lists no ALLOW rule but check allowed: {c}"
+            );
+        }
+        if c["action"] == "DENY" {
+            let by = format!("{} {}", c["policy"].as_str().unwrap_or(""), c["rule"]);
+            assert!(
+                rules(&w, "deny").contains(&by),
+                "{req}: denied by {by}, who-can shows {:?}",
+                rules(&w, "deny")
+            );
+        }
+    }
 }
