@@ -8,6 +8,7 @@ mod agent_cmd;
 mod ca_cmd;
 mod completions;
 mod embedded;
+mod errors;
 mod inspect_cmd;
 mod logging;
 mod proxy_cmd;
@@ -209,7 +210,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::render(&e));
             ExitCode::from(1)
         }
     }

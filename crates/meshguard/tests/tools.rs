@@ -1016,3 +1016,53 @@ fn who_can_agrees_with_check() {
         }
     }
 }
+
+// ---- error polish ----
+
+/// A cause is said once: a port in use, a SPIFFE ID of another trust domain.
+#[test]
+fn errors_say_each_cause_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let o = run(&[
+        "serve",
+        "--grpc-listen",
+        &addr,
+        "--http-listen",
+        "off",
+        "--admin-listen",
+        "off",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{e}");
+    assert_eq!(line.matches("in use").count(), 1, "{e}");
+
+    let d = scratch("ca-errors");
+    let ca = d.join("ca");
+    let o = run(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "cluster.local",
+        "--dir",
+        ca.to_str().expect("p"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = run(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.to_str().expect("p"),
+        "--spiffe-id",
+        "spiffe://other.example/ns/prod/sa/web",
+        "--out",
+        d.join("svid").to_str().expect("p"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: `spiffe://other.example/ns/prod/sa/web` is not in this CA's trust domain: it issues only spiffe://cluster.local/... IDs"
+    );
+}
