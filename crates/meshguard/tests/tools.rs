@@ -1071,3 +1071,62 @@ fn errors_say_each_cause_once() {
         "error: `spiffe://other.example/ns/prod/sa/web` is not in this CA's trust domain: it issues only spiffe://cluster.local/... IDs"
     );
 }
+
+// ---- the README's sections for these tools ----
+
+/// The fenced blocks of a README section (from its `## ` heading to the next one).
+fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README");
+    let start = readme.find(heading).expect("section");
+    let rest = &readme[start + heading.len()..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    let mut out = Vec::new();
+    let fence = format!("```{lang}\n");
+    let mut it = section.split(fence.as_str());
+    it.next();
+    for chunk in it {
+        if let Some(end) = chunk.find("```") {
+            out.push(chunk[..end].to_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_test_file_and_commands_work_as_written() {
+    let yaml = readme_blocks("## `meshguard test`", "yaml");
+    assert_eq!(yaml.len(), 1);
+    let d = scratch("readme-test");
+    let f = write(&d, "backend.test.yaml", &yaml[0]);
+    let o = run(&["test", f.to_str().expect("path")]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
+
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let mut ran = 0;
+    for heading in [
+        "## `meshguard test`",
+        "## `meshguard policies-for` and `meshguard who-can`",
+    ] {
+        for block in readme_blocks(heading, "sh") {
+            for line in block.lines() {
+                let cmd = line.split("  #").next().unwrap_or("").trim();
+                let Some(args) = cmd.strip_prefix("meshguard ") else {
+                    continue;
+                };
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let o = run_in(root, &args);
+                assert_eq!(
+                    o.status.code(),
+                    Some(0),
+                    "`{cmd}`: {}{}",
+                    stdout(&o),
+                    stderr(&o)
+                );
+                ran += 1;
+            }
+        }
+    }
+    assert_eq!(ran, 5, "the commands of both sections");
+}
