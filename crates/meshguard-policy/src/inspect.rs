@@ -777,3 +777,236 @@ fn disjoint(ap: &CPolicy, ar: &CRule, dp: &CPolicy, dr: &CRule) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::Probe;
+    use crate::load::Loaded;
+    use crate::request::{HttpRequest, Identity, Request};
+    use crate::{MeshConfig, PathNormalization, PolicySet};
+
+    fn set(yaml: &str) -> PolicySet {
+        let mut l = Loaded::default();
+        l.add_text(yaml, "test.yaml");
+        assert!(!l.has_errors(), "{:?}", l.diagnostics);
+        PolicySet::compile(l.resources, MeshConfig::default()).expect("compile")
+    }
+
+    fn labels(s: &str) -> BTreeMap<String, String> {
+        crate::workload::parse_label_list(s).expect("labels")
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: root-all, namespace: istio-system}
+spec: {action: DENY, rules: [{from: [{source: {ipBlocks: [192.0.2.0/24]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: root-web, namespace: istio-system}
+spec: {selector: {matchLabels: {app: web}}, rules: [{to: [{operation: {methods: [GET]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-all, namespace: a}
+spec:
+  rules:
+  - from: [{source: {namespaces: [a]}}]
+    to: [{operation: {methods: [POST], paths: [/orders]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: empty-selector, namespace: a}
+spec: {selector: {matchLabels: {}}, action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-ops, namespace: a}
+spec: {action: DENY, rules: [{from: [{source: {notNamespaces: [a]}}], to: [{operation: {paths: [/admin]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: two-labels, namespace: a}
+spec: {selector: {matchLabels: {app: web, version: v2}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gw, namespace: a}
+spec: {targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: g}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other, namespace: b}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: old, namespace: a, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: new, namespace: a, creationTimestamp: "2025-01-01T00:00:00Z"}
+spec: {mtls: {mode: DISABLE}}
+"#;
+
+    /// policies-for's "applies" is exactly the set the evaluator considers.
+    #[test]
+    fn policies_for_agrees_with_the_evaluator_scope() {
+        let s = set(POLICIES);
+        for (ns, l) in [
+            ("a", ""),
+            ("a", "app=web"),
+            ("a", "app=web,version=v2"),
+            ("b", "app=web"),
+            ("istio-system", ""),
+            ("c", "app=db"),
+        ] {
+            let l = labels(l);
+            let mut applied: Vec<String> = Vec::new();
+            s.for_each_applicable(ns, &l, |p| {
+                applied.push(format!("{}/{}", p.src.meta.namespace, p.src.meta.name))
+            });
+            applied.sort();
+            let sel = s.policies_for(ns, &l, None);
+            let mut shown: Vec<String> = sel
+                .authorization
+                .iter()
+                .filter(|x| x.applies)
+                .map(|x| format!("{}/{}", x.namespace, x.name))
+                .collect();
+            shown.sort();
+            assert_eq!(shown, applied, "{ns} {l:?}");
+            assert!(sel
+                .authorization
+                .iter()
+                .all(|x| x.namespace == ns || x.namespace == "istio-system"));
+        }
+        let sel = s.policies_for("a", &labels("app=web"), None);
+        let why = |n: &str| {
+            sel.authorization
+                .iter()
+                .find(|x| x.name == n)
+                .map(|x| (x.applies, x.why.clone()))
+                .expect("listed")
+        };
+        assert!(why("empty-selector").0);
+        assert!(why("empty-selector").1.starts_with("namespace-wide"));
+        assert!(!why("two-labels").0);
+        assert!(!why("gw").0);
+        // The older namespace-level PeerAuthentication wins, as mtls_mode composes them.
+        assert_eq!(sel.mtls_mode, crate::MtlsMode::Strict);
+        let old = sel.peer.iter().find(|p| p.name == "old").expect("old");
+        let new = sel.peer.iter().find(|p| p.name == "new").expect("new");
+        assert!(old.applies && !new.applies, "{:?}", sel.peer);
+        assert!(new.why.contains("an older one of the same level wins"));
+    }
+
+    #[test]
+    fn who_can_rules_and_minus() {
+        let s = set(POLICIES);
+        let a = s.who_can("a", &labels("app=web"), &Probe::default());
+        let allow: Vec<String> = a
+            .allow
+            .iter()
+            .map(|x| format!("{} {}", x.rule.policy, x.rule.rule))
+            .collect();
+        // Envoy's order: RBAC policy names byte-wise (`ns[a]-...` before `ns[istio-system]-...`).
+        assert_eq!(allow, ["a/ns-all 0", "istio-system/root-web 0"]);
+        let deny: Vec<String> = a
+            .deny
+            .iter()
+            .map(|x| format!("{} {}", x.policy, x.rule))
+            .collect();
+        assert_eq!(
+            deny,
+            [
+                "istio-system/root-all 0",
+                "a/deny-ops 0",
+                "a/empty-selector 0"
+            ]
+        );
+        let minus =
+            |i: usize| -> Vec<String> { a.allow[i].minus.iter().map(|(p, _)| p.clone()).collect() };
+        // POST /orders from namespace a: not /admin, not from outside a, not DELETE; the root
+        // IP block denial may hit anything.
+        assert_eq!(minus(0), ["istio-system/root-all"]);
+        // GET vs DELETE: disjoint.
+        assert_eq!(minus(1), ["istio-system/root-all", "a/deny-ops"]);
+
+        // For a request the rules cannot match, they drop out with why.
+        let a = s.who_can(
+            "a",
+            &labels("app=web"),
+            &Probe {
+                port: None,
+                method: Some("PUT".into()),
+                path: Some("/x/../orders".into()),
+            },
+        );
+        assert_eq!(a.normalized_path.as_deref(), Some("/orders"));
+        assert!(a.allow.is_empty(), "{:?}", a.allow);
+        assert_eq!(a.allow_policies, 2);
+        assert!(
+            a.not_for_probe
+                .iter()
+                .any(|w| w.starts_with("a/ns-all rule 0 (ALLOW)")),
+            "{:?}",
+            a.not_for_probe
+        );
+    }
+
+    /// Whatever the evaluator allows by an ALLOW rule, who-can lists for that request.
+    #[test]
+    fn who_can_lists_every_rule_the_evaluator_allows_by() {
+        let s = set(POLICIES);
+        for (ns, l, method, path, peer) in [
+            ("a", "app=web", "GET", "/", "cluster.local/ns/x/sa/y"),
+            ("a", "", "POST", "/orders", "cluster.local/ns/a/sa/y"),
+            ("a", "app=web", "POST", "/orders", "cluster.local/ns/a/sa/y"),
+            (
+                "a",
+                "app=web,version=v2",
+                "PUT",
+                "/x",
+                "cluster.local/ns/a/sa/y",
+            ),
+        ] {
+            let l = labels(l);
+            let mut req = Request::default();
+            req.destination.namespace = ns.into();
+            req.destination.labels = l.clone();
+            req.http = Some(HttpRequest::new(
+                method,
+                "h",
+                path,
+                Vec::new(),
+                PathNormalization::Base,
+            ));
+            let id = Identity::default().with_peer(peer);
+            let v = s.evaluate(&req, &id);
+            let a = s.who_can(
+                ns,
+                &l,
+                &Probe {
+                    port: None,
+                    method: Some(method.into()),
+                    path: Some(path.into()),
+                },
+            );
+            if let crate::Reason::Allowed { at } = v.reason {
+                let name = format!("{}/{}", at.policy.meta.namespace, at.policy.meta.name);
+                assert!(
+                    a.allow
+                        .iter()
+                        .any(|x| x.rule.policy == name && x.rule.rule == at.rule),
+                    "{ns} {l:?} {method} {path}: allowed by {name} rule {}",
+                    at.rule
+                );
+            }
+        }
+    }
+}
