@@ -11,7 +11,8 @@
 //! - name: frontend reads users
 //!   requestFile: ../requests/frontend-reads-users.yaml   # or `request: {...}` inline
 //!   expect: allow                  # or {decision: deny, status: 403, policy: ns/name, rule: 0,
-//!                                  #     action: DENY, reasonContains: "..."}
+//!                                  #     action: DENY, reasonContains: "...",
+//!                                  #     headers: {x-user-id: ci}, audit: [ns/name], dryRun: deny}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -63,6 +64,9 @@ const EXPECT_KEYS: &[&str] = &[
     "rule",
     "action",
     "reasonContains",
+    "headers",
+    "audit",
+    "dryRun",
 ];
 
 /// What a case expects; `None` fields are not checked.
@@ -74,6 +78,12 @@ struct Expect {
     rule: Option<usize>,
     action: Option<String>,
     reason_contains: Option<String>,
+    /// Headers the decision adds upstream (name lower-cased -> value).
+    headers: Vec<(String, String)>,
+    /// The AUDIT policies that must match (`namespace/name`), in any order.
+    audit: Option<Vec<String>>,
+    /// What the dry-run policies alone would decide.
+    dry_run: Option<bool>,
 }
 
 impl Expect {
@@ -93,6 +103,20 @@ impl Expect {
         }
         if let Some(r) = &self.reason_contains {
             j["reasonContains"] = r.clone().into();
+        }
+        if !self.headers.is_empty() {
+            let m: serde_json::Map<String, serde_json::Value> = self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            j["headers"] = m.into();
+        }
+        if let Some(a) = &self.audit {
+            j["audit"] = a.clone().into();
+        }
+        if let Some(d) = self.dry_run {
+            j["dryRun"] = verdict(d).into();
         }
         j
     }
@@ -139,6 +163,58 @@ impl Expect {
         if let Some(r) = &self.reason_contains {
             if !d.reason.contains(r.as_str()) {
                 out.push(format!("expected the reason to contain `{r}`"));
+            }
+        }
+        for (k, v) in &self.headers {
+            let got: Vec<&str> = d
+                .headers_to_add
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if !got.contains(&v.as_str()) {
+                if got.is_empty() {
+                    out.push(format!("expected header {k}: {v}, got no {k} header"));
+                } else {
+                    out.push(format!(
+                        "expected header {k}: {v}, got {k}: {}",
+                        got.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(want) = &self.audit {
+            let mut w = want.clone();
+            w.sort();
+            let mut g = d.audit.clone();
+            g.sort();
+            if w != g {
+                let show = |l: &[String]| {
+                    if l.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        l.join(", ")
+                    }
+                };
+                out.push(format!(
+                    "expected AUDIT policies {}, got {}",
+                    show(&w),
+                    show(&g)
+                ));
+            }
+        }
+        if let Some(want) = self.dry_run {
+            match &d.dry_run {
+                None => out.push(format!(
+                    "expected the dry-run policies to {}, but no dry-run policy applies",
+                    verdict(want)
+                )),
+                Some(dr) if dr.allowed != want => out.push(format!(
+                    "expected the dry-run policies to {}, they would {}",
+                    verdict(want),
+                    verdict(dr.allowed)
+                )),
+                Some(_) => {}
             }
         }
         out
@@ -570,7 +646,7 @@ fn parse_case(item: &Node, i: usize, dir: &Path) -> Case {
     };
     let expect = match item.get("expect") {
         None => Err(format!(
-            "line {}: cases[{i}]: missing `expect` (allow, deny, or {{decision, status, policy, rule, action, reasonContains}})",
+            "line {}: cases[{i}]: missing `expect` (allow, deny, or {{decision, status, policy, rule, action, reasonContains, headers, audit, dryRun}})",
             item.line
         )),
         Some(e) => parse_expect(e, &format!("cases[{i}].expect")),
@@ -624,7 +700,7 @@ fn parse_expect(n: &Node, field: &str) -> Result<Expect, String> {
     }
     let Some(entries) = n.as_map() else {
         return Err(format!(
-            "line {}: {field}: give `allow`, `deny`, or a mapping {{decision, status, policy, rule, action, reasonContains}}, found {}",
+            "line {}: {field}: give `allow`, `deny`, or a mapping {{decision, status, policy, rule, action, reasonContains, headers, audit, dryRun}}, found {}",
             n.line,
             n.type_name()
         ));
@@ -692,6 +768,39 @@ fn parse_expect(n: &Node, field: &str) -> Result<Expect, String> {
         rule,
         action,
         reason_contains: text("reasonContains")?,
+        headers: match n.get("headers") {
+            None => Vec::new(),
+            Some(h) => {
+                let Some(entries) = h.as_map() else {
+                    return Err(format!(
+                        "line {}: {field}.headers: must be a mapping (header name: value), found {}",
+                        h.line,
+                        h.type_name()
+                    ));
+                };
+                let mut out = Vec::new();
+                for (k, v) in entries {
+                    let Some(v) = v.as_str() else {
+                        return Err(format!(
+                            "line {}: {field}.headers.{}: must be text, found {}",
+                            v.line,
+                            k.text,
+                            shown(v)
+                        ));
+                    };
+                    out.push((k.text.to_ascii_lowercase(), v.to_owned()));
+                }
+                out
+            }
+        },
+        audit: match n.get("audit") {
+            None => None,
+            Some(a) => Some(string_list(a, &format!("{field}.audit"))?),
+        },
+        dry_run: match n.get("dryRun") {
+            None => None,
+            Some(d) => Some(parse_decision(d, &format!("{field}.dryRun"))?),
+        },
     })
 }
 
@@ -721,7 +830,7 @@ fn string_list(n: &Node, field: &str) -> Result<Vec<String>, String> {
             .map(|i| {
                 i.as_str().map(str::to_owned).ok_or_else(|| {
                     format!(
-                        "line {}: {field}: list items must be paths, found {}",
+                        "line {}: {field}: list items must be text, found {}",
                         i.line,
                         i.type_name()
                     )
@@ -729,7 +838,7 @@ fn string_list(n: &Node, field: &str) -> Result<Vec<String>, String> {
             })
             .collect(),
         _ => Err(format!(
-            "line {}: {field}: must be a path or a list of paths, found {}",
+            "line {}: {field}: must be text or a list of texts, found {}",
             n.line,
             n.type_name()
         )),

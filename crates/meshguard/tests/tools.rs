@@ -1130,3 +1130,34 @@ fn readme_test_file_and_commands_work_as_written() {
     }
     assert_eq!(ran, 5, "the commands of both sections");
 }
+
+/// Expectations beyond the verdict: headers added upstream, AUDIT matches, the dry-run verdict.
+#[test]
+fn test_expects_headers_audit_and_dry_run() {
+    let d = scratch("test-extra");
+    let legacy = format!("{EXAMPLES}/requests/frontend-legacy-write.yaml");
+    let f = write(
+        &d,
+        "x.test.yaml",
+        &format!(
+            "cases:\n- name: right\n  requestFile: {legacy}\n  expect: {{decision: allow, audit: [production/audit-writes], dryRun: deny}}\n- name: wrong\n  requestFile: {legacy}\n  expect: {{decision: allow, audit: [], dryRun: allow, headers: {{x-user-id: someone}}}}\n"
+        ),
+    );
+    let o = run(&["test", f.to_str().expect("path")]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("PASS  right"), "{out}");
+    assert!(
+        out.contains("expected header x-user-id: someone, got no x-user-id header"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected AUDIT policies none, got production/audit-writes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected the dry-run policies to allow, they would deny"),
+        "{out}"
+    );
+    assert!(out.contains("1 passed, 1 failed"), "{out}");
+}
