@@ -1161,3 +1161,35 @@ fn test_expects_headers_audit_and_dry_run() {
     );
     assert!(out.contains("1 passed, 1 failed"), "{out}");
 }
+
+/// build.rs outside a git checkout (or without git) says `unknown`; packagers can name the
+/// commit. The script is compiled and run on its own, as cargo would run it.
+#[test]
+fn build_script_falls_back_to_unknown() {
+    let d = scratch("build-script");
+    let exe = d.join("build-script");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let c = Command::new(rustc)
+        .args(["--edition", "2021", "-o"])
+        .arg(&exe)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs"))
+        .env("CARGO_MANIFEST_DIR", &d)
+        .output()
+        .expect("rustc");
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let run_script = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(&exe);
+        cmd.env("CARGO_PKG_VERSION", "9.9.9")
+            .env("GIT_DIR", d.join("not-a-repo"))
+            .env_remove("MESHGUARD_GIT_COMMIT");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run build script");
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(run_script(&[]).contains("cargo:rustc-env=MESHGUARD_VERSION=9.9.9 (unknown)"));
+    assert!(run_script(&[("MESHGUARD_GIT_COMMIT", "abc1234")])
+        .contains("cargo:rustc-env=MESHGUARD_VERSION=9.9.9 (abc1234)"));
+}
