@@ -602,6 +602,19 @@ impl PolicySet {
         if access.allow.iter().any(|a| !a.minus.is_empty()) {
             notes.push("`minus` lists DENY rules that may match some request the ALLOW rule admits: overlap is ruled out only on literal methods, ports, paths, namespaces and principals, so a listed DENY rule may in fact take away nothing".to_owned());
         }
+        let uses_jwt = |v: &RuleView| {
+            v.from.iter().flatten().flatten().chain(&v.when).any(|c| {
+                c.field.starts_with("requestPrincipals") || c.field.starts_with("request.auth.")
+            })
+        };
+        if access.allow.iter().map(|a| &a.rule).any(uses_jwt)
+            && self
+                .request_authentications(namespace, labels)
+                .next()
+                .is_none()
+        {
+            notes.push("requestPrincipals and request.auth conditions need a JWT verified by a RequestAuthentication, and none selects this workload: those rules admit nobody".to_owned());
+        }
         if probe.port.is_none() || probe.method.is_none() || probe.path.is_none() {
             notes.push("rules are shown for any port, method or path not given with --port, --method, --path".to_owned());
         }
@@ -956,6 +969,36 @@ spec: {mtls: {mode: DISABLE}}
                 .any(|w| w.starts_with("a/ns-all rule 0 (ALLOW)")),
             "{:?}",
             a.not_for_probe
+        );
+    }
+
+    #[test]
+    fn who_can_says_when_no_request_authentication_can_set_a_request_principal() {
+        let rule = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt-only, namespace: a}
+spec: {rules: [{from: [{source: {requestPrincipals: ["https://idp/*"]}}]}]}
+"#;
+        let ra = r#"
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: idp, namespace: a}
+spec: {jwtRules: [{issuer: https://idp, jwksUri: https://idp/jwks}]}
+"#;
+        let note = "none selects this workload";
+        let without = set(rule).who_can("a", &labels(""), &Probe::default());
+        assert!(
+            without.notes.iter().any(|n| n.contains(note)),
+            "{:?}",
+            without.notes
+        );
+        let with = set(&format!("{rule}{ra}")).who_can("a", &labels(""), &Probe::default());
+        assert!(
+            !with.notes.iter().any(|n| n.contains(note)),
+            "{:?}",
+            with.notes
         );
     }
 
