@@ -76,9 +76,13 @@ struct HtpasswdArgs {
     /// The namespace (`htpasswdSecretRef` defaults to the AuthConfig's namespace).
     #[arg(long, short = 'n', default_value = "default")]
     namespace: String,
-    /// The user name.
+    /// The user name (with --password-stdin). Replaces a same-named user of --from-file.
+    #[arg(long, required_unless_present = "from_file")]
+    user: Option<String>,
+    /// Start from an htpasswd file (`user:hash` lines; bcrypt or `$apr1$` hashes, as basicAuth
+    /// accepts them; other hash kinds are refused with their line).
     #[arg(long)]
-    user: String,
+    from_file: Option<PathBuf>,
     /// Read the password from standard input (one line; a trailing newline is dropped).
     #[arg(long)]
     password_stdin: bool,
@@ -304,38 +308,96 @@ fn apikey(a: &ApiKeyArgs) -> Result<String> {
     ))
 }
 
+fn check_user(user: &str, what: &str) -> Result<()> {
+    if user.is_empty()
+        || user.contains(':')
+        || user.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        bail!(
+            "{what} `{}` cannot be used: a user name must be non-empty, without `:`, blanks or control characters (htpasswd lines and Basic credentials split at `:`)",
+            user.escape_debug()
+        );
+    }
+    Ok(())
+}
+
+/// The users of an htpasswd file, checked as basicAuth's loader checks them.
+fn read_htpasswd(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    use meshguard_authn::extauth::basic::Stored;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut users: Vec<(String, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, hash)) = line.split_once(':') else {
+            bail!("{at}: not a `user:hash` line");
+        };
+        check_user(user, &format!("{at}: user"))?;
+        if Stored::from_htpasswd(hash).is_none() {
+            bail!("{at}: user {user}: only bcrypt (`$2y$`, `$2b$`, `$2a$`) and `$apr1$` hashes are accepted by basicAuth (re-create the password with this command)");
+        }
+        if hash.starts_with("$2") {
+            if let Some(cost) = hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+                if cost > MAX_COST {
+                    bail!("{at}: user {user}: bcrypt cost {cost} is above {MAX_COST}, which basicAuth refuses");
+                }
+            }
+        }
+        if users.iter().any(|(u, _)| u == user) {
+            bail!("{at}: user {user} is listed twice");
+        }
+        users.push((user.to_owned(), hash.to_owned()));
+    }
+    Ok(users)
+}
+
 fn htpasswd(a: &HtpasswdArgs) -> Result<String> {
     check_name(&a.common.name)?;
     check_namespace(&a.namespace).map_err(|e| anyhow::anyhow!("--namespace {e}"))?;
     let labels = labels(&a.common)?;
-    if a.user.is_empty()
-        || a.user.contains(':')
-        || a.user.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        bail!(
-            "--user `{}` cannot be used: a user name must be non-empty, without `:`, blanks or control characters (htpasswd lines and Basic credentials split at `:`)",
-            a.user.escape_debug()
-        );
+    let mut users = match &a.from_file {
+        Some(p) => read_htpasswd(p)?,
+        None => Vec::new(),
+    };
+    if let Some(user) = &a.user {
+        check_user(user, "--user")?;
+        if !(4..=MAX_COST).contains(&a.cost) {
+            bail!(
+                "--cost {} is out of range: use 4 to {MAX_COST} (basicAuth refuses costlier hashes)",
+                a.cost
+            );
+        }
+        if !a.password_stdin {
+            bail!("give the password on standard input with --password-stdin (never as an argument, where the process list and shell history would show it), e.g. `printf '%s' \"$PASSWORD\" | meshguard secret htpasswd --name {} --user {user} --password-stdin`", a.common.name);
+        }
+        let password = stdin_line("password")?;
+        if password.len() > 72 {
+            bail!("the password is {} bytes; bcrypt reads only the first 72, so longer passwords are refused rather than cut", password.len());
+        }
+        let hash = bcrypt::hash(&password, a.cost)
+            .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+        // bcrypt's output is `$2b$`; Apache's htpasswd writes `$2y$`. basicAuth takes both.
+        match users.iter_mut().find(|(u, _)| u == user) {
+            Some(entry) => entry.1 = hash,
+            None => users.push((user.clone(), hash)),
+        }
+    } else if a.password_stdin {
+        bail!("--password-stdin needs --user: the user whose password it is");
     }
-    if !(4..=MAX_COST).contains(&a.cost) {
-        bail!(
-            "--cost {} is out of range: use 4 to {MAX_COST} (basicAuth refuses costlier hashes)",
-            a.cost
-        );
+    if users.is_empty() {
+        bail!("no users: the --from-file file has none; add one with --user and --password-stdin");
     }
-    if !a.password_stdin {
-        bail!("give the password on standard input with --password-stdin (never as an argument, where the process list and shell history would show it), e.g. `printf '%s' \"$PASSWORD\" | meshguard secret htpasswd --name {} --user {} --password-stdin`", a.common.name, a.user);
+    let mut text = String::new();
+    for (u, h) in &users {
+        text.push_str(&format!("{u}:{h}\n"));
     }
-    let password = stdin_line("password")?;
-    if password.len() > 72 {
-        bail!("the password is {} bytes; bcrypt reads only the first 72, so longer passwords are refused rather than cut", password.len());
-    }
-    let hash = bcrypt::hash(&password, a.cost)
-        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
-    // bcrypt's default output is `$2b$`; `$2y$` is what Apache's htpasswd writes. Both verify.
-    let line = format!("{}:{hash}\n", a.user);
+    let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
     let mut data = BTreeMap::new();
-    data.insert("htpasswd".to_owned(), line.into_bytes());
+    data.insert("htpasswd".to_owned(), text.into_bytes());
     if std::io::stderr().is_terminal() {
         eprintln!(
             "use it in an AuthConfig with basicAuth: {{htpasswdSecretRef: {{name: {}, namespace: {}}}}}",
@@ -349,8 +411,8 @@ fn htpasswd(a: &HtpasswdArgs) -> Result<String> {
         &labels,
         &data,
         &format!(
-            "htpasswd lines (bcrypt) for basicAuth.htpasswdSecretRef (meshguard secret htpasswd), user {}.",
-            a.user
+            "htpasswd lines for basicAuth.htpasswdSecretRef (meshguard secret htpasswd), users: {}.",
+            names.join(", ")
         ),
     ))
 }

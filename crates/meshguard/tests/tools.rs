@@ -1193,3 +1193,88 @@ fn build_script_falls_back_to_unknown() {
     assert!(run_script(&[("MESHGUARD_GIT_COMMIT", "abc1234")])
         .contains("cargo:rustc-env=MESHGUARD_VERSION=9.9.9 (abc1234)"));
 }
+
+/// An existing htpasswd file is taken over (checked as basicAuth checks it) and a user added.
+#[test]
+fn htpasswd_secret_from_an_existing_file() {
+    let d = scratch("secret-htpasswd-file");
+    let p = d.join("policies");
+    std::fs::create_dir_all(&p).expect("mkdir");
+    // Gloo's guide user (`user` / `password`, apr1) and a comment.
+    let file = write(
+        &d,
+        "htpasswd",
+        "# team\nuser:$apr1$TYiryv0/$8BvzLUO9IfGPGGsPnAgSu1\n",
+    );
+    let o = run_stdin(
+        &[
+            "secret",
+            "htpasswd",
+            "--name",
+            "users",
+            "--namespace",
+            "gloo-system",
+            "--from-file",
+            file.to_str().expect("path"),
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--cost",
+            "4",
+        ],
+        "bob's secret\n",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("users: user, bob."), "{}", stdout(&o));
+    std::fs::write(p.join("secret.yaml"), stdout(&o)).expect("write");
+    write(
+        &p,
+        "authconfig.yaml",
+        "apiVersion: enterprise.gloo.solo.io/v1\nkind: AuthConfig\nmetadata: {name: basic, namespace: gloo-system}\nspec:\n  configs:\n  - basicAuth: {realm: shop, htpasswdSecretRef: {name: users}}\n",
+    );
+    use base64::Engine as _;
+    let req = |cred: &str| {
+        let b = base64::engine::general_purpose::STANDARD.encode(cred);
+        format!("destination: {{namespace: shop}}\nrequest: {{path: /, headers: {{authorization: Basic {b}}}}}\nauthConfig: gloo-system.basic\n")
+    };
+    assert_eq!(check_in(&d, &req("user:password"))["allowed"], true);
+    assert_eq!(check_in(&d, &req("bob:bob's secret"))["allowed"], true);
+    assert_eq!(check_in(&d, &req("bob:password"))["allowed"], false);
+
+    // Only file: no stdin needed.
+    let o = run(&[
+        "secret",
+        "htpasswd",
+        "--name",
+        "users",
+        "--from-file",
+        file.to_str().expect("path"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Hash kinds basicAuth refuses are refused here, with the line.
+    let weak = write(
+        &d,
+        "weak",
+        "ok:$apr1$TYiryv0/$8BvzLUO9IfGPGGsPnAgSu1\nold:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
+    );
+    let o = run(&[
+        "secret",
+        "htpasswd",
+        "--name",
+        "users",
+        "--from-file",
+        weak.to_str().expect("path"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("weak:2: user old: only bcrypt"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["secret", "htpasswd", "--name", "users"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "clap: --user or --from-file is required"
+    );
+}
