@@ -522,7 +522,7 @@ fn parse_test_file(path: &Path) -> Result<TestFile, String> {
         None => Vec::new(),
         Some(n) => string_list(n, "policies")?
             .into_iter()
-            .map(|p| dir.join(p))
+            .map(|p| tidy(&dir.join(p)))
             .collect(),
     };
     let mesh = match doc.get("meshConfig") {
@@ -532,7 +532,7 @@ fn parse_test_file(path: &Path) -> Result<TestFile, String> {
         }
         Some(n) => match n.as_str() {
             Some(f) => {
-                let p = dir.join(f);
+                let p = tidy(&dir.join(f));
                 let t = std::fs::read_to_string(&p).map_err(|e| {
                     format!("line {}: meshConfig: cannot read {}: {e}", n.line, p.display())
                 })?;
@@ -632,7 +632,7 @@ fn parse_case(item: &Node, i: usize, dir: &Path) -> Case {
         )),
         (Some(r), None) => Ok((format!("cases[{i}].request"), r.clone())),
         (None, Some(f)) => match f.as_str() {
-            Some(f) => read_request_file(&dir.join(f)),
+            Some(f) => read_request_file(&tidy(&dir.join(f))),
             None => Err(format!(
                 "line {}: cases[{i}].requestFile: must be a file name, found {}",
                 f.line,
@@ -657,6 +657,26 @@ fn parse_case(item: &Node, i: usize, dir: &Path) -> Case {
         request,
         expect,
     }
+}
+
+/// `a/tests/../policies` -> `a/policies`, lexically (for messages; symlinks are not followed,
+/// and a leading `..` is kept).
+fn tidy(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    if out.is_empty() {
+        return PathBuf::from(".");
+    }
+    out.iter().collect()
 }
 
 fn read_request_file(p: &Path) -> Result<(String, Node), String> {

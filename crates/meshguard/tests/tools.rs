@@ -1278,3 +1278,35 @@ fn htpasswd_secret_from_an_existing_file() {
         "clap: --user or --from-file is required"
     );
 }
+
+/// `meshguard who-can ... | head` and friends: a reader that goes away is no panic (out.rs:
+/// the program ends quietly).
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    for args in [
+        vec!["who-can", "-n", "production", "-l", "app=backend"],
+        vec!["policies-for", "-n", "production", "-l", "app=backend"],
+        vec![
+            "test",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/tests"),
+        ],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait");
+        let e = stderr(&o);
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(141)),
+            "{args:?}: {:?} {e}",
+            o.status
+        );
+    }
+}
