@@ -186,7 +186,7 @@ pub(crate) fn policies_for(a: PoliciesForArgs) -> Result<ExitCode> {
         .any(|s| s.applies && s.summary.starts_with("ALLOW") && !s.summary.contains("dry-run"))
     {
         println!();
-        println!("No enforced ALLOW policy selects this workload: Istio allows what CUSTOM and DENY do not refuse (`meshguard proxy` denies by default).");
+        println!("No enforced ALLOW policy selects this workload: meshguard (serve, check, proxy) denies its requests by default; with --default-allow (Istio's behaviour) it allows what CUSTOM and DENY do not refuse. An AuthConfig that allows counts as an explicit allow.");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -238,7 +238,12 @@ fn access_json(l: &Loaded, w: &WorkloadArgs, probe: &Probe, a: &Access) -> Value
         "policies": l.describe,
         "mtlsMode": a.mtls_mode.as_str(),
         "refused": a.refused,
-        "allowByDefault": a.allow_policies == 0,
+        "noAllowPolicy": a.allow_policies == 0,
+        "defaultDecision": if a.allow_policies == 0 {
+            Value::from(if w.policy.default_allow { "allow" } else { "deny" })
+        } else {
+            Value::Null
+        },
         "custom": a.custom.iter().map(rule_json).collect::<Vec<_>>(),
         "deny": a.deny.iter().map(rule_json).collect::<Vec<_>>(),
         "allow": a.allow.iter().map(|x| {
@@ -341,7 +346,11 @@ pub(crate) fn who_can(a: WhoCanArgs) -> Result<ExitCode> {
     }
     println!();
     if access.allow_policies == 0 {
-        println!("ALLOW: no ALLOW policy selects this workload, so Istio lets in every caller that CUSTOM and DENY do not refuse (`meshguard proxy` denies by default).");
+        if w.policy.default_allow {
+            println!("ALLOW: no ALLOW policy selects this workload; with --default-allow (Istio's behaviour) every caller that CUSTOM and DENY do not refuse gets in.");
+        } else {
+            println!("ALLOW: nobody by default. No ALLOW policy selects this workload, and meshguard (serve, check, proxy) denies its requests unless --default-allow (Istio's behaviour, which lets in every caller that CUSTOM and DENY do not refuse). An AuthConfig that allows counts as an explicit allow.");
+        }
     } else if access.allow.is_empty() {
         println!("ALLOW: nobody. ALLOW policies select this workload but none of their rules can match here, so every caller is denied (403).");
         for e in &access.empty_allow {

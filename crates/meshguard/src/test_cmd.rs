@@ -6,7 +6,7 @@
 //! ```yaml
 //! policies: [../policies]          # relative to this file; default: the bundled examples
 //! meshConfig: {rootNamespace: istio-system}   # or a file name; optional
-//! defaultDeny: false               # deny what no ALLOW policy selects (default: Istio's allow)
+//! defaultDeny: false               # Istio's allow-by-default (default true, as serve, check, proxy)
 //! cases:
 //! - name: frontend reads users
 //!   requestFile: ../requests/frontend-reads-users.yaml   # or `request: {...}` inline
@@ -561,8 +561,9 @@ fn parse_test_file(path: &Path) -> Result<TestFile, String> {
             }
         },
     };
+    // As `serve`, `check` and `proxy` decide unless told otherwise.
     let default_deny = match doc.get("defaultDeny") {
-        None => false,
+        None => true,
         Some(n) => match n.kind {
             NodeKind::Bool(b) => b,
             _ => {

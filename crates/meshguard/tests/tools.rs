@@ -243,6 +243,7 @@ spec:
         "m.test.yaml",
         r#"policies: [deny.yaml]
 meshConfig: {pathNormalization: MERGE_SLASHES}
+defaultDeny: false
 cases:
 - name: double slash is merged, so denied
   request: {destination: {namespace: shop}, source: {principal: cluster.local/ns/a/sa/b}, request: {path: //admin}}
@@ -256,9 +257,8 @@ cases:
         &d,
         "n.test.yaml",
         r#"policies: [deny.yaml]
-defaultDeny: true
 cases:
-- name: default deny
+- name: default deny, as check and serve
   request: {destination: {namespace: shop}, source: {principal: cluster.local/ns/a/sa/b}, request: {path: /x}}
   expect: {decision: deny, reasonContains: no ALLOW AuthorizationPolicy applies}
 "#,
@@ -857,7 +857,8 @@ fn who_can_lists_callers_per_allow_rule_minus_deny() {
     );
     assert_eq!(allow[2]["callers"], "remoteIpBlocks [10.0.0.0/8]");
     assert_eq!(allow[2]["from"][0][0]["values"][0], "10.0.0.0/8");
-    assert_eq!(v["allowByDefault"], false);
+    assert_eq!(v["noAllowPolicy"], false);
+    assert!(v["defaultDecision"].is_null());
     assert!(v["approximate"]
         .to_string()
         .contains("overlap is ruled out only on literal"));
@@ -914,10 +915,21 @@ fn who_can_lists_callers_per_allow_rule_minus_deny() {
     // No ALLOW policy: said plainly.
     let o = run(&["who-can", "-n", "other-ns", "-p", FIXTURE]);
     assert!(
-        stdout(&o).contains("no ALLOW policy selects this workload"),
+        stdout(&o).contains("ALLOW: nobody by default. No ALLOW policy selects this workload"),
         "{}",
         stdout(&o)
     );
+    let o = run(&[
+        "who-can",
+        "-n",
+        "other-ns",
+        "-p",
+        FIXTURE,
+        "--default-allow",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json(&o)["defaultDecision"], "allow");
     let o = run(&["who-can", "-n", "shop", "--path", "api"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("must start with `/`"), "{}", stderr(&o));
