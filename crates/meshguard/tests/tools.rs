@@ -1322,3 +1322,41 @@ fn closed_stdout_is_not_a_panic() {
         );
     }
 }
+
+/// Policies as `kubectl get ... -A -o yaml` prints them from a cluster (a List with
+/// server-set metadata) are read as they are.
+#[test]
+fn who_can_reads_kubectl_output() {
+    let f = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/kubectl-list.yaml"
+    );
+    let v = json(&run(&[
+        "who-can",
+        "-n",
+        "production",
+        "-l",
+        "app=backend",
+        "-p",
+        f,
+        "--format",
+        "json",
+    ]));
+    assert_eq!(rules(&v, "allow"), ["production/frontend-to-backend 0"]);
+    assert_eq!(v["mtlsMode"], "STRICT");
+    let v = json(&run(&[
+        "policies-for",
+        "-n",
+        "production",
+        "-l",
+        "app=backend",
+        "-p",
+        f,
+        "--format",
+        "json",
+    ]));
+    assert_eq!(
+        names(&v["peerAuthentications"], true),
+        ["istio-system/default"]
+    );
+}
