@@ -1082,6 +1082,26 @@ fn errors_say_each_cause_once() {
         stderr(&o).trim(),
         "error: `spiffe://other.example/ns/prod/sa/web` is not in this CA's trust domain: it issues only spiffe://cluster.local/... IDs"
     );
+    // A zero lifetime is refused, not quietly turned into one second.
+    let o = run(&[
+        "ca",
+        "issue-jwt",
+        "--dir",
+        ca.to_str().expect("p"),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/prod/sa/web",
+        "--audience",
+        "x",
+        "--ttl",
+        "0s",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty(), "no token: {}", stdout(&o));
+    assert!(
+        stderr(&o).contains("--ttl `0s` is too short"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 // ---- the README's sections for these tools ----
