@@ -532,6 +532,15 @@ impl PolicySet {
                 ));
                 continue;
             }
+            if let Some(k) = numeric_claim_condition(r) {
+                access.never.push(format!(
+                    "{} rule {} ({}): condition `{k}` tests a numeric claim, which never matches in Istio (Envoy RBAC matches only string claims)",
+                    view.policy,
+                    view.rule,
+                    p.src.action.as_str()
+                ));
+                continue;
+            }
             if mtls_mode == MtlsMode::Disable && needs_identity(r) {
                 access.never.push(format!(
                     "{} rule {} ({}): every `from` entry needs a mesh identity (principals, namespaces, serviceAccounts, trustDomains), which no caller has under mTLS DISABLE",
@@ -666,6 +675,19 @@ impl PolicySet {
         }
         None
     }
+}
+
+/// A `when` condition with values on `exp`, `iat` or `nbf`: verified tokens carry them as
+/// numbers, and a numeric claim never matches (the rule can never match).
+fn numeric_claim_condition(r: &CRule) -> Option<&str> {
+    r.when
+        .iter()
+        .find(|k| {
+            !k.values.is_empty()
+                && matches!(&k.attr, Attr::Claim(path) if path.len() == 1
+                    && ["exp", "iat", "nbf"].contains(&path[0].as_str()))
+        })
+        .map(|k| k.field.as_str())
 }
 
 /// Every `from` alternative tests a peer-identity attribute with values (not only `not*`), so

@@ -912,6 +912,21 @@ fn who_can_lists_callers_per_allow_rule_minus_deny() {
     );
     assert!(out.contains("production/audit-writes (AUDIT)"), "{out}");
     assert!(!out.contains("Some(") && !out.contains("None"), "{out}");
+    // The bundled require-jwt policy can never match (a `when` on the numeric `exp` claim).
+    let v = json(&run(&[
+        "who-can",
+        "-n",
+        "production",
+        "-l",
+        "app=api",
+        "--format",
+        "json",
+    ]));
+    assert!(rules(&v, "allow").is_empty(), "{v}");
+    assert!(
+        v["neverMatch"].to_string().contains("production/require-jwt rule 0 (ALLOW): condition `request.auth.claims[exp]` tests a numeric claim"),
+        "{v}"
+    );
     // No ALLOW policy: said plainly.
     let o = run(&["who-can", "-n", "other-ns", "-p", FIXTURE]);
     assert!(
