@@ -37,7 +37,8 @@ pub(crate) struct TestArgs {
     /// Run only the cases whose name contains this text.
     #[arg(long)]
     run: Option<String>,
-    /// Output: a line per case and a summary, or one JSON object.
+    /// Output: a line per case and a summary, one JSON object, or JUnit XML (for CI systems
+    /// that show test reports).
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Also show the decision of cases that pass.
@@ -53,6 +54,7 @@ pub(crate) struct TestArgs {
 enum Format {
     Text,
     Json,
+    Junit,
 }
 
 const FILE_KEYS: &[&str] = &["policies", "meshConfig", "defaultDeny", "cases"];
@@ -313,6 +315,7 @@ pub(crate) fn run(a: TestArgs) -> Result<ExitCode> {
         .count();
     let errors = results.iter().filter(|f| f.error.is_some()).count();
     match a.format {
+        Format::Junit => println!("{}", junit(&results, passed + failed, failed, errors)),
         Format::Json => {
             let j = serde_json::json!({
                 "passed": passed,
@@ -942,4 +945,77 @@ fn file_json(f: &FileOutcome) -> serde_json::Value {
         j["error"] = e.clone().into();
     }
     j
+}
+
+/// Text for an XML attribute or element: escaped, and without the control characters XML 1.0
+/// cannot carry.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JUnit XML: one testsuite per file, one testcase per case; a file that cannot be run is one
+/// testcase with an `<error>`.
+fn junit(results: &[FileOutcome], tests: usize, failures: usize, errors: usize) -> String {
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<testsuites name=\"meshguard test\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\">\n",
+        tests + errors
+    ));
+    for f in results {
+        let failed = f.cases.iter().filter(|c| !c.failures.is_empty()).count();
+        let n = f.cases.len() + usize::from(f.error.is_some());
+        x.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{n}\" failures=\"{failed}\" errors=\"{}\">\n",
+            xml(&f.file),
+            usize::from(f.error.is_some())
+        ));
+        if let Some(e) = &f.error {
+            let first = e.lines().next().unwrap_or("");
+            x.push_str(&format!(
+                "    <testcase name=\"(load)\" classname=\"{}\">\n      <error message=\"{}\">{}</error>\n    </testcase>\n",
+                xml(&f.file),
+                xml(first),
+                xml(e)
+            ));
+        }
+        for c in &f.cases {
+            x.push_str(&format!(
+                "    <testcase name=\"{}\" classname=\"{}\"",
+                xml(&c.name),
+                xml(&f.file)
+            ));
+            if c.failures.is_empty() {
+                x.push_str("/>\n");
+                continue;
+            }
+            let mut body = c.failures.join("\n");
+            if let Some(d) = &c.decision {
+                body.push_str(&format!("\ndecision: {}", decision_line(d)));
+            }
+            for w in &c.why {
+                body.push_str(&format!("\nwhy: {w}"));
+            }
+            x.push_str(&format!(
+                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n",
+                xml(&c.failures[0]),
+                xml(&body)
+            ));
+        }
+        x.push_str("  </testsuite>\n");
+    }
+    x.push_str("</testsuites>");
+    x
 }

@@ -1395,3 +1395,38 @@ fn who_can_reads_kubectl_output() {
         ["istio-system/default"]
     );
 }
+
+/// `--format junit` for CI report viewers: one testcase per case, failures with their reasons,
+/// names escaped.
+#[test]
+fn test_junit_report() {
+    let d = scratch("test-junit");
+    let legacy = format!("{EXAMPLES}/requests/frontend-legacy-write.yaml");
+    write(
+        &d,
+        "j.test.yaml",
+        &format!(
+            "cases:\n- name: 'ok <&> \"quoted\"'\n  requestFile: {legacy}\n  expect: allow\n- name: wrong\n  requestFile: {legacy}\n  expect: deny\n"
+        ),
+    );
+    write(&d, "broken.test.yaml", "cases: 1\n");
+    let o = run(&["test", d.to_str().expect("path"), "--format", "junit"]);
+    assert_eq!(o.status.code(), Some(1));
+    let x = stdout(&o);
+    assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"meshguard test\" tests=\"3\" failures=\"1\" errors=\"1\">"), "{x}");
+    assert_eq!(x.matches("<testsuite ").count(), 2, "{x}");
+    assert_eq!(x.matches("<testcase ").count(), 3, "{x}");
+    assert!(
+        x.contains("name=\"ok &lt;&amp;&gt; &quot;quoted&quot;\""),
+        "{x}"
+    );
+    assert!(
+        x.contains("<failure message=\"expected deny, got allow\">"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<error message=\"line 1: cases: must be a list, found an integer\">"),
+        "{x}"
+    );
+    assert!(x.trim_end().ends_with("</testsuites>"), "{x}");
+}
