@@ -20,6 +20,17 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
+    /// For messages: `an RSA`, `an EC P-256`, `an Ed25519`, `a symmetric (oct)`.
+    fn article_name(self) -> &'static str {
+        match self {
+            KeyKind::Rsa => "an RSA",
+            KeyKind::EcP256 => "an EC P-256",
+            KeyKind::EcP384 => "an EC P-384",
+            KeyKind::Ed25519 => "an Ed25519",
+            KeyKind::Oct => "a symmetric (oct)",
+        }
+    }
+
     fn accepts(self, alg: Algorithm) -> bool {
         use Algorithm::*;
         match self {
@@ -76,7 +87,7 @@ enum KeyError {
         kty: &'static str,
         member: &'static str,
     },
-    #[error("unsupported {kty} curve {crv:?}")]
+    #[error("unsupported {kty} curve {}", quoted_or_none(.crv.as_deref(), "no `crv`"))]
     UnsupportedCurve {
         kty: &'static str,
         crv: Option<String>,
@@ -87,10 +98,36 @@ enum KeyError {
     OctEmpty,
     #[error("symmetric (oct) keys are only accepted from inline jwks")]
     OctNotInline,
-    #[error("unsupported key type {0:?}")]
+    #[error("unsupported key type {}", quoted_or_none(.0.as_deref(), "no `kty`"))]
     UnsupportedKty(Option<String>),
-    #[error("`alg` {alg:?} does not fit a {kind:?} key")]
+    #[error("`alg` {} does not fit {} key", alg_name(*.alg), .kind.article_name())]
     AlgMismatch { alg: Algorithm, kind: KeyKind },
+}
+
+/// The JOSE name of an algorithm (`RS256`), as written in a JWK's `alg`.
+fn alg_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+    }
+}
+
+/// `` `value` `` for messages, or what to say when the member is absent (not Rust's `Some("..")`).
+fn quoted_or_none(v: Option<&str>, absent: &str) -> String {
+    match v {
+        Some(v) => format!("`{v}`"),
+        None => format!("({absent})"),
+    }
 }
 
 /// A parsed key set.
@@ -250,11 +287,11 @@ mod tests {
         assert_eq!(
             why,
             "keys[0]: RSA key without `n`; \
-             keys[1]: unsupported EC curve Some(\"P-521\"); \
-             keys[2]: unsupported OKP curve Some(\"X25519\"); \
+             keys[1]: unsupported EC curve `P-521`; \
+             keys[2]: unsupported OKP curve `X25519`; \
              keys[3]: symmetric (oct) keys are only accepted from inline jwks; \
              keys[4]: symmetric (oct) keys are only accepted from inline jwks; \
-             keys[5]: unsupported key type Some(\"XYZ\"); \
+             keys[5]: unsupported key type `XYZ`; \
              keys[6]: Jwt algorithm `none` is not allowed"
         );
         let Err(JwksError::NoUsableKey(why)) = KeySet::parse(
@@ -265,7 +302,7 @@ mod tests {
         };
         assert_eq!(
             why,
-            "keys[0]: `alg` RS256 does not fit a Oct key; keys[1]: oct key is empty; keys[2]: EC key without `y`"
+            "keys[0]: `alg` RS256 does not fit a symmetric (oct) key; keys[1]: oct key is empty; keys[2]: EC key without `y`"
         );
     }
 }

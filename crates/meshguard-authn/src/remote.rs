@@ -27,7 +27,7 @@ pub enum KeysError {
 /// Why one fetch of a key set failed. URLs are shown redacted ([`redact_url`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
-    #[error("timed out after {0:?}")]
+    #[error("timed out after {} ms", .0.as_millis())]
     Timeout(Duration),
     /// The request or the body read failed: reqwest's message without its copy of the URL.
     #[error("{url}: {reason}")]

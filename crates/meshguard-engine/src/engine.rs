@@ -60,7 +60,10 @@ impl Engine {
                         .metrics
                         .internal_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(timeout = ?t, "decision timed out; denying");
+                    tracing::warn!(
+                        timeout_ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                        "decision timed out; denying"
+                    );
                     Decision::internal("denied (fail closed): the decision timed out", g.id)
                 }
             },

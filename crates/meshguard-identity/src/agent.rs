@@ -54,7 +54,7 @@ pub enum AgentError {
         entry: SpiffeId,
         trust_domain: String,
     },
-    #[error("the SVID lifetime {0:?} is under one second")]
+    #[error("the SVID lifetime ({} ms) is under one second", .0.as_millis())]
     TtlTooShort(Duration),
 }
 
@@ -631,7 +631,7 @@ mod tests {
         );
         assert_eq!(
             AgentError::TtlTooShort(Duration::from_millis(500)).to_string(),
-            "the SVID lifetime 500ms is under one second"
+            "the SVID lifetime (500 ms) is under one second"
         );
         let entry = SpiffeId::parse_workload("spiffe://other.td/ns/x/sa/y").expect("id");
         assert_eq!(

@@ -27,8 +27,10 @@ pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("{0}")]
+    #[error(transparent)]
     SpiffeId(#[from] SpiffeIdError),
+    #[error("`{id}` is not in this CA's trust domain: it issues only spiffe://{ca}/... IDs")]
+    ForeignTrustDomain { id: String, ca: String },
     #[error("certificate generation failed: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("{path}: {source}")]
@@ -426,11 +428,10 @@ impl Ca {
     /// skew allowance).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration, key_type: KeyType) -> Result<Svid, CaError> {
         if id.trust_domain() != self.trust_domain {
-            return Err(CaError::SpiffeId(SpiffeIdError::TrustDomainChars(format!(
-                "{} (this CA issues for {})",
-                id.trust_domain(),
-                self.trust_domain
-            ))));
+            return Err(CaError::ForeignTrustDomain {
+                id: id.to_string(),
+                ca: self.trust_domain.clone(),
+            });
         }
         if id.path().is_empty() {
             return Err(CaError::SpiffeId(SpiffeIdError::NoPath(

@@ -22,8 +22,8 @@ pub enum BoolExprError {
     TooDeep { max: usize },
     #[error("missing `)` at column {col}")]
     MissingClose { col: usize },
-    /// `token` is the token as the parser names it (`Close`, `And`, `Name("a")`, ...).
-    #[error("unexpected {token} at column {col}")]
+    /// `token` is the token as written (`)`, `&&`, a step name).
+    #[error("unexpected `{token}` at column {col}")]
     UnexpectedToken { token: String, col: usize },
     #[error("the expression ends too early")]
     EndsEarly,
@@ -39,6 +39,20 @@ enum Tok {
     Not,
     Open,
     Close,
+}
+
+impl Tok {
+    /// The token as it is written in an expression.
+    fn as_text(&self) -> &str {
+        match self {
+            Tok::Name(n) => n,
+            Tok::And => "&&",
+            Tok::Or => "||",
+            Tok::Not => "!",
+            Tok::Open => "(",
+            Tok::Close => ")",
+        }
+    }
 }
 
 fn lex(s: &str) -> Result<Vec<(usize, Tok)>, BoolExprError> {
@@ -148,7 +162,7 @@ impl Parser {
                 Ok(BoolExpr::Step(n))
             }
             Some(t) => Err(BoolExprError::UnexpectedToken {
-                token: format!("{t:?}"),
+                token: t.as_text().to_owned(),
                 col: self.col(),
             }),
             None => Err(BoolExprError::EndsEarly),
@@ -219,8 +233,8 @@ mod tests {
         assert_eq!(msg("(a b"), "missing `)` at column 4");
         assert_eq!(msg(""), "the expression ends too early");
         assert_eq!(msg("a b"), "unexpected text at column 3");
-        assert_eq!(msg(")"), "unexpected Close at column 1");
-        assert_eq!(msg("a && ||"), "unexpected Or at column 6");
+        assert_eq!(msg(")"), "unexpected `)` at column 1");
+        assert_eq!(msg("a && ||"), "unexpected `||` at column 6");
         assert_eq!(
             msg(&format!("{}a{}", "(".repeat(100), ")".repeat(100))),
             "nested more than 64 levels"

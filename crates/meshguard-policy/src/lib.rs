@@ -13,6 +13,7 @@ mod evaluate;
 pub mod extauth;
 mod fields;
 pub mod inputs;
+pub mod inspect;
 pub mod load;
 pub mod matcher;
 pub mod mesh;

@@ -203,7 +203,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
                 }
             }
         });
-        eprintln!("meshguard agent: SPIFFE Workload API on unix:{} ({} registration entries, SVID TTL {:?})", socket.display(), count, ttl);
+        eprintln!("meshguard agent: SPIFFE Workload API on unix:{} ({} registration entries, SVID TTL {})", socket.display(), count, a.ttl);
         agent
             .serve_uds(&socket, async {
                 let _ = tokio::signal::ctrl_c().await;

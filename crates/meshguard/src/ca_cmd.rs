@@ -104,8 +104,12 @@ pub enum BundleFormat {
 }
 
 fn parse_ttl(ttl: &str) -> Result<std::time::Duration> {
-    meshguard_policy::resource::parse_duration(ttl)
-        .with_context(|| format!("--ttl `{ttl}` is not a duration like 1h or 30m"))
+    let d = meshguard_policy::resource::parse_duration(ttl)
+        .with_context(|| format!("--ttl `{ttl}` is not a duration like 1h or 30m"))?;
+    if d < std::time::Duration::from_secs(1) {
+        anyhow::bail!("--ttl `{ttl}` is too short: an SVID must live at least 1s");
+    }
+    Ok(d)
 }
 
 pub fn run(a: CaArgs) -> Result<ExitCode> {

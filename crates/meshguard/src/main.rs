@@ -6,10 +6,17 @@
 mod out;
 mod agent_cmd;
 mod ca_cmd;
+mod completions;
 mod embedded;
+mod errors;
+mod inspect_cmd;
+mod logging;
 mod proxy_cmd;
+mod request_input;
+mod secret_cmd;
 mod serve;
 mod simulate_cmd;
+mod test_cmd;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -31,7 +38,7 @@ const EXIT_DENIED: u8 = 3;
 #[derive(Parser)]
 #[command(
     name = "meshguard",
-    version,
+    version = env!("MESHGUARD_VERSION"),
     about = "Zero-trust security for a service mesh: Istio AuthorizationPolicy, PeerAuthentication and RequestAuthentication, decided exactly as Istio decides.",
     long_about = None,
     after_help = "Start here:\n  meshguard serve                        run the authorization server on the bundled example policies
@@ -74,6 +81,24 @@ enum Command {
     /// Exit status: 0 nothing changes, 2 some request would be decided differently (a CI gate),
     /// 1 bad input.
     Simulate(simulate_cmd::SimulateArgs),
+    /// Run policy unit tests: YAML files of requests and the verdicts they must get, decided by
+    /// the same engine as `check`.
+    ///
+    /// Exit status: 0 when every case passes, 1 when any fails or a test file cannot be run.
+    Test(test_cmd::TestArgs),
+    /// Which AuthorizationPolicies, PeerAuthentications and RequestAuthentications select a
+    /// workload, and why (mesh-wide, namespace-wide, selector, targetRef).
+    PoliciesFor(inspect_cmd::PoliciesForArgs),
+    /// Which callers can reach a workload: per ALLOW rule the principals, namespaces, IP blocks,
+    /// paths and methods it admits, and the DENY and CUSTOM rules that come first.
+    WhoCan(inspect_cmd::WhoCanArgs),
+    /// Write the Kubernetes Secrets Gloo AuthConfigs read: API keys (`apiKeyAuth`) and htpasswd
+    /// users (`basicAuth.htpasswdSecretRef`).
+    Secret(secret_cmd::SecretArgs),
+    /// Print shell completions (bash, zsh, fish), generated from this binary's flags.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), or write one page per command with `--dir`.
+    Man(completions::ManArgs),
 }
 
 #[derive(Args)]
@@ -176,6 +201,12 @@ fn main() -> ExitCode {
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
         Command::Lint(a) => lint(a),
+        Command::Test(a) => test_cmd::run(a),
+        Command::PoliciesFor(a) => inspect_cmd::policies_for(a),
+        Command::WhoCan(a) => inspect_cmd::who_can(a),
+        Command::Secret(a) => secret_cmd::run(a),
+        Command::Completions(a) => completions::completions(a),
+        Command::Man(a) => completions::man(a),
         Command::Examples => {
             for (name, text) in embedded::POLICIES {
                 println!("# ---- examples/policies/{name}");
@@ -188,7 +219,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", errors::render(&e));
             ExitCode::from(1)
         }
     }

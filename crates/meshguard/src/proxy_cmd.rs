@@ -22,15 +22,13 @@ pub struct ProxyArgs {
     /// Operational log level (error, warn, info, debug), written to stderr.
     #[arg(long, env = "MESHGUARD_LOG", default_value = "info")]
     log_level: String,
+    /// Operational log format: text (colours only on a terminal) or json (one object per line).
+    #[arg(long, env = "MESHGUARD_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 pub fn run(a: ProxyArgs) -> Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&a.log_level)
-        .with_context(|| format!("--log-level `{}`", a.log_level))?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init_logging_as(&a.log_level, &a.log_format)?;
     let p = ProxyFile::load(&a.config)?;
     for w in &p.warnings {
         eprintln!("meshguard proxy: warning: {w}");

@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// Operational log level (error, warn, info, debug), written to stderr. [default: info]
     #[arg(long, env = "MESHGUARD_LOG")]
     pub log_level: Option<String>,
+    /// Operational log format: text (colours only on a terminal) or json (one object per line).
+    #[arg(long, env = "MESHGUARD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
     /// Largest CheckRequest accepted on gRPC, in bytes (larger ones are refused with
     /// OUT_OF_RANGE, which Envoy turns into a denial; logged and counted). [default: 4194304, as OPA-Envoy]
     #[arg(long, env = "MESHGUARD_GRPC_MAX_MESSAGE_BYTES")]
@@ -133,12 +136,7 @@ fn listen(v: Option<&str>, default: &str, what: &str) -> Result<Option<SocketAdd
 pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     apply_config_file(&mut a)?;
     let level = a.log_level.clone().unwrap_or_else(|| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .with_context(|| format!("--log-level `{level}`"))?;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init_logging_as(&level, &a.log_format)?;
 
     let mesh = mesh_config(&a.policy)?;
     let (source, describe) = if a.policy.policies.is_empty() {

@@ -161,3 +161,69 @@ fn decision_log_lines_join_rotate_and_metrics_tell_mistakes_apart() {
     assert_eq!((status, health.as_str()), (200, "ok\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn log_level_and_format_are_checked_and_json_logs_are_json() {
+    let o = Command::new(BIN)
+        .args(["serve", "--log-level", "verbose", "--grpc-listen", "off"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown level `verbose`"), "{err}");
+    let o = Command::new(BIN)
+        .args(["proxy", "--log-format", "xml", "--config", "/nonexistent"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--log-format `xml`: use text or json"),
+        "{err}"
+    );
+    // JSON operational logs: a warning logged while serving is one JSON object per line.
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--grpc-listen",
+            "off",
+            "--admin-listen",
+            "off",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--decision-log", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .map_while(Result::ok);
+    let mut http = String::new();
+    for line in lines.by_ref() {
+        if line.contains("HTTP forward-auth (") {
+            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
+        }
+        if line.starts_with("stop with Ctrl-C") {
+            break;
+        }
+    }
+    // A namespace without ALLOW policies: the default-deny warning, logged as JSON.
+    request(
+        &http,
+        "/auth",
+        &[
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/"),
+            ("X-Meshguard-Workload", "nowhere/app=x"),
+        ],
+    );
+    let warning = lines
+        .find(|l| l.contains("no ALLOW AuthorizationPolicy"))
+        .expect("the warning");
+    let _ = child.kill();
+    let _ = child.wait();
+    let j: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
+    assert_eq!(j["level"], "WARN", "{j}");
+    assert_eq!(j["fields"]["namespace"], "nowhere", "{j}");
+}
