@@ -29,3 +29,25 @@ pub const REQUESTS: &[(&str, &str)] = bundled!("requests":
     "api-with-forged-token.yaml",
     "frontend-legacy-write.yaml",
 );
+
+/// The Gloo AuthConfig examples, with the Secrets and ConfigMaps they read.
+pub const EXTAUTH: &[(&str, &str)] = bundled!("extauth":
+    "api-keys.yaml",
+    "basic-auth.yaml",
+    "opa-envoy.yaml",
+    "shop.yaml",
+);
+
+/// `meshguard test` files for the requests and the AuthConfigs.
+pub const TESTS: &[(&str, &str)] = bundled!("tests":
+    "requests.test.yaml",
+    "extauth.test.yaml",
+);
+
+/// Every bundled file by its folder under `examples/`.
+pub const ALL: &[(&str, &[(&str, &str)])] = &[
+    ("policies", POLICIES),
+    ("extauth", EXTAUTH),
+    ("requests", REQUESTS),
+    ("tests", TESTS),
+];

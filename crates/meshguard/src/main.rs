@@ -63,8 +63,10 @@ enum Command {
     /// Warns (without failing) about rules Istio accepts but that can never match. Exit status: 0 when
     /// there are no errors, 1 otherwise.
     Lint(LintArgs),
-    /// Print the bundled example policies (the embedded default), e.g. to start your own set.
-    Examples,
+    /// Print the bundled example policies (the embedded default), or write every bundled
+    /// example (policies, AuthConfigs with their Secrets, requests, `meshguard test` files) to a
+    /// folder to start your own set from.
+    Examples(ExamplesArgs),
     /// A SPIFFE certificate authority: create one, issue X.509-SVIDs and JWT-SVIDs, print the
     /// trust bundle (PEM or SPIFFE JWK Set).
     Ca(ca_cmd::CaArgs),
@@ -175,6 +177,52 @@ struct CheckArgs {
 }
 
 #[derive(Args)]
+struct ExamplesArgs {
+    /// Write the examples under DIR (policies/, extauth/, requests/, tests/) instead of
+    /// printing the policies. Existing files are never overwritten.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+}
+
+fn examples(a: ExamplesArgs) -> Result<ExitCode> {
+    let Some(dir) = a.write else {
+        for (name, text) in embedded::POLICIES {
+            println!("# ---- examples/policies/{name}");
+            println!("{}", text.trim_end());
+            println!("---");
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Refuse before writing anything, so a second run does not leave a half-updated folder.
+    for (folder, files) in embedded::ALL {
+        for (name, _) in *files {
+            let p = dir.join(folder).join(name);
+            if p.exists() {
+                bail!(
+                    "{} exists; meshguard examples --write never overwrites (choose an empty folder)",
+                    p.display()
+                );
+            }
+        }
+    }
+    let mut n = 0;
+    for (folder, files) in embedded::ALL {
+        let d = dir.join(folder);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        for (name, text) in *files {
+            let p = d.join(name);
+            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            n += 1;
+        }
+    }
+    eprintln!(
+        "wrote {n} files under {d}: demo material to start from, not production policy.\n  meshguard lint {d}/policies {d}/extauth\n  meshguard test {d}/tests\n  meshguard serve --policies {d}/policies,{d}/extauth",
+        d = dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
 struct LintArgs {
     /// Policy files or directories to validate. Default: the embedded example policies.
     paths: Vec<PathBuf>,
@@ -207,14 +255,7 @@ fn main() -> ExitCode {
         Command::Secret(a) => secret_cmd::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
-        Command::Examples => {
-            for (name, text) in embedded::POLICIES {
-                println!("# ---- examples/policies/{name}");
-                println!("{}", text.trim_end());
-                println!("---");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Examples(a) => examples(a),
     };
     match result {
         Ok(code) => code,

@@ -275,3 +275,40 @@ fn lint_without_paths_lints_the_embedded_set_under_istio_defaults() {
     assert!(out.contains("binary.yaml:2:7: error: not UTF-8"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn examples_write_a_starting_set_that_lints_and_passes_its_tests() {
+    let dir = temp_dir("examples");
+    let out = dir.join("start");
+    let o = Command::new(BIN)
+        .args(["examples", "--write"])
+        .arg(&out)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("demo material"), "{err}");
+    // The commands it suggests work as printed.
+    for line in err.lines().filter(|l| {
+        l.trim_start().starts_with("meshguard lint") || l.trim_start().starts_with("meshguard test")
+    }) {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        let o = Command::new(BIN).args(&args).output().expect("run");
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{line}\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // A second run refuses instead of overwriting.
+    let o = Command::new(BIN)
+        .args(["examples", "--write"])
+        .arg(&out)
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwrites"));
+    let _ = std::fs::remove_dir_all(dir);
+}
