@@ -206,6 +206,18 @@ fn decision_of(
         auth_config: None,
         dynamic_metadata: serde_json::Map::new(),
         id: String::new(),
+        gradual: d
+            .gradual
+            .iter()
+            .map(|g| {
+                (
+                    format!("{}/{}", g.policy.meta.namespace, g.policy.meta.name),
+                    g.percent,
+                    g.enforced,
+                )
+            })
+            .collect(),
+        caller_bucket: d.gradual.first().map(|g| g.bucket),
     }
 }
 
@@ -289,6 +301,10 @@ pub fn log_entry(
     }
     if let Some(c) = &o.auth_config {
         e["auth_config"] = c.clone().into();
+    }
+    if !o.gradual.is_empty() {
+        e["gradual"] = o.gradual_json();
+        e["caller_bucket"] = o.caller_bucket.into();
     }
     e
 }

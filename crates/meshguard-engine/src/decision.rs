@@ -59,6 +59,10 @@ pub struct Decision {
     /// engine made up when there is none. In the decision log and in Envoy's dynamic metadata
     /// (`decision_id`), so an access log line and a decision line can be joined.
     pub id: String,
+    /// Policies under gradual enforcement that applied: `(namespace/name, percent, enforced
+    /// for this caller)`, and the caller's bucket (0-99) when there are any.
+    pub gradual: Vec<(String, u8, bool)>,
+    pub caller_bucket: Option<u8>,
 }
 
 impl Decision {
@@ -89,7 +93,18 @@ impl Decision {
             auth_config: None,
             dynamic_metadata: serde_json::Map::new(),
             id: String::new(),
+            gradual: Vec::new(),
+            caller_bucket: None,
         }
+    }
+
+    /// `[{"policy", "percent", "enforced"}]` for the decision log and `check`.
+    pub fn gradual_json(&self) -> serde_json::Value {
+        self.gradual
+            .iter()
+            .map(|(p, pct, e)| serde_json::json!({"policy": p, "percent": pct, "enforced": e}))
+            .collect::<Vec<_>>()
+            .into()
     }
 
     /// The body of a denial: an AuthConfig's own (empty unless a step chose one, as Gloo's
@@ -136,6 +151,10 @@ impl Decision {
             self.request_authentication.clone().into(),
         );
         put("www_authenticate", self.www_authenticate.clone().into());
+        if !self.gradual.is_empty() {
+            j["gradual"] = self.gradual_json();
+            j["caller_bucket"] = self.caller_bucket.into();
+        }
         if let Some(d) = &self.dry_run {
             let mut o = serde_json::json!({"allowed": d.allowed});
             if let (Some(p), Some(r)) = (&d.policy, d.rule) {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use crate::compile::{CKey, CPolicy, CRule, PolicySet, M};
 use crate::request::{Identity, JwtIdentity, Request};
 use crate::resource::{Action, Attr, MtlsMode};
-use crate::verdict::{PolicyRef, Reason, Resumed, Shadow, Verdict};
+use crate::verdict::{caller_bucket, Gradual, PolicyRef, Reason, Resumed, Shadow, Verdict};
 
 impl PolicySet {
     /// Whether the request is refused before any filter runs: plaintext on a STRICT mTLS port,
@@ -35,6 +35,7 @@ impl PolicySet {
             audit: Vec::new(),
             dry_run: None,
             if_custom_allows: None,
+            gradual: Vec::new(),
         })
     }
 
@@ -51,6 +52,7 @@ impl PolicySet {
             audit: Vec::new(),
             dry_run: None,
             if_custom_allows: None,
+            gradual: Vec::new(),
         };
         if let Some((status, reason)) = refusal(mtls_mode, req, id) {
             decision.status = status;
@@ -89,7 +91,24 @@ impl PolicySet {
         };
 
         let tcp = req.http.is_none();
+        let mut bucket: Option<u8> = None;
+        let mut gradual = Vec::new();
         self.for_each_applicable(&dst.namespace, &dst.labels, |p| {
+            // Gradual enforcement: for callers outside the share, the policy is a dry-run one.
+            let shadow = match p.src.enforce_percent {
+                Some(percent) if !p.src.dry_run => {
+                    let b = *bucket.get_or_insert_with(|| caller_bucket(req, peer));
+                    let enforced = b < percent;
+                    gradual.push(Gradual {
+                        policy: &p.src,
+                        percent,
+                        bucket: b,
+                        enforced,
+                    });
+                    !enforced
+                }
+                _ => p.src.dry_run,
+            };
             if p.src.action == Action::Custom && tcp {
                 // istiod's buildTCP leaves out CUSTOM policies whose provider is HTTP.
                 let provider = p.src.provider.as_deref().unwrap_or("");
@@ -106,11 +125,11 @@ impl PolicySet {
                     }
                 }
             }
-            if p.src.dry_run {
+            if shadow {
                 shadow_policies += 1;
             }
             if p.src.action == Action::Allow {
-                if p.src.dry_run {
+                if shadow {
                     shadow_allow_policies += 1;
                 } else {
                     allow_policies += 1;
@@ -126,7 +145,7 @@ impl PolicySet {
                     rule,
                 },
             );
-            match (p.src.action, p.src.dry_run) {
+            match (p.src.action, shadow) {
                 (Action::Custom, _) => keep_first(&mut custom, m),
                 (Action::Deny, false) => keep_first(&mut deny, m),
                 (Action::Deny, true) => keep_first(&mut shadow_deny, m),
@@ -136,6 +155,7 @@ impl PolicySet {
             }
         });
 
+        decision.gradual = gradual;
         if let Some(mut a) = audit {
             a.sort_by_key(|(r, _)| *r);
             decision.audit = a.into_iter().map(|(_, p)| p).collect();

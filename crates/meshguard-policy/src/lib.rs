@@ -34,4 +34,4 @@ pub use request::{
     Body, Destination, HttpRequest, Identity, JwtIdentity, Rejection, Request, Source,
 };
 pub use resource::{Action, MtlsMode, Resource};
-pub use verdict::{PolicyRef, Reason, Resumed, Shadow, Verdict};
+pub use verdict::{Gradual, PolicyRef, Reason, Resumed, Shadow, Verdict};

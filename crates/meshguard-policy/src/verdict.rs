@@ -77,6 +77,41 @@ pub struct Verdict<'a> {
     /// allows (they were evaluated in the same pass), so the caller resumes instead of
     /// evaluating again.
     pub if_custom_allows: Option<Resumed<'a>>,
+    /// Policies under gradual enforcement (`meshguard.io/enforce-percent`) that apply to the
+    /// workload, and whether this caller is among those they are enforced for.
+    pub gradual: Vec<Gradual<'a>>,
+}
+
+/// One policy under gradual enforcement, for one caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Gradual<'a> {
+    pub policy: &'a crate::resource::AuthorizationPolicy,
+    pub percent: u8,
+    /// The caller's bucket, 0-99: enforced when below `percent`.
+    pub bucket: u8,
+    pub enforced: bool,
+}
+
+/// The caller's bucket for gradual enforcement: FNV-1a of its identity (the mTLS peer's SPIFFE
+/// ID, else the original client IP, else the peer IP) modulo 100. Stable across replicas,
+/// restarts and versions, so one caller never flaps between enforced and not.
+pub fn caller_bucket(req: &crate::Request, peer: Option<&str>) -> u8 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    match (peer, req.source.remote_ip.or(req.source.ip)) {
+        (Some(p), _) => feed(p.as_bytes()),
+        (None, Some(std::net::IpAddr::V4(ip))) => feed(&ip.octets()),
+        (None, Some(std::net::IpAddr::V6(ip))) => feed(&ip.octets()),
+        (None, None) => {}
+    }
+    (h % 100) as u8
 }
 
 /// The DENY/ALLOW part of a verdict, kept while a CUSTOM provider is consulted.

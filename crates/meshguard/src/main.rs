@@ -508,6 +508,14 @@ fn print_decision(
     for line in why {
         println!("  why: {line}");
     }
+    for (p, pct, enforced) in &d.gradual {
+        let bucket = d.caller_bucket.unwrap_or(0);
+        if *enforced {
+            println!("  gradual: {p} is enforced for {pct}% of callers; this caller (bucket {bucket}) is one of them");
+        } else {
+            println!("  gradual: {p} is enforced for {pct}% of callers; this caller (bucket {bucket}) is not: dry-run for it");
+        }
+    }
     if d.by_default && d.auth_config.is_none() {
         if settings.default_deny {
             println!("  default: deny (no ALLOW policy selects the workload; --default-allow gives Istio's allow)");

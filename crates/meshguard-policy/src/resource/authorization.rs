@@ -62,6 +62,9 @@ pub struct AuthorizationPolicy {
     /// Empty when `rules` is absent or empty: the policy then matches nothing.
     pub rules: Vec<Rule>,
     pub dry_run: bool,
+    /// `meshguard.io/enforce-percent`: enforced for this share of callers (by a stable hash of
+    /// the caller's identity), in dry-run for the rest. `None`: enforced for everyone.
+    pub enforce_percent: Option<u8>,
 }
 
 /// Go's `strconv.ParseBool`, which istiod uses for `istio.io/dry-run`.
@@ -74,6 +77,9 @@ pub fn parse_go_bool(s: &str) -> Option<bool> {
 }
 
 pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+/// Gradual enforcement (meshguard's own): `"0"` to `"100"`, the share of callers a new ALLOW or
+/// DENY policy is enforced for; the others see it in dry-run.
+pub const ENFORCE_PERCENT_ANNOTATION: &str = "meshguard.io/enforce-percent";
 
 const AUTHZ_FIELDS: &[&str] = &[
     "selector",
@@ -226,7 +232,36 @@ pub(super) fn parse_authz(
             }
         },
     };
+    let field = "metadata.annotations[meshguard.io/enforce-percent]";
+    let enforce_percent = match meta.annotations.get(ENFORCE_PERCENT_ANNOTATION) {
+        None => None,
+        Some(_) if matches!(action, Action::Audit | Action::Custom) => {
+            ctx.err_at(
+                origin.line,
+                1,
+                field,
+                format!(
+                    "gradual enforcement applies to ALLOW and DENY policies only, found action {}",
+                    action.as_str()
+                ),
+            );
+            None
+        }
+        Some(v) => match v.trim().trim_end_matches('%').parse::<u8>() {
+            Ok(n) if n <= 100 => {
+                if dry_run {
+                    ctx.warn_at(origin.line, 1, field, "istio.io/dry-run is true, so the policy is in dry-run for every caller and the percentage does nothing");
+                }
+                Some(n)
+            }
+            _ => {
+                ctx.err_at(origin.line, 1, field, format!("invalid value `{v}`: a whole number from \"0\" to \"100\" (the share of callers the policy is enforced for)"));
+                None
+            }
+        },
+    };
     Some(AuthorizationPolicy {
+        enforce_percent,
         meta,
         origin,
         selector,
