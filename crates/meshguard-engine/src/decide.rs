@@ -197,6 +197,13 @@ fn decision_of(
             allowed: s.allowed,
             policy: s.policy.map(|p| p.name()),
             rule: s.policy.map(|p| p.rule),
+            // No dry-run policy matched: ALLOW ones that matched nothing deny, DENY ones allow.
+            action: match s.policy.map(|p| p.policy.action) {
+                Some(meshguard_policy::Action::Deny) => "deny",
+                Some(_) => "allow",
+                None if s.allowed => "deny",
+                None => "allow",
+            },
         }),
         generation: g.id,
         by_default: matches!(d.reason, Reason::NoAllowPolicies),
@@ -218,6 +225,7 @@ fn decision_of(
             })
             .collect(),
         caller_bucket: d.gradual.first().map(|g| g.bucket),
+        audit_mode: None,
     }
 }
 
@@ -301,6 +309,9 @@ pub fn log_entry(
     }
     if let Some(c) = &o.auth_config {
         e["auth_config"] = c.clone().into();
+    }
+    if let Some(a) = &o.audit_mode {
+        e["audit_mode"] = json!({"would_status": a.would_status, "would_reason": a.would_reason});
     }
     if !o.gradual.is_empty() {
         e["gradual"] = o.gradual_json();

@@ -8,6 +8,9 @@ pub struct DryRun {
     /// `namespace/name` of the dry-run policy that decided, if one matched.
     pub policy: Option<String>,
     pub rule: Option<usize>,
+    /// `allow` or `deny`: the action of the dry-run policies that decided (Istio's
+    /// `authz_dry_run_action`).
+    pub action: &'static str,
 }
 
 /// The decision about one request or connection.
@@ -63,6 +66,15 @@ pub struct Decision {
     /// for this caller)`, and the caller's bucket (0-99) when there are any.
     pub gradual: Vec<(String, u8, bool)>,
     pub caller_bucket: Option<u8>,
+    /// Set when audit mode let a denied request through: what would have been answered.
+    pub audit_mode: Option<AuditMode>,
+}
+
+/// What audit mode did not enforce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMode {
+    pub would_status: u16,
+    pub would_reason: String,
 }
 
 impl Decision {
@@ -95,6 +107,7 @@ impl Decision {
             id: String::new(),
             gradual: Vec::new(),
             caller_bucket: None,
+            audit_mode: None,
         }
     }
 
@@ -151,6 +164,10 @@ impl Decision {
             self.request_authentication.clone().into(),
         );
         put("www_authenticate", self.www_authenticate.clone().into());
+        if let Some(a) = &self.audit_mode {
+            j["audit_mode"] =
+                serde_json::json!({"would_status": a.would_status, "would_reason": a.would_reason});
+        }
         if !self.gradual.is_empty() {
             j["gradual"] = self.gradual_json();
             j["caller_bucket"] = self.caller_bucket.into();

@@ -17,6 +17,9 @@ use crate::state::State;
 pub struct Settings {
     /// Deny what no ALLOW policy selects (Istio allows it). The mTLS proxy's default.
     pub default_deny: bool,
+    /// Audit mode (Linkerd-style) for these workloads: every request is decided and logged, none
+    /// is denied; what would have been denied is in the decision and its log line.
+    pub audit: Vec<crate::state::Workload>,
     /// The longest a decision may take (a slow JWKS, LDAP or pass-through server); past it the
     /// request is denied. `None`: no bound beyond each step's own timeouts.
     pub timeout: Option<Duration>,
@@ -73,8 +76,33 @@ impl Engine {
         if d.by_default && d.auth_config.is_none() {
             self.by_default(&g, req, &mut d);
         }
+        if !d.allowed && self.in_audit_mode(req) {
+            let would_status = d.status;
+            let would_reason = std::mem::take(&mut d.reason);
+            d.reason =
+                format!("allowed (audit mode): would be denied {would_status}: {would_reason}");
+            d.allowed = true;
+            d.status = 200;
+            d.www_authenticate = None;
+            d.response_headers.clear();
+            d.custom_body = None;
+            d.audit_mode = Some(crate::decision::AuditMode {
+                would_status,
+                would_reason,
+            });
+        }
         d.id = decision_id(req);
         d
+    }
+
+    /// Whether the request's workload is one the settings put in audit mode (its namespace, and
+    /// every label the scope names).
+    fn in_audit_mode(&self, req: &Request) -> bool {
+        let dst = &req.destination;
+        self.settings.audit.iter().any(|w| {
+            w.namespace == dst.namespace
+                && w.labels.iter().all(|(k, v)| dst.labels.get(k) == Some(v))
+        })
     }
 
     /// A request to a workload no ALLOW policy selects: denied under default deny (allowed, as
@@ -146,6 +174,16 @@ impl Engine {
         );
         if let Some(c) = &d.auth_config {
             self.state.metrics.record_auth_config(c, d.allowed);
+        }
+        if let Some(r) = &d.dry_run {
+            self.state
+                .metrics
+                .record_dry_run(r.action, r.allowed, r.policy.as_deref());
+        }
+        if d.audit_mode.is_some() {
+            self.state
+                .metrics
+                .record_audit_would_deny(d.policy.as_deref());
         }
         if self.log.enabled() {
             self.log.write(crate::decide::log_entry(

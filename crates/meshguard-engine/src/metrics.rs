@@ -38,6 +38,11 @@ pub struct Metrics {
     pub last_reload_at: AtomicU64,
     /// AuthConfig chain -> (allowed, denied) of the decisions it took part in.
     auth_configs: RwLock<HashMap<String, [AtomicU64; 2]>>,
+    /// (dry-run action, would-be result, deciding dry-run policy) -> decisions.
+    dry_runs: RwLock<HashMap<(&'static str, bool, String), AtomicU64>>,
+    /// Requests an audit-mode workload let through that its policies would have denied, by the
+    /// policy that would have denied them (empty: no single policy).
+    pub(crate) audit_would_deny: RwLock<HashMap<String, AtomicU64>>,
     /// Filled by the mTLS proxy: connections accepted and handshakes refused, by direction.
     pub proxy: ProxyMetrics,
 }
@@ -116,6 +121,46 @@ impl Metrics {
                 let mut map = self.auth_configs.write().unwrap_or_else(|e| e.into_inner());
                 map.entry(chain.to_owned()).or_default()[i].fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Counts one decision dry-run policies took part in.
+    pub fn record_dry_run(&self, action: &'static str, allowed: bool, policy: Option<&str>) {
+        let policy = policy.unwrap_or("");
+        let hit = {
+            let map = self.dry_runs.read().unwrap_or_else(|e| e.into_inner());
+            map.get(&(action, allowed, policy.to_owned()))
+                .map(|c| c.fetch_add(1, Ordering::Relaxed))
+                .is_some()
+        };
+        if !hit {
+            let mut map = self.dry_runs.write().unwrap_or_else(|e| e.into_inner());
+            map.entry((action, allowed, policy.to_owned()))
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one request audit mode let through that would have been denied.
+    pub fn record_audit_would_deny(&self, policy: Option<&str>) {
+        let policy = policy.unwrap_or("");
+        let hit = {
+            let map = self
+                .audit_would_deny
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            map.get(policy)
+                .map(|c| c.fetch_add(1, Ordering::Relaxed))
+                .is_some()
+        };
+        if !hit {
+            let mut map = self
+                .audit_would_deny
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            map.entry(policy.to_owned())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -284,6 +329,40 @@ impl Metrics {
                         c[i].load(Ordering::Relaxed)
                     );
                 }
+            }
+        }
+        let _ = writeln!(out, "# HELP meshguard_authz_dry_run_total Decisions dry-run policies (istio.io/dry-run, and meshguard.io/enforce-percent outside its share) took part in: what they would have decided, by the deciding dry-run policy (Istio's authz_dry_run_action and authz_dry_run_result).");
+        let _ = writeln!(out, "# TYPE meshguard_authz_dry_run_total counter");
+        {
+            let map = self.dry_runs.read().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = map.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for ((action, allowed, policy), c) in rows {
+                let _ = writeln!(
+                    out,
+                    "meshguard_authz_dry_run_total{{authz_dry_run_action=\"{action}\",authz_dry_run_result=\"{}\",policy=\"{}\"}} {}",
+                    if *allowed { "allowed" } else { "denied" },
+                    escape(policy),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP meshguard_audit_mode_would_deny_total Requests an audit-mode workload let through that its policies would have denied, by the policy that would have denied them.");
+        let _ = writeln!(out, "# TYPE meshguard_audit_mode_would_deny_total counter");
+        {
+            let map = self
+                .audit_would_deny
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = map.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for (policy, c) in rows {
+                let _ = writeln!(
+                    out,
+                    "meshguard_audit_mode_would_deny_total{{policy=\"{}\"}} {}",
+                    escape(policy),
+                    c.load(Ordering::Relaxed)
+                );
             }
         }
         self.proxy.render(&mut out);

@@ -64,6 +64,9 @@ pub struct ProxyConfig {
     pub outbound: Vec<Outbound>,
     /// Refuse what no ALLOW policy covers (the default); `false` gives Istio's allow-by-default.
     pub default_deny: bool,
+    /// Audit mode: every request is decided and logged, none is denied by policy (mTLS is still
+    /// required where PeerAuthentication says STRICT).
+    pub audit: bool,
     /// PERMISSIVE: how long to wait for a client's first byte before treating it as plaintext
     /// (server-first protocols send nothing).
     pub detect_timeout: Duration,
@@ -90,6 +93,7 @@ impl ProxyConfig {
             inbound: Vec::new(),
             outbound: Vec::new(),
             default_deny: true,
+            audit: false,
             detect_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             decision_timeout: Duration::from_secs(5),
@@ -132,6 +136,7 @@ const TOP_LEVEL: &[&str] = &[
     "inbound",
     "outbound",
     "defaultDeny",
+    "audit",
     "admin",
     "decisionLog",
     "reloadInterval",
@@ -288,6 +293,9 @@ fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
     }
     if let Some(n) = root.get("defaultDeny") {
         cfg.default_deny = n.bool()?;
+    }
+    if let Some(n) = root.get("audit") {
+        cfg.audit = n.bool()?;
     }
     let admin = root.get("admin").map(|n| addr(&n)).transpose()?;
     if let Some(n) = root.get("decisionLog") {

@@ -89,6 +89,11 @@ pub async fn run(
         Settings {
             default_deny: cfg.default_deny,
             timeout: Some(cfg.decision_timeout),
+            audit: if cfg.audit {
+                vec![cfg.workload.clone()]
+            } else {
+                Vec::new()
+            },
         },
     );
     let server_tls = tokio_rustls::TlsAcceptor::from(store.server_config()?);

@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "logLevel",
     "grpcMaxMessageBytes",
     "defaultDeny",
+    "audit",
 ];
 
 /// What a serve config file says; `None` or empty where it is silent.
@@ -54,6 +55,8 @@ pub struct ServeFile {
     pub log_level: Option<String>,
     pub grpc_max_message_bytes: Option<usize>,
     pub default_deny: Option<bool>,
+    /// Workloads in audit mode, as `namespace[/label=value,...]`.
+    pub audit: Vec<String>,
 }
 
 impl ServeFile {
@@ -125,6 +128,14 @@ fn read(root: Field<'_, '_>, base: &Path) -> Result<ServeFile, FieldError> {
             .map(|v| v.parse("a number of bytes"))
             .transpose()?,
         default_deny: flag("defaultDeny")?,
+        audit: match root.get("audit") {
+            Some(v) => v
+                .items()?
+                .iter()
+                .map(|i| i.text())
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        },
     })
 }
 

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     /// Deny requests to workloads that no ALLOW policy selects (on by default; off gives Istio's
     /// allow-by-default).
     pub default_deny: bool,
+    /// Workloads in audit mode: decided and logged, never denied.
+    pub audit: Vec<Workload>,
 }
 
 impl Default for ServeConfig {
@@ -81,6 +83,7 @@ impl Default for ServeConfig {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             default_deny: true,
+            audit: Vec::new(),
         }
     }
 }
@@ -380,6 +383,7 @@ pub async fn serve(
         // tonic's per-request timeout bounds a Check; the engine needs none of its own.
         let settings = Settings {
             default_deny: cfg.default_deny,
+            audit: cfg.audit.clone(),
             ..Settings::default()
         };
         let engine = Engine::new(state.clone(), log.clone(), settings);
@@ -443,6 +447,7 @@ pub async fn serve(
         let settings = Settings {
             timeout: Some(cfg.request_timeout),
             default_deny: cfg.default_deny,
+            audit: cfg.audit.clone(),
         };
         let mode = http::HttpMode {
             engine: Engine::new(state.clone(), log.clone(), settings),

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Operational log level (error, warn, info, debug), written to stderr. [default: info]
     #[arg(long, env = "MESHGUARD_LOG")]
     pub log_level: Option<String>,
+    /// Audit mode for a workload, `namespace` or `namespace/app=name,...` (repeatable): its
+    /// requests are decided and logged but never denied; the decision log and
+    /// meshguard_audit_mode_would_deny_total say what would have been denied and by which policy.
+    #[arg(long = "audit", value_name = "WORKLOAD")]
+    pub audit: Vec<String>,
     /// Operational log format: text (colours only on a terminal) or json (one object per line).
     #[arg(long, env = "MESHGUARD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -120,7 +125,21 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
     or_list(&mut a.auth_bindings, f.auth_bindings);
     or_list(&mut a.policy.providers, f.providers);
     or_list(&mut a.policy.policies, f.policies);
+    or_list(&mut a.audit, f.audit);
     Ok(())
+}
+
+/// `namespace` or `namespace/labels` (a bare namespace puts every workload there in audit mode).
+fn audit_scope(w: &str) -> std::result::Result<Workload, String> {
+    if w.contains('/') {
+        Workload::parse(w).map_err(|e| e.to_string())
+    } else {
+        meshguard_engine::state::check_namespace(w).map_err(|e| e.to_string())?;
+        Ok(Workload {
+            namespace: w.to_owned(),
+            labels: Default::default(),
+        })
+    }
 }
 
 fn listen(v: Option<&str>, default: &str, what: &str) -> Result<Option<SocketAddr>> {
@@ -195,6 +214,12 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     }
     cfg.trust_forwarded_client_cert = a.trust_forwarded_client_cert;
     cfg.default_deny = !a.policy.default_allow;
+    cfg.audit = a
+        .audit
+        .iter()
+        .map(|w| audit_scope(w).map_err(|e| anyhow::anyhow!("--audit {e}")))
+        .collect::<Result<_>>()?;
+    let audit_note = (!cfg.audit.is_empty()).then(|| a.audit.join(", "));
     if let Some(n) = a.grpc_max_message_bytes {
         cfg.max_grpc_message_bytes = n;
     }
@@ -231,6 +256,9 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
                 eprintln!("  default deny: requests to workloads that no ALLOW policy selects are refused (--default-allow for Istio's allow)");
             } else {
                 eprintln!("  default allow (Istio): requests to workloads that no ALLOW policy selects are ALLOWED");
+            }
+            if let Some(a) = &audit_note {
+                eprintln!("  AUDIT MODE for {a}: requests there are decided and logged, never denied");
             }
             if allow_namespaces.is_empty() {
                 eprintln!("  WARNING: no ALLOW AuthorizationPolicy in this set: {}", if default_deny { "every request is denied" } else { "every request that no DENY policy refuses is allowed" });

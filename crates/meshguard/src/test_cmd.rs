@@ -447,7 +447,7 @@ fn run_file(
         log,
         Settings {
             default_deny: tf.default_deny,
-            timeout: None,
+            ..Settings::default()
         },
     );
     let g = state.current();

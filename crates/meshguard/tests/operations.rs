@@ -317,3 +317,120 @@ spec:
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Audit mode for one workload: its requests are decided and logged, never denied; the log and
+/// the metrics say what would have been denied. Dry-run policies are counted with Istio's
+/// labels.
+#[test]
+fn audit_mode_and_dry_run_are_observed_not_enforced() {
+    let dir = std::env::temp_dir().join(format!("meshguard-audit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("p")).expect("mkdir");
+    std::fs::write(
+        dir.join("p/shop.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-ok, namespace: shop}
+spec: {action: ALLOW, rules: [{to: [{operation: {paths: [/ok, /x]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-x
+  namespace: shop
+  annotations: {istio.io/dry-run: \"true\"}
+spec: {action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}
+",
+    )
+    .expect("write");
+    let log = dir.join("d.jsonl");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "off",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--audit", "shop/app=web"])
+        .arg("--policies")
+        .arg(dir.join("p"))
+        .arg("--decision-log")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .map_while(Result::ok);
+    let (mut http, mut admin, mut banner) = (String::new(), String::new(), String::new());
+    for line in lines.by_ref() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("HTTP forward-auth (") {
+            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
+        }
+        if let Some(a) = line.trim().strip_prefix("admin: http://") {
+            admin = a.split('/').next().unwrap_or("").to_owned();
+        }
+        if line.starts_with("stop with Ctrl-C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    assert!(banner.contains("AUDIT MODE for shop/app=web"), "{banner}");
+    let ask = |path: &str, workload: &str| {
+        request(
+            &http,
+            "/auth",
+            &[
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", path),
+                ("X-Meshguard-Workload", workload),
+            ],
+        )
+        .0
+    };
+    assert_eq!(
+        ask("/forbidden", "shop/app=web"),
+        200,
+        "audit mode never denies"
+    );
+    assert_eq!(ask("/ok", "shop/app=web"), 200);
+    assert_eq!(
+        ask("/x", "shop/app=web"),
+        200,
+        "dry-run DENY is not enforced"
+    );
+    assert_eq!(
+        ask("/forbidden", "shop/app=db"),
+        403,
+        "other workloads are enforced"
+    );
+    let got = lines_of(&log, 4);
+    let audited: Vec<&serde_json::Value> = got
+        .iter()
+        .filter(|l| l.get("audit_mode").is_some())
+        .collect();
+    assert_eq!(audited.len(), 1, "{got:?}");
+    assert_eq!(audited[0]["path"], "/forbidden");
+    assert_eq!(audited[0]["audit_mode"]["would_status"], 403);
+    assert!(audited[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("allowed (audit mode): would be denied 403")));
+    let x = got.iter().find(|l| l["path"] == "/x").expect("/x");
+    assert_eq!(x["dry_run"]["allowed"], false, "{x}");
+    let (_, metrics) = request(&admin, "/metrics", &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.contains("meshguard_audit_mode_would_deny_total{policy=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshguard_authz_dry_run_total{authz_dry_run_action=\"deny\",authz_dry_run_result=\"denied\",policy=\"shop/deny-x\"} 1"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
