@@ -47,9 +47,17 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
 }
 
+/// Distinct (port, transport, source) rows kept for mTLS readiness; beyond it new sources are
+/// counted under `source="other"` so a scan of many addresses cannot grow memory.
+const READINESS_ROWS: usize = 1024;
+
 /// What the mTLS proxy counts (zero in `serve`).
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
+    /// mTLS readiness on PERMISSIVE ports: (port, mTLS?, source) -> connections. The source is
+    /// the caller's SPIFFE ID over mTLS and its IP in plaintext: the plaintext rows are the
+    /// callers STRICT would break.
+    permissive: RwLock<HashMap<(u16, bool, String), AtomicU64>>,
     pub inbound_connections: AtomicU64,
     pub outbound_connections: AtomicU64,
     pub open_connections: AtomicU64,
@@ -381,6 +389,24 @@ impl Metrics {
 }
 
 impl ProxyMetrics {
+    /// Counts one connection accepted on a PERMISSIVE port.
+    pub fn record_permissive(&self, port: u16, mtls: bool, source: &str) {
+        {
+            let map = self.permissive.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = map.get(&(port, mtls, source.to_owned())) {
+                c.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.permissive.write().unwrap_or_else(|e| e.into_inner());
+        let key = if map.len() < READINESS_ROWS {
+            (port, mtls, source.to_owned())
+        } else {
+            (port, mtls, "other".to_owned())
+        };
+        map.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
     fn render(&self, out: &mut String) {
         let connections = self.inbound_connections.load(Ordering::Relaxed)
             + self.outbound_connections.load(Ordering::Relaxed);
@@ -424,6 +450,22 @@ impl ProxyMetrics {
             "meshguard_proxy_handshake_failures_total{{direction=\"outbound\"}} {}",
             self.outbound_handshake_failures.load(Ordering::Relaxed)
         );
+        let _ = writeln!(out, "# HELP meshguard_permissive_connections_total Connections on PERMISSIVE ports by transport and source (SPIFFE ID over mTLS, IP in plaintext): the plaintext sources are the callers STRICT would refuse.");
+        let _ = writeln!(out, "# TYPE meshguard_permissive_connections_total counter");
+        {
+            let map = self.permissive.read().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<_> = map.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for ((port, mtls, source), c) in rows {
+                let _ = writeln!(
+                    out,
+                    "meshguard_permissive_connections_total{{port=\"{port}\",transport=\"{}\",source=\"{}\"}} {}",
+                    if *mtls { "mtls" } else { "plaintext" },
+                    escape(source),
+                    c.load(Ordering::Relaxed)
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP meshguard_svid_expiry_timestamp_seconds Unix time when the proxy's current X.509-SVID expires.");
         let _ = writeln!(out, "# TYPE meshguard_svid_expiry_timestamp_seconds gauge");
         let _ = writeln!(

@@ -97,6 +97,13 @@ pub(crate) async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: Socke
             decide_connection(&ctx, &plain_conn).await;
             return;
         }
+        if mode == MtlsMode::Permissive {
+            let source = plain_conn.peer.ip().to_canonical().to_string();
+            ctx.state
+                .metrics
+                .proxy
+                .record_permissive(ctx.listener.port, false, &source);
+        }
         serve_inbound(ctx, stream, plain_conn).await;
         return;
     }
@@ -119,6 +126,14 @@ pub(crate) async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: Socke
     if peer_id.is_none() {
         // The verifier requires a valid SVID, so this cannot happen; deny if it ever does.
         return refuse_handshake(&ctx, &plain_conn, "no peer SVID after the handshake");
+    }
+    if mode == MtlsMode::Permissive {
+        if let Some((id, _)) = &peer_id {
+            ctx.state
+                .metrics
+                .proxy
+                .record_permissive(ctx.listener.port, true, &id.to_string());
+        }
     }
     let conn = Conn {
         peer,

@@ -494,6 +494,17 @@ async fn strict_permissive_and_reload() {
         .await
         .expect("answer");
     assert_eq!(status, 200);
+    // mTLS readiness: who reached the PERMISSIVE port in plaintext (STRICT would refuse them)
+    // and who over mTLS.
+    let m = mesh.server_state.metrics.render(&[]);
+    assert!(
+        m.contains("meshguard_permissive_connections_total{port=\"8080\",transport=\"plaintext\",source=\"127.0.0.1\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("meshguard_permissive_connections_total{{port=\"8080\",transport=\"mtls\",source=\"{WEB}\"}} 1")),
+        "{m}"
+    );
 
     // portLevelMtls: STRICT for the workload but PERMISSIVE on workload port 8080 (the HTTP
     // listener); the TCP listener (port 9000) stays STRICT.
