@@ -79,6 +79,43 @@ impl Sink {
     }
 }
 
+/// Size-bounded rotation of a decision log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the file holds this many bytes; `None`: never.
+    pub max_bytes: Option<u64>,
+    /// Rotated files kept (`<file>.1` newest).
+    pub keep: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_bytes: None,
+            keep: 3,
+        }
+    }
+}
+
+/// `<file>.<keep-1>` -> `<file>.<keep>`, ..., `<file>` -> `<file>.1`.
+fn rotate(path: &std::path::Path, keep: u32) -> std::io::Result<()> {
+    let numbered = |n: u32| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{n}"));
+        std::path::PathBuf::from(s)
+    };
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
 fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
     Ok(match sink {
         Sink::Stdout => Box::new(std::io::stdout()),
@@ -129,6 +166,17 @@ impl DecisionLog {
     /// Starts the writer thread. Lines that cannot be queued (writer too slow) are counted and
     /// dropped rather than slowing decisions down.
     pub fn start(sink: Sink, state: Arc<crate::state::State>) -> std::io::Result<DecisionLog> {
+        DecisionLog::start_rotating(sink, state, Rotation::default())
+    }
+
+    /// [`DecisionLog::start`] with a size bound for a file sink: past `rotation.max_bytes` the
+    /// file is renamed to `<file>.1` (older ones shift to `.2` ... `.keep`, the oldest dropped)
+    /// and a new one is started.
+    pub fn start_rotating(
+        sink: Sink,
+        state: Arc<crate::state::State>,
+        rotation: Rotation,
+    ) -> std::io::Result<DecisionLog> {
         if sink == Sink::Off {
             return Ok(DecisionLog {
                 tx: None,
@@ -136,6 +184,10 @@ impl DecisionLog {
             });
         }
         let mut out = open(&sink)?;
+        let mut written = match &sink {
+            Sink::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            _ => 0,
+        };
         let (tx, mut rx) = mpsc::channel::<String>(8192);
         let st = state.clone();
         std::thread::Builder::new()
@@ -150,9 +202,24 @@ impl DecisionLog {
                         match open(&sink) {
                             Ok(o) => {
                                 out = o;
+                                written = match &sink {
+                                    Sink::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+                                    _ => 0,
+                                };
                                 tracing::info!("decision log reopened (SIGHUP)");
                             }
                             Err(e) => tracing::error!(error = %e, "decision log: cannot reopen the file after SIGHUP; writing to the old one"),
+                        }
+                    }
+                    if let (Sink::File(p), Some(max)) = (&sink, rotation.max_bytes) {
+                        if written >= max {
+                            match rotate(p, rotation.keep).and_then(|()| open(&sink)) {
+                                Ok(o) => {
+                                    out = o;
+                                    written = 0;
+                                }
+                                Err(e) => tracing::error!(error = %e, "decision log: cannot rotate the file; writing on"),
+                            }
                         }
                     }
                     batch.clear();
@@ -167,7 +234,10 @@ impl DecisionLog {
                         }
                     }
                     match out.write_all(&batch).and_then(|()| out.flush()) {
-                        Ok(()) => st.metrics.decision_log.written(),
+                        Ok(()) => {
+                            written += batch.len() as u64;
+                            st.metrics.decision_log.written()
+                        }
                         Err(e) => st.metrics.decision_log.lost(lines, &e),
                     }
                 }

@@ -76,6 +76,8 @@ pub struct ProxyConfig {
     pub decision_timeout: Duration,
     pub reload_interval: Duration,
     pub decision_log: Sink,
+    /// Size bound of a decision log file.
+    pub decision_log_rotation: meshguard_engine::dlog::Rotation,
     /// Open connections per listener; beyond it new connections are closed at once.
     pub max_connections: usize,
     /// A connection with no bytes moving either way (TCP), or with no request in flight (HTTP),
@@ -99,6 +101,10 @@ impl ProxyConfig {
             decision_timeout: Duration::from_secs(5),
             reload_interval: Duration::from_secs(2),
             decision_log: Sink::Off,
+            decision_log_rotation: meshguard_engine::dlog::Rotation {
+                max_bytes: Some(256 * 1024 * 1024),
+                keep: 3,
+            },
             max_connections: 16_384,
             idle_timeout: Duration::from_secs(3600),
         }
@@ -139,6 +145,7 @@ const TOP_LEVEL: &[&str] = &[
     "audit",
     "admin",
     "decisionLog",
+    "decisionLogMaxBytes",
     "reloadInterval",
     "detectTimeout",
     "idleTimeout",
@@ -300,6 +307,10 @@ fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
     let admin = root.get("admin").map(|n| addr(&n)).transpose()?;
     if let Some(n) = root.get("decisionLog") {
         cfg.decision_log = Sink::parse(&n.text()?);
+    }
+    if let Some(n) = root.get("decisionLogMaxBytes") {
+        let max: u64 = n.parse("a number of bytes (0: never rotate)")?;
+        cfg.decision_log_rotation.max_bytes = (max > 0).then_some(max);
     }
     if let Some(n) = root.get("reloadInterval") {
         cfg.reload_interval = n.duration()?;

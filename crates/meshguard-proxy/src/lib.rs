@@ -78,8 +78,12 @@ pub async fn run(
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), ProxyError> {
     let cfg = Arc::new(cfg);
-    let log =
-        DecisionLog::start(cfg.decision_log.clone(), state.clone()).map_err(ProxyError::Log)?;
+    let log = DecisionLog::start_rotating(
+        cfg.decision_log.clone(),
+        state.clone(),
+        cfg.decision_log_rotation,
+    )
+    .map_err(ProxyError::Log)?;
     for e in state.current().authn.prefetch().await {
         tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
     }

@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "httpPathPrefix",
     "authBindings",
     "decisionLog",
+    "decisionLogMaxBytes",
     "reloadInterval",
     "logLevel",
     "grpcMaxMessageBytes",
@@ -51,6 +52,7 @@ pub struct ServeFile {
     pub http_path_prefix: Option<String>,
     pub auth_bindings: Vec<String>,
     pub decision_log: Option<String>,
+    pub decision_log_max_bytes: Option<u64>,
     pub reload_interval: Option<String>,
     pub log_level: Option<String>,
     pub grpc_max_message_bytes: Option<usize>,
@@ -121,6 +123,10 @@ fn read(root: Field<'_, '_>, base: &Path) -> Result<ServeFile, FieldError> {
         http_path_prefix: text("httpPathPrefix")?,
         auth_bindings: list("authBindings")?,
         decision_log: text("decisionLog")?,
+        decision_log_max_bytes: root
+            .get("decisionLogMaxBytes")
+            .map(|v| v.parse("a number of bytes (0: never rotate)"))
+            .transpose()?,
         reload_interval: text("reloadInterval")?,
         log_level: text("logLevel")?,
         grpc_max_message_bytes: root

@@ -25,6 +25,9 @@ pub use meshguard_engine::{
     dlog, watch_policies, Embedded, Engine, Files, PolicySource, Settings, State, Workload,
 };
 
+/// A decision log file is rotated past this size by default (256 MiB; three files kept).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Listener and behaviour settings for `serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -39,6 +42,8 @@ pub struct ServeConfig {
     /// Believe `X-Forwarded-Client-Cert` from the trusted proxies (HTTP mode).
     pub trust_forwarded_client_cert: bool,
     pub decision_log: dlog::Sink,
+    /// Size bound of a decision log file (rotated to `.1`, `.2`, ...).
+    pub decision_log_rotation: dlog::Rotation,
     /// How often watched policy files are checked for changes (0: only on SIGHUP).
     pub reload_interval: Duration,
     pub max_grpc_message_bytes: usize,
@@ -74,6 +79,10 @@ impl Default for ServeConfig {
             forward_auth: http::ForwardStyle::Nginx,
             trust_forwarded_client_cert: false,
             decision_log: dlog::Sink::Stdout,
+            decision_log_rotation: dlog::Rotation {
+                max_bytes: Some(DEFAULT_LOG_MAX_BYTES),
+                keep: 3,
+            },
             reload_interval: Duration::from_secs(2),
             // OPA-Envoy's default (its grpc max-recv-msg-size): Envoy sends bodies when
             // with_request_body is set, so 1 MiB refused ordinary uploads.
@@ -359,8 +368,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), ServeError> {
-    let log = dlog::DecisionLog::start(cfg.decision_log.clone(), state.clone())
-        .map_err(ServeError::Log)?;
+    let log = dlog::DecisionLog::start_rotating(
+        cfg.decision_log.clone(),
+        state.clone(),
+        cfg.decision_log_rotation,
+    )
+    .map_err(ServeError::Log)?;
     for e in state.current().authn.prefetch().await {
         tracing::warn!(error = %e, "JWKS not available yet; tokens for that issuer are refused until a fetch succeeds");
     }

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Where decision lines (JSON) go: stdout, stderr, off, or a file path. [default: stdout]
     #[arg(long, env = "MESHGUARD_DECISION_LOG")]
     pub decision_log: Option<String>,
+    /// Rotate a decision log file past this many bytes (to FILE.1, FILE.2, FILE.3; `0`: never).
+    /// [default: 268435456]
+    #[arg(long, env = "MESHGUARD_DECISION_LOG_MAX_BYTES")]
+    pub decision_log_max_bytes: Option<u64>,
     /// How often policy files are checked for changes (`0s`: only on SIGHUP). [default: 2s]
     #[arg(long, env = "MESHGUARD_RELOAD_INTERVAL")]
     pub reload_interval: Option<String>,
@@ -109,6 +113,7 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
     or(&mut a.workload, f.workload);
     or(&mut a.http_path_prefix, f.http_path_prefix);
     or(&mut a.decision_log, f.decision_log);
+    or(&mut a.decision_log_max_bytes, f.decision_log_max_bytes);
     or(&mut a.reload_interval, f.reload_interval);
     or(&mut a.log_level, f.log_level);
     or(&mut a.grpc_max_message_bytes, f.grpc_max_message_bytes);
@@ -226,6 +231,9 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     let trust_xfcc = cfg.trust_forwarded_client_cert;
     if let Some(l) = &a.decision_log {
         cfg.decision_log = Sink::parse(l);
+    }
+    if let Some(n) = a.decision_log_max_bytes {
+        cfg.decision_log_rotation.max_bytes = (n > 0).then_some(n);
     }
     if let Some(r) = &a.reload_interval {
         cfg.reload_interval = meshguard_policy::read::parse_duration(r).with_context(|| {

@@ -434,3 +434,71 @@ spec: {action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The decision log file is bounded: past --decision-log-max-bytes it is rotated to .1, .2, .3
+/// and the oldest is dropped.
+#[test]
+fn the_decision_log_rotates_by_size() {
+    let dir = std::env::temp_dir().join(format!("meshguard-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let log = dir.join("d.jsonl");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--grpc-listen", "off", "--admin-listen", "off"])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--decision-log-max-bytes",
+            "2000",
+        ])
+        .arg("--decision-log")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .map_while(Result::ok);
+    let mut http = String::new();
+    for line in lines.by_ref() {
+        if line.contains("HTTP forward-auth (") {
+            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    for i in 0..40 {
+        let id = format!("req-{i}");
+        request(
+            &http,
+            "/auth",
+            &[
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/api/v1/users"),
+                ("X-Meshguard-Workload", "production/app=backend"),
+                ("X-Request-Id", &id),
+            ],
+        );
+        // One line per batch: each request's line is written before the next is sent.
+        let until = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&id)
+        {
+            assert!(Instant::now() < until, "line {i} not written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let rotated = |n: u32| dir.join(format!("d.jsonl.{n}"));
+    for f in [log.clone(), rotated(1), rotated(2), rotated(3)] {
+        let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0 && len < 3000, "{}: {len} bytes", f.display());
+    }
+    assert!(!rotated(4).exists(), "only three rotated files are kept");
+    let newest = std::fs::read_to_string(&log).expect("log");
+    assert!(newest.contains("req-39"), "{newest}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
