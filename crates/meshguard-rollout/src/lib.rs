@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod recommend;
 pub mod record;
 pub mod report;
 pub mod simulate;

@@ -15,6 +15,8 @@ pub struct Recorded<'a> {
     #[serde(default)]
     pub v: u64,
     #[serde(borrow, default)]
+    pub time: Cow<'a, str>,
+    #[serde(borrow, default)]
     pub id: Cow<'a, str>,
     #[serde(borrow, default)]
     pub mode: Cow<'a, str>,

@@ -12,6 +12,7 @@ mod errors;
 mod inspect_cmd;
 mod logging;
 mod proxy_cmd;
+mod recommend_cmd;
 mod request_input;
 mod secret_cmd;
 mod serve;
@@ -83,6 +84,11 @@ enum Command {
     /// Exit status: 0 nothing changes, 2 some request would be decided differently (a CI gate),
     /// 1 bad input.
     Simulate(simulate_cmd::SimulateArgs),
+    /// Write least-privilege AuthorizationPolicies from a decision log: per workload one ALLOW
+    /// rule per caller with the methods, paths (ids as `{*}`) and ports it used, request
+    /// principals where tokens were used, and an allow-nothing policy per namespace; then replay
+    /// the log against them and say what they would deny.
+    Recommend(recommend_cmd::RecommendArgs),
     /// Run policy unit tests: YAML files of requests and the verdicts they must get, decided by
     /// the same engine as `check`.
     ///
@@ -248,6 +254,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => agent_cmd::run(a),
         Command::Proxy(a) => proxy_cmd::run(a),
         Command::Simulate(a) => simulate_cmd::run(a),
+        Command::Recommend(a) => recommend_cmd::run(a),
         Command::Lint(a) => lint(a),
         Command::Test(a) => test_cmd::run(a),
         Command::PoliciesFor(a) => inspect_cmd::policies_for(a),

@@ -213,5 +213,49 @@ fn recorded_traffic_replays_against_a_candidate_set() {
         md.contains("| web/intruder | shop/api | 0 | 1 | 0 |"),
         "{md}"
     );
+    // recommend: least privilege from the same log, lint-clean, and replaying the log against
+    // it denies nothing that was allowed.
+    let rec = dir.join("recommended.yaml");
+    let o = Command::new(BIN)
+        .arg("recommend")
+        .arg("--log")
+        .arg(&log)
+        .arg("-o")
+        .arg(&rec)
+        .output()
+        .expect("recommend");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("0 observed allowed request(s) would be denied"),
+        "{err}"
+    );
+    let yaml = std::fs::read_to_string(&rec).expect("recommendation");
+    assert!(yaml.contains("\"/orders/{*}\""), "ids generalised: {yaml}");
+    assert!(yaml.contains("cluster.local/ns/web/sa/frontend"), "{yaml}");
+    assert!(
+        !yaml.contains("intruder"),
+        "denied callers get nothing: {yaml}"
+    );
+    assert!(yaml.contains("name: allow-nothing"), "{yaml}");
+    let o = Command::new(BIN)
+        .args(["lint", "--deny-warnings"])
+        .arg(&rec)
+        .output()
+        .expect("lint");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = simulate(&log, &rec, &["--format", "json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json report");
+    assert_eq!(
+        r["changes"]["allow -> deny"],
+        serde_json::Value::Null,
+        "{r:#}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -214,7 +214,9 @@ pub(super) fn parse_authz(
                 format!("{} action without `rules` is meaningless as it will never be triggered; add an empty rule `{{}}` if you want it to be triggered for every request", action.as_str()),
             ),
             Action::Audit => ctx.warn(spec, &join(path, "rules"), "AUDIT action without `rules` never matches"),
-            Action::Allow => ctx.warn(spec, &join(path, "rules"), "ALLOW policy without rules allows nothing: every request to the selected workloads is denied (Istio's allow-nothing policy)"),
+            // `spec: {}` is Istio's documented allow-nothing idiom: said on purpose, not a slip.
+            Action::Allow if spec.as_map().is_some_and(<[_]>::is_empty) => {}
+            Action::Allow => ctx.warn(spec, &join(path, "rules"), "ALLOW policy without rules allows nothing: every request to the selected workloads is denied (Istio's allow-nothing policy; write `spec: {}` to say so on purpose)"),
         }
     }
     let dry_run = match meta.annotations.get(DRY_RUN_ANNOTATION) {
