@@ -46,6 +46,9 @@ pub enum SelectorError {
     Syntax(String),
 }
 
+/// A caller's kernel credentials: uid, gid and (when the kernel says) pid.
+type Cred = (u32, u32, Option<i32>);
+
 /// Why the agent refuses its registration entries or SVID lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
@@ -206,12 +209,12 @@ impl Agent {
         Ok(())
     }
 
-    /// The kernel credentials (uid, gid) of the caller.
-    fn caller<T>(r: &Request<T>) -> Result<(u32, u32), Status> {
+    /// The kernel credentials (uid, gid, pid) of the caller.
+    fn caller<T>(r: &Request<T>) -> Result<Cred, Status> {
         r.extensions()
             .get::<tonic::transport::server::UdsConnectInfo>()
             .and_then(|i| i.peer_cred)
-            .map(|c| (c.uid(), c.gid()))
+            .map(|c| (c.uid(), c.gid(), c.pid()))
             .ok_or_else(|| {
                 Status::permission_denied(
                     "no identity issued: the caller's credentials are unknown",
@@ -221,7 +224,7 @@ impl Agent {
 
     /// SPIFFE IDs a caller with these credentials is entitled to, in entry order (the first is
     /// the default SVID clients pick).
-    fn ids_for(&self, (uid, gid): (u32, u32)) -> Result<Vec<SpiffeId>, Status> {
+    fn ids_for(&self, (uid, gid, pid): Cred) -> Result<Vec<SpiffeId>, Status> {
         let entries = self
             .inner
             .entries
@@ -237,6 +240,14 @@ impl Agent {
             }
         }
         if ids.is_empty() {
+            // An operator needs to know who knocked: a missing entry, or a process that should
+            // not be asking.
+            tracing::warn!(
+                uid,
+                gid,
+                pid = %pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+                "Workload API caller refused: no registration entry matches its uid/gid"
+            );
             return Err(Status::permission_denied("no identity issued"));
         }
         Ok(ids)
@@ -349,7 +360,7 @@ impl Agent {
     /// only with a new CA) or the caller loses every identity (PermissionDenied).
     fn bundle_stream<T: Send + 'static>(
         &self,
-        caller: (u32, u32),
+        caller: Cred,
         msg: T,
     ) -> Result<Response<Stream<T>>, Status> {
         let mut rot = self.inner.rotation.subscribe();

@@ -38,6 +38,13 @@ pub struct AgentArgs {
     /// identity. A file with errors is refused and the last good entries stay.
     #[arg(long, env = "MESHGUARD_ENTRIES_INTERVAL", default_value = "2s")]
     entries_interval: String,
+    /// Operational log level (error, warn, info, debug): refused callers are logged at warn
+    /// with their uid, gid and pid.
+    #[arg(long, env = "MESHGUARD_LOG", default_value = "info")]
+    log_level: String,
+    /// Operational log format: text or json.
+    #[arg(long, env = "MESHGUARD_LOG_FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 fn duration(flag: &str, v: &str) -> Result<Duration> {
@@ -126,6 +133,7 @@ fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
 }
 
 pub fn run(a: AgentArgs) -> Result<ExitCode> {
+    crate::logging::init_logging_as(&a.log_level, &a.log_format)?;
     let ca = Ca::load(&a.ca_dir)?;
     let entries = load_entries(&a.entries)?;
     let ttl = duration("ttl", &a.ttl)?;

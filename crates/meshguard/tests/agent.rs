@@ -100,6 +100,24 @@ async fn agent_serves_a_real_client_and_reloads_entries() {
         .await
         .expect_err("no registration for this uid");
     assert!(e.contains("no identity issued"), "{e}");
+    // The agent says who was refused: uid, gid and pid, from the kernel.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = t
+            .lines()
+            .find(|l| l.contains("Workload API caller refused"))
+        {
+            break l.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no refusal logged: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(refused.contains(&format!("uid={}", my_uid())), "{refused}");
+    assert!(
+        refused.contains(&format!("pid={}", std::process::id())),
+        "{refused}"
+    );
 
     // The operator registers this uid: the running agent picks it up.
     write_entries(&entries, my_uid());
@@ -117,7 +135,7 @@ async fn agent_serves_a_real_client_and_reloads_entries() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
-        if t.contains("refused") || Instant::now() > deadline {
+        if t.contains("entries.yaml:3") || Instant::now() > deadline {
             break t;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
