@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use meshguard_identity::agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use meshguard_identity::agent::pb::{X509svidRequest, X509svidResponse};
+use meshguard_identity::agent::pb::{JwtsvidRequest, X509svidRequest, X509svidResponse};
 use meshguard_identity::SpiffeId;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -94,6 +94,16 @@ pub struct WorkloadApi {
     pub spiffe_id: Option<SpiffeId>,
 }
 
+/// A Workload API request with the header the standard requires.
+fn with_header<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "workload.spiffe.io",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    req
+}
+
 /// Splits concatenated DER certificates (the Workload API's `x509_svid` and `bundle`).
 fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut out = Vec::new();
@@ -139,7 +149,9 @@ impl WorkloadApi {
         })
     }
 
-    async fn stream(&self) -> Result<tonic::Streaming<X509svidResponse>, ProxyError> {
+    async fn client(
+        &self,
+    ) -> Result<SpiffeWorkloadApiClient<tonic::transport::Channel>, ProxyError> {
         let sock = self.socket.clone();
         let ch = Endpoint::try_from("http://localhost")
             .map_err(|e| ProxyError::Identity(e.to_string()))?
@@ -154,16 +166,87 @@ impl WorkloadApi {
                     self.socket.display()
                 ))
             })?;
-        let mut req = tonic::Request::new(X509svidRequest {});
-        req.metadata_mut().insert(
-            "workload.spiffe.io",
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        let s = SpiffeWorkloadApiClient::new(ch)
-            .fetch_x509svid(req)
+        Ok(SpiffeWorkloadApiClient::new(ch))
+    }
+
+    async fn stream(&self) -> Result<tonic::Streaming<X509svidResponse>, ProxyError> {
+        let mut client = self.client().await?;
+        let s = client
+            .fetch_x509svid(with_header(X509svidRequest {}))
             .await
             .map_err(|e| ProxyError::Identity(format!("FetchX509SVID: {}", e.message())))?;
         Ok(s.into_inner())
+    }
+
+    /// Every X.509-SVID the agent gives this caller: (SPIFFE ID, expiry in Unix seconds).
+    pub async fn fetch_x509(&self) -> Result<Vec<(String, u64)>, ProxyError> {
+        let mut s = self.stream().await?;
+        let msg = s
+            .message()
+            .await
+            .map_err(|e| ProxyError::Identity(format!("FetchX509SVID: {}", e.message())))?
+            .ok_or_else(|| ProxyError::Identity("the agent closed the stream".into()))?;
+        msg.svids
+            .iter()
+            .map(|svid| {
+                let chain = split_der(&svid.x509_svid).map_err(ProxyError::Identity)?;
+                let leaf = chain
+                    .first()
+                    .ok_or_else(|| ProxyError::Identity("an SVID without a certificate".into()))?;
+                let expiry = x509_parser::parse_x509_certificate(leaf.as_ref())
+                    .map(|(_, c)| u64::try_from(c.validity().not_after.timestamp()).unwrap_or(0))
+                    .map_err(|e| {
+                        ProxyError::Identity(format!("an SVID that does not parse: {e}"))
+                    })?;
+                Ok((svid.spiffe_id.clone(), expiry))
+            })
+            .collect()
+    }
+
+    /// JWT-SVIDs for `audience`: (SPIFFE ID, token).
+    pub async fn fetch_jwt(
+        &self,
+        audience: &[String],
+    ) -> Result<Vec<(String, String)>, ProxyError> {
+        let mut client = self.client().await?;
+        let r = client
+            .fetch_jwtsvid(with_header(JwtsvidRequest {
+                audience: audience.to_vec(),
+                spiffe_id: self
+                    .spiffe_id
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_default(),
+            }))
+            .await
+            .map_err(|e| ProxyError::Identity(format!("FetchJWTSVID: {}", e.message())))?;
+        Ok(r.into_inner()
+            .svids
+            .into_iter()
+            .map(|s| (s.spiffe_id, s.svid))
+            .collect())
+    }
+
+    /// Whether an agent answers on the socket at all: any gRPC answer (a refusal included)
+    /// means it is up; `Err` says why not.
+    pub async fn healthcheck(&self) -> Result<String, ProxyError> {
+        let mut client = self.client().await?;
+        match client.fetch_x509svid(with_header(X509svidRequest {})).await {
+            Ok(s) => match s.into_inner().message().await {
+                Ok(Some(m)) => Ok(format!(
+                    "serving; this caller has {} X.509-SVID(s)",
+                    m.svids.len()
+                )),
+                Ok(None) => Ok("serving".to_owned()),
+                Err(e) => Ok(format!("serving; this caller is refused: {}", e.message())),
+            },
+            Err(e) if e.code() == tonic::Code::Unavailable => Err(ProxyError::Identity(format!(
+                "the agent at {} does not answer: {}",
+                self.socket.display(),
+                e.message()
+            ))),
+            Err(e) => Ok(format!("serving; this caller is refused: {}", e.message())),
+        }
     }
 
     /// Connects and waits for the first SVID.

@@ -5,20 +5,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use meshguard_identity::agent::{Agent, Entry, Selector};
 use meshguard_identity::{Ca, SpiffeId};
 use meshguard_policy::yaml::{Node, NodeKind};
 
 #[derive(Args)]
 pub struct AgentArgs {
+    #[command(subcommand)]
+    action: Option<AgentAction>,
     /// The CA directory (from `meshguard ca init`).
     #[arg(long, env = "MESHGUARD_CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
     /// Registration entries (YAML): `entries: [{spiffeId: spiffe://td/ns/x/sa/y, selectors: [unix:uid:1000]}]`.
     /// A caller gets every ID whose selectors all match its kernel credentials.
     #[arg(long, env = "MESHGUARD_ENTRIES")]
-    entries: PathBuf,
+    entries: Option<PathBuf>,
     /// The socket to serve on. Workloads use SPIFFE_ENDPOINT_SOCKET=unix:<path>; for Python's grpc
     /// (py-spiffe) run the workload in the socket's directory with `unix:<file name>`.
     #[arg(
@@ -132,10 +134,142 @@ fn load_entries(path: &std::path::Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// Talking to a running agent, as a workload does (what `spire-agent api fetch` and
+/// `spire-agent healthcheck` give).
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Fetch this process's SVIDs from the agent: `x509` (SPIFFE IDs and expiry of the
+    /// X.509-SVIDs) or `jwt` (JWT-SVIDs for --audience).
+    Fetch(FetchArgs),
+    /// Exit 0 when an agent answers on the socket (even if it gives this caller no identity),
+    /// 1 when none does.
+    Healthcheck(SocketArg),
+}
+
+#[derive(Args)]
+struct SocketArg {
+    /// The agent's socket (`unix:/path` or a path).
+    #[arg(
+        long,
+        env = "SPIFFE_ENDPOINT_SOCKET",
+        default_value = "/run/meshguard/agent.sock"
+    )]
+    socket: String,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// `x509` or `jwt`.
+    #[arg(value_parser = ["x509", "jwt"])]
+    kind: String,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// JWT-SVID audience (repeatable; required for jwt).
+    #[arg(long)]
+    audience: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn api(socket: &str) -> meshguard_proxy::source::WorkloadApi {
+    let path = socket
+        .strip_prefix("unix://")
+        .or_else(|| socket.strip_prefix("unix:"))
+        .unwrap_or(socket);
+    meshguard_proxy::source::WorkloadApi {
+        socket: PathBuf::from(path),
+        spiffe_id: None,
+    }
+}
+
+fn client_action(action: AgentAction) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let timeout = Duration::from_secs(10);
+    match action {
+        AgentAction::Healthcheck(s) => {
+            let r = rt.block_on(async {
+                tokio::time::timeout(timeout, api(&s.socket).healthcheck()).await
+            });
+            match r {
+                Ok(Ok(msg)) => {
+                    println!("agent at {}: {msg}", s.socket);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(Err(e)) => {
+                    eprintln!("agent at {}: not healthy: {e}", s.socket);
+                    Ok(ExitCode::from(1))
+                }
+                Err(_) => {
+                    eprintln!("agent at {}: no answer within 10 s", s.socket);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AgentAction::Fetch(f) if f.kind == "x509" => {
+            let svids = rt
+                .block_on(async {
+                    tokio::time::timeout(timeout, api(&f.socket.socket).fetch_x509()).await
+                })
+                .map_err(|_| anyhow::anyhow!("no answer from the agent within 10 s"))??;
+            let mut out = Vec::new();
+            for (id, secs) in &svids {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(*secs);
+                out.push((id.clone(), meshguard_engine::dlog::rfc3339(at)));
+            }
+            if f.json {
+                let v: Vec<serde_json::Value> = out
+                    .iter()
+                    .map(|(id, exp)| serde_json::json!({"spiffe_id": id, "expires": exp}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("received {} X.509-SVID(s)", out.len());
+                for (id, exp) in &out {
+                    println!("  {id}  expires {exp}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentAction::Fetch(f) => {
+            if f.audience.is_empty() {
+                bail!("give the JWT-SVID's audience: --audience NAME (repeatable)");
+            }
+            let svids = rt
+                .block_on(async {
+                    tokio::time::timeout(timeout, api(&f.socket.socket).fetch_jwt(&f.audience))
+                        .await
+                })
+                .map_err(|_| anyhow::anyhow!("no answer from the agent within 10 s"))??;
+            if f.json {
+                let v: Vec<serde_json::Value> = svids
+                    .iter()
+                    .map(|(id, t)| serde_json::json!({"spiffe_id": id, "token": t}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                for (id, t) in &svids {
+                    println!("{id}\n  {t}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 pub fn run(a: AgentArgs) -> Result<ExitCode> {
+    if let Some(action) = a.action {
+        return client_action(action);
+    }
     crate::logging::init_logging_as(&a.log_level, &a.log_format)?;
-    let ca = Ca::load(&a.ca_dir)?;
-    let entries = load_entries(&a.entries)?;
+    let (Some(ca_dir), Some(entries_file)) = (a.ca_dir.clone(), a.entries.clone()) else {
+        bail!("serving the Workload API needs --ca-dir DIR (from `meshguard ca init`) and --entries FILE; `meshguard agent fetch` and `meshguard agent healthcheck` talk to a running agent");
+    };
+    let ca = Ca::load(&ca_dir)?;
+    let entries = load_entries(&entries_file)?;
     let ttl = duration("ttl", &a.ttl)?;
     let jwt_ttl = duration("jwt-ttl", &a.jwt_ttl)?;
     let interval = duration("entries-interval", &a.entries_interval)?;
@@ -150,8 +284,8 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     if ca.jwt_signer().is_none() {
         eprintln!(
             "meshguard agent: warning: {} has no jwt.key, so JWT-SVID calls answer Unavailable; create one with `meshguard ca jwt-key --dir {}`",
-            a.ca_dir.display(),
-            a.ca_dir.display()
+            ca_dir.display(),
+            ca_dir.display()
         );
     }
     let socket = PathBuf::from(
@@ -167,10 +301,10 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
     let count = entries.len();
     rt.block_on(async move {
         check_socket_dir(&socket)?;
-        let agent = Agent::new(ca, entries, ttl).map_err(|e| anyhow::anyhow!("{}: {e}", a.entries.display()))?;
+        let agent = Agent::new(ca, entries, ttl).map_err(|e| anyhow::anyhow!("{}: {e}", entries_file.display()))?;
         agent.set_jwt_ttl(jwt_ttl);
         agent.spawn_rotation(Duration::from_secs(1).min(ttl / 4));
-        let (watcher, path) = (agent.clone(), a.entries.clone());
+        let (watcher, path) = (agent.clone(), entries_file.clone());
         tokio::spawn(async move {
             let mut seen = stamp(&path);
             let mut refused = None;

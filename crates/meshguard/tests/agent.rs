@@ -125,6 +125,42 @@ async fn agent_serves_a_real_client_and_reloads_entries() {
         .await
         .expect("identity after reload");
     assert_eq!(id, "spiffe://cluster.local/ns/prod/sa/web");
+    // The operator's view, as `spire-agent api fetch` and `healthcheck` give it.
+    let cli = |args: &[&str]| {
+        let o = Command::new(bin())
+            .arg("agent")
+            .args(args)
+            .arg("--socket")
+            .arg(format!("unix:{}", sock.display()))
+            .output()
+            .expect("agent client");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["healthcheck"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("this caller has 1 X.509-SVID(s)"), "{out}");
+    let (code, out, err) = cli(&["fetch", "x509", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v[0]["spiffe_id"], "spiffe://cluster.local/ns/prod/sa/web");
+    assert!(v[0]["expires"].as_str().is_some_and(|e| e.ends_with('Z')), "{v}");
+    let (code, out, err) = cli(&["fetch", "jwt", "--audience", "orders"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("spiffe://cluster.local/ns/prod/sa/web\n  ey"), "{out}");
+    let (code, _, err) = cli(&["fetch", "jwt"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--audience"), "{err}");
+    let nowhere = Command::new(bin())
+        .args(["agent", "healthcheck", "--socket"])
+        .arg(dir.join("nowhere.sock"))
+        .output()
+        .expect("healthcheck");
+    assert_eq!(nowhere.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("not healthy"));
 
     // A broken edit is refused with file and line; the last good entries stay.
     std::fs::write(
