@@ -73,6 +73,67 @@ pub(crate) fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
     )
 }
 
+/// A body that replays frames already read, then the rest of the client's body.
+struct Replayed {
+    frames: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
+    rest: Option<hyper::body::Incoming>,
+}
+
+impl hyper::body::Body for Replayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let me = self.get_mut();
+        if let Some(f) = me.frames.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        match me.rest.as_mut() {
+            Some(r) => std::pin::Pin::new(r).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// Reads a request body until it ends or holds more than `max` bytes: what was read (for the
+/// check), and the body to forward (what was read, then the rest).
+async fn buffer_body(
+    mut body: hyper::body::Incoming,
+    max: usize,
+) -> Result<(Bytes, Body), hyper::Error> {
+    let mut seen = bytes::BytesMut::new();
+    let mut frames = std::collections::VecDeque::new();
+    let mut ended = false;
+    while seen.len() <= max {
+        match body.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    seen.extend_from_slice(d);
+                }
+                let trailers = f.is_trailers();
+                frames.push_back(f);
+                if trailers {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+    }
+    let rest = Replayed {
+        frames,
+        rest: (!ended).then_some(body),
+    };
+    Ok((seen.freeze(), rest.boxed()))
+}
+
 pub(crate) async fn handle_http(
     ctx: &InCtx,
     conn: &Conn,
@@ -186,6 +247,31 @@ pub(crate) async fn handle_http(
         None if conn.peer_id.is_some() => "https".to_owned(),
         None => "http".to_owned(),
     };
+    // A CUSTOM provider with includeRequestBodyInCheck sees the body: buffered up to its
+    // maxRequestBytes (one byte more tells a cut body), then forwarded whole.
+    let g = ctx.state.current();
+    let limit = meshguard_engine::remote::body_limit(
+        &g,
+        &ctx.cfg.workload.namespace,
+        &ctx.cfg.workload.labels,
+    );
+    drop(g);
+    let body: Body = match limit {
+        None => body.boxed(),
+        Some(max) => match buffer_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+            Ok((seen, rest)) => {
+                http.body = Some(meshguard_policy::Body {
+                    bytes: seen.to_vec(),
+                    truncated: false,
+                });
+                rest
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the request body could not be read; refused");
+                return full(400, "Bad Request");
+            }
+        },
+    };
     let request = request_for(ctx, conn, Some(http));
     let o = ctx.engine.decide("proxy-http", &request).await;
     if !o.allowed {
@@ -238,11 +324,21 @@ pub(crate) async fn handle_http(
             h.append(k, v);
         }
     }
-    let upstream = hyper::Request::from_parts(parts, body.boxed());
+    let upstream = hyper::Request::from_parts(parts, body);
     match ctx.client.request(upstream).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // Headers an ext_authz provider or Rego step adds to the client's answer
+            // (`response_headers_to_add`, headersToDownstreamOnAllow): set, overwriting.
+            for (k, v) in &o.response_headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    parts.headers.insert(k, v);
+                }
+            }
             hyper::Response::from_parts(parts, body.boxed())
         }
         Err(e) => {

@@ -1,0 +1,440 @@
+//! CUSTOM policies whose provider is a meshConfig `envoyExtAuthzGrpc` or `envoyExtAuthzHttp`
+//! service: the call Envoy's ext_authz filter makes, made for real, with the settings istiod
+//! gives that filter (pilot/pkg/security/authz/builder/extauthz.go).
+//!
+//! - gRPC: the request as an ext_authz v3 `CheckRequest` (`meshguard-envoy`'s codec): source
+//!   and destination addresses and principals, the HTTP request with its headers (pseudo-headers
+//!   included, as Envoy sends them) and, with `includeRequestBodyInCheck`, the body (`body`, or
+//!   `raw_body` with `packAsBytes`) and `x-envoy-auth-partial-body`. OK allows with the answer's
+//!   header mutations; any other status denies with its denied response (403 by default).
+//! - HTTP: the original method, `pathPrefix` + the original path, Host, Authorization,
+//!   Content-Length, the headers `includeRequestHeadersInCheck` matches and the fixed
+//!   `includeAdditionalHeadersInCheck` ones, the body when asked for. 200 allows: headers
+//!   matching `headersToUpstreamOnAllow` go to the app, those matching
+//!   `headersToDownstreamOnAllow` to the client, `x-envoy-auth-headers-to-remove` names headers
+//!   to drop. Any other status below 500 denies with that status, the body and the headers
+//!   `headersToDownstreamOnDeny` allows (all but Host when it is empty).
+//! - Errors (unreachable, `timeout` passed, a gRPC call error, HTTP 5xx) deny with
+//!   `statusOnError` (403), or allow with `failOpen`. A body over `maxRequestBytes` without
+//!   `allowPartialMessage` is 413, whatever `failOpen` says (Envoy checks it first).
+
+use std::collections::HashMap;
+
+use meshguard_envoy as envoy;
+use meshguard_policy::mesh::{any_matches, ExtAuthzKind, ExtAuthzProvider, HttpService};
+use meshguard_policy::Request;
+use serde_json::{Map, Value};
+
+/// The most of an HTTP provider's denial body passed on to the client.
+const MAX_DENIED_BODY: usize = 64 * 1024;
+
+/// Response headers a proxy never copies from an authorization answer to another message.
+const NOT_COPIED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+/// What a provider answered, in the terms the pipeline applies.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub allowed: bool,
+    /// A denial's status (200 when allowed).
+    pub status: u16,
+    /// Why, for the decision log (never a credential).
+    pub reason: String,
+    /// Allowed: headers for the app (replacing the client's of the same name).
+    pub headers_to_add: Vec<(String, String)>,
+    pub headers_to_remove: Vec<String>,
+    pub query_params_to_remove: Vec<String>,
+    /// Headers for the client: a denial's, or on success the ones to add to the app's answer.
+    pub response_headers: Vec<(String, String)>,
+    /// A denial's body.
+    pub body: String,
+    pub dynamic_metadata: Map<String, Value>,
+}
+
+impl Outcome {
+    fn deny(status: u16, reason: String) -> Outcome {
+        Outcome {
+            allowed: false,
+            status,
+            reason,
+            ..Outcome::default()
+        }
+    }
+}
+
+enum Transport {
+    Grpc(envoy::Client),
+    Http(reqwest::Client),
+    /// The provider's address cannot be used: every call fails closed with this reason.
+    Broken(String),
+}
+
+/// One provider, ready to call.
+pub struct Provider {
+    pub cfg: ExtAuthzProvider,
+    transport: Transport,
+}
+
+/// Every ext_authz provider of the mesh config, built once per policy generation (the channels
+/// connect lazily, on the first call).
+#[derive(Default)]
+pub struct Providers {
+    by_name: HashMap<String, Provider>,
+}
+
+impl Providers {
+    pub fn build(mesh: &meshguard_policy::MeshConfig) -> Providers {
+        let mut by_name = HashMap::new();
+        // One HTTP client for the HTTP providers: no redirects followed (a 302 to a login page
+        // is an answer for the client, as Envoy passes it on), no proxy from the environment.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build();
+        for p in &mesh.ext_authz {
+            let transport = match (&p.kind, &http) {
+                (ExtAuthzKind::Grpc, _) => match envoy::Client::lazy(&p.authority(), p.timeout) {
+                    Ok(c) => Transport::Grpc(c),
+                    Err(e) => Transport::Broken(e.to_string()),
+                },
+                (ExtAuthzKind::Http(_), Ok(c)) => Transport::Http(c.clone()),
+                (ExtAuthzKind::Http(_), Err(e)) => {
+                    Transport::Broken(format!("the HTTP client could not be built: {e}"))
+                }
+            };
+            by_name.insert(
+                p.name.clone(),
+                Provider {
+                    cfg: p.clone(),
+                    transport,
+                },
+            );
+        }
+        Providers { by_name }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Provider> {
+        self.by_name.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// How much of a request body the CUSTOM provider of a workload wants (Envoy buffers it before
+/// the check): `None` when its provider is not an ext_authz service with
+/// `includeRequestBodyInCheck`. Front ends that stream bodies (the proxy) buffer this much.
+pub fn body_limit(
+    g: &crate::state::Generation,
+    namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<u32> {
+    if g.remote.is_empty() {
+        return None;
+    }
+    g.set
+        .custom_providers(namespace, labels)
+        .into_iter()
+        .filter_map(|name| g.remote.get(name))
+        .filter_map(|p| p.cfg.body.as_ref().map(|b| b.max_request_bytes))
+        .max()
+}
+
+impl Provider {
+    /// An error talking to the provider: `failOpen` allows, otherwise `statusOnError`.
+    fn error(&self, why: String) -> Outcome {
+        tracing::warn!(provider = %self.cfg.name, error = %why, fail_open = self.cfg.fail_open, "ext_authz provider call failed");
+        if self.cfg.fail_open {
+            Outcome {
+                allowed: true,
+                status: 200,
+                reason: format!(
+                    "ext_authz provider `{}` failed ({why}); allowed by failOpen",
+                    self.cfg.name
+                ),
+                ..Outcome::default()
+            }
+        } else {
+            Outcome::deny(
+                self.cfg.status_on_error,
+                format!(
+                    "denied (fail closed): ext_authz provider `{}` failed: {why}",
+                    self.cfg.name
+                ),
+            )
+        }
+    }
+
+    /// Asks the provider about one request (or, with no HTTP part, one TCP connection).
+    pub async fn check(&self, req: &Request) -> Outcome {
+        if let (Some(b), Some((_, partial))) = (&self.cfg.body, self.body(req)) {
+            if partial && !b.allow_partial_message {
+                return Outcome::deny(
+                    413,
+                    format!(
+                        "the request body is larger than includeRequestBodyInCheck.maxRequestBytes ({}) of ext_authz provider `{}` and allowPartialMessage is off",
+                        b.max_request_bytes, self.cfg.name
+                    ),
+                );
+            }
+        }
+        match &self.transport {
+            Transport::Broken(why) => Outcome::deny(
+                self.cfg.status_on_error,
+                format!(
+                    "denied (fail closed): ext_authz provider `{}` is not usable: {why}",
+                    self.cfg.name
+                ),
+            ),
+            Transport::Grpc(c) => self.grpc(c, req).await,
+            Transport::Http(c) => match &self.cfg.kind {
+                ExtAuthzKind::Http(s) => self.http(c, s, req).await,
+                ExtAuthzKind::Grpc => self.error("misconfigured provider".into()),
+            },
+        }
+    }
+
+    /// The body Envoy would buffer for the check: at most `maxRequestBytes`, and whether it was
+    /// cut. `None` when the provider does not ask for bodies or the request has none.
+    fn body<'r>(&self, req: &'r Request) -> Option<(&'r [u8], bool)> {
+        let b = self.cfg.body.as_ref()?;
+        let body = req.http.as_ref()?.body.as_ref()?;
+        let max = usize::try_from(b.max_request_bytes).unwrap_or(usize::MAX);
+        let cut = body.bytes.len() > max;
+        let bytes = if cut {
+            &body.bytes[..max]
+        } else {
+            &body.bytes[..]
+        };
+        Some((bytes, cut || body.truncated))
+    }
+
+    async fn grpc(&self, client: &envoy::Client, req: &Request) -> Outcome {
+        let mut cr = match (req.local_addr, req.destination.port) {
+            // Envoy's destination address is the connection's original destination: the
+            // workload port, not the port a proxy listener happens to be bound to.
+            (Some(a), Some(port)) if a.port() != port => {
+                let mut r = req.clone();
+                r.local_addr = Some(std::net::SocketAddr::new(a.ip(), port));
+                envoy::to_check_request(&r)
+            }
+            _ => envoy::to_check_request(req),
+        };
+        let body = self.body(req);
+        if let Some(h) = cr
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            // Envoy's CheckRequest carries the pseudo-headers in `headers` too.
+            if let Some(r) = req.http.as_ref() {
+                h.headers.insert(":method".into(), r.method.clone());
+                h.headers.insert(":path".into(), r.raw_path.clone());
+                h.headers.insert(":authority".into(), r.host.clone());
+                if !r.scheme.is_empty() {
+                    h.headers.insert(":scheme".into(), r.scheme.clone());
+                }
+            }
+            h.body.clear();
+            h.raw_body.clear();
+            match body {
+                Some((bytes, partial)) => {
+                    h.size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+                    if self.cfg.body.as_ref().is_some_and(|b| b.pack_as_bytes) {
+                        h.raw_body = bytes.to_vec();
+                    } else {
+                        h.body = String::from_utf8_lossy(bytes).into_owned();
+                    }
+                    h.headers
+                        .insert("x-envoy-auth-partial-body".into(), partial.to_string());
+                }
+                None if self.cfg.body.is_some() => {
+                    h.headers
+                        .insert("x-envoy-auth-partial-body".into(), "false".into());
+                }
+                None => {}
+            }
+        }
+        let answer = match client.check(cr).await {
+            Ok(r) => envoy::from_check_response(&r),
+            Err(e) => return self.error(format!("gRPC Check failed: {e}")),
+        };
+        let name = &self.cfg.name;
+        if answer.allowed {
+            return Outcome {
+                allowed: true,
+                status: 200,
+                reason: format!("allowed by ext_authz provider `{name}`"),
+                headers_to_add: answer.headers_to_add,
+                headers_to_remove: answer.headers_to_remove,
+                query_params_to_remove: answer.query_params_to_remove,
+                response_headers: answer.response_headers,
+                body: String::new(),
+                dynamic_metadata: answer.dynamic_metadata,
+            };
+        }
+        let why = if answer.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", answer.message)
+        };
+        Outcome {
+            allowed: false,
+            status: answer.status,
+            reason: format!(
+                "denied by ext_authz provider `{name}` ({}){why}",
+                answer.status
+            ),
+            response_headers: answer.response_headers,
+            body: answer.body,
+            dynamic_metadata: answer.dynamic_metadata,
+            ..Outcome::default()
+        }
+    }
+
+    async fn http(&self, client: &reqwest::Client, s: &HttpService, req: &Request) -> Outcome {
+        let Some(h) = req.http.as_ref() else {
+            // istiod adds HTTP providers to HTTP filter chains only; the policy layer drops
+            // their CUSTOM rules on TCP, so this is a connection with nothing to send.
+            return self.error("an HTTP ext_authz provider cannot check a TCP connection".into());
+        };
+        let Ok(method) = reqwest::Method::from_bytes(h.method.as_bytes()) else {
+            return self.error(format!("method `{}` cannot be sent", h.method));
+        };
+        let url = format!(
+            "http://{}{}{}",
+            self.cfg.authority(),
+            s.path_prefix,
+            h.raw_path
+        );
+        let mut r = client.request(method, &url).timeout(self.cfg.timeout);
+        // Always sent (Envoy's default matchers): Host, Method, Path, Content-Length and
+        // Authorization; then the headers includeRequestHeadersInCheck matches.
+        let mut sent: Vec<(String, String)> = Vec::new();
+        sent.push(("host".into(), h.host.clone()));
+        for (k, v) in &h.headers {
+            let k = k.to_ascii_lowercase();
+            if k == "host" || k == "content-length" || NOT_COPIED.contains(&k.as_str()) {
+                continue;
+            }
+            if k == "authorization" || any_matches(&s.include_request_headers, &k) {
+                sent.push((k, v.clone()));
+            }
+        }
+        // The fixed headers replace client headers of the same name.
+        for (k, v) in &s.additional_headers {
+            sent.retain(|(x, _)| x != k);
+            sent.push((k.clone(), v.clone()));
+        }
+        let body = self.body(req);
+        if let Some((_, partial)) = body {
+            if any_matches(&s.include_request_headers, "x-envoy-auth-partial-body") {
+                sent.push(("x-envoy-auth-partial-body".into(), partial.to_string()));
+            }
+        }
+        for (k, v) in &sent {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        r = match body {
+            Some((bytes, _)) => r.body(bytes.to_vec()),
+            // Content-Length: 0 and no body, as Envoy sends the check request.
+            None => r.header("content-length", "0"),
+        };
+        let resp = match r.send().await {
+            Ok(x) => x,
+            Err(e) => return self.error(format!("HTTP check failed: {e}")),
+        };
+        let status = resp.status().as_u16();
+        let name = &self.cfg.name;
+        if status >= 500 {
+            return self.error(format!("the HTTP check answered {status}"));
+        }
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_owned(), v.to_owned()))
+            })
+            .collect();
+        if status == 200 {
+            let pick = |list: &[meshguard_policy::mesh::HeaderPattern]| {
+                headers
+                    .iter()
+                    .filter(|(k, _)| any_matches(list, k))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let headers_to_remove = headers
+                .iter()
+                .filter(|(k, _)| k == "x-envoy-auth-headers-to-remove")
+                .flat_map(|(_, v)| v.split(','))
+                .map(|n| n.trim().to_ascii_lowercase())
+                .filter(|n| !n.is_empty() && !n.starts_with(':') && n != "host")
+                .collect();
+            return Outcome {
+                allowed: true,
+                status: 200,
+                reason: format!("allowed by ext_authz provider `{name}` (HTTP 200)"),
+                headers_to_add: pick(&s.headers_to_upstream_on_allow)
+                    .into_iter()
+                    .filter(|(k, _)| k != "x-envoy-auth-headers-to-remove")
+                    .collect(),
+                headers_to_remove,
+                response_headers: pick(&s.headers_to_downstream_on_allow),
+                ..Outcome::default()
+            };
+        }
+        // A denial: the status, the body and the headers the client may see. Envoy adds Path,
+        // Status, Content-Length, WWW-Authenticate and Location to a non-empty list.
+        let response_headers = if s.headers_to_downstream_on_deny.is_empty() {
+            headers
+        } else {
+            headers
+                .into_iter()
+                .filter(|(k, _)| {
+                    k == "www-authenticate"
+                        || k == "location"
+                        || any_matches(&s.headers_to_downstream_on_deny, k)
+                })
+                .collect()
+        };
+        let body = read_capped(resp, MAX_DENIED_BODY).await;
+        Outcome {
+            allowed: false,
+            status,
+            reason: format!("denied by ext_authz provider `{name}` (HTTP {status})"),
+            response_headers,
+            body,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Up to `max` bytes of a response body, as text; what cannot be read is left out.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> String {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                let room = max - out.len();
+                out.extend_from_slice(&c[..c.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

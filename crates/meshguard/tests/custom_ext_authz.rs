@@ -1,0 +1,900 @@
+//! Istio CUSTOM policies whose provider is a meshConfig `envoyExtAuthzGrpc`/`envoyExtAuthzHttp`
+//! service, enforced by `meshguard proxy` (in-process, mTLS between a client proxy and the
+//! server proxy), against real peers on loopback ports the test picks:
+//!
+//! - `meshguard serve` (this binary) as the gRPC and as the HTTP provider;
+//! - the real OPA-Envoy plugin (built by scripts/peers/opa-envoy.sh into target/peers/) running
+//!   the seed's OPA policy: a valid JWT whose role is admin, a POST to /post, a body matching a
+//!   JSON schema;
+//! - a stub HTTP authorizer that records what the check request carries;
+//! - providers that are down or never answer (failOpen, statusOnError, timeout).
+//!
+//! Under CI=true a missing OPA-Envoy binary fails the test; elsewhere that test is skipped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meshguard_engine::{State, Workload};
+use meshguard_identity::{Ca, KeyType, SpiffeId};
+use meshguard_proxy::{Bound, Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const AUTHN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../meshguard-authn/tests/data");
+const SERVER: &str = "spiffe://cluster.local/ns/backend/sa/api";
+const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
+/// The OPA-Envoy version scripts/peers/opa-envoy.sh builds.
+const OPA_ENVOY_VERSION: &str = include_str!("../../../scripts/peers/opa-envoy.version");
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("meshguard-custom-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+fn token(name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{AUTHN_DATA}/tokens.json")).expect("tokens"),
+    )
+    .expect("json");
+    v["tokens"][name].as_str().expect("token").to_owned()
+}
+
+/// A token signed with the test issuer's RSA key (kid rsa-1), with these extra claims.
+fn mint(extra: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        std::fs::read_to_string(format!("{AUTHN_DATA}/rsa-1.pem"))
+            .expect("pem")
+            .as_bytes(),
+    )
+    .expect("key");
+    let mut claims = serde_json::json!({
+        "iss": "https://issuer.test", "sub": "user-2", "aud": "api.test",
+        "iat": 1_700_000_000u64, "exp": 4_102_444_800u64,
+    });
+    if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("rsa-1".into());
+    jsonwebtoken::encode(&h, &claims, &key).expect("sign")
+}
+
+/// What a peer saw or answered: the head (request/status line and headers) and the body.
+#[derive(Debug, Clone, Default)]
+struct Message {
+    head: String,
+    body: String,
+}
+
+impl Message {
+    fn status(&self) -> u16 {
+        self.head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+
+    /// The value of a header (case-insensitive name), if present.
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// Reads one HTTP/1.1 message (Content-Length or chunked body) from a stream.
+async fn read_message(s: &mut tokio::net::TcpStream) -> Option<Message> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut rest = buf[head_end + 4..].to_vec();
+    let m = Message {
+        head: head.clone(),
+        body: String::new(),
+    };
+    let chunked = m
+        .header("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"));
+    let len: usize = m
+        .header("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    if chunked {
+        while !rest.windows(5).any(|w| w == b"0\r\n\r\n") {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        let mut body = Vec::new();
+        let mut r = &rest[..];
+        while let Some(i) = r.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&r[..i]).trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            let start = i + 2;
+            body.extend_from_slice(r.get(start..start + size)?);
+            r = r.get(start + size + 2..)?;
+        }
+        rest = body;
+    } else {
+        while rest.len() < len {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+    }
+    Some(Message {
+        head,
+        body: String::from_utf8_lossy(&rest).into_owned(),
+    })
+}
+
+/// A tiny HTTP server: every request is recorded and answered by `answer`.
+async fn http_peer(
+    answer: impl Fn(&Message) -> (u16, Vec<(&'static str, &'static str)>, String)
+        + Send
+        + Sync
+        + 'static,
+) -> (SocketAddr, Arc<Mutex<Vec<Message>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (seen2, answer) = (seen.clone(), Arc::new(answer));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let (seen, answer) = (seen2.clone(), answer.clone());
+            tokio::spawn(async move {
+                let Some(m) = read_message(&mut s).await else {
+                    return;
+                };
+                let (status, headers, body) = answer(&m);
+                if let Ok(mut v) = seen.lock() {
+                    v.push(m);
+                }
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let _ = s.write_all(out.as_bytes()).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The app behind the server proxy: 200, echoing the request head and body it received.
+async fn echo_app() -> SocketAddr {
+    http_peer(|m| (200, vec![], format!("{}\n\n{}", m.head, m.body)))
+        .await
+        .0
+}
+
+/// A client request (HTTP/1.1, one connection): the response.
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Message {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: api.backend\r\nConnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(20), read_message(&mut s))
+        .await
+        .expect("answered in time")
+        .unwrap_or_default()
+}
+
+fn material(ca: &Ca, who: &str) -> SvidMaterial {
+    let id = SpiffeId::parse_workload(who).expect("spiffe id");
+    let svid = ca
+        .issue(&id, Duration::from_secs(3600), KeyType::EcdsaP256)
+        .expect("issue");
+    SvidMaterial::from_issued(svid, ca.bundle_pem())
+}
+
+async fn start_proxy(state: Arc<State>, store: Arc<SvidStore>, cfg: ProxyConfig) -> Bound {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        meshguard_proxy::run(state, store, cfg, std::future::pending(), move |b| {
+            let _ = tx.send(b.clone());
+        })
+        .await
+        .expect("proxy runs");
+    });
+    rx.await.expect("bound")
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+/// The server workload backend/app=api behind a meshguard proxy with this mesh config and
+/// these policies (STRICT mTLS), and a client proxy for frontend/sa/web in front of it: the
+/// address a client sends plaintext to.
+async fn mesh(d: &Path, ca: &Ca, mesh_yaml: &str, policies: &str) -> SocketAddr {
+    mesh_with_tcp(d, ca, mesh_yaml, policies, &[]).await[0]
+}
+
+/// A TCP echo app.
+async fn tcp_echo() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// As [`mesh`], with TCP listeners for these workload ports (echo apps) too: the client
+/// addresses, HTTP first, then one per TCP port.
+async fn mesh_with_tcp(
+    d: &Path,
+    ca: &Ca,
+    mesh_yaml: &str,
+    policies: &str,
+    tcp_ports: &[u16],
+) -> Vec<SocketAddr> {
+    let docs = meshguard_policy::yaml::parse_documents(mesh_yaml).expect("mesh yaml");
+    let mesh = meshguard_policy::load::parse_mesh_config(&docs[0]).expect("mesh config");
+    let pdir = d.join(format!("policies-{}", free_port()));
+    std::fs::create_dir_all(&pdir).expect("dir");
+    std::fs::write(
+        pdir.join("p.yaml"),
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: backend}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+{policies}"
+        ),
+    )
+    .expect("write");
+    let state = State::new(
+        meshguard_engine::Files(vec![pdir]),
+        mesh,
+        reqwest::Client::new(),
+    )
+    .expect("policies load");
+    let store = SvidStore::new(material(ca, SERVER)).expect("store");
+    let mut cfg = ProxyConfig::new(Workload::parse("backend/app=api").expect("workload"));
+    cfg.reload_interval = Duration::ZERO;
+    cfg.inbound = vec![Inbound {
+        name: "http".into(),
+        listen: loopback(),
+        port: 8080,
+        app: echo_app().await,
+        protocol: Protocol::Http,
+    }];
+    for port in tcp_ports {
+        cfg.inbound.push(Inbound {
+            name: format!("tcp-{port}"),
+            listen: loopback(),
+            port: *port,
+            app: tcp_echo().await,
+            protocol: Protocol::Tcp,
+        });
+    }
+    let server = start_proxy(state, store, cfg).await;
+
+    let cdir = d.join(format!("client-{}", free_port()));
+    std::fs::create_dir_all(&cdir).expect("dir");
+    std::fs::write(
+        cdir.join("none.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: frontend}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+    )
+    .expect("write");
+    let cstate = State::new(
+        meshguard_engine::Files(vec![cdir]),
+        meshguard_policy::MeshConfig::default(),
+        reqwest::Client::new(),
+    )
+    .expect("client policies");
+    let cstore = SvidStore::new(material(ca, WEB)).expect("store");
+    let mut ccfg = ProxyConfig::new(Workload::parse("frontend/app=web").expect("workload"));
+    ccfg.reload_interval = Duration::ZERO;
+    ccfg.outbound = server
+        .inbound
+        .iter()
+        .enumerate()
+        .map(|(i, upstream)| Outbound {
+            name: format!("api-{i}"),
+            listen: loopback(),
+            upstream: *upstream,
+            spiffe_id: SpiffeId::parse_workload(SERVER).expect("id"),
+        })
+        .collect();
+    start_proxy(cstate, cstore, ccfg).await.outbound
+}
+
+/// A CUSTOM policy sending `paths` to `provider`, and an ALLOW policy for everything else
+/// (the proxy denies by default).
+fn custom_policy(provider: &str, paths: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext, namespace: backend}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules:
+  - to: [{{operation: {{paths: {paths}}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: all, namespace: backend}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  action: ALLOW
+  rules: [{{}}]
+"
+    )
+}
+
+async fn wait_http_ok(addr: SocketAddr, path: &str, what: &str, child: &mut Kill) {
+    let start = Instant::now();
+    loop {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                if let Ok(Some(m)) =
+                    tokio::time::timeout(Duration::from_secs(2), read_message(&mut s)).await
+                {
+                    if m.status() == 200 {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("{what} exited early: {st}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} not ready on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `meshguard serve` deciding with its own Istio policies, as the external authorizer of the
+/// proxy's CUSTOM policy: over gRPC (the CheckRequest carries the caller's SPIFFE ID as the
+/// source principal) and over HTTP (Envoy's HTTP service mode, XFCC forwarded by
+/// includeRequestHeadersInCheck).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meshguard_serve_is_the_external_authorizer() {
+    let d = dir("serve");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    // serve's own policy: only frontend/web may call /ok*; so an allowed /ok proves the
+    // proxy sent the mTLS peer's principal.
+    std::fs::create_dir_all(d.join("serve")).expect("dir");
+    std::fs::write(
+        d.join("serve/p.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ok-only, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]
+    to: [{operation: {paths: ['/ok*']}}]
+  - from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]
+    to: [{operation: {ports: ['9000']}}]
+",
+    )
+    .expect("write");
+    let (grpc, http, admin) = (free_port(), free_port(), free_port());
+    let mut serve = Kill(
+        Command::new(env!("CARGO_BIN_EXE_meshguard"))
+            .args(["serve", "--policies"])
+            .arg(d.join("serve"))
+            .args([
+                "--grpc-listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+                "--workload",
+                "backend/app=api",
+                "--forward-auth",
+                "envoy",
+                "--http-path-prefix",
+                "/check",
+                "--trust-forwarded-client-cert",
+                "--decision-log",
+                "off",
+                "--reload-interval",
+                "0s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meshguard serve"),
+    );
+    wait_http_ok(
+        format!("127.0.0.1:{admin}").parse().expect("addr"),
+        "/readyz",
+        "meshguard serve",
+        &mut serve,
+    )
+    .await;
+    let mesh_yaml = format!(
+        "extensionProviders:
+- name: mg-grpc
+  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {grpc}, timeout: 5s}}
+- name: mg-http
+  envoyExtAuthzHttp:
+    service: 127.0.0.1
+    port: {http}
+    timeout: 5s
+    pathPrefix: /check
+    includeRequestHeadersInCheck: [x-forwarded-client-cert]
+"
+    );
+    for provider in ["mg-grpc", "mg-http"] {
+        let client = mesh(
+            &d,
+            &ca,
+            &mesh_yaml,
+            &custom_policy(provider, "['/ok*', '/no*']"),
+        )
+        .await;
+        let r = send(client, "GET", "/ok/1", &[], "").await;
+        assert_eq!(r.status(), 200, "{provider}: {r:?}");
+        assert!(r.body.starts_with("GET /ok/1 "), "{provider}: {}", r.body);
+        let r = send(client, "GET", "/no/1", &[], "").await;
+        assert_eq!(r.status(), 403, "{provider}: {r:?}");
+        assert_eq!(r.body, "RBAC: access denied", "{provider}");
+        // Not matched by the CUSTOM rule: the provider is not asked, ALLOW decides.
+        let r = send(client, "GET", "/other", &[], "").await;
+        assert_eq!(r.status(), 200, "{provider}: {r:?}");
+    }
+    // TCP: each connection is checked over gRPC (a CheckRequest without an HTTP part, the
+    // workload port as the destination port); serve allows port 9000 only, a denial closes.
+    let tcp_policy = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: CUSTOM
+  provider: {name: mg-grpc}
+  rules: [{}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: all, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: ALLOW
+  rules: [{}]
+";
+    let addrs = mesh_with_tcp(&d, &ca, &mesh_yaml, tcp_policy, &[9000, 9001]).await;
+    assert_eq!(
+        tcp_echo_through(addrs[1]).await.as_deref(),
+        Some(&b"ping"[..])
+    );
+    assert_eq!(
+        tcp_echo_through(addrs[2]).await,
+        None,
+        "port 9001 is denied"
+    );
+}
+
+/// Sends `ping` on a fresh connection and reads the echo; `None` when the connection closes.
+async fn tcp_echo_through(addr: SocketAddr) -> Option<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"ping").await.ok()?;
+    let mut buf = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await;
+    match read {
+        Ok(Ok(_)) => Some(buf.to_vec()),
+        _ => None,
+    }
+}
+
+/// Envoy's HTTP service semantics, seen from the authorizer's side and the app's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_provider_request_and_answer_as_envoy_sends_them() {
+    let d = dir("http");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let (authz, seen) = http_peer(|m| {
+        let line = m.line().to_owned();
+        if line.contains("/allow") {
+            (
+                200,
+                vec![
+                    ("x-user", "alice"),
+                    ("x-dropped", "no"),
+                    ("x-session-id", "s1"),
+                    ("x-envoy-auth-headers-to-remove", "x-remove-me"),
+                ],
+                String::new(),
+            )
+        } else if line.contains("/boom") {
+            (500, vec![], "oops".into())
+        } else {
+            (
+                401,
+                vec![
+                    ("www-authenticate", "Bearer realm=\"x\""),
+                    ("set-cookie", "a=b"),
+                    ("x-secret", "s"),
+                ],
+                "go away".into(),
+            )
+        }
+    })
+    .await;
+    let mesh_yaml = format!(
+        "extensionProviders:
+- name: ext
+  envoyExtAuthzHttp:
+    service: 127.0.0.1
+    port: {}
+    pathPrefix: /ext
+    includeRequestHeadersInCheck: ['x-auth-*']
+    includeAdditionalHeadersInCheck: {{x-fixed: '1', x-auth-mode: fixed}}
+    includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true}}
+    headersToUpstreamOnAllow: [x-user]
+    headersToDownstreamOnDeny: [set-cookie]
+    headersToDownstreamOnAllow: ['x-session*']
+",
+        authz.port()
+    );
+    let client = mesh(&d, &ca, &mesh_yaml, &custom_policy("ext", "['/*']")).await;
+    let body = "0123456789abcdefXYZ";
+    let r = send(
+        client,
+        "POST",
+        "/allow?q=1",
+        &[
+            ("x-auth-token", "t"),
+            ("x-auth-mode", "client"),
+            ("x-other", "o"),
+            ("authorization", "Bearer z"),
+            ("x-remove-me", "1"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.header("x-session-id").as_deref(), Some("s1"));
+    // The app: x-user from the authorizer, not x-dropped; x-remove-me removed; the whole body.
+    assert!(r.body.contains("x-user: alice"), "{}", r.body);
+    assert!(!r.body.contains("x-dropped"), "{}", r.body);
+    assert!(!r.body.contains("x-remove-me"), "{}", r.body);
+    assert!(r.body.ends_with(body), "{}", r.body);
+    let got = seen.lock().expect("lock").last().cloned().expect("a check");
+    assert_eq!(got.line(), "POST /ext/allow?q=1 HTTP/1.1");
+    assert_eq!(got.header("host").as_deref(), Some("api.backend"));
+    assert_eq!(got.header("x-auth-token").as_deref(), Some("t"));
+    assert_eq!(got.header("authorization").as_deref(), Some("Bearer z"));
+    assert_eq!(got.header("x-fixed").as_deref(), Some("1"));
+    assert_eq!(
+        got.header("x-auth-mode").as_deref(),
+        Some("fixed"),
+        "a fixed header replaces the client's"
+    );
+    assert_eq!(got.header("x-other"), None);
+    assert_eq!(got.body, "0123456789abcdef", "maxRequestBytes, partial");
+
+    let r = send(client, "GET", "/deny", &[], "").await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert_eq!(r.body, "go away");
+    assert_eq!(r.header("set-cookie").as_deref(), Some("a=b"));
+    assert!(r.header("www-authenticate").is_some());
+    assert_eq!(r.header("x-secret"), None);
+    // No body: Content-Length 0 (hyper leaves the header out of a GET with an empty body).
+    let got = seen.lock().expect("lock").last().cloned().expect("a check");
+    assert!(
+        got.header("content-length").is_none_or(|l| l == "0"),
+        "{got:?}"
+    );
+    assert_eq!(got.body, "");
+
+    // 5xx is an error: statusOnError (403 by default), failOpen is off.
+    let r = send(client, "GET", "/boom", &[], "").await;
+    assert_eq!(r.status(), 403, "{r:?}");
+}
+
+/// A TCP listener that accepts and never answers.
+async fn silent_peer() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    port
+}
+
+/// Providers that are down or never answer: statusOnError, failOpen, timeout; a body over
+/// maxRequestBytes without allowPartialMessage is 413 even with failOpen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn down_and_slow_providers_fail_closed_unless_fail_open() {
+    let d = dir("fail");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let down = free_port();
+    let slow = silent_peer().await;
+    let mesh_yaml = format!(
+        "extensionProviders:
+- {{name: down-grpc, envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, timeout: 2s}}}}
+- {{name: down-http, envoyExtAuthzHttp: {{service: 127.0.0.1, port: {down}, timeout: 2s, statusOnError: '503'}}}}
+- {{name: down-open, envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, failOpen: true,
+    includeRequestBodyInCheck: {{maxRequestBytes: 4}}}}}}
+- {{name: slow-grpc, envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {slow}, timeout: 0.3s, statusOnError: '504'}}}}
+- {{name: slow-http, envoyExtAuthzHttp: {{service: 127.0.0.1, port: {slow}, timeout: 0.3s, statusOnError: '504'}}}}
+- {{name: slow-open, envoyExtAuthzHttp: {{service: localhost, port: {slow}, timeout: 0.3s, failOpen: true}}}}
+"
+    );
+    let cases = [
+        ("down-grpc", "GET", "", 403),
+        ("down-http", "GET", "", 503),
+        ("down-open", "GET", "", 200),
+        ("down-open", "POST", "0123456789", 413),
+        ("slow-grpc", "GET", "", 504),
+        ("slow-http", "GET", "", 504),
+        ("slow-open", "GET", "", 200),
+    ];
+    for (provider, method, body, want) in cases {
+        let client = mesh(&d, &ca, &mesh_yaml, &custom_policy(provider, "['/*']")).await;
+        let t = Instant::now();
+        let r = send(client, method, "/x", &[], body).await;
+        assert_eq!(r.status(), want, "{provider} {method}: {r:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{provider}: took {:?}",
+            t.elapsed()
+        );
+        if provider.starts_with("slow") {
+            assert!(
+                t.elapsed() >= Duration::from_millis(250),
+                "{provider}: answered before the timeout"
+            );
+        }
+    }
+}
+
+fn opa_envoy_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("MESHGUARD_OPA_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "../../target/peers/opa-envoy-{}",
+                OPA_ENVOY_VERSION.trim()
+            ))
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    if ci() {
+        panic!(
+            "the OPA-Envoy plugin is not built at {} (run scripts/test.sh, which runs scripts/peers/opa-envoy.sh)",
+            p.display()
+        );
+    }
+    eprintln!(
+        "skipping: the OPA-Envoy plugin is not built at {} (bash scripts/peers/opa-envoy.sh)",
+        p.display()
+    );
+    None
+}
+
+/// The seed's Rego and data document (examples/extauth/opa-envoy.yaml, the ConfigMap
+/// meshguard runs in-process): written out for the real OPA-Envoy plugin.
+fn seed_policy(d: &Path) -> (PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/extauth/opa-envoy.yaml"
+    ))
+    .expect("example");
+    let docs = meshguard_policy::yaml::parse_documents(&text).expect("yaml");
+    let data = docs[0].get("data").expect("ConfigMap data");
+    let text_of = |k: &str| match &data.get(k).expect(k).kind {
+        meshguard_policy::yaml::NodeKind::Str(s) => s.clone(),
+        _ => panic!("{k} is not text"),
+    };
+    let (rego, json) = (d.join("policy.rego"), d.join("data.json"));
+    std::fs::write(&rego, text_of("policy.rego")).expect("write");
+    // OPA 0.61's io.jwt.decode_verify refuses a whole JWKS that holds an Ed25519 (OKP) key
+    // (seen with `opa eval`): the real plugin gets the seed's key set without that key.
+    let mut doc: serde_json::Value = serde_json::from_str(&text_of("data.json")).expect("json");
+    if let Some(keys) = doc["jwks"]["keys"].as_array_mut() {
+        keys.retain(|k| k["kty"] != "OKP");
+    }
+    std::fs::write(&json, doc.to_string()).expect("write");
+    (rego, json)
+}
+
+/// The seed's CUSTOM-to-OPA flow: the proxy's CUSTOM policy sends requests to the real
+/// OPA-Envoy plugin over gRPC with the body (includeRequestBodyInCheck); OPA runs the seed's
+/// policy on the CheckRequest. Allowed only with everything right; each condition broken once
+/// is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opa_envoy_plugin_runs_the_seed_policy() {
+    let Some(bin) = opa_envoy_bin() else { return };
+    let d = dir("opa");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let (rego, data) = seed_policy(&d);
+    let (grpc, http, diag) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        d.join("opa.yaml"),
+        format!(
+            "plugins:\n  envoy_ext_authz_grpc:\n    addr: 127.0.0.1:{grpc}\n    path: envoy/authz/allow\ndecision_logs:\n  console: false\n"
+        ),
+    )
+    .expect("write");
+    let mut opa = Kill(
+        Command::new(&bin)
+            .args([
+                "run",
+                "--server",
+                "--addr",
+                &format!("127.0.0.1:{http}"),
+                "--diagnostic-addr",
+                &format!("127.0.0.1:{diag}"),
+                "--log-level",
+                "error",
+                "--config-file",
+            ])
+            .arg(d.join("opa.yaml"))
+            .arg(&rego)
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("opa.log")).expect("log file"))
+            .spawn()
+            .expect("start opa-envoy"),
+    );
+    wait_http_ok(
+        format!("127.0.0.1:{http}").parse().expect("addr"),
+        "/health?plugins",
+        "opa-envoy",
+        &mut opa,
+    )
+    .await;
+    let mesh_yaml = format!(
+        "extensionProviders:
+- name: opa
+  envoyExtAuthzGrpc:
+    service: 127.0.0.1
+    port: {grpc}
+    timeout: 5s
+    includeRequestBodyInCheck: {{maxRequestBytes: 8192, allowPartialMessage: false}}
+"
+    );
+    let client = mesh(&d, &ca, &mesh_yaml, &custom_policy("opa", "['/*']")).await;
+    let admin = format!("Bearer {}", token("RS256"));
+    let user = format!("Bearer {}", mint(serde_json::json!({"role": "user"})));
+    let expired = format!("Bearer {}", token("expired"));
+    let forged = format!("Bearer {}", token("tampered_payload"));
+    let ok_body = r#"{"item": "book", "quantity": 2}"#;
+    let json = ("content-type", "application/json");
+
+    let r = send(
+        client,
+        "POST",
+        "/post",
+        &[("authorization", &admin), json],
+        ok_body,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert!(
+        r.body.ends_with(ok_body),
+        "the app gets the body: {}",
+        r.body
+    );
+
+    let cases: [(&str, &str, &str, &str, &str); 6] = [
+        ("role is not admin", "POST", "/post", &user, ok_body),
+        ("GET instead of POST", "GET", "/post", &admin, ok_body),
+        ("wrong path", "POST", "/other", &admin, ok_body),
+        (
+            "body breaks the schema",
+            "POST",
+            "/post",
+            &admin,
+            r#"{"item": "book", "quantity": 0}"#,
+        ),
+        ("forged JWT", "POST", "/post", &forged, ok_body),
+        ("expired JWT", "POST", "/post", &expired, ok_body),
+    ];
+    for (why, method, path, auth, body) in cases {
+        let r = send(client, method, path, &[("authorization", auth), json], body).await;
+        assert_eq!(r.status(), 403, "{why}: {r:?}");
+    }
+    // A body over maxRequestBytes (allowPartialMessage off) is refused before OPA is asked.
+    let big = format!(r#"{{"item": "{}", "quantity": 2}}"#, "x".repeat(9000));
+    let r = send(
+        client,
+        "POST",
+        "/post",
+        &[("authorization", &admin), json],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status(), 413, "{r:?}");
+}
