@@ -154,7 +154,7 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
 /// A denial answered by a meshConfig ext_authz provider (or its failure, fail closed).
 fn remote_denial(g: &Generation, r: crate::remote::Outcome, policy: Option<String>) -> Decision {
     let mut o = Decision::internal(r.reason, g.id);
-    o.status = if (100..=599).contains(&r.status) {
+    o.status = if (200..=599).contains(&r.status) {
         r.status
     } else {
         403

@@ -205,10 +205,16 @@ impl Provider {
     }
 
     /// The body Envoy would buffer for the check: at most `maxRequestBytes`, and whether it was
-    /// cut. `None` when the provider does not ask for bodies or the request has none.
+    /// cut. `None` when the provider does not ask for bodies or the request has none (or an
+    /// empty one).
     fn body<'r>(&self, req: &'r Request) -> Option<(&'r [u8], bool)> {
         let b = self.cfg.body.as_ref()?;
-        let body = req.http.as_ref()?.body.as_ref()?;
+        let body = req
+            .http
+            .as_ref()?
+            .body
+            .as_ref()
+            .filter(|b| !b.bytes.is_empty())?;
         let max = usize::try_from(b.max_request_bytes).unwrap_or(usize::MAX);
         let cut = body.bytes.len() > max;
         let bytes = if cut {
@@ -248,22 +254,16 @@ impl Provider {
             }
             h.body.clear();
             h.raw_body.clear();
-            match body {
-                Some((bytes, partial)) => {
-                    h.size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-                    if self.cfg.body.as_ref().is_some_and(|b| b.pack_as_bytes) {
-                        h.raw_body = bytes.to_vec();
-                    } else {
-                        h.body = String::from_utf8_lossy(bytes).into_owned();
-                    }
-                    h.headers
-                        .insert("x-envoy-auth-partial-body".into(), partial.to_string());
+            // No body (a GET): Envoy buffers nothing and adds no partial-body header.
+            if let Some((bytes, partial)) = body {
+                h.size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+                if self.cfg.body.as_ref().is_some_and(|b| b.pack_as_bytes) {
+                    h.raw_body = bytes.to_vec();
+                } else {
+                    h.body = String::from_utf8_lossy(bytes).into_owned();
                 }
-                None if self.cfg.body.is_some() => {
-                    h.headers
-                        .insert("x-envoy-auth-partial-body".into(), "false".into());
-                }
-                None => {}
+                h.headers
+                    .insert("x-envoy-auth-partial-body".into(), partial.to_string());
             }
         }
         let answer = match client.check(cr).await {

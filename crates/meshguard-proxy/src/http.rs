@@ -276,12 +276,20 @@ pub(crate) async fn handle_http(
     let o = ctx.engine.decide("proxy-http", &request).await;
     if !o.allowed {
         let mut r = full(o.status, o.body().to_owned());
+        // The denial's headers replace the defaults (an authorizer's own Content-Type); a
+        // name given several times (Set-Cookie) keeps every value.
+        let mut written: Vec<HeaderName> = Vec::new();
         for (k, v) in &o.response_headers {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),
             ) {
-                r.headers_mut().append(k, v);
+                if written.contains(&k) {
+                    r.headers_mut().append(k, v);
+                } else {
+                    r.headers_mut().insert(k.clone(), v);
+                    written.push(k);
+                }
             }
         }
         if let Some(w) = o
