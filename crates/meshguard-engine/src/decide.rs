@@ -171,7 +171,8 @@ fn remote_denial(g: &Generation, r: crate::remote::Outcome, policy: Option<Strin
         .into_iter()
         .filter(|(k, _)| k != "www-authenticate")
         .collect();
-    o.custom_body = (!r.body.is_empty()).then_some(r.body);
+    // Envoy answers with the provider's body as it is (empty on an error or an empty denial).
+    o.custom_body = Some(r.body);
     o.dynamic_metadata = r.dynamic_metadata;
     o
 }

@@ -7,9 +7,11 @@
 //!   included, as Envoy sends them) and, with `includeRequestBodyInCheck`, the body (`body`, or
 //!   `raw_body` with `packAsBytes`) and `x-envoy-auth-partial-body`. OK allows with the answer's
 //!   header mutations; any other status denies with its denied response (403 by default).
-//! - HTTP: the original method, `pathPrefix` + the original path, Host, Authorization,
-//!   Content-Length, the headers `includeRequestHeadersInCheck` matches and the fixed
-//!   `includeAdditionalHeadersInCheck` ones, the body when asked for. 200 allows: headers
+//! - HTTP (HTTP/1.1, a plain hyper client: no redirects followed, no headers of its own): the
+//!   original method, `pathPrefix` + the original path, Host, Authorization, Content-Length,
+//!   the headers `includeRequestHeadersInCheck` matches and the fixed
+//!   `includeAdditionalHeadersInCheck` ones, the body and `x-envoy-auth-partial-body` when asked
+//!   for. 200 allows: headers
 //!   matching `headersToUpstreamOnAllow` go to the app, those matching
 //!   `headersToDownstreamOnAllow` to the client, `x-envoy-auth-headers-to-remove` names headers
 //!   to drop. Any other status below 500 denies with that status, the body and the headers
@@ -20,6 +22,10 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use meshguard_envoy as envoy;
 use meshguard_policy::mesh::{any_matches, ExtAuthzKind, ExtAuthzProvider, HttpService};
 use meshguard_policy::Request;
@@ -71,9 +77,11 @@ impl Outcome {
     }
 }
 
+type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+
 enum Transport {
     Grpc(envoy::Client),
-    Http(reqwest::Client),
+    Http(Box<HttpClient>),
     /// The provider's address cannot be used: every call fails closed with this reason.
     Broken(String),
 }
@@ -94,22 +102,19 @@ pub struct Providers {
 impl Providers {
     pub fn build(mesh: &meshguard_policy::MeshConfig) -> Providers {
         let mut by_name = HashMap::new();
-        // One HTTP client for the HTTP providers: no redirects followed (a 302 to a login page
-        // is an answer for the client, as Envoy passes it on), no proxy from the environment.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build();
+        // One HTTP client for the HTTP providers (connections pooled per provider address).
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http: HttpClient = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector);
         for p in &mesh.ext_authz {
-            let transport = match (&p.kind, &http) {
-                (ExtAuthzKind::Grpc, _) => match envoy::Client::lazy(&p.authority(), p.timeout) {
+            let transport = match &p.kind {
+                ExtAuthzKind::Grpc => match envoy::Client::lazy(&p.authority(), p.timeout) {
                     Ok(c) => Transport::Grpc(c),
                     Err(e) => Transport::Broken(e.to_string()),
                 },
-                (ExtAuthzKind::Http(_), Ok(c)) => Transport::Http(c.clone()),
-                (ExtAuthzKind::Http(_), Err(e)) => {
-                    Transport::Broken(format!("the HTTP client could not be built: {e}"))
-                }
+                ExtAuthzKind::Http(_) => Transport::Http(Box::new(http.clone())),
             };
             by_name.insert(
                 p.name.clone(),
@@ -303,14 +308,11 @@ impl Provider {
         }
     }
 
-    async fn http(&self, client: &reqwest::Client, s: &HttpService, req: &Request) -> Outcome {
+    async fn http(&self, client: &HttpClient, s: &HttpService, req: &Request) -> Outcome {
         let Some(h) = req.http.as_ref() else {
             // istiod adds HTTP providers to HTTP filter chains only; the policy layer drops
             // their CUSTOM rules on TCP, so this is a connection with nothing to send.
             return self.error("an HTTP ext_authz provider cannot check a TCP connection".into());
-        };
-        let Ok(method) = reqwest::Method::from_bytes(h.method.as_bytes()) else {
-            return self.error(format!("method `{}` cannot be sent", h.method));
         };
         let url = format!(
             "http://{}{}{}",
@@ -318,7 +320,6 @@ impl Provider {
             s.path_prefix,
             h.raw_path
         );
-        let mut r = client.request(method, &url).timeout(self.cfg.timeout);
         // Always sent (Envoy's default matchers): Host, Method, Path, Content-Length and
         // Authorization; then the headers includeRequestHeadersInCheck matches.
         let mut sent: Vec<(String, String)> = Vec::new();
@@ -339,29 +340,50 @@ impl Provider {
         }
         let body = self.body(req);
         if let Some((_, partial)) = body {
-            if any_matches(&s.include_request_headers, "x-envoy-auth-partial-body") {
-                sent.push(("x-envoy-auth-partial-body".into(), partial.to_string()));
-            }
+            // Envoy adds it whenever it buffered a body, whatever the header lists say.
+            sent.retain(|(x, _)| x != "x-envoy-auth-partial-body");
+            sent.push(("x-envoy-auth-partial-body".into(), partial.to_string()));
         }
+        let mut b = hyper::Request::builder()
+            .method(h.method.as_str())
+            .uri(&url);
         for (k, v) in &sent {
-            r = r.header(k.as_str(), v.as_str());
+            b = b.header(k.as_str(), v.as_str());
         }
-        r = match body {
-            Some((bytes, _)) => r.body(bytes.to_vec()),
+        let payload = body.map_or_else(Bytes::new, |(bytes, _)| Bytes::copy_from_slice(bytes));
+        if payload.is_empty() {
             // Content-Length: 0 and no body, as Envoy sends the check request.
-            None => r.header("content-length", "0"),
+            b = b.header("content-length", "0");
+        }
+        let check = match b.body(Full::new(payload)) {
+            Ok(r) => r,
+            Err(e) => return self.error(format!("the check request cannot be built: {e}")),
         };
-        let resp = match r.send().await {
-            Ok(x) => x,
-            Err(e) => return self.error(format!("HTTP check failed: {e}")),
+        let call = async {
+            let resp = client.request(check).await.map_err(|e| e.to_string())?;
+            let (parts, body) = resp.into_parts();
+            // Only a denial's body is passed on; an allow's is not read past the headers.
+            let text = if parts.status == hyper::StatusCode::OK {
+                String::new()
+            } else {
+                read_capped(body, MAX_DENIED_BODY).await
+            };
+            Ok::<_, String>((parts, text))
         };
-        let status = resp.status().as_u16();
+        let (parts, denial_body) = match tokio::time::timeout(self.cfg.timeout, call).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => return self.error(format!("HTTP check failed: {e}")),
+            Err(_) => {
+                return self.error(format!("HTTP check timed out after {:?}", self.cfg.timeout))
+            }
+        };
+        let status = parts.status.as_u16();
         let name = &self.cfg.name;
         if status >= 500 {
             return self.error(format!("the HTTP check answered {status}"));
         }
-        let headers: Vec<(String, String)> = resp
-            .headers()
+        let headers: Vec<(String, String)> = parts
+            .headers
             .iter()
             .filter(|(k, _)| !NOT_COPIED.contains(&k.as_str()))
             .filter_map(|(k, v)| {
@@ -412,26 +434,27 @@ impl Provider {
                 })
                 .collect()
         };
-        let body = read_capped(resp, MAX_DENIED_BODY).await;
         Outcome {
             allowed: false,
             status,
             reason: format!("denied by ext_authz provider `{name}` (HTTP {status})"),
             response_headers,
-            body,
+            body: denial_body,
             ..Outcome::default()
         }
     }
 }
 
 /// Up to `max` bytes of a response body, as text; what cannot be read is left out.
-async fn read_capped(mut resp: reqwest::Response, max: usize) -> String {
+async fn read_capped(mut body: hyper::body::Incoming, max: usize) -> String {
     let mut out = Vec::new();
     while out.len() < max {
-        match resp.chunk().await {
-            Ok(Some(c)) => {
-                let room = max - out.len();
-                out.extend_from_slice(&c[..c.len().min(room)]);
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Some(c) = f.data_ref() {
+                    let room = max - out.len();
+                    out.extend_from_slice(&c[..c.len().min(room)]);
+                }
             }
             _ => break,
         }

@@ -22,6 +22,8 @@ use meshguard_identity::{Ca, KeyType, SpiffeId};
 use meshguard_proxy::{Bound, Inbound, Outbound, Protocol, ProxyConfig, SvidMaterial, SvidStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod envoy;
+
 const AUTHN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../meshguard-authn/tests/data");
 const SERVER: &str = "spiffe://cluster.local/ns/backend/sa/api";
 const WEB: &str = "spiffe://cluster.local/ns/frontend/sa/web";
@@ -571,45 +573,44 @@ async fn tcp_echo_through(addr: SocketAddr) -> Option<Vec<u8>> {
     }
 }
 
-/// Envoy's HTTP service semantics, seen from the authorizer's side and the app's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn http_provider_request_and_answer_as_envoy_sends_them() {
-    let d = dir("http");
-    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
-    let (authz, seen) = http_peer(|m| {
-        let line = m.line().to_owned();
-        if line.contains("/allow") {
-            (
-                200,
-                vec![
-                    ("x-user", "alice"),
-                    ("x-dropped", "no"),
-                    ("x-session-id", "s1"),
-                    ("x-envoy-auth-headers-to-remove", "x-remove-me"),
-                ],
-                String::new(),
-            )
-        } else if line.contains("/boom") {
-            (500, vec![], "oops".into())
-        } else {
-            (
-                401,
-                vec![
-                    ("www-authenticate", "Bearer realm=\"x\""),
-                    ("set-cookie", "a=b"),
-                    ("x-secret", "s"),
-                ],
-                "go away".into(),
-            )
-        }
-    })
-    .await;
-    let mesh_yaml = format!(
+/// The stub HTTP authorizer: 200 with headers for `/allow`, 500 for `/boom`, else 401 with a
+/// body and headers.
+fn stub_answer(m: &Message) -> (u16, Vec<(&'static str, &'static str)>, String) {
+    let line = m.line().to_owned();
+    if line.contains("/allow") {
+        (
+            200,
+            vec![
+                ("x-user", "alice"),
+                ("x-dropped", "no"),
+                ("x-session-id", "s1"),
+                ("x-envoy-auth-headers-to-remove", "x-remove-me"),
+            ],
+            String::new(),
+        )
+    } else if line.contains("/boom") {
+        (500, vec![], "oops".into())
+    } else {
+        (
+            401,
+            vec![
+                ("www-authenticate", "Bearer realm=\"x\""),
+                ("set-cookie", "a=b"),
+                ("x-secret", "s"),
+            ],
+            "go away".into(),
+        )
+    }
+}
+
+/// The mesh config naming the stub with every HTTP field set.
+fn stub_provider(port: u16) -> String {
+    format!(
         "extensionProviders:
 - name: ext
   envoyExtAuthzHttp:
     service: 127.0.0.1
-    port: {}
+    port: {port}
     pathPrefix: /ext
     includeRequestHeadersInCheck: ['x-auth-*']
     includeAdditionalHeadersInCheck: {{x-fixed: '1', x-auth-mode: fixed}}
@@ -617,9 +618,17 @@ async fn http_provider_request_and_answer_as_envoy_sends_them() {
     headersToUpstreamOnAllow: [x-user]
     headersToDownstreamOnDeny: [set-cookie]
     headersToDownstreamOnAllow: ['x-session*']
-",
-        authz.port()
-    );
+"
+    )
+}
+
+/// Envoy's HTTP service semantics, seen from the authorizer's side and the app's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_provider_request_and_answer_as_envoy_sends_them() {
+    let d = dir("http");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let (authz, seen) = http_peer(stub_answer).await;
+    let mesh_yaml = stub_provider(authz.port());
     let client = mesh(&d, &ca, &mesh_yaml, &custom_policy("ext", "['/*']")).await;
     let body = "0123456789abcdefXYZ";
     let r = send(
@@ -897,4 +906,208 @@ async fn opa_envoy_plugin_runs_the_seed_policy() {
     )
     .await;
     assert_eq!(r.status(), 413, "{r:?}");
+}
+
+/// The Envoy 1.40 ext_authz filter as istiod generates it from [`stub_provider`]'s
+/// `envoyExtAuthzHttp` entry (pilot/pkg/security/authz/builder/extauthz.go: path_prefix,
+/// allowed_headers and headers_to_add from the include* fields, StringMatchers with ignore_case,
+/// the authorization_response lists, with_request_body, timeout 600s).
+fn envoy_http_bootstrap(listen: u16, app: u16, authz: u16) -> String {
+    let listeners = serde_json::json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "transport_api_version": "V3",
+                        "failure_mode_allow": false,
+                        "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true},
+                        "http_service": {
+                            "server_uri": {"uri": "http://127.0.0.1", "cluster": "authz", "timeout": "600s"},
+                            "path_prefix": "/ext",
+                            "authorization_request": {
+                                "allowed_headers": {"patterns": [{"prefix": "x-auth-", "ignore_case": true}]},
+                                "headers_to_add": [{"key": "x-auth-mode", "value": "fixed"}, {"key": "x-fixed", "value": "1"}]
+                            },
+                            "authorization_response": {
+                                "allowed_upstream_headers": {"patterns": [{"exact": "x-user", "ignore_case": true}]},
+                                "allowed_client_headers": {"patterns": [{"exact": "set-cookie", "ignore_case": true}]},
+                                "allowed_client_headers_on_success": {"patterns": [{"prefix": "x-session", "ignore_case": true}]}
+                            }
+                        }}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(
+        listeners,
+        vec![
+            envoy::cluster("app", app, false),
+            envoy::cluster("authz", authz, false),
+        ],
+    )
+}
+
+/// The header names of a message, lower-cased and sorted, without those a proxy adds for its
+/// own bookkeeping (Envoy's x-envoy-*, x-request-id, x-forwarded-*, the proxy's XFCC) and
+/// connection management.
+fn header_names(m: &Message) -> Vec<String> {
+    let skip = [
+        "x-request-id",
+        "x-forwarded-proto",
+        "x-forwarded-for",
+        "x-forwarded-client-cert",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-internal",
+        "connection",
+        "date",
+        "server",
+        "x-envoy-upstream-service-time",
+        "transfer-encoding",
+        "content-length",
+    ];
+    let mut v: Vec<String> = m
+        .head
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, _)| k.trim().to_ascii_lowercase())
+        })
+        .filter(|k| !skip.contains(&k.as_str()))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// A client request: method, path, headers, body.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+/// The same requests through real Envoy (configured as istiod configures it for the provider)
+/// and through meshguard proxy: the authorizer receives the same check request (line, headers,
+/// body) and the client and the app see the same outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_provider_behaves_as_envoy_does() {
+    let Some(bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let d = dir("envoy-http");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let (authz, seen) = http_peer(stub_answer).await;
+    let app = echo_app().await;
+    let listen = envoy::free_port();
+    let _envoy = envoy::Envoy::start(
+        &bin,
+        &d,
+        "http",
+        &envoy_http_bootstrap(listen, app.port(), authz.port()),
+    );
+    let via_envoy: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let via_mg = mesh(
+        &d,
+        &ca,
+        &stub_provider(authz.port()),
+        &custom_policy("ext", "['/*']"),
+    )
+    .await;
+    let cases: [Case; 5] = [
+        (
+            "POST",
+            "/allow?q=1",
+            &[
+                ("x-auth-token", "t"),
+                ("X-Auth-Mode", "client"),
+                ("x-other", "o"),
+                ("authorization", "Bearer z"),
+                ("x-remove-me", "1"),
+                ("cookie", "c=1"),
+            ],
+            "0123456789abcdefXYZ",
+        ),
+        ("GET", "/allow/get", &[("x-auth-token", "t")], ""),
+        ("GET", "/deny", &[("authorization", "Bearer z")], ""),
+        ("POST", "/deny", &[], "short"),
+        ("GET", "/boom", &[], ""),
+    ];
+    for (method, path, headers, body) in cases {
+        let mut got = Vec::new();
+        for to in [via_envoy, via_mg] {
+            let before = seen.lock().expect("lock").len();
+            let r = send(to, method, path, headers, body).await;
+            let check = seen
+                .lock()
+                .expect("lock")
+                .get(before)
+                .cloned()
+                .unwrap_or_default();
+            got.push((r, check));
+        }
+        let ((er, ec), (mr, mc)) = (&got[0], &got[1]);
+        let what = format!("{method} {path}");
+        assert_eq!(ec.line(), mc.line(), "{what}: check request line");
+        assert_eq!(
+            header_names(ec),
+            header_names(mc),
+            "{what}: check request headers\nenvoy: {}\nmeshguard: {}",
+            ec.head,
+            mc.head
+        );
+        for h in [
+            "host",
+            "authorization",
+            "x-auth-token",
+            "x-auth-mode",
+            "x-fixed",
+        ] {
+            assert_eq!(ec.header(h), mc.header(h), "{what}: check header {h}");
+        }
+        assert_eq!(ec.body, mc.body, "{what}: check body");
+        assert_eq!(
+            er.status(),
+            mr.status(),
+            "{what}: status\nenvoy: {er:?}\nmeshguard: {mr:?}"
+        );
+        assert_eq!(
+            header_names(er)
+                .into_iter()
+                .filter(|h| h != "content-type")
+                .collect::<Vec<_>>(),
+            header_names(mr)
+                .into_iter()
+                .filter(|h| h != "content-type")
+                .collect::<Vec<_>>(),
+            "{what}: client headers\nenvoy: {}\nmeshguard: {}",
+            er.head,
+            mr.head
+        );
+        if er.status() == 200 {
+            // What the app received (its echo): the same headers from the authorizer.
+            let app_headers = |r: &Message| {
+                let (head, _) = r.body.split_once("\n\n").unwrap_or((&r.body, ""));
+                header_names(&Message {
+                    head: head.to_owned(),
+                    body: String::new(),
+                })
+            };
+            assert_eq!(
+                app_headers(er),
+                app_headers(mr),
+                "{what}: app headers\nenvoy: {}\nmeshguard: {}",
+                er.body,
+                mr.body
+            );
+        } else {
+            assert_eq!(er.body, mr.body, "{what}: denial body");
+        }
+    }
 }
