@@ -242,14 +242,26 @@ impl Provider {
             _ => envoy::to_check_request(req),
         };
         let body = self.body(req);
+        if let Some(r) = cr.attributes.as_mut().and_then(|a| a.request.as_mut()) {
+            // When Envoy started the check.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            r.time = Some(envoy_types::pb::google::protobuf::Timestamp {
+                seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
+            });
+        }
         if let Some(h) = cr
             .attributes
             .as_mut()
             .and_then(|a| a.request.as_mut())
             .and_then(|r| r.http.as_mut())
         {
-            // Envoy's CheckRequest carries the pseudo-headers in `headers` too.
+            // Envoy's CheckRequest carries the pseudo-headers in `headers` too, and Host only
+            // as `:authority`.
             if let Some(r) = req.http.as_ref() {
+                h.headers.remove("host");
                 h.headers.insert(":method".into(), r.method.clone());
                 h.headers.insert(":path".into(), r.raw_path.clone());
                 h.headers.insert(":authority".into(), r.host.clone());
@@ -257,11 +269,16 @@ impl Provider {
                     h.headers.insert(":scheme".into(), r.scheme.clone());
                 }
             }
+            // `size`: the request's Content-Length, -1 when it has none (Envoy).
+            h.size = h
+                .headers
+                .get("content-length")
+                .and_then(|l| l.trim().parse::<i64>().ok())
+                .unwrap_or(-1);
             h.body.clear();
             h.raw_body.clear();
             // No body (a GET): Envoy buffers nothing and adds no partial-body header.
             if let Some((bytes, partial)) = body {
-                h.size = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
                 if self.cfg.body.as_ref().is_some_and(|b| b.pack_as_bytes) {
                     h.raw_body = bytes.to_vec();
                 } else {

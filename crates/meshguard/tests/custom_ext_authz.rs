@@ -1111,3 +1111,165 @@ async fn http_provider_behaves_as_envoy_does() {
         }
     }
 }
+
+/// An ext_authz gRPC server that records every CheckRequest and allows.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<envoy_types::ext_authz::v3::pb::CheckRequest>>>);
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for Capture {
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(request.into_inner());
+        }
+        Ok(tonic::Response::new(
+            envoy_types::ext_authz::v3::pb::CheckResponse {
+                status: Some(envoy_types::pb::google::rpc::Status::default()),
+                ..Default::default()
+            },
+        ))
+    }
+}
+
+/// Envoy's gRPC ext_authz filter as istiod generates it for an `envoyExtAuthzGrpc` provider
+/// with includeRequestBodyInCheck (with_request_body, transport V3, failure_mode_allow false).
+fn envoy_grpc_bootstrap(listen: u16, app: u16, authz: u16) -> String {
+    let listeners = serde_json::json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                        "transport_api_version": "V3",
+                        "failure_mode_allow": false,
+                        "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true},
+                        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "600s"}
+                    }},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    }]);
+    envoy::static_bootstrap(
+        listeners,
+        vec![
+            envoy::cluster("app", app, false),
+            envoy::cluster("authz", authz, true),
+        ],
+    )
+}
+
+/// The same requests through real Envoy and through meshguard proxy to a gRPC provider that
+/// records the CheckRequests: the HTTP attributes (method, path, host, protocol, headers but
+/// the ones each proxy adds for itself, body, size, partial-body flag) are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_provider_gets_the_check_request_envoy_sends() {
+    let Some(bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let d = dir("envoy-grpc");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let capture = Capture::default();
+    let port = free_port();
+    let svc = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(capture.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve(format!("127.0.0.1:{port}").parse().expect("addr")),
+    );
+    let app = echo_app().await;
+    let listen = envoy::free_port();
+    let _envoy = envoy::Envoy::start(
+        &bin,
+        &d,
+        "grpc",
+        &envoy_grpc_bootstrap(listen, app.port(), port),
+    );
+    let via_envoy: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let mesh_yaml = format!(
+        "extensionProviders:
+- name: cap
+  envoyExtAuthzGrpc:
+    service: 127.0.0.1
+    port: {port}
+    includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true}}
+"
+    );
+    let via_mg = mesh(&d, &ca, &mesh_yaml, &custom_policy("cap", "['/*']")).await;
+    let cases: [Case; 3] = [
+        (
+            "POST",
+            "/post/%41?q=1&r=2",
+            &[
+                ("x-a", "1"),
+                ("X-B", "two"),
+                ("authorization", "Bearer z"),
+                ("content-type", "application/json"),
+            ],
+            "0123456789abcdefXYZ",
+        ),
+        ("GET", "/get", &[("x-a", "1"), ("x-a", "2")], ""),
+        ("PUT", "/small", &[], "tiny"),
+    ];
+    // Headers each proxy adds for itself.
+    let own = [
+        "x-request-id",
+        "x-forwarded-proto",
+        "x-forwarded-client-cert",
+        "x-envoy-expected-rq-timeout-ms",
+        "x-envoy-internal",
+        ":scheme",
+    ];
+    for (method, path, headers, body) in cases {
+        let mut got = Vec::new();
+        for to in [via_envoy, via_mg] {
+            let before = capture.0.lock().expect("lock").len();
+            let r = send(to, method, path, headers, body).await;
+            assert_eq!(r.status(), 200, "{method} {path}: {r:?}");
+            let cr = capture
+                .0
+                .lock()
+                .expect("lock")
+                .get(before)
+                .cloned()
+                .expect("a CheckRequest");
+            got.push(cr);
+        }
+        let http = |cr: &envoy_types::ext_authz::v3::pb::CheckRequest| {
+            let h = cr
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.clone())
+                .unwrap_or_default();
+            let mut headers: Vec<(String, String)> = h
+                .headers
+                .iter()
+                .filter(|(k, _)| !own.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            headers.sort();
+            (
+                h.method, h.path, h.host, h.protocol, headers, h.body, h.raw_body, h.size,
+            )
+        };
+        assert_eq!(
+            http(&got[0]),
+            http(&got[1]),
+            "{method} {path}\nenvoy: {:#?}\nmeshguard: {:#?}",
+            got[0],
+            got[1]
+        );
+    }
+}
