@@ -1136,7 +1136,7 @@ impl envoy_types::ext_authz::v3::pb::Authorization for Capture {
 
 /// Envoy's gRPC ext_authz filter as istiod generates it for an `envoyExtAuthzGrpc` provider
 /// with includeRequestBodyInCheck (with_request_body, transport V3, failure_mode_allow false).
-fn envoy_grpc_bootstrap(listen: u16, app: u16, authz: u16) -> String {
+fn envoy_grpc_bootstrap(listen: u16, app: u16, authz: u16, pack_as_bytes: bool) -> String {
     let listeners = serde_json::json!([{
         "name": "inbound",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
@@ -1152,7 +1152,7 @@ fn envoy_grpc_bootstrap(listen: u16, app: u16, authz: u16) -> String {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
                         "transport_api_version": "V3",
                         "failure_mode_allow": false,
-                        "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true},
+                        "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true, "pack_as_bytes": pack_as_bytes},
                         "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "600s"}
                     }},
                     {"name": "envoy.filters.http.router", "typed_config": {
@@ -1172,13 +1172,20 @@ fn envoy_grpc_bootstrap(listen: u16, app: u16, authz: u16) -> String {
 
 /// The same requests through real Envoy and through meshguard proxy to a gRPC provider that
 /// records the CheckRequests: the HTTP attributes (method, path, host, protocol, headers but
-/// the ones each proxy adds for itself, body, size, partial-body flag) are the same.
+/// the ones each proxy adds for itself, body or raw_body with packAsBytes, size, partial-body
+/// flag) are the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_provider_gets_the_check_request_envoy_sends() {
     let Some(bin) = envoy::envoy_bin() else {
         return;
     };
-    let d = dir("envoy-grpc");
+    for pack in [false, true] {
+        grpc_differential(&bin, pack).await;
+    }
+}
+
+async fn grpc_differential(bin: &Path, pack: bool) {
+    let d = dir(&format!("envoy-grpc-{pack}"));
     let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
     let capture = Capture::default();
     let port = free_port();
@@ -1191,10 +1198,10 @@ async fn grpc_provider_gets_the_check_request_envoy_sends() {
     let app = echo_app().await;
     let listen = envoy::free_port();
     let _envoy = envoy::Envoy::start(
-        &bin,
+        bin,
         &d,
         "grpc",
-        &envoy_grpc_bootstrap(listen, app.port(), port),
+        &envoy_grpc_bootstrap(listen, app.port(), port, pack),
     );
     let via_envoy: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
     let mesh_yaml = format!(
@@ -1203,7 +1210,7 @@ async fn grpc_provider_gets_the_check_request_envoy_sends() {
   envoyExtAuthzGrpc:
     service: 127.0.0.1
     port: {port}
-    includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true}}
+    includeRequestBodyInCheck: {{maxRequestBytes: 16, allowPartialMessage: true, packAsBytes: {pack}}}
 "
     );
     let via_mg = mesh(&d, &ca, &mesh_yaml, &custom_policy("cap", "['/*']")).await;
