@@ -184,13 +184,17 @@ impl Provider {
     pub async fn check(&self, req: &Request) -> Outcome {
         if let (Some(b), Some((_, partial))) = (&self.cfg.body, self.body(req)) {
             if partial && !b.allow_partial_message {
-                return Outcome::deny(
+                // Envoy's local reply: 413 with the status text as the body.
+                return Outcome {
+                    body: "Payload Too Large".into(),
+                    ..Outcome::deny(
                     413,
                     format!(
                         "the request body is larger than includeRequestBodyInCheck.maxRequestBytes ({}) of ext_authz provider `{}` and allowPartialMessage is off",
                         b.max_request_bytes, self.cfg.name
                     ),
-                );
+                )
+                };
             }
         }
         match &self.transport {

@@ -1280,3 +1280,130 @@ async fn grpc_differential(bin: &Path, pack: bool) {
         );
     }
 }
+
+/// One Envoy listener routing to `app` behind an ext_authz filter with this config.
+fn envoy_listener(name: &str, port: u16, ext_authz: serde_json::Value) -> serde_json::Value {
+    let mut cfg = ext_authz;
+    cfg["@type"] = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz".into();
+    cfg["transport_api_version"] = "V3".into();
+    serde_json::json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": cfg},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]
+            }
+        }]}]
+    })
+}
+
+/// Providers that are down or never answer, and a body too large, through Envoy (as istiod
+/// configures it: failure_mode_allow from failOpen, status_on_error from statusOnError, the
+/// provider timeout, with_request_body) and through meshguard proxy: the same status and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_answered_as_envoy_answers_them() {
+    let Some(bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let d = dir("envoy-fail");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let down = free_port();
+    let slow = silent_peer().await;
+    let app = echo_app().await;
+    let grpc = |cluster: &str, timeout: &str| serde_json::json!({"grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout}});
+    let http = |cluster: &str, timeout: &str| serde_json::json!({"http_service": {"server_uri": {"uri": "http://127.0.0.1", "cluster": cluster, "timeout": timeout}}});
+    let with = |mut v: serde_json::Value, extra: serde_json::Value| {
+        if let (Some(m), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        v
+    };
+    // (provider entry, Envoy filter config, method, body)
+    let cases = [
+        (
+            format!("envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, timeout: 2s}}"),
+            grpc("down-h2", "2s"),
+            "GET",
+            "",
+        ),
+        (
+            format!("envoyExtAuthzHttp: {{service: 127.0.0.1, port: {down}, timeout: 2s, statusOnError: '503'}}"),
+            with(http("down", "2s"), serde_json::json!({"status_on_error": {"code": 503}})),
+            "GET",
+            "",
+        ),
+        (
+            format!("envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, timeout: 2s, failOpen: true}}"),
+            with(grpc("down-h2", "2s"), serde_json::json!({"failure_mode_allow": true})),
+            "GET",
+            "",
+        ),
+        (
+            format!("envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, timeout: 2s, failOpen: true, includeRequestBodyInCheck: {{maxRequestBytes: 4}}}}"),
+            with(
+                grpc("down-h2", "2s"),
+                serde_json::json!({"failure_mode_allow": true, "with_request_body": {"max_request_bytes": 4}}),
+            ),
+            "POST",
+            "0123456789",
+        ),
+        (
+            format!("envoyExtAuthzHttp: {{service: 127.0.0.1, port: {slow}, timeout: 0.3s, statusOnError: '504'}}"),
+            with(http("slow", "0.3s"), serde_json::json!({"status_on_error": {"code": 504}})),
+            "GET",
+            "",
+        ),
+        (
+            format!("envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {slow}, timeout: 0.3s, failOpen: true}}"),
+            with(grpc("slow-h2", "0.3s"), serde_json::json!({"failure_mode_allow": true})),
+            "GET",
+            "",
+        ),
+    ];
+    let ports: Vec<u16> = cases.iter().map(|_| envoy::free_port()).collect();
+    let listeners: Vec<serde_json::Value> = cases
+        .iter()
+        .zip(&ports)
+        .enumerate()
+        .map(|(i, (c, port))| envoy_listener(&format!("l{i}"), *port, c.1.clone()))
+        .collect();
+    let bootstrap = envoy::static_bootstrap(
+        serde_json::Value::Array(listeners),
+        vec![
+            envoy::cluster("app", app.port(), false),
+            envoy::cluster("down", down, false),
+            envoy::cluster("down-h2", down, true),
+            envoy::cluster("slow", slow, false),
+            envoy::cluster("slow-h2", slow, true),
+        ],
+    );
+    let _envoy = envoy::Envoy::start(&bin, &d, "fail", &bootstrap);
+    for (i, (provider, _, method, body)) in cases.iter().enumerate() {
+        let mesh_yaml = format!("extensionProviders:\n- name: p\n  {provider}\n");
+        let via_mg = mesh(&d, &ca, &mesh_yaml, &custom_policy("p", "['/*']")).await;
+        let via_envoy: SocketAddr = format!("127.0.0.1:{}", ports[i]).parse().expect("addr");
+        let e = send(via_envoy, method, "/x", &[], body).await;
+        let m = send(via_mg, method, "/x", &[], body).await;
+        // An allowed request's body is the app's echo, which shows each proxy's own headers.
+        let answer = |r: &Message| {
+            (
+                r.status(),
+                if r.status() == 200 { "" } else { &r.body }.to_owned(),
+            )
+        };
+        assert_eq!(
+            answer(&e),
+            answer(&m),
+            "{provider}\nenvoy: {e:?}\nmeshguard: {m:?}"
+        );
+    }
+}
