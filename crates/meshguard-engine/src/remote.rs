@@ -3,19 +3,22 @@
 //! gives that filter (pilot/pkg/security/authz/builder/extauthz.go).
 //!
 //! - gRPC: the request as an ext_authz v3 `CheckRequest` (`meshguard-envoy`'s codec): source
-//!   and destination addresses and principals, the HTTP request with its headers (pseudo-headers
-//!   included, as Envoy sends them) and, with `includeRequestBodyInCheck`, the body (`body`, or
+//!   and destination addresses and principals, the request time, the HTTP request with its
+//!   headers (pseudo-headers included and Host only as `:authority`, as Envoy sends them), `size`
+//!   (the Content-Length, or -1) and, with `includeRequestBodyInCheck`, the body (`body`, or
 //!   `raw_body` with `packAsBytes`) and `x-envoy-auth-partial-body`. OK allows with the answer's
 //!   header mutations; any other status denies with its denied response (403 by default).
 //! - HTTP (HTTP/1.1, a plain hyper client: no redirects followed, no headers of its own): the
 //!   original method, `pathPrefix` + the original path, Host, Authorization, Content-Length,
 //!   the headers `includeRequestHeadersInCheck` matches and the fixed
 //!   `includeAdditionalHeadersInCheck` ones, the body and `x-envoy-auth-partial-body` when asked
-//!   for. 200 allows: headers
-//!   matching `headersToUpstreamOnAllow` go to the app, those matching
+//!   for. 200 allows: headers matching `headersToUpstreamOnAllow` go to the app, those matching
 //!   `headersToDownstreamOnAllow` to the client, `x-envoy-auth-headers-to-remove` names headers
 //!   to drop. Any other status below 500 denies with that status, the body and the headers
 //!   `headersToDownstreamOnDeny` allows (all but Host when it is empty).
+//!
+//! `crates/meshguard/tests/custom_ext_authz.rs` sends the same requests through Envoy 1.40
+//! configured as istiod configures it and requires the same check requests and answers.
 //! - Errors (unreachable, `timeout` passed, a gRPC call error, HTTP 5xx) deny with
 //!   `statusOnError` (403), or allow with `failOpen`. A body over `maxRequestBytes` without
 //!   `allowPartialMessage` is 413, whatever `failOpen` says (Envoy checks it first).
@@ -102,6 +105,9 @@ pub struct Providers {
 impl Providers {
     pub fn build(mesh: &meshguard_policy::MeshConfig) -> Providers {
         let mut by_name = HashMap::new();
+        if mesh.ext_authz.is_empty() {
+            return Providers { by_name };
+        }
         // One HTTP client for the HTTP providers (connections pooled per provider address).
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
