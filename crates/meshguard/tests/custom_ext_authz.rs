@@ -1407,3 +1407,59 @@ async fn failures_are_answered_as_envoy_answers_them() {
         );
     }
 }
+
+/// `meshguard serve` as the front end: its own CUSTOM policy names an HTTP provider of its
+/// `--mesh-config`, which it calls for each request it decides (here in nginx forward-auth mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn meshguard_serve_calls_the_provider_itself() {
+    let d = dir("serve-calls");
+    let (authz, seen) = http_peer(stub_answer).await;
+    std::fs::write(d.join("mesh.yaml"), stub_provider(authz.port())).expect("write");
+    std::fs::create_dir_all(d.join("p")).expect("dir");
+    std::fs::write(d.join("p/p.yaml"), custom_policy("ext", "['/*']")).expect("write");
+    let (http, admin) = (free_port(), free_port());
+    let mut serve = Kill(
+        Command::new(env!("CARGO_BIN_EXE_meshguard"))
+            .args(["serve", "--policies"])
+            .arg(d.join("p"))
+            .arg("--mesh-config")
+            .arg(d.join("mesh.yaml"))
+            .args([
+                "--grpc-listen",
+                "off",
+                "--http-listen",
+                &format!("127.0.0.1:{http}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+                "--workload",
+                "backend/app=api",
+                "--decision-log",
+                "off",
+                "--reload-interval",
+                "0s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meshguard serve"),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().expect("addr");
+    wait_http_ok(admin, "/readyz", "meshguard serve", &mut serve).await;
+    let http: SocketAddr = format!("127.0.0.1:{http}").parse().expect("addr");
+    let ask = |uri: &'static str| async move {
+        let headers = [
+            ("x-original-method", "GET"),
+            ("x-original-uri", uri),
+            ("x-auth-token", "t"),
+        ];
+        send(http, "GET", "/auth", &headers, "").await
+    };
+    let r = ask("/allow/x").await;
+    assert_eq!(r.status(), 200, "{r:?}");
+    let got = seen.lock().expect("lock").last().cloned().expect("a check");
+    assert_eq!(got.line(), "GET /ext/allow/x HTTP/1.1");
+    assert_eq!(got.header("x-auth-token").as_deref(), Some("t"));
+    let r = ask("/deny").await;
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert_eq!(r.body, "go away");
+}
