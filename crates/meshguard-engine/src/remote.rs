@@ -298,10 +298,22 @@ impl Provider {
                     .insert("x-envoy-auth-partial-body".into(), partial.to_string());
             }
         }
-        let answer = match client.check(cr).await {
-            Ok(r) => envoy::from_check_response(&r),
+        let (mut answer, named_status) = match client.check(cr).await {
+            Ok(r) => {
+                // Envoy takes a denial's status from the denied response only; without one it
+                // is 403, whatever the gRPC code (UNAUTHENTICATED too, seen with Envoy 1.40).
+                let named = matches!(
+                    &r.http_response,
+                    Some(envoy_types::ext_authz::v3::pb::HttpResponse::DeniedResponse(d))
+                        if d.status.as_ref().is_some_and(|s| (100..=599).contains(&s.code))
+                );
+                (envoy::from_check_response(&r), named)
+            }
             Err(e) => return self.error(format!("gRPC Check failed: {e}")),
         };
+        if !answer.allowed && !named_status {
+            answer.status = 403;
+        }
         let name = &self.cfg.name;
         if answer.allowed {
             return Outcome {

@@ -322,14 +322,22 @@ pub(crate) async fn handle_http(
     for name in &o.headers_to_remove {
         h.remove(name.as_str());
     }
-    // Client-sent copies of these names were removed before the decision; one line per
-    // verified token, as Envoy's jwt_authn adds them.
+    // The first value of a name replaces what the client sent (Envoy applies ext_authz and
+    // AuthConfig headers with OverwriteIfExistsOrAdd, so a client cannot add its own copy of
+    // x-user-id beside the real one); later values of the same name are added beside it (one
+    // line per verified token, as Envoy's jwt_authn adds them).
+    let mut written: Vec<HeaderName> = Vec::new();
     for (k, v) in &o.headers_to_add {
         if let (Ok(k), Ok(v)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
-            h.append(k, v);
+            if written.contains(&k) {
+                h.append(k, v);
+            } else {
+                h.insert(k.clone(), v);
+                written.push(k);
+            }
         }
     }
     let upstream = hyper::Request::from_parts(parts, body);

@@ -1122,15 +1122,18 @@ impl envoy_types::ext_authz::v3::pb::Authorization for Capture {
         &self,
         request: tonic::Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
     ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, tonic::Status> {
+        let cr = request.into_inner();
+        let path = cr
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| h.path.clone())
+            .unwrap_or_default();
         if let Ok(mut v) = self.0.lock() {
-            v.push(request.into_inner());
+            v.push(cr);
         }
-        Ok(tonic::Response::new(
-            envoy_types::ext_authz::v3::pb::CheckResponse {
-                status: Some(envoy_types::pb::google::rpc::Status::default()),
-                ..Default::default()
-            },
-        ))
+        Ok(tonic::Response::new(grpc_answer(&path)))
     }
 }
 
@@ -1462,4 +1465,135 @@ async fn meshguard_serve_calls_the_provider_itself() {
     let r = ask("/deny").await;
     assert_eq!(r.status(), 401, "{r:?}");
     assert_eq!(r.body, "go away");
+}
+
+/// What the recording gRPC provider answers, by path: `/unauth` UNAUTHENTICATED without a
+/// denied response, `/denied` PERMISSION_DENIED with status 418, headers and body, `/headers` OK
+/// with header changes, anything else a plain OK.
+fn grpc_answer(path: &str) -> envoy_types::ext_authz::v3::pb::CheckResponse {
+    use envoy_types::ext_authz::v3::pb::{
+        CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption, HttpResponse,
+        HttpStatus, OkHttpResponse,
+    };
+    let header = |k: &str, v: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let status = |code: i32| {
+        Some(envoy_types::pb::google::rpc::Status {
+            code,
+            message: "from the test".into(),
+            ..Default::default()
+        })
+    };
+    if path.starts_with("/unauth") {
+        CheckResponse {
+            status: status(16),
+            ..Default::default()
+        }
+    } else if path.starts_with("/denied") {
+        CheckResponse {
+            status: status(7),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus { code: 418 }),
+                headers: vec![header("x-denied", "1"), header("set-cookie", "a=b")],
+                body: "nope".into(),
+            })),
+            ..Default::default()
+        }
+    } else if path.starts_with("/headers") {
+        CheckResponse {
+            status: status(0),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![header("x-up", "1"), header("x-auth-mode", "set")],
+                headers_to_remove: vec!["x-remove-me".into()],
+                response_headers_to_add: vec![header("x-down", "1")],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    } else {
+        CheckResponse {
+            status: status(0),
+            ..Default::default()
+        }
+    }
+}
+
+/// A gRPC provider's answers applied as Envoy applies them: a denial's status (403 unless the
+/// denied response names one), headers and body; an OK's header changes for the app and the
+/// client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_answers_are_applied_as_envoy_applies_them() {
+    let Some(bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let d = dir("envoy-grpc-answers");
+    let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
+    let capture = Capture::default();
+    let port = free_port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                capture.clone(),
+            ))
+            .serve(format!("127.0.0.1:{port}").parse().expect("addr")),
+    );
+    let app = echo_app().await;
+    let listen = envoy::free_port();
+    let _envoy = envoy::Envoy::start(
+        &bin,
+        &d,
+        "grpc-answers",
+        &envoy_grpc_bootstrap(listen, app.port(), port, false),
+    );
+    let via_envoy: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let mesh_yaml = format!(
+        "extensionProviders:\n- name: cap\n  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {port}}}\n"
+    );
+    let via_mg = mesh(&d, &ca, &mesh_yaml, &custom_policy("cap", "['/*']")).await;
+    let headers = [("x-remove-me", "1"), ("x-auth-mode", "client")];
+    for path in ["/unauth", "/denied", "/headers", "/plain"] {
+        let e = send(via_envoy, "GET", path, &headers, "").await;
+        let m = send(via_mg, "GET", path, &headers, "").await;
+        assert_eq!(
+            e.status(),
+            m.status(),
+            "{path}\nenvoy: {e:?}\nmeshguard: {m:?}"
+        );
+        for h in ["x-denied", "set-cookie", "x-down"] {
+            assert_eq!(
+                e.header(h),
+                m.header(h),
+                "{path}: client header {h}\nenvoy: {e:?}\nmeshguard: {m:?}"
+            );
+        }
+        if e.status() == 200 {
+            let app_saw = |r: &Message| {
+                let head = r
+                    .body
+                    .split_once("\n\n")
+                    .map_or(r.body.as_str(), |x| x.0)
+                    .to_owned();
+                let m = Message {
+                    head,
+                    body: String::new(),
+                };
+                ["x-up", "x-auth-mode", "x-remove-me"].map(|h| m.header(h))
+            };
+            assert_eq!(
+                app_saw(&e),
+                app_saw(&m),
+                "{path}: app headers\nenvoy: {}\nmeshguard: {}",
+                e.body,
+                m.body
+            );
+        } else {
+            assert_eq!(e.body, m.body, "{path}: denial body");
+        }
+    }
 }
