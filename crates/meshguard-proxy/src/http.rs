@@ -346,13 +346,20 @@ pub(crate) async fn handle_http(
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             // Headers an ext_authz provider or Rego step adds to the client's answer
-            // (`response_headers_to_add`, headersToDownstreamOnAllow): set, overwriting.
+            // (`response_headers_to_add`, headersToDownstreamOnAllow): the first value of a
+            // name replaces the app's, later ones (Set-Cookie) are added beside it.
+            let mut written: Vec<HeaderName> = Vec::new();
             for (k, v) in &o.response_headers {
                 if let (Ok(k), Ok(v)) = (
                     HeaderName::from_bytes(k.as_bytes()),
                     HeaderValue::from_str(v),
                 ) {
-                    parts.headers.insert(k, v);
+                    if written.contains(&k) {
+                        parts.headers.append(k, v);
+                    } else {
+                        parts.headers.insert(k.clone(), v);
+                        written.push(k);
+                    }
                 }
             }
             hyper::Response::from_parts(parts, body.boxed())
