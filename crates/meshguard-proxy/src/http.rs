@@ -73,6 +73,25 @@ pub(crate) fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
     )
 }
 
+/// Sets `pairs` on a header map: the first value of a name replaces what is there, later values
+/// of the same name are added beside it. Names or values that are not valid HTTP are skipped.
+fn set_headers(map: &mut hyper::HeaderMap, pairs: &[(String, String)]) {
+    let mut written: Vec<HeaderName> = Vec::new();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            if written.contains(&k) {
+                map.append(k, v);
+            } else {
+                map.insert(k.clone(), v);
+                written.push(k);
+            }
+        }
+    }
+}
+
 /// A body that replays frames already read, then the rest of the client's body.
 struct Replayed {
     frames: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
@@ -278,20 +297,7 @@ pub(crate) async fn handle_http(
         let mut r = full(o.status, o.body().to_owned());
         // The denial's headers replace the defaults (an authorizer's own Content-Type); a
         // name given several times (Set-Cookie) keeps every value.
-        let mut written: Vec<HeaderName> = Vec::new();
-        for (k, v) in &o.response_headers {
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                if written.contains(&k) {
-                    r.headers_mut().append(k, v);
-                } else {
-                    r.headers_mut().insert(k.clone(), v);
-                    written.push(k);
-                }
-            }
-        }
+        set_headers(r.headers_mut(), &o.response_headers);
         if let Some(w) = o
             .www_authenticate
             .as_deref()
@@ -326,20 +332,7 @@ pub(crate) async fn handle_http(
     // AuthConfig headers with OverwriteIfExistsOrAdd, so a client cannot add its own copy of
     // x-user-id beside the real one); later values of the same name are added beside it (one
     // line per verified token, as Envoy's jwt_authn adds them).
-    let mut written: Vec<HeaderName> = Vec::new();
-    for (k, v) in &o.headers_to_add {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            if written.contains(&k) {
-                h.append(k, v);
-            } else {
-                h.insert(k.clone(), v);
-                written.push(k);
-            }
-        }
-    }
+    set_headers(h, &o.headers_to_add);
     let upstream = hyper::Request::from_parts(parts, body);
     match ctx.client.request(upstream).await {
         Ok(resp) => {
@@ -348,20 +341,7 @@ pub(crate) async fn handle_http(
             // Headers an ext_authz provider or Rego step adds to the client's answer
             // (`response_headers_to_add`, headersToDownstreamOnAllow): the first value of a
             // name replaces the app's, later ones (Set-Cookie) are added beside it.
-            let mut written: Vec<HeaderName> = Vec::new();
-            for (k, v) in &o.response_headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
-                    if written.contains(&k) {
-                        parts.headers.append(k, v);
-                    } else {
-                        parts.headers.insert(k.clone(), v);
-                        written.push(k);
-                    }
-                }
-            }
+            set_headers(&mut parts.headers, &o.response_headers);
             hyper::Response::from_parts(parts, body.boxed())
         }
         Err(e) => {
