@@ -14,16 +14,17 @@ use crate::InCtx;
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 pub(crate) fn full(status: u16, body: impl Into<Bytes>) -> hyper::Response<Body> {
-    let mut r = hyper::Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let body: Bytes = body.into();
+    // An empty answer carries no Content-Type (as Envoy's local replies).
+    let typed = !body.is_empty();
+    let mut r = hyper::Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::FORBIDDEN);
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    if typed {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
     r
 }
 

@@ -590,6 +590,16 @@ fn stub_answer(m: &Message) -> (u16, Vec<(&'static str, &'static str)>, String) 
         )
     } else if line.contains("/boom") {
         (500, vec![], "oops".into())
+    } else if line.contains("/redirect") {
+        (
+            302,
+            vec![
+                ("location", "/login"),
+                ("content-type", "text/html"),
+                ("x-trace", "r1"),
+            ],
+            "moved".into(),
+        )
     } else {
         (
             401,
@@ -912,7 +922,38 @@ async fn opa_envoy_plugin_runs_the_seed_policy() {
 /// `envoyExtAuthzHttp` entry (pilot/pkg/security/authz/builder/extauthz.go: path_prefix,
 /// allowed_headers and headers_to_add from the include* fields, StringMatchers with ignore_case,
 /// the authorization_response lists, with_request_body, timeout 600s).
-fn envoy_http_bootstrap(listen: u16, app: u16, authz: u16) -> String {
+fn envoy_http_bootstrap(listen: u16, app: u16, authz: u16, full: bool) -> String {
+    let ext_authz = if full {
+        serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": false,
+            "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true},
+            "http_service": {
+                "server_uri": {"uri": "http://127.0.0.1", "cluster": "authz", "timeout": "600s"},
+                "path_prefix": "/ext",
+                "authorization_request": {
+                    "allowed_headers": {"patterns": [{"prefix": "x-auth-", "ignore_case": true}]},
+                    "headers_to_add": [{"key": "x-auth-mode", "value": "fixed"}, {"key": "x-fixed", "value": "1"}]
+                },
+                "authorization_response": {
+                    "allowed_upstream_headers": {"patterns": [{"exact": "x-user", "ignore_case": true}]},
+                    "allowed_client_headers": {"patterns": [{"exact": "set-cookie", "ignore_case": true}]},
+                    "allowed_client_headers_on_success": {"patterns": [{"prefix": "x-session", "ignore_case": true}]}
+                }
+            }
+        })
+    } else {
+        // `{service, port, failOpen: true}`: no lists, no body.
+        serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": true,
+            "http_service": {
+                "server_uri": {"uri": "http://127.0.0.1", "cluster": "authz", "timeout": "600s"}
+            }
+        })
+    };
     let listeners = serde_json::json!([{
         "name": "inbound",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
@@ -924,24 +965,7 @@ fn envoy_http_bootstrap(listen: u16, app: u16, authz: u16) -> String {
                 "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
                     "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
                 "http_filters": [
-                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                        "transport_api_version": "V3",
-                        "failure_mode_allow": false,
-                        "with_request_body": {"max_request_bytes": 16, "allow_partial_message": true},
-                        "http_service": {
-                            "server_uri": {"uri": "http://127.0.0.1", "cluster": "authz", "timeout": "600s"},
-                            "path_prefix": "/ext",
-                            "authorization_request": {
-                                "allowed_headers": {"patterns": [{"prefix": "x-auth-", "ignore_case": true}]},
-                                "headers_to_add": [{"key": "x-auth-mode", "value": "fixed"}, {"key": "x-fixed", "value": "1"}]
-                            },
-                            "authorization_response": {
-                                "allowed_upstream_headers": {"patterns": [{"exact": "x-user", "ignore_case": true}]},
-                                "allowed_client_headers": {"patterns": [{"exact": "set-cookie", "ignore_case": true}]},
-                                "allowed_client_headers_on_success": {"patterns": [{"prefix": "x-session", "ignore_case": true}]}
-                            }
-                        }}},
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": ext_authz},
                     {"name": "envoy.filters.http.router", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                 ]
@@ -1001,26 +1025,34 @@ async fn http_provider_behaves_as_envoy_does() {
     let Some(bin) = envoy::envoy_bin() else {
         return;
     };
-    let d = dir("envoy-http");
+    for full in [true, false] {
+        http_differential(&bin, full).await;
+    }
+}
+
+async fn http_differential(bin: &Path, full: bool) {
+    let d = dir(&format!("envoy-http-{full}"));
     let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
     let (authz, seen) = http_peer(stub_answer).await;
     let app = echo_app().await;
     let listen = envoy::free_port();
     let _envoy = envoy::Envoy::start(
-        &bin,
+        bin,
         &d,
         "http",
-        &envoy_http_bootstrap(listen, app.port(), authz.port()),
+        &envoy_http_bootstrap(listen, app.port(), authz.port(), full),
     );
     let via_envoy: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    let via_mg = mesh(
-        &d,
-        &ca,
-        &stub_provider(authz.port()),
-        &custom_policy("ext", "['/*']"),
-    )
-    .await;
-    let cases: [Case; 5] = [
+    let provider = if full {
+        stub_provider(authz.port())
+    } else {
+        format!(
+            "extensionProviders:\n- name: ext\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {}, failOpen: true}}\n",
+            authz.port()
+        )
+    };
+    let via_mg = mesh(&d, &ca, &provider, &custom_policy("ext", "['/*']")).await;
+    let cases: [Case; 6] = [
         (
             "POST",
             "/allow?q=1",
@@ -1038,6 +1070,7 @@ async fn http_provider_behaves_as_envoy_does() {
         ("GET", "/deny", &[("authorization", "Bearer z")], ""),
         ("POST", "/deny", &[], "short"),
         ("GET", "/boom", &[], ""),
+        ("GET", "/redirect", &[], ""),
     ];
     for (method, path, headers, body) in cases {
         let mut got = Vec::new();
@@ -1053,7 +1086,7 @@ async fn http_provider_behaves_as_envoy_does() {
             got.push((r, check));
         }
         let ((er, ec), (mr, mc)) = (&got[0], &got[1]);
-        let what = format!("{method} {path}");
+        let what = format!("{method} {path} (full config: {full})");
         assert_eq!(ec.line(), mc.line(), "{what}: check request line");
         assert_eq!(
             header_names(ec),
@@ -1108,6 +1141,15 @@ async fn http_provider_behaves_as_envoy_does() {
             );
         } else {
             assert_eq!(er.body, mr.body, "{what}: denial body");
+            for h in [
+                "content-type",
+                "location",
+                "x-trace",
+                "set-cookie",
+                "www-authenticate",
+            ] {
+                assert_eq!(er.header(h), mr.header(h), "{what}: denial header {h}");
+            }
         }
     }
 }
