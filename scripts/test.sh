@@ -103,6 +103,11 @@ if [ ! -x "$ENVOY_BIN" ] || ! target/envoy-venv/bin/python -c "import jwt, crypt
 fi
 "$ENVOY_BIN" --version | sed 's/^/    /'
 
+# The real OPA-Envoy plugin (Go modules, built once into target/peers/opa-envoy-<version>): the
+# external authorizer of Istio CUSTOM policies in crates/meshguard/tests/custom_ext_authz.rs.
+log "OPA-Envoy plugin (test peer)"
+bash scripts/peers/opa-envoy.sh
+
 # --- checks ----------------------------------------------------------------------------------
 # One clean build, not an incremental cache beside it: incremental data doubled target/ on CI,
 # where the disk is small (a run failed with "No space left on device").

@@ -1,6 +1,8 @@
 //! The decision pipeline shared by every front end: refusals before any filter (STRICT mTLS on
 //! plaintext, what the codec or path normalisation refuses), request authentication, the
-//! AuthConfig the route binds, then CUSTOM (resumed, not re-evaluated), DENY and ALLOW.
+//! AuthConfig the route binds, then CUSTOM (resumed, not re-evaluated), DENY and ALLOW. A
+//! CUSTOM provider is an AuthConfig (run in-process) or a meshConfig ext_authz service (called
+//! over the network, `remote`).
 
 use std::time::{Instant, SystemTime};
 
@@ -75,6 +77,7 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
         AuthnOutcome::NoToken => {}
     }
     let mut chain_ok: Vec<StepOutcome> = Vec::new();
+    let mut remote_ok: Option<crate::remote::Outcome> = None;
     let mut chain_names: Vec<String> = Vec::new();
     if let Some(cid) = req.auth_config.as_deref() {
         let Some(chain) = g.chains.get(cid) else {
@@ -107,63 +110,138 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
                 .get_exact(&format!("{ns}.{provider}"))
                 .or_else(|| g.chains.get_exact(&format!("{root}.{provider}")))
         };
-        let Some(chain) = found else {
-            let mut o = Decision::internal(
-                format!("denied (fail closed): CUSTOM policy {} names provider `{provider}`, which is not an AuthConfig meshguard runs (external ext_authz providers are not called)", at.name()),
-                g.id,
-            );
-            o.policy = policy;
-            o.action = Some("CUSTOM");
-            return o;
-        };
-        // Boxed: a chain's future holds every step kind's (LDAP, OIDC, pass-through), about
-        // 9 KB that would otherwise be part of, and copied with, every decision's future.
-        let r = Box::pin(chain.run(req, &id)).await;
-        if !r.allowed {
-            return chain_denial(g, &chain.id, r, policy);
+        match (found, g.remote.get(provider)) {
+            (Some(chain), _) => {
+                // Boxed: a chain's future holds every step kind's (LDAP, OIDC, pass-through),
+                // about 9 KB that would otherwise be part of, and copied with, every
+                // decision's future.
+                let r = Box::pin(chain.run(req, &id)).await;
+                if !r.allowed {
+                    return chain_denial(g, &chain.id, r, policy);
+                }
+                chain_names.push(chain.id.clone());
+                chain_ok.push(r);
+            }
+            (None, Some(p)) => {
+                // A meshConfig ext_authz provider, called as Envoy's ext_authz filter calls
+                // it. Boxed like the chains: the gRPC/HTTP call's future is large and rare.
+                let r = Box::pin(p.check(req)).await;
+                if !r.allowed {
+                    return remote_denial(g, r, policy);
+                }
+                remote_ok = Some(r);
+            }
+            (None, None) => {
+                let mut o = Decision::internal(
+                    format!("denied (fail closed): CUSTOM policy {} names provider `{provider}`, which is neither an AuthConfig meshguard runs nor an envoyExtAuthzGrpc/envoyExtAuthzHttp provider of the mesh config", at.name()),
+                    g.id,
+                );
+                o.policy = policy;
+                o.action = Some("CUSTOM");
+                return o;
+            }
         }
-        chain_names.push(chain.id.clone());
-        chain_ok.push(r);
         verdict = verdict.resumed();
     }
     let mut o = decision_of(g, &verdict, &id, authenticated.as_ref());
-    if o.allowed {
-        if let Some(a) = authenticated {
-            o.headers_to_add = a.headers_to_add;
-            o.headers_to_remove = a.headers_to_remove;
-            o.query_params_to_remove = a.query_params_to_remove;
-        }
-        // Client-sent copies of the JWT output headers never reach the app (Envoy's jwt_authn
-        // sanitises them on every request); the ones written above replace them.
-        if let Some(h) = &req.http {
-            for name in meshguard_authn::output_header_names(
-                &g.set,
-                &req.destination.namespace,
-                &req.destination.labels,
-            ) {
-                let written = o.headers_to_add.iter().any(|(k, _)| *k == name);
-                if !written && h.header(&name).is_some() && !o.headers_to_remove.contains(&name) {
-                    o.headers_to_remove.push(name);
-                }
-            }
-        }
-        for r in chain_ok {
-            // Envoy applies them with OverwriteIfExistsOrAdd: a later step's value replaces an
-            // earlier one of the same name, so the list keeps one entry per header.
-            for (k, v) in r.headers_to_add {
-                o.headers_to_add
-                    .retain(|(x, _)| !x.eq_ignore_ascii_case(&k));
-                o.headers_to_add.push((k, v));
-            }
-            o.headers_to_remove.extend(r.headers_to_remove);
-            o.response_headers.extend(r.response_headers);
-            o.dynamic_metadata.extend(r.dynamic_metadata);
-        }
-    }
+    finish(g, req, &mut o, authenticated, chain_ok, remote_ok);
     if !chain_names.is_empty() {
         o.auth_config = Some(chain_names.join(","));
     }
     o
+}
+
+/// A denial answered by a meshConfig ext_authz provider (or its failure, fail closed).
+fn remote_denial(g: &Generation, r: crate::remote::Outcome, policy: Option<String>) -> Decision {
+    let mut o = Decision::internal(r.reason, g.id);
+    o.status = if (200..=599).contains(&r.status) {
+        r.status
+    } else {
+        403
+    };
+    o.policy = policy;
+    o.action = Some("CUSTOM");
+    o.www_authenticate = r
+        .response_headers
+        .iter()
+        .find(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone());
+    o.response_headers = r
+        .response_headers
+        .into_iter()
+        .filter(|(k, _)| k != "www-authenticate")
+        .collect();
+    // Envoy answers with the provider's body as it is (empty on an error or an empty denial).
+    o.custom_body = Some(r.body);
+    o.dynamic_metadata = r.dynamic_metadata;
+    o
+}
+
+/// An allowed decision's header changes: request authentication's, then each AuthConfig
+/// step's, then the ext_authz provider's (Envoy's filter order: jwt_authn, ext_authz).
+fn finish(
+    g: &Generation,
+    req: &Request,
+    o: &mut Decision,
+    authenticated: Option<Authenticated>,
+    chain_ok: Vec<StepOutcome>,
+    remote_ok: Option<crate::remote::Outcome>,
+) {
+    if !o.allowed {
+        return;
+    }
+    if let Some(a) = authenticated {
+        o.headers_to_add = a.headers_to_add;
+        o.headers_to_remove = a.headers_to_remove;
+        o.query_params_to_remove = a.query_params_to_remove;
+    }
+    // Client-sent copies of the JWT output headers never reach the app (Envoy's jwt_authn
+    // sanitises them on every request); the ones written above replace them.
+    if let Some(h) = &req.http {
+        for name in meshguard_authn::output_header_names(
+            &g.set,
+            &req.destination.namespace,
+            &req.destination.labels,
+        ) {
+            let written = o.headers_to_add.iter().any(|(k, _)| *k == name);
+            if !written && h.header(&name).is_some() && !o.headers_to_remove.contains(&name) {
+                o.headers_to_remove.push(name);
+            }
+        }
+    }
+    let mut merge = |add: Vec<(String, String)>| {
+        // Envoy applies them with OverwriteIfExistsOrAdd: a later step's value replaces an
+        // earlier one of the same name, so the list keeps one entry per header.
+        for (k, v) in add {
+            o.headers_to_add
+                .retain(|(x, _)| !x.eq_ignore_ascii_case(&k));
+            o.headers_to_add.push((k, v));
+        }
+    };
+    let mut removes = Vec::new();
+    let mut responses = Vec::new();
+    let mut metadata = serde_json::Map::new();
+    let mut queries = Vec::new();
+    for r in chain_ok {
+        merge(r.headers_to_add);
+        removes.extend(r.headers_to_remove);
+        responses.extend(r.response_headers);
+        metadata.extend(r.dynamic_metadata);
+    }
+    if let Some(r) = remote_ok {
+        // The external authorizer allowed: an explicit allow, as an AuthConfig's is (the
+        // default for workloads no ALLOW policy selects does not apply).
+        o.by_default = false;
+        merge(r.headers_to_add);
+        removes.extend(r.headers_to_remove);
+        responses.extend(r.response_headers);
+        metadata.extend(r.dynamic_metadata);
+        queries.extend(r.query_params_to_remove);
+    }
+    o.headers_to_remove.extend(removes);
+    o.response_headers.extend(responses);
+    o.dynamic_metadata.extend(metadata);
+    o.query_params_to_remove.extend(queries);
 }
 
 fn mtls_mode(g: &Generation, req: &Request) -> &'static str {

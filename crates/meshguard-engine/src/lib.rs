@@ -14,6 +14,7 @@ pub mod dlog;
 mod engine;
 mod error;
 pub mod metrics;
+pub mod remote;
 pub mod source;
 pub mod state;
 

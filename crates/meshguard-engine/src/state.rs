@@ -21,6 +21,9 @@ pub struct Generation {
     pub authn: Authenticator,
     /// Gloo AuthConfigs, compiled (Secrets resolved, Rego parsed).
     pub chains: meshguard_authn::extauth::Chains,
+    /// meshConfig ext_authz providers (`envoyExtAuthzGrpc`/`envoyExtAuthzHttp`) that CUSTOM
+    /// policies call.
+    pub remote: crate::remote::Providers,
     pub loaded_at: SystemTime,
     pub files: Vec<PathBuf>,
     pub warnings: Vec<String>,
@@ -100,11 +103,13 @@ pub fn load(
     );
     let chains = meshguard_authn::extauth::Chains::build(&set, client)
         .map_err(|e| LoadError::AuthConfig(e.to_string()))?;
+    let remote = crate::remote::Providers::build(mesh);
     Ok(Generation {
         id,
         set,
         authn,
         chains,
+        remote,
         loaded_at: SystemTime::now(),
         files,
         warnings,

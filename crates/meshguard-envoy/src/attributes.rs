@@ -251,6 +251,7 @@ pub fn to_check_request(req: &Request) -> CheckRequest {
             }),
             destination: Some(Peer {
                 address: address_of(req.local_addr),
+                principal: req.local_principal.clone().unwrap_or_default(),
                 ..Default::default()
             }),
             request: Some(ReqAttr {

@@ -308,6 +308,22 @@ impl PolicySet {
         mode
     }
 
+    /// The CUSTOM providers named by the enforced AuthorizationPolicies that apply to a
+    /// workload (Istio allows one per workload; more are reported by `lint`).
+    pub fn custom_providers(&self, ns: &str, labels: &BTreeMap<String, String>) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        self.for_each_applicable(ns, labels, |p| {
+            if p.src.action == crate::resource::Action::Custom && !p.src.dry_run {
+                if let Some(name) = p.src.provider.as_deref() {
+                    if !out.contains(&name) {
+                        out.push(name);
+                    }
+                }
+            }
+        });
+        out
+    }
+
     pub(crate) fn for_each_applicable<'s>(
         &'s self,
         ns: &str,

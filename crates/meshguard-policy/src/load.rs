@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::diag::{Diagnostic, Severity};
-use crate::mesh::MeshConfig;
+use crate::mesh::{
+    BodyInCheck, ExtAuthzKind, ExtAuthzProvider, HeaderPattern, HttpService, MeshConfig,
+    DEFAULT_EXT_AUTHZ_TIMEOUT,
+};
 use crate::path::PathNormalization;
 use crate::read::{scalar_text, Field, FieldError};
 use crate::request::{Destination, HttpRequest, Identity, JwtIdentity, Request, Source};
@@ -247,7 +250,8 @@ pub fn parse_request(
 
 /// Parses a meshConfig subset (YAML mapping): rootNamespace, trustDomain, trustDomainAliases,
 /// pathNormalization (a string, or `{normalization: ...}` as in MeshConfig), extensionProviders
-/// (names, or MeshConfig's list of `{name: ...}` objects).
+/// (names, or MeshConfig's list of `{name: ...}` objects; `envoyExtAuthzGrpc` and
+/// `envoyExtAuthzHttp` entries are read in full, unknown fields refused).
 pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, FieldError> {
     let mut m = MeshConfig::default();
     let root = Field::root(node);
@@ -291,23 +295,26 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, FieldError> {
             }
             "extensionProviders" => {
                 for i in v.items()? {
-                    let name = match i.get("name") {
-                        Some(n) => n.text().ok(),
-                        None => i.text().ok(),
-                    };
-                    let Some(n) = name else {
-                        return Err(i.error("each entry needs a `name`"));
-                    };
-                    // A bare name (as `--provider` gives) is taken as a valid provider; a full
-                    // meshConfig entry is checked as istiod checks it.
-                    let full = i.get("name").is_some();
-                    if let Some(why) = full.then(|| provider_problem(i.node)).flatten() {
-                        m.invalid_providers.push((n.clone(), why));
+                    // A bare name (as `--provider` gives) is taken as a valid provider.
+                    if i.get("name").is_none() {
+                        let Ok(n) = i.text() else {
+                            return Err(i.error("each entry needs a `name`"));
+                        };
+                        m.extension_providers.push(n);
+                        continue;
+                    }
+                    let (name, entry) = parse_provider(&i)?;
+                    // A full meshConfig entry is checked as istiod checks it: one it refuses
+                    // turns the CUSTOM rules naming it into DENY rules.
+                    if let Some(why) = provider_problem(i.node) {
+                        m.invalid_providers.push((name.clone(), why));
+                    } else if let Some(p) = entry {
+                        m.ext_authz.push(p);
                     }
                     if i.node.get("envoyExtAuthzHttp").is_some() {
-                        m.http_providers.push(n.clone());
+                        m.http_providers.push(name.clone());
                     }
-                    m.extension_providers.push(n);
+                    m.extension_providers.push(name);
                 }
             }
             // Other MeshConfig fields do not change authorization decisions.
@@ -315,6 +322,186 @@ pub fn parse_mesh_config(node: &Node) -> Result<MeshConfig, FieldError> {
         }
     }
     Ok(m)
+}
+
+/// `MeshConfig.ExtensionProvider` fields (istio/api mesh/v1alpha1/config.proto): its name and
+/// the provider kinds of its oneof.
+const PROVIDER_FIELDS: &[&str] = &[
+    "name",
+    "envoyExtAuthzHttp",
+    "envoyExtAuthzGrpc",
+    "zipkin",
+    "lightstep",
+    "datadog",
+    "stackdriver",
+    "opencensus",
+    "skywalking",
+    "opentelemetry",
+    "prometheus",
+    "envoyFileAccessLog",
+    "envoyHttpAls",
+    "envoyTcpAls",
+    "envoyOtelAls",
+];
+/// `EnvoyExternalAuthorizationGrpcProvider`.
+const GRPC_FIELDS: &[&str] = &[
+    "service",
+    "port",
+    "timeout",
+    "failOpen",
+    "clearRouteCache",
+    "statusOnError",
+    "includeRequestBodyInCheck",
+];
+/// `EnvoyExternalAuthorizationHttpProvider` (`includeHeadersInCheck` is its deprecated
+/// spelling of `includeRequestHeadersInCheck`).
+const HTTP_FIELDS: &[&str] = &[
+    "service",
+    "port",
+    "timeout",
+    "pathPrefix",
+    "failOpen",
+    "clearRouteCache",
+    "statusOnError",
+    "includeHeadersInCheck",
+    "includeRequestHeadersInCheck",
+    "includeAdditionalHeadersInCheck",
+    "includeRequestBodyInCheck",
+    "headersToUpstreamOnAllow",
+    "headersToDownstreamOnDeny",
+    "headersToDownstreamOnAllow",
+];
+/// `EnvoyExternalAuthorizationRequestBody`.
+const BODY_FIELDS: &[&str] = &["maxRequestBytes", "allowPartialMessage", "packAsBytes"];
+
+/// An optional boolean field, false when absent.
+fn flag(f: &Field<'_, '_>, key: &str) -> Result<bool, FieldError> {
+    f.get(key).map_or(Ok(false), |v| v.bool())
+}
+
+/// An optional list of strings (a YAML list: a single string is refused, as protobuf does).
+fn strings(f: &Field<'_, '_>, key: &str) -> Result<Vec<String>, FieldError> {
+    match f.get(key) {
+        None => Ok(Vec::new()),
+        Some(v) => v.items()?.iter().map(|i| i.text()).collect(),
+    }
+}
+
+/// An optional unsigned integer (a YAML number, or digits in a string as protobuf JSON allows).
+fn uint(f: &Field<'_, '_>, key: &str) -> Result<Option<u64>, FieldError> {
+    f.get(key)
+        .map(|v| v.parse::<u64>("a non-negative integer"))
+        .transpose()
+}
+
+/// One full `extensionProviders` entry: its name and, for an ext_authz kind, the typed
+/// provider. Unknown fields and values of the wrong type are refused (istiod's protobuf decoding
+/// refuses them too); values istiod's builder refuses are left to [`provider_problem`], and no
+/// provider is built for them.
+fn parse_provider(item: &Field<'_, '_>) -> Result<(String, Option<ExtAuthzProvider>), FieldError> {
+    item.mapping(PROVIDER_FIELDS)?;
+    let name = item.required("name")?.text()?;
+    if name.is_empty() {
+        return Err(item.error("each entry needs a `name`"));
+    }
+    let (grpc, http) = (item.get("envoyExtAuthzGrpc"), item.get("envoyExtAuthzHttp"));
+    let (cfg, is_grpc) = match (&grpc, &http) {
+        (Some(c), None) => (c, true),
+        (None, Some(c)) => (c, false),
+        _ => return Ok((name, None)),
+    };
+    cfg.mapping(if is_grpc { GRPC_FIELDS } else { HTTP_FIELDS })?;
+    let service = cfg.get("service").map(|v| v.text()).transpose()?;
+    let port = uint(cfg, "port")?;
+    let timeout = cfg.get("timeout").map(|v| v.text()).transpose()?;
+    let fail_open = flag(cfg, "failOpen")?;
+    let clear_route_cache = flag(cfg, "clearRouteCache")?;
+    let status = cfg.get("statusOnError").map(|v| v.text()).transpose()?;
+    let body = match cfg.get("includeRequestBodyInCheck") {
+        None => None,
+        Some(b) => {
+            b.mapping(BODY_FIELDS)?;
+            let max = match b.get("maxRequestBytes") {
+                None => 0,
+                Some(v) => v.parse::<u32>("a byte count (0 to 4294967295)")?,
+            };
+            Some(BodyInCheck {
+                max_request_bytes: max,
+                allow_partial_message: flag(&b, "allowPartialMessage")?,
+                pack_as_bytes: flag(&b, "packAsBytes")?,
+            })
+        }
+    };
+    let kind = if is_grpc {
+        ExtAuthzKind::Grpc
+    } else {
+        let patterns = |k: &str| -> Result<Vec<HeaderPattern>, FieldError> {
+            Ok(strings(cfg, k)?
+                .iter()
+                .map(|s| HeaderPattern::parse(s))
+                .collect())
+        };
+        let mut include = patterns("includeRequestHeadersInCheck")?;
+        let deprecated = patterns("includeHeadersInCheck")?;
+        // istiod: the deprecated field is used only when the new one is not set.
+        if include.is_empty() {
+            include = deprecated;
+        }
+        let mut additional: Vec<(String, String)> = match cfg.get("includeAdditionalHeadersInCheck")
+        {
+            None => Vec::new(),
+            Some(a) => {
+                let mut out = Vec::new();
+                for (k, _) in a.entries()? {
+                    if let Some(v) = a.get(&k.text) {
+                        out.push((k.text.to_ascii_lowercase(), v.text()?));
+                    }
+                }
+                out
+            }
+        };
+        additional.sort();
+        ExtAuthzKind::Http(HttpService {
+            path_prefix: cfg
+                .get("pathPrefix")
+                .map(|v| v.text())
+                .transpose()?
+                .unwrap_or_default(),
+            include_request_headers: include,
+            additional_headers: additional,
+            headers_to_upstream_on_allow: patterns("headersToUpstreamOnAllow")?,
+            headers_to_downstream_on_deny: patterns("headersToDownstreamOnDeny")?,
+            headers_to_downstream_on_allow: patterns("headersToDownstreamOnAllow")?,
+        })
+    };
+    let (Some(service), Some(port), Ok(status_on_error)) = (
+        service,
+        port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0),
+        status.as_deref().map_or(Ok(403), str::parse::<u16>),
+    ) else {
+        return Ok((name, None));
+    };
+    let timeout = match timeout.as_deref() {
+        None => DEFAULT_EXT_AUTHZ_TIMEOUT,
+        Some(t) => match crate::read::parse_duration(t) {
+            Some(d) => d,
+            None => return Ok((name, None)),
+        },
+    };
+    Ok((
+        name.clone(),
+        Some(ExtAuthzProvider {
+            name,
+            service,
+            port,
+            timeout,
+            fail_open,
+            status_on_error,
+            body,
+            clear_route_cache,
+            kind,
+        }),
+    ))
 }
 
 /// What istiod's ext_authz builder refuses in an extension provider (pilot/pkg/security/authz/
@@ -356,6 +543,38 @@ fn provider_problem(entry: &Node) -> Option<String> {
     if let Some(t) = text("timeout") {
         if crate::read::parse_duration(&t).is_none() {
             return Some(format!("{kind}.timeout `{t}` is not a duration"));
+        }
+    }
+    // istiod refuses a lone `*` in a header list ("change it to either prefix or suffix match").
+    for list in [
+        "includeRequestHeadersInCheck",
+        "includeHeadersInCheck",
+        "headersToUpstreamOnAllow",
+        "headersToDownstreamOnDeny",
+        "headersToDownstreamOnAllow",
+    ] {
+        if let Some(crate::yaml::NodeKind::Seq(items)) = cfg.get(list).map(|n| &n.kind) {
+            if items.iter().any(|i| scalar_text(i).as_deref() == Some("*")) {
+                return Some(format!(
+                    "{kind}.{list}: a single wildcard (\"*\") is not supported, use a prefix or suffix match"
+                ));
+            }
+        }
+    }
+    // Envoy refuses `with_request_body` with max_request_bytes 0 (the filter config is
+    // rejected, so no request gets through it).
+    if let Some(b) = cfg
+        .get("includeRequestBodyInCheck")
+        .filter(|b| !b.is_null())
+    {
+        let max = b.get("maxRequestBytes").and_then(scalar_text);
+        if max
+            .as_deref()
+            .is_none_or(|m| m.parse::<u32>().is_ok_and(|m| m == 0))
+        {
+            return Some(format!(
+                "{kind}.includeRequestBodyInCheck.maxRequestBytes must be greater than 0 (Envoy refuses 0)"
+            ));
         }
     }
     None

@@ -275,6 +275,9 @@ pub struct Request {
     pub peer: Option<String>,
     /// TLS SNI (`connection.sni`).
     pub sni: Option<String>,
+    /// This workload's own SPIFFE ID (the proxy's SVID): what Envoy sends to an ext_authz
+    /// provider as `destination.principal`. `None` where the front end does not know it.
+    pub local_principal: Option<String>,
     /// The connection's sockets as the front end saw them (the downstream peer and the local
     /// listener): what Envoy sends as `source.address` and `destination.address`.
     pub peer_addr: Option<SocketAddr>,

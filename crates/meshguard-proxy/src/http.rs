@@ -14,16 +14,17 @@ use crate::InCtx;
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 pub(crate) fn full(status: u16, body: impl Into<Bytes>) -> hyper::Response<Body> {
-    let mut r = hyper::Response::new(
-        Full::new(body.into())
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let body: Bytes = body.into();
+    // An empty answer carries no Content-Type (as Envoy's local replies).
+    let typed = !body.is_empty();
+    let mut r = hyper::Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::FORBIDDEN);
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    if typed {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
     r
 }
 
@@ -71,6 +72,86 @@ pub(crate) fn jwt_output_headers(ctx: &InCtx) -> Vec<String> {
         &ctx.cfg.workload.namespace,
         &ctx.cfg.workload.labels,
     )
+}
+
+/// Sets `pairs` on a header map: the first value of a name replaces what is there, later values
+/// of the same name are added beside it. Names or values that are not valid HTTP are skipped.
+fn set_headers(map: &mut hyper::HeaderMap, pairs: &[(String, String)]) {
+    let mut written: Vec<HeaderName> = Vec::new();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            if written.contains(&k) {
+                map.append(k, v);
+            } else {
+                map.insert(k.clone(), v);
+                written.push(k);
+            }
+        }
+    }
+}
+
+/// A body that replays frames already read, then the rest of the client's body.
+struct Replayed {
+    frames: std::collections::VecDeque<hyper::body::Frame<Bytes>>,
+    rest: Option<hyper::body::Incoming>,
+}
+
+impl hyper::body::Body for Replayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let me = self.get_mut();
+        if let Some(f) = me.frames.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(f)));
+        }
+        match me.rest.as_mut() {
+            Some(r) => std::pin::Pin::new(r).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// Reads a request body until it ends or holds more than `max` bytes: what was read (for the
+/// check), and the body to forward (what was read, then the rest).
+async fn buffer_body(
+    mut body: hyper::body::Incoming,
+    max: usize,
+) -> Result<(Bytes, Body), hyper::Error> {
+    let mut seen = bytes::BytesMut::new();
+    let mut frames = std::collections::VecDeque::new();
+    let mut ended = false;
+    while seen.len() <= max {
+        match body.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Err(e)) => return Err(e),
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    seen.extend_from_slice(d);
+                }
+                let trailers = f.is_trailers();
+                frames.push_back(f);
+                if trailers {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+    }
+    let rest = Replayed {
+        frames,
+        rest: (!ended).then_some(body),
+    };
+    Ok((seen.freeze(), rest.boxed()))
 }
 
 pub(crate) async fn handle_http(
@@ -186,18 +267,38 @@ pub(crate) async fn handle_http(
         None if conn.peer_id.is_some() => "https".to_owned(),
         None => "http".to_owned(),
     };
+    // A CUSTOM provider with includeRequestBodyInCheck sees the body: buffered up to its
+    // maxRequestBytes (one byte more tells a cut body), then forwarded whole.
+    let g = ctx.state.current();
+    let limit = meshguard_engine::remote::body_limit(
+        &g,
+        &ctx.cfg.workload.namespace,
+        &ctx.cfg.workload.labels,
+    );
+    drop(g);
+    let body: Body = match limit {
+        None => body.boxed(),
+        Some(max) => match buffer_body(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+            Ok((seen, rest)) => {
+                http.body = Some(meshguard_policy::Body {
+                    bytes: seen.to_vec(),
+                    truncated: false,
+                });
+                rest
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the request body could not be read; refused");
+                return full(400, "Bad Request");
+            }
+        },
+    };
     let request = request_for(ctx, conn, Some(http));
     let o = ctx.engine.decide("proxy-http", &request).await;
     if !o.allowed {
         let mut r = full(o.status, o.body().to_owned());
-        for (k, v) in &o.response_headers {
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                r.headers_mut().append(k, v);
-            }
-        }
+        // The denial's headers replace the defaults (an authorizer's own Content-Type); a
+        // name given several times (Set-Cookie) keeps every value.
+        set_headers(r.headers_mut(), &o.response_headers);
         if let Some(w) = o
             .www_authenticate
             .as_deref()
@@ -228,21 +329,20 @@ pub(crate) async fn handle_http(
     for name in &o.headers_to_remove {
         h.remove(name.as_str());
     }
-    // Client-sent copies of these names were removed before the decision; one line per
-    // verified token, as Envoy's jwt_authn adds them.
-    for (k, v) in &o.headers_to_add {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.append(k, v);
-        }
-    }
-    let upstream = hyper::Request::from_parts(parts, body.boxed());
+    // The first value of a name replaces what the client sent (Envoy applies ext_authz and
+    // AuthConfig headers with OverwriteIfExistsOrAdd, so a client cannot add its own copy of
+    // x-user-id beside the real one); later values of the same name are added beside it (one
+    // line per verified token, as Envoy's jwt_authn adds them).
+    set_headers(h, &o.headers_to_add);
+    let upstream = hyper::Request::from_parts(parts, body);
     match ctx.client.request(upstream).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // Headers an ext_authz provider or Rego step adds to the client's answer
+            // (`response_headers_to_add`, headersToDownstreamOnAllow): the first value of a
+            // name replaces the app's, later ones (Set-Cookie) are added beside it.
+            set_headers(&mut parts.headers, &o.response_headers);
             hyper::Response::from_parts(parts, body.boxed())
         }
         Err(e) => {

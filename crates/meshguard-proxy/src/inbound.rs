@@ -50,6 +50,8 @@ pub(crate) fn request_for(ctx: &InCtx, conn: &Conn, http: Option<HttpRequest>) -
     if let Some((id, _)) = &conn.peer_id {
         req = req.with_peer(&id.to_string());
     }
+    // This workload's identity: Envoy's ext_authz `destination.principal`.
+    req.local_principal = Some(ctx.store.id().to_string());
     // remote.ip from X-Forwarded-For, as the sidecar Envoy it replaces derives it.
     req.derive_remote_ip(ctx.state.mesh.xff_trusted_hops);
     req

@@ -147,10 +147,16 @@ async fn agent_serves_a_real_client_and_reloads_entries() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v[0]["spiffe_id"], "spiffe://cluster.local/ns/prod/sa/web");
-    assert!(v[0]["expires"].as_str().is_some_and(|e| e.ends_with('Z')), "{v}");
+    assert!(
+        v[0]["expires"].as_str().is_some_and(|e| e.ends_with('Z')),
+        "{v}"
+    );
     let (code, out, err) = cli(&["fetch", "jwt", "--audience", "orders"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.starts_with("spiffe://cluster.local/ns/prod/sa/web\n  ey"), "{out}");
+    assert!(
+        out.starts_with("spiffe://cluster.local/ns/prod/sa/web\n  ey"),
+        "{out}"
+    );
     let (code, _, err) = cli(&["fetch", "jwt"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--audience"), "{err}");
