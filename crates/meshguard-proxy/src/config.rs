@@ -130,6 +130,9 @@ pub struct ProxyFile {
     /// empty for the embedded examples.
     pub policies: Vec<PathBuf>,
     pub root_namespace: Option<String>,
+    /// A meshConfig file (relative to the config file): path normalisation, trust domain,
+    /// extensionProviders that CUSTOM policies call.
+    pub mesh_config: Option<PathBuf>,
     /// Things that work but deserve a word (an outbound listener off loopback).
     pub warnings: Vec<String>,
 }
@@ -139,6 +142,7 @@ const TOP_LEVEL: &[&str] = &[
     "identity",
     "policies",
     "rootNamespace",
+    "meshConfig",
     "inbound",
     "outbound",
     "defaultDeny",
@@ -251,6 +255,10 @@ fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
         }
     }
     let root_namespace = root.get("rootNamespace").map(|n| n.text()).transpose()?;
+    let mesh_config = root
+        .get("meshConfig")
+        .map(|n| n.text().map(|t| base.join(t)))
+        .transpose()?;
     if let Some(n) = root.get("inbound") {
         for (i, l) in n.items()?.iter().enumerate() {
             l.mapping(&["name", "listen", "port", "app", "protocol"])?;
@@ -327,6 +335,7 @@ fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
         identity,
         policies,
         root_namespace,
+        mesh_config,
         warnings: Vec::new(),
     })
 }

@@ -10,7 +10,6 @@ use clap::Args;
 use std::sync::Arc;
 
 use meshguard_engine::{Files, PolicySource, State};
-use meshguard_policy::MeshConfig;
 use meshguard_proxy::{IdentitySource, ProxyFile, SvidStore};
 
 #[derive(Args)]
@@ -33,10 +32,16 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
     for w in &p.warnings {
         eprintln!("meshguard proxy: warning: {w}");
     }
-    let mut mesh = MeshConfig::default();
-    if let Some(r) = &p.root_namespace {
-        mesh.root_namespace = r.clone();
-    }
+    // The mesh config (rootNamespace, trustDomain, pathNormalization, extensionProviders for
+    // CUSTOM policies that call an external authorizer), read as `serve --mesh-config` reads it.
+    let mesh = crate::mesh_config(&crate::PolicyArgs {
+        policies: Vec::new(),
+        mesh_config: p.mesh_config.clone(),
+        root_namespace: p.root_namespace.clone(),
+        path_normalization: None,
+        providers: Vec::new(),
+        default_allow: false,
+    })?;
     let (source, describe) = if p.policies.is_empty() {
         (
             Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,

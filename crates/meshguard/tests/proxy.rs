@@ -143,6 +143,15 @@ spec:
   rules:
   - from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]
     to: [{operation: {methods: [GET], paths: [/api/*]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  action: CUSTOM
+  provider: {name: authz}
+  rules: [{to: [{operation: {paths: [/api/ext]}}]}]
 ",
     )
     .expect("policy");
@@ -154,6 +163,7 @@ spec:
 identity:
   files: {{cert: server/svid.pem, key: server/svid.key, bundle: server/bundle.pem}}
 policies: [policies]
+meshConfig: mesh.yaml
 decisionLog: off
 inbound:
 - name: api
@@ -181,6 +191,29 @@ outbound:
         ),
     )
     .expect("config");
+    // The CUSTOM policy's external authorizer (an envoyExtAuthzHttp provider of the mesh
+    // config): allows when the request carries `x-allow: yes`.
+    let authz = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let authz_port = authz.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in authz.incoming().map_while(Result::ok) {
+            let mut buf = vec![0u8; 8192];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+            let answer: &[u8] = if req.contains("\r\nx-allow: yes\r\n") {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 403 Forbidden\r\ncontent-length: 6\r\nconnection: close\r\n\r\nno ext"
+            };
+            let _ = c.write_all(answer);
+        }
+    });
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!("extensionProviders:\n- name: authz\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {authz_port}, includeRequestHeadersInCheck: [x-allow]}}\n"),
+    )
+    .expect("mesh config");
     let _server = start(&dir.join("server.yaml"), &dir.join("server.log"));
     let _client = start(&dir.join("client.yaml"), &dir.join("client.log"));
     wait_for(inbound);
@@ -198,6 +231,26 @@ outbound:
         "{body}"
     );
     assert_eq!(get(outbound, "/admin").map(|r| r.0), Some(403));
+    // CUSTOM through the proxy command: the mesh config's provider is called for real.
+    let ext = |allow: bool| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", outbound)).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok();
+        let extra = if allow { "x-allow: yes\r\n" } else { "" };
+        let req = format!("GET /api/ext HTTP/1.1\r\nHost: api\r\n{extra}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let allowed = ext(true);
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let denied = ext(false);
+    assert!(
+        denied.starts_with("HTTP/1.1 403") && denied.ends_with("no ext"),
+        "the provider's answer reaches the client: {denied}"
+    );
     // Plaintext straight to the server proxy: STRICT closes it.
     assert_eq!(get(inbound, "/api/orders"), None);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
