@@ -49,6 +49,20 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A port for an Envoy listener, outside the kernel's ephemeral range (32768-60999), so the
+/// `127.0.0.1:0` binds of tests running in parallel cannot take it between the pick and Envoy's
+/// bind.
+fn listener_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let p = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10_000;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
 fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("meshguard-custom-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -1035,7 +1049,7 @@ async fn http_differential(bin: &Path, full: bool) {
     let ca = Ca::init(&d.join("ca"), "cluster.local", KeyType::EcdsaP256).expect("ca");
     let (authz, seen) = http_peer(stub_answer).await;
     let app = echo_app().await;
-    let listen = envoy::free_port();
+    let listen = listener_port();
     let _envoy = envoy::Envoy::start(
         bin,
         &d,
@@ -1241,7 +1255,7 @@ async fn grpc_differential(bin: &Path, pack: bool) {
             .serve(format!("127.0.0.1:{port}").parse().expect("addr")),
     );
     let app = echo_app().await;
-    let listen = envoy::free_port();
+    let listen = listener_port();
     let _envoy = envoy::Envoy::start(
         bin,
         &d,
@@ -1414,7 +1428,7 @@ async fn failures_are_answered_as_envoy_answers_them() {
             "",
         ),
     ];
-    let ports: Vec<u16> = cases.iter().map(|_| envoy::free_port()).collect();
+    let ports: Vec<u16> = cases.iter().map(|_| listener_port()).collect();
     let listeners: Vec<serde_json::Value> = cases
         .iter()
         .zip(&ports)
@@ -1586,7 +1600,7 @@ async fn grpc_answers_are_applied_as_envoy_applies_them() {
             .serve(format!("127.0.0.1:{port}").parse().expect("addr")),
     );
     let app = echo_app().await;
-    let listen = envoy::free_port();
+    let listen = listener_port();
     let _envoy = envoy::Envoy::start(
         &bin,
         &d,
