@@ -29,7 +29,7 @@ use meshguard_engine::source::load_paths;
 use meshguard_engine::{
     Decision, DecisionLog, Embedded, Engine, Files, LoadError, Settings, Sink, State,
 };
-use meshguard_policy::load::{parse_mesh_config, parse_request};
+use meshguard_policy::load::parse_mesh_config;
 use meshguard_policy::yaml::parse_documents;
 use meshguard_policy::{Diagnostic, MeshConfig, PathNormalization, Request, Severity};
 
@@ -421,34 +421,8 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
         let Some(doc) = docs.first() else {
             bail!("{name}: the request is empty")
         };
-        let (mut req, id) = parse_request(doc, set.mesh().path_normalization)
-            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        if let Some(p) = &id.peer {
-            req = req.with_peer(p);
-        }
-        // remote.ip as the sidecar's Envoy derives it from X-Forwarded-For.
-        req.derive_remote_ip(set.mesh().xff_trusted_hops);
-        // An AuthConfig named by the request, as Envoy's per-route config_id.
-        req.auth_config = doc
-            .get("authConfig")
-            .and_then(|n| n.as_str())
-            .map(str::to_owned);
-        if let Some(b) = &req.auth_config {
-            req.context_extensions
-                .insert("config_id".to_owned(), b.clone());
-        }
-        if let Some(h) = req.http.as_mut() {
-            h.body = doc
-                .get("request")
-                .and_then(|r| r.get("body"))
-                .and_then(|b| b.as_str())
-                .map(|b| meshguard_policy::Body {
-                    bytes: b.as_bytes().to_vec(),
-                    truncated: false,
-                });
-        }
-        // Verified claims given in the request file stand for a token already verified.
-        req.verified_jwt = id.jwt;
+        let req =
+            request_input::build(doc, set.mesh()).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let d = rt.block_on(engine.evaluate(&req));
         all_allowed &= d.allowed;
         let why = if d.no_allow_matched {

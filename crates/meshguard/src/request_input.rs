@@ -3,8 +3,7 @@
 //! `remote.ip` derived as the sidecar's Envoy derives it, the AuthConfig a route names, the body
 //! Rego steps see, and already-verified claims standing for a verified token.
 //!
-//! `meshguard test` decides through this; `check` keeps an inline copy of the same steps in
-//! main.rs (to be pointed here when main.rs is next edited).
+//! `meshguard check` and `meshguard test` both decide through this.
 
 use meshguard_policy::load::parse_request;
 use meshguard_policy::yaml::Node;

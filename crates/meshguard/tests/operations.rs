@@ -2,21 +2,11 @@
 //! with access logs (RFC 3339 time, decision id, client IP), the log file reopened on SIGHUP for
 //! logrotate, and metrics that tell client mistakes from internal errors.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod cmd;
-use cmd::{http_get as request, BIN};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use cmd::{http_get as request, serve, BIN};
 
 /// The lines of a file once it has at least `n` of them.
 fn lines_of(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
@@ -53,42 +43,20 @@ fn decision_log_lines_join_rotate_and_metrics_tell_mistakes_apart() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let log = dir.join("decisions.jsonl");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "off",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--reload-interval",
-            "0s",
-            "--decision-log",
-        ])
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let err = BufReader::new(child.stderr.take().expect("stderr"));
-    let pid = child.id().to_string();
-    let _guard = Kill(child);
-    let (mut http, mut admin) = (String::new(), String::new());
-    let mut lines = err.lines().map_while(Result::ok);
-    for line in lines.by_ref() {
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-        }
-        if let Some(a) = line.trim().strip_prefix("admin: http://") {
-            admin = a.split('/').next().unwrap_or("").to_owned();
-        }
-        if line.starts_with("stop with Ctrl-C") {
-            break;
-        }
-    }
-    // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
+    let srv = serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--admin-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--reload-interval".as_ref(),
+        "0s".as_ref(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let pid = srv.child.id().to_string();
+    let (http, admin) = (srv.http.clone(), srv.admin.clone());
     assert!(!http.is_empty() && !admin.is_empty(), "{http} {admin}");
 
     let backend = [
@@ -181,33 +149,19 @@ fn log_level_and_format_are_checked_and_json_logs_are_json() {
         "{err}"
     );
     // JSON operational logs: a warning logged while serving is one JSON object per line.
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--grpc-listen",
-            "off",
-            "--admin-listen",
-            "off",
-        ])
-        .args(["--http-listen", "127.0.0.1:0", "--decision-log", "off"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map_while(Result::ok);
-    let mut http = String::new();
-    for line in lines.by_ref() {
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-        }
-        if line.starts_with("stop with Ctrl-C") {
-            break;
-        }
-    }
+    let srv = serve([
+        "--log-format",
+        "json",
+        "--grpc-listen",
+        "off",
+        "--admin-listen",
+        "off",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--decision-log",
+        "off",
+    ]);
+    let http = srv.http.clone();
     // A namespace without ALLOW policies: the default-deny warning, logged as JSON.
     request(
         &http,
@@ -218,11 +172,10 @@ fn log_level_and_format_are_checked_and_json_logs_are_json() {
             ("X-Meshguard-Workload", "nowhere/app=x"),
         ],
     );
-    let warning = lines
+    let warning = std::iter::from_fn(|| srv.log.recv_timeout(Duration::from_secs(10)).ok())
         .find(|l| l.contains("no ALLOW AuthorizationPolicy"))
         .expect("the warning");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     let j: serde_json::Value = serde_json::from_str(&warning).expect("a JSON log line");
     assert_eq!(j["level"], "WARN", "{j}");
     assert_eq!(j["fields"]["namespace"], "nowhere", "{j}");
@@ -256,32 +209,21 @@ spec:
     )
     .expect("write");
     let log = dir.join("d.jsonl");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-listen", "off", "--admin-listen", "off"])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--trust-forwarded-client-cert",
-        ])
-        .arg("--policies")
-        .arg(dir.join("p"))
-        .arg("--decision-log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map_while(Result::ok);
-    let mut http = String::new();
-    for line in lines.by_ref() {
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let policies = dir.join("p");
+    let srv = serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--trust-forwarded-client-cert".as_ref(),
+        "--policies".as_ref(),
+        policies.as_os_str(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let http = srv.http.clone();
     let call = |i: usize| {
         let xfcc = format!("URI=spiffe://cluster.local/ns/shop/sa/caller-{i}");
         request(
@@ -305,8 +247,7 @@ spec:
     let denied = first.iter().filter(|s| **s == 403).count();
     assert!((8..=32).contains(&denied), "{denied} of 40 denied at 50%");
     let recorded = lines_of(&log, 80);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     assert_eq!(recorded.len(), 80);
     for l in &recorded {
         let g = &l["gradual"][0];
@@ -344,41 +285,22 @@ spec: {action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}
     )
     .expect("write");
     let log = dir.join("d.jsonl");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "off",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-listen", "127.0.0.1:0", "--audit", "shop/app=web"])
-        .arg("--policies")
-        .arg(dir.join("p"))
-        .arg("--decision-log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map_while(Result::ok);
-    let (mut http, mut admin, mut banner) = (String::new(), String::new(), String::new());
-    for line in lines.by_ref() {
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-        }
-        if let Some(a) = line.trim().strip_prefix("admin: http://") {
-            admin = a.split('/').next().unwrap_or("").to_owned();
-        }
-        if line.starts_with("stop with Ctrl-C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let policies = dir.join("p");
+    let srv = serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--admin-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--audit".as_ref(),
+        "shop/app=web".as_ref(),
+        "--policies".as_ref(),
+        policies.as_os_str(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let (http, admin, banner) = (srv.http.clone(), srv.admin.clone(), srv.banner.clone());
     assert!(banner.contains("AUDIT MODE for shop/app=web"), "{banner}");
     let ask = |path: &str, workload: &str| {
         request(
@@ -422,8 +344,7 @@ spec: {action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}
     let x = got.iter().find(|l| l["path"] == "/x").expect("/x");
     assert_eq!(x["dry_run"]["allowed"], false, "{x}");
     let (_, metrics) = request(&admin, "/metrics", &[]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     assert!(
         metrics.contains("meshguard_audit_mode_would_deny_total{policy=\"\"} 1"),
         "{metrics}"
@@ -443,31 +364,19 @@ fn the_decision_log_rotates_by_size() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let log = dir.join("d.jsonl");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-listen", "off", "--admin-listen", "off"])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--decision-log-max-bytes",
-            "2000",
-        ])
-        .arg("--decision-log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map_while(Result::ok);
-    let mut http = String::new();
-    for line in lines.by_ref() {
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let srv = serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--decision-log-max-bytes".as_ref(),
+        "2000".as_ref(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let http = srv.http.clone();
     for i in 0..40 {
         let id = format!("req-{i}");
         request(
@@ -490,8 +399,7 @@ fn the_decision_log_rotates_by_size() {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     let rotated = |n: u32| dir.join(format!("d.jsonl.{n}"));
     for f in [log.clone(), rotated(1), rotated(2), rotated(3)] {
         let len = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);

@@ -3,12 +3,11 @@
 //! credentials), and a candidate policy set's changes are reported by edge and policy, with the
 //! exit status as a CI gate.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod cmd;
-use cmd::{http_get, BIN};
+use cmd::{http_get, serve, BIN};
 
 const LIVE: &str = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -62,33 +61,21 @@ fn recorded_traffic_replays_against_a_candidate_set() {
     std::fs::create_dir_all(dir.join("candidate")).expect("mkdir");
     std::fs::write(dir.join("live/shop.yaml"), LIVE).expect("write");
     let log = dir.join("decisions.jsonl");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-listen", "off", "--admin-listen", "off"])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--trust-forwarded-client-cert",
-        ])
-        .arg("--policies")
-        .arg(dir.join("live"))
-        .arg("--decision-log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let mut http = String::new();
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr"))
-        .lines()
-        .map_while(Result::ok);
-    for line in lines.by_ref() {
-        if line.contains("HTTP forward-auth (") {
-            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
-            break;
-        }
-    }
-    // Keep reading stderr: the server writes more of its banner and its log there.
-    std::thread::spawn(move || lines.for_each(drop));
+    let live = dir.join("live");
+    let srv = serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--trust-forwarded-client-cert".as_ref(),
+        "--policies".as_ref(),
+        live.as_os_str(),
+        "--decision-log".as_ref(),
+        log.as_os_str(),
+    ]);
+    let http = srv.http.clone();
     let frontend = Some("web/sa/frontend");
     let traffic = [
         (ask(&http, "/orders/17", frontend, &[]), 200),
@@ -127,8 +114,7 @@ fn recorded_traffic_replays_against_a_candidate_set() {
         assert!(Instant::now() < until, "decision lines not written");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(srv);
     let recorded = std::fs::read_to_string(&log).expect("log");
     assert!(
         !recorded.contains("secret-token"),

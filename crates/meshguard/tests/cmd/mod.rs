@@ -51,3 +51,68 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Strin
         .to_owned();
     (status, body)
 }
+
+/// A `meshguard serve` started by a test on loopback ports it picks (add
+/// `--http-listen 127.0.0.1:0` and friends to `args`), killed when dropped. The banner is read to
+/// its last line; the rest of stderr keeps being read (a server whose stderr closes would die)
+/// and arrives on `log`.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// The HTTP forward-auth and admin addresses from the banner (empty when off).
+    pub http: String,
+    pub admin: String,
+    pub banner: String,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve<I, S>(args: I) -> Serve
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshguard serve");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr"))
+        .lines()
+        .map_while(Result::ok);
+    let (mut http, mut admin, mut banner) = (String::new(), String::new(), String::new());
+    for line in lines.by_ref() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("HTTP forward-auth (") {
+            http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
+        }
+        if let Some(a) = line.trim().strip_prefix("admin: http://") {
+            admin = a.split('/').next().unwrap_or("").to_owned();
+        }
+        if line.starts_with("stop with Ctrl-C") {
+            break;
+        }
+    }
+    let (tx, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines {
+            let _ = tx.send(l);
+        }
+    });
+    Serve {
+        child,
+        http,
+        admin,
+        banner,
+        log,
+    }
+}
