@@ -180,6 +180,11 @@ struct CheckArgs {
     /// Output format: human text, or one JSON object per request.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     output: Output,
+    /// Also run the AuthConfigs that decided once more, step by step, and show each step's
+    /// verdict; for Rego steps (opaAuth, opaEnvoy) every rule of the policy with its value and
+    /// the lines evaluation did not reach (the `why:` lines; `why` in JSON).
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Args)]
@@ -425,11 +430,14 @@ fn check(a: CheckArgs) -> Result<ExitCode> {
             request_input::build(doc, set.mesh()).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         let d = rt.block_on(engine.evaluate(&req));
         all_allowed &= d.allowed;
-        let why = if d.no_allow_matched {
+        let mut why = if d.no_allow_matched {
             set.explain_no_match(&req, &d.identity)
         } else {
             Vec::new()
         };
+        if a.explain {
+            why.extend(rt.block_on(explain_auth_configs(&engine, &d, &req)));
+        }
         print_decision(a.output, name, many, &d, &req, &why, &engine);
     }
     Ok(if all_allowed {
@@ -450,6 +458,29 @@ pub(crate) fn embedded_source() -> Embedded {
 }
 
 /// Prints one decision of `check`: a verdict line, then what a user needs to understand it.
+/// The AuthConfigs of a decision, run again with a trace (`check --explain`).
+async fn explain_auth_configs(engine: &Engine, d: &Decision, req: &Request) -> Vec<String> {
+    let Some(names) = &d.auth_config else {
+        return Vec::new();
+    };
+    let g = engine.state().current();
+    let mut out = Vec::new();
+    for name in names.split(',') {
+        let Some(chain) = g.chains.get(name) else {
+            out.push(format!("AuthConfig {name}: not loaded"));
+            continue;
+        };
+        let (o, trace) = chain.run_explained(req, &d.identity).await;
+        out.push(format!(
+            "AuthConfig {name}: {} ({})",
+            if o.allowed { "allowed" } else { "denied" },
+            o.reason
+        ));
+        out.extend(trace);
+    }
+    out
+}
+
 fn print_decision(
     output: Output,
     name: &str,

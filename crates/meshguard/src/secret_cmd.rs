@@ -181,7 +181,9 @@ fn secret_yaml(
     data: &BTreeMap<String, Vec<u8>>,
     comment: &str,
 ) -> String {
-    let mut y = String::new();
+    // A document start, so outputs appended to one file (`>> secrets.yaml`) stay separate
+    // documents for kubectl and `--policies`.
+    let mut y = String::from("---\n");
     for line in comment.lines() {
         y.push_str(&format!("# {line}\n"));
     }

@@ -23,6 +23,7 @@ use meshguard_proxy::{Bound, Inbound, Outbound, Protocol, ProxyConfig, SvidMater
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod envoy;
+mod snippets;
 
 const AUTHN_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../meshguard-authn/tests/data");
 const SERVER: &str = "spiffe://cluster.local/ns/backend/sa/api";
@@ -840,22 +841,31 @@ async fn opa_envoy_plugin_runs_the_seed_policy() {
         ),
     )
     .expect("write");
+    // The README's command line, as written; the test adds its loopback ports and a quiet log.
+    let readme = snippets::commands(&snippets::block("custom-opa-envoy"), "opa-envoy");
+    assert_eq!(readme.len(), 1, "one opa-envoy command in the README");
+    let args: Vec<std::ffi::OsString> = readme[0]
+        .iter()
+        .map(|a| match a.as_str() {
+            "opa.yaml" => d.join("opa.yaml").into_os_string(),
+            "policy.rego" => rego.clone().into_os_string(),
+            "data.json" => data.clone().into_os_string(),
+            other => other.into(),
+        })
+        .collect();
+    assert_eq!(readme[0][..2], ["run", "--server"], "{:?}", readme[0]);
     let mut opa = Kill(
         Command::new(&bin)
+            .args(&args[..2])
             .args([
-                "run",
-                "--server",
                 "--addr",
                 &format!("127.0.0.1:{http}"),
                 "--diagnostic-addr",
                 &format!("127.0.0.1:{diag}"),
                 "--log-level",
                 "error",
-                "--config-file",
             ])
-            .arg(d.join("opa.yaml"))
-            .arg(&rego)
-            .arg(&data)
+            .args(&args[2..])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(d.join("opa.log")).expect("log file"))
             .spawn()

@@ -11,6 +11,7 @@
 //!   front of serve's HTTP mode.
 
 mod envoy;
+mod snippets;
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -423,5 +424,65 @@ spec:
     assert!(
         e.is_none() && s == 403,
         "meshguard down: status_on_error Forbidden, got {s}"
+    );
+}
+
+/// The README's per-route `context_extensions` block (namespace, labels, port), as written, in a
+/// real Envoy route in front of serve: the workload and port it names are the ones policies
+/// match; a route without it is denied (its workload cannot be told).
+#[test]
+fn readme_route_context_extensions_name_the_workload() {
+    let Some(envoy_bin) = envoy::envoy_bin() else {
+        return;
+    };
+    let dir = envoy::temp_dir("readme-labels");
+    let pol = dir.join("policies");
+    std::fs::create_dir_all(&pol).expect("mkdir");
+    std::fs::write(
+        pol.join("httpbin.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin-get, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  rules:
+  - to: [{operation: {ports: [\"8080\"], paths: [/get]}}]
+  - to: [{operation: {ports: [\"9999\"], paths: [/other-port]}}]
+",
+    )
+    .expect("policy");
+    let echo = envoy::echo_app();
+    let (_serve, grpc) =
+        envoy::start_serve(&dir, "labels", &["--policies", pol.to_str().expect("utf8")]);
+    let block = snippets::block("envoy-route-labels");
+    let docs = meshguard_policy::yaml::parse_documents(&block).expect("the README block is YAML");
+    let per_route = docs.first().expect("one document").to_json();
+    let port = envoy::free_port();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&bootstrap(port, echo, grpc).replace("ADMIN_PORT", "\"ADMIN_PORT\""))
+            .expect("bootstrap JSON");
+    let routes = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+    *routes = json!([
+        {"match": {"prefix": "/unlabelled"}, "route": {"cluster": "app", "timeout": "5s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "5s"},
+         "typed_per_filter_config": per_route},
+    ]);
+    let config = config.to_string().replace("\"ADMIN_PORT\"", "ADMIN_PORT");
+    let _envoy = Envoy::start(&envoy_bin, &dir, "labels", &config);
+    let (s, e) = call(port, &request("GET", "/get", &[], "", true));
+    assert_eq!(
+        (s, e.is_some()),
+        (200, true),
+        "foo/app=httpbin on port 8080"
+    );
+    let (s, _) = call(port, &request("GET", "/other-port", &[], "", true));
+    assert_eq!(s, 403, "the rule for port 9999 does not match port 8080");
+    let (s, _) = call(port, &request("GET", "/anything", &[], "", true));
+    assert_eq!(s, 403, "no rule allows it");
+    let (s, _) = call(port, &request("GET", "/unlabelled", &[], "", true));
+    assert_eq!(
+        s, 403,
+        "a route without the extensions names no workload: denied"
     );
 }

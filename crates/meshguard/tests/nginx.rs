@@ -2,6 +2,8 @@
 //! mode deciding with the bundled example policies plus a JWT-protected demo workload. Every
 //! process runs on loopback ports this test picks. Under CI=true a missing nginx fails the test.
 
+mod snippets;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -155,15 +157,130 @@ fn auth_location(name: &str, mg: u16, workload: &str, extra: &str) -> String {
     )
 }
 
-#[test]
-fn nginx_auth_request_in_front_of_an_upstream() {
-    let Some(nginx) = nginx_binary() else {
+/// nginx in the foreground with `servers` as its `http {}` body and every path under `dir`.
+fn start_nginx(nginx: &Path, dir: &Path, servers: &str) -> Kill {
+    let conf = format!(
+        "daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+{servers}}}
+",
+        d = dir.display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    Kill(
+        Command::new(nginx)
+            .args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &conf_path.display().to_string(),
+                "-e",
+                &dir.join("error.log").display().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx"),
+    )
+}
+
+fn nginx_or_fail() -> Option<PathBuf> {
+    let found = nginx_binary();
+    if found.is_none() {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("nginx is not installed; scripts/test.sh installs it (apt-get install nginx)");
         }
         eprintln!("SKIPPED: nginx is not installed (run scripts/test.sh, which installs it)");
-        return;
-    };
+    }
+    found
+}
+
+/// The README's nginx snippet, as written (the app and meshguard's address moved to this
+/// test's ports), in front of `meshguard serve --trust-forwarded-client-cert` on the bundled
+/// examples: the answers the README gives.
+#[test]
+fn readme_nginx_snippet_gives_the_answers_the_readme_says() {
+    let Some(nginx) = nginx_or_fail() else { return };
+    let dir = std::env::temp_dir().join(format!("meshguard-nginx-readme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let upstream = start_upstream();
+    let (mg_http, mg_admin, front) = (free_port(), free_port(), free_port());
+    let _mg = Kill(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--trust-forwarded-client-cert",
+                "--grpc-listen",
+                "off",
+            ])
+            .args(["--decision-log", "off", "--log-level", "warn"])
+            .args(["--http-listen", &format!("127.0.0.1:{mg_http}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{mg_admin}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start meshguard"),
+    );
+    wait_for(mg_admin, "/readyz");
+    let snippet = snippets::block("nginx");
+    assert!(snippet.contains("http://app") && snippet.contains("127.0.0.1:9192"));
+    let as_written = snippet
+        .replace("http://app", &format!("http://127.0.0.1:{upstream}"))
+        .replace("127.0.0.1:9192", &format!("127.0.0.1:{mg_http}"));
+    let no_identity = as_written.replace(
+        "X-Forwarded-Client-Cert \"URI=spiffe://cluster.local/ns/production/sa/frontend\"",
+        "X-Forwarded-Client-Cert \"\"",
+    );
+    assert_ne!(
+        no_identity, as_written,
+        "the snippet sets the caller's identity"
+    );
+    let front_none = free_port();
+    let servers = format!(
+        "server {{\n listen 127.0.0.1:{front};\n{as_written}}}\nserver {{\n listen 127.0.0.1:{front_none};\n{no_identity}}}\n"
+    );
+    let _nginx = start_nginx(&nginx, &dir, &servers);
+    wait_for(front, "/api/v1/users");
+
+    let (s, body) = http(front, "/api/v1/users", &[]);
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains("UPSTREAM"), "{body}");
+    let (s, body) = http(front, "/api/admin", &[]);
+    assert_eq!(s, 403, "{body}");
+    assert!(!body.contains("UPSTREAM"));
+    // A client's own identity header is replaced by the one nginx sets.
+    let (s, _) = http(
+        front_none,
+        "/api/v1/users",
+        &[(
+            "X-Forwarded-Client-Cert",
+            "URI=spiffe://cluster.local/ns/production/sa/frontend",
+        )],
+    );
+    assert_eq!(
+        s, 403,
+        "no mesh identity under STRICT: every request is 403"
+    );
+    let (s, _) = http(front_none, "/api/v1/users", &[]);
+    assert_eq!(s, 403);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nginx_auth_request_in_front_of_an_upstream() {
+    let Some(nginx) = nginx_or_fail() else { return };
     let dir = std::env::temp_dir().join(format!("meshguard-nginx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
@@ -205,21 +322,8 @@ fn nginx_auth_request_in_front_of_an_upstream() {
     let frontend_identity = "      proxy_set_header X-Forwarded-Client-Cert \"URI=spiffe://cluster.local/ns/production/sa/frontend\";\n";
     // The shop location clears any client-supplied identity header.
     let no_identity = "      proxy_set_header X-Forwarded-Client-Cert \"\";\n";
-    let conf = format!(
-        "daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
+    let servers = format!(
+        "  server {{
     listen 127.0.0.1:{front_backend};
     location / {{
       auth_request /_auth;
@@ -235,9 +339,7 @@ http {{
       proxy_pass http://127.0.0.1:{upstream};
     }}
 {auth_shop}  }}
-}}
 ",
-        d = dir.display(),
         auth_backend = auth_location(
             "_auth",
             mg_http,
@@ -246,23 +348,7 @@ http {{
         ),
         auth_shop = auth_location("_auth", mg_http, "demo/app=shop", no_identity),
     );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let _nginx = Kill(
-        Command::new(&nginx)
-            .args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &conf_path.display().to_string(),
-                "-e",
-                &dir.join("error.log").display().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx"),
-    );
+    let _nginx = start_nginx(&nginx, &dir, &servers);
     wait_for(front_backend, "/api/v1/users");
 
     // The seed policies through nginx: frontend -> backend API allowed, admin API denied,

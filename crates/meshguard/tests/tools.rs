@@ -1,6 +1,8 @@
 //! The operator tools, run as a user runs them: `meshguard test`, `policies-for`, `who-can`,
 //! `secret`, `completions`, `man`, `--version`, `--log-level`.
 
+mod snippets;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1119,63 +1121,32 @@ fn errors_say_each_cause_once() {
     );
 }
 
-// ---- the README's sections for these tools ----
-
-/// The fenced blocks of a README section (from its `## ` heading to the next one).
-fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README");
-    let start = readme.find(heading).expect("section");
-    let rest = &readme[start + heading.len()..];
-    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
-    let mut out = Vec::new();
-    let fence = format!("```{lang}\n");
-    let mut it = section.split(fence.as_str());
-    it.next();
-    for chunk in it {
-        if let Some(end) = chunk.find("```") {
-            out.push(chunk[..end].to_owned());
-        }
-    }
-    out
-}
+// ---- the README's blocks for these tools ----
 
 #[test]
 fn readme_test_file_and_commands_work_as_written() {
-    let yaml = readme_blocks("## `meshguard test`", "yaml");
-    assert_eq!(yaml.len(), 1);
     let d = scratch("readme-test");
-    let f = write(&d, "backend.test.yaml", &yaml[0]);
+    let f = write(&d, "backend.test.yaml", &snippets::block("test-file"));
     let o = run(&["test", f.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("2 passed, 0 failed"), "{}", stdout(&o));
 
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let mut ran = 0;
-    for heading in [
-        "## `meshguard test`",
-        "## `meshguard policies-for` and `meshguard who-can`",
-    ] {
-        for block in readme_blocks(heading, "sh") {
-            for line in block.lines() {
-                let cmd = line.split("  #").next().unwrap_or("").trim();
-                let Some(args) = cmd.strip_prefix("meshguard ") else {
-                    continue;
-                };
-                let args: Vec<&str> = args.split_whitespace().collect();
-                let o = run_in(root, &args);
-                assert_eq!(
-                    o.status.code(),
-                    Some(0),
-                    "`{cmd}`: {}{}",
-                    stdout(&o),
-                    stderr(&o)
-                );
-                ran += 1;
-            }
-        }
+    for args in snippets::commands(&snippets::block("test-commands"), "meshguard") {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_in(root, &args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "`meshguard {}`: {}{}",
+            args.join(" "),
+            stdout(&o),
+            stderr(&o)
+        );
+        ran += 1;
     }
-    assert_eq!(ran, 5, "the commands of both sections");
+    assert_eq!(ran, 2, "the block's two commands");
 }
 
 /// Expectations beyond the verdict: headers added upstream, AUDIT matches, the dry-run verdict.
@@ -1429,4 +1400,101 @@ fn test_junit_report() {
         "{x}"
     );
     assert!(x.trim_end().ends_with("</testsuites>"), "{x}");
+}
+
+/// `check --explain` on the opaEnvoy example: every rule with its value, the rules undefined
+/// for the input, and the policy lines where evaluation stopped; in text and in JSON.
+#[test]
+fn check_explain_shows_rego_rules_and_where_evaluation_stopped() {
+    let d = scratch("explain");
+    let req = |auth: &str| {
+        format!(
+            "destination: {{namespace: shop, labels: {{app: orders}}, port: 8080}}\nauthConfig: gloo-system.orders-opa\nrequest:\n  method: GET\n  path: /post\n  headers: {{content-type: application/json{auth}}}\n  body: '{{\"item\": \"book\", \"quantity\": 2}}'\n"
+        )
+    };
+    let none = write(&d, "none.yaml", &req(""));
+    let policies = format!("{EXAMPLES}/extauth");
+    let o = run(&[
+        "check",
+        "--policies",
+        &policies,
+        "--request",
+        none.to_str().expect("path"),
+        "--explain",
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("why:   data.envoy.authz.allow = false"),
+        "{out}"
+    );
+    assert!(
+        out.contains("data.envoy.authz: undefined for this input: token, claims"),
+        "no Authorization header: neither token nor claims is defined\n{out}"
+    );
+    assert!(
+        out.contains("orders-policy/policy.rego:9: startswith(auth, \"Bearer \")"),
+        "{out}"
+    );
+    // The README's example: the command as shown, with this request as orders.yaml; every
+    // line it shows is in the output.
+    let shown = snippets::block("check-explain");
+    let mut lines = shown.lines();
+    let command = lines
+        .next()
+        .and_then(|l| l.strip_prefix("$ meshguard "))
+        .expect("the block starts with the command");
+    std::fs::write(d.join("orders.yaml"), req("")).expect("write");
+    let args: Vec<String> = command
+        .split_whitespace()
+        .map(|a| a.replace("examples/", &format!("{EXAMPLES}/")))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = run_in(&d, &args);
+    let got = stdout(&o);
+    for line in lines.filter(|l| l.trim() != "...") {
+        assert!(
+            got.contains(line),
+            "README line `{line}` is not in the output:\n{got}"
+        );
+    }
+    // Without --explain, none of it.
+    let o = run(&[
+        "check",
+        "--policies",
+        &policies,
+        "--request",
+        none.to_str().expect("path"),
+    ]);
+    assert!(!stdout(&o).contains("why:"), "{}", stdout(&o));
+
+    // A token that is not a JWT: `token` has a value, `claims` stays undefined.
+    let bad = write(&d, "bad.yaml", &req(", authorization: Bearer not-a-jwt"));
+    let o = run(&[
+        "check",
+        "--policies",
+        &policies,
+        "--request",
+        bad.to_str().expect("path"),
+        "--explain",
+        "--output",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    let why: Vec<&str> = v["why"]
+        .as_array()
+        .expect("why")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert!(
+        why.contains(&"  data.envoy.authz.token = \"not-a-jwt\""),
+        "{why:#?}"
+    );
+    assert!(
+        why.contains(&"  data.envoy.authz: undefined for this input: claims"),
+        "{why:#?}"
+    );
+    assert_eq!(v["allowed"], false);
 }

@@ -86,6 +86,9 @@ pub struct StepInput<'a> {
     pub id: &'a Identity,
     /// Chain state: values earlier steps left for later ones (Gloo's `AuthorizationRequest.State`).
     pub state: &'a mut Map<String, Value>,
+    /// When explaining (`meshguard check --explain`): what each step looked at and found, for
+    /// people. `None` on the serving path, where nothing is collected.
+    pub trace: Option<Vec<String>>,
 }
 
 impl StepInput<'_> {
@@ -256,6 +259,7 @@ impl Chain {
         let Some(s) = self.steps.iter().find(|s| s.name == name) else {
             return StepOutcome::deny(403, format!("config `{name}` does not exist"));
         };
+        let mark = input.trace.as_ref().map(Vec::len);
         let mut o = match &s.step {
             Step::ApiKey(k) => k.check(input),
             Step::Basic(b) => b.check(input).await,
@@ -301,6 +305,23 @@ impl Chain {
             },
         };
         o.reason = format!("{}: {}", s.name, o.reason);
+        if let (Some(trace), Some(mark)) = (input.trace.as_mut(), mark) {
+            trace.insert(
+                mark,
+                format!(
+                    "step {}: {} ({})",
+                    s.name,
+                    if o.error {
+                        "could not decide".to_owned()
+                    } else if o.allowed {
+                        "passed".to_owned()
+                    } else {
+                        format!("denied {}", o.status)
+                    },
+                    o.reason
+                ),
+            );
+        }
         o
     }
 
@@ -311,7 +332,27 @@ impl Chain {
             req,
             id,
             state: &mut state,
+            trace: None,
         };
+        self.run_with(&mut input).await
+    }
+
+    /// Runs the chain as [`Chain::run`] does and says, step by step, what happened: each step's
+    /// verdict and, for Rego steps, every rule of the policy's packages with its value and the
+    /// lines evaluation did not reach. Slower (coverage is collected); for `check --explain`.
+    pub async fn run_explained(&self, req: &Request, id: &Identity) -> (StepOutcome, Vec<String>) {
+        let mut state = Map::new();
+        let mut input = StepInput {
+            req,
+            id,
+            state: &mut state,
+            trace: Some(Vec::new()),
+        };
+        let o = self.run_with(&mut input).await;
+        (o, input.trace.take().unwrap_or_default())
+    }
+
+    async fn run_with(&self, input: &mut StepInput<'_>) -> StepOutcome {
         let mut passed: Vec<StepOutcome> = Vec::new();
         let mut last_denial: Option<StepOutcome> = None;
         let mut first_error: Option<StepOutcome> = None;
@@ -319,7 +360,7 @@ impl Chain {
             None => {
                 let mut ok = true;
                 for s in &self.steps {
-                    let o = self.run_step(&s.name, &mut input).await;
+                    let o = self.run_step(&s.name, input).await;
                     if o.error && first_error.is_none() {
                         first_error = Some(o.clone());
                     }
@@ -339,7 +380,7 @@ impl Chain {
                     last_denial: &mut last_denial,
                     first_error: &mut first_error,
                 };
-                self.eval(e, &mut input, &mut acc).await
+                self.eval(e, input, &mut acc).await
             }
         };
         if let Some(e) = first_error {

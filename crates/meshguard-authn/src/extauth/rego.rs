@@ -343,16 +343,142 @@ impl RegoStep {
                     )
                 }
             };
+        let explain = input.trace.is_some();
         let run = move || {
-            let o = evaluate(engine, &mode, &doc);
+            let o = if explain {
+                evaluate_explained(engine, &mode, &doc)
+            } else {
+                (evaluate(engine, &mode, &doc), Vec::new())
+            };
             drop(permit);
             o
         };
         match tokio::task::spawn_blocking(run).await {
-            Ok(o) => o,
+            Ok((o, lines)) => {
+                if let Some(t) = input.trace.as_mut() {
+                    t.extend(lines);
+                }
+                o
+            }
             Err(e) => StepOutcome::failed(403, format!("Rego evaluation aborted (denied): {e}")),
         }
     }
+}
+
+/// Values longer than this are cut in explanations (a decoded token, a whole input).
+const EXPLAIN_VALUE_CHARS: usize = 160;
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= EXPLAIN_VALUE_CHARS {
+        return s;
+    }
+    let cut: String = s.chars().take(EXPLAIN_VALUE_CHARS).collect();
+    format!("{cut}... ({} chars)", s.chars().count())
+}
+
+/// [`evaluate`], then what a person needs to see why: every rule of the modules' packages with
+/// its value (rules left out are undefined for this input) and, from regorus' coverage, the
+/// policy lines evaluation never reached or found false.
+fn evaluate_explained(
+    mut e: regorus::Engine,
+    mode: &RegoMode,
+    doc: &Value,
+) -> (StepOutcome, Vec<String>) {
+    e.set_enable_coverage(true);
+    e.clear_coverage_data();
+    let o = evaluate(e.clone(), mode, doc);
+    let mut lines = Vec::new();
+    e.set_input(to_rvalue(doc));
+    let mut packages = e.get_packages().unwrap_or_default();
+    packages.sort();
+    packages.dedup();
+    for pkg in packages {
+        match e.eval_query(pkg.clone(), false) {
+            Ok(r) => {
+                let v = r
+                    .result
+                    .first()
+                    .and_then(|q| q.expressions.first())
+                    .map(|x| from_rvalue(&x.value))
+                    .unwrap_or(Value::Null);
+                let rules = v.as_object().cloned().unwrap_or_default();
+                for (name, value) in &rules {
+                    lines.push(format!("  {pkg}.{name} = {}", short(value)));
+                }
+                let undefined: Vec<String> = rule_names(&e, &pkg)
+                    .into_iter()
+                    .filter(|n| !rules.contains_key(n))
+                    .collect();
+                if !undefined.is_empty() {
+                    lines.push(format!(
+                        "  {pkg}: undefined for this input: {}",
+                        undefined.join(", ")
+                    ));
+                }
+            }
+            Err(err) => lines.push(format!("  {pkg}: evaluation failed: {err}")),
+        }
+    }
+    if let Ok(report) = e.get_coverage_report() {
+        for file in &report.files {
+            let src: Vec<&str> = file.code.lines().collect();
+            let missed: Vec<String> = file
+                .not_covered
+                .iter()
+                .filter_map(|n| {
+                    let i = usize::try_from(*n).ok()?.checked_sub(1)?;
+                    Some(format!("    {}:{n}: {}", file.path, src.get(i)?.trim()))
+                })
+                .collect();
+            if !missed.is_empty() {
+                lines.push(
+                    "  not reached, or false (where evaluation stopped in each rule):".to_owned(),
+                );
+                lines.extend(missed);
+            }
+        }
+    }
+    (o, lines)
+}
+
+/// The names of the rules that the modules of package `pkg` (`data.a.b`) define, from the
+/// heads of their rules (lines that start at column 0 with a name), in order, once each.
+fn rule_names(e: &regorus::Engine, pkg: &str) -> Vec<String> {
+    let want = pkg.strip_prefix("data.").unwrap_or(pkg);
+    let mut names: Vec<String> = Vec::new();
+    for source in e.get_policies().unwrap_or_default() {
+        let text = source.get_contents();
+        let mut in_pkg = false;
+        for line in text.lines() {
+            if let Some(p) = line.strip_prefix("package ") {
+                in_pkg = p.trim() == want;
+                continue;
+            }
+            if !in_pkg || line.starts_with(char::is_whitespace) {
+                continue;
+            }
+            let head = line.strip_prefix("default ").unwrap_or(line);
+            let name: String = head
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let rest = head[name.len()..].trim_start();
+            let is_rule = ["if", ":=", "=", "[", "(", "{", "contains"]
+                .iter()
+                .any(|t| rest.starts_with(t))
+                || rest.is_empty();
+            if !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && !["import", "package", "else", "not", "some", "every"].contains(&name.as_str())
+                && is_rule
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 fn evaluate(mut e: regorus::Engine, mode: &RegoMode, doc: &Value) -> StepOutcome {
@@ -679,6 +805,7 @@ mod tests {
             req: &req,
             id: &meshguard_policy::Identity::default(),
             state: &mut state,
+            trace: None,
         };
         let doc = envoy_input(&input);
         let h = &doc["attributes"]["request"]["http"]["headers"];

@@ -77,10 +77,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(args);
+    serve_command(cmd)
+}
+
+/// [`serve`] for a command the caller built (its own environment, working directory or
+/// program arguments); stdout and stderr are taken over.
+pub fn serve_command(mut cmd: Command) -> Serve {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
