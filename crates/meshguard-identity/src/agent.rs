@@ -431,7 +431,12 @@ impl Agent {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))?;
         }
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        // Clients that send the socket path as :authority (grpc C-core: py-spiffe) get through;
+        // see uds_authority.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            |conn| conn.map(crate::uds_authority::AuthorityFix::new),
+        );
         tonic::transport::Server::builder()
             .add_service(self.service())
             .serve_with_incoming_shutdown(incoming, shutdown)

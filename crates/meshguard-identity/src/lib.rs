@@ -7,6 +7,7 @@ pub mod agent;
 pub mod ca;
 pub mod jwt;
 pub mod spiffe_id;
+pub mod uds_authority;
 
 pub use ca::{Ca, CaError, KeyType, Svid};
 pub use spiffe_id::{SpiffeId, SpiffeIdError};

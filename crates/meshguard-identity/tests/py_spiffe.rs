@@ -4,9 +4,8 @@
 //! (PyJWT + cryptography underneath), and has the agent validate it.
 //!
 //! grpc C-core sends the percent-encoded socket path as `:authority`, which the h2 crate refuses
-//! (hyperium/h2#487). The documented layout that avoids it without patching the client: run the
-//! workload with its working directory at the socket's directory and
-//! `SPIFFE_ENDPOINT_SOCKET=unix:agent.sock` (a relative path is a valid authority).
+//! (hyperium/h2#487, grpc/grpc#38142); the agent's listener replaces such an authority with
+//! `localhost` (meshguard_identity::uds_authority), so absolute paths work as users write them.
 
 mod common;
 
@@ -76,29 +75,42 @@ async fn py_spiffe_fetches_and_verifies_x509_and_jwt_svids() {
         Duration::from_secs(3600),
     )
     .await;
-    let dir = t.dir.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .args(["-c", SCRIPT])
-            .current_dir(&dir)
-            .env("SPIFFE_ENDPOINT_SOCKET", "unix:agent.sock")
-            .output()
-            .expect("run python")
-    })
-    .await
-    .expect("join");
-    assert!(
-        out.status.success(),
-        "py-spiffe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json from the client");
-    assert_eq!(v["spiffe_id"], id.to_string());
-    assert_eq!(v["chain"], 1);
-    assert_eq!(v["bundles"], serde_json::json!(["cluster.local"]));
-    assert_eq!(v["jwt_sub"], id.to_string());
-    assert_eq!(v["jwt_aud"], serde_json::json!(["backend"]));
-    assert_eq!(v["jwt_authorities"], 1);
-    assert_eq!(v["validated_sub"], id.to_string());
-    assert_ne!(v["wrong_aud"], "accepted");
+    // The socket named as users write it: an absolute path (`unix:///...`, `unix:/...`; grpc
+    // C-core sends it as :authority, which the agent's listener turns into `localhost`), and
+    // relative to the working directory.
+    let abs = t.dir.join("agent.sock");
+    for endpoint in [
+        format!("unix://{}", abs.display()),
+        format!("unix:{}", abs.display()),
+        "unix:agent.sock".to_owned(),
+    ] {
+        let dir = t.dir.clone();
+        let ep = endpoint.clone();
+        let py = py.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(&py)
+                .args(["-c", SCRIPT])
+                .current_dir(&dir)
+                .env("SPIFFE_ENDPOINT_SOCKET", &ep)
+                .output()
+                .expect("run python")
+        })
+        .await
+        .expect("join");
+        assert!(
+            out.status.success(),
+            "py-spiffe with SPIFFE_ENDPOINT_SOCKET={endpoint} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("json from the client");
+        assert_eq!(v["spiffe_id"], id.to_string(), "{endpoint}");
+        assert_eq!(v["chain"], 1);
+        assert_eq!(v["bundles"], serde_json::json!(["cluster.local"]));
+        assert_eq!(v["jwt_sub"], id.to_string());
+        assert_eq!(v["jwt_aud"], serde_json::json!(["backend"]));
+        assert_eq!(v["jwt_authorities"], 1);
+        assert_eq!(v["validated_sub"], id.to_string());
+        assert_ne!(v["wrong_aud"], "accepted");
+    }
 }

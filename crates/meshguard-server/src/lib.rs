@@ -116,6 +116,32 @@ pub enum ServeError {
     Log(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("the built-in gRPC reflection descriptors do not load: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// The ext_authz v3 protos and everything they import, compiled by build.rs.
+const EXT_AUTHZ_FDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_fds.bin"));
+
+/// gRPC server reflection (v1 and the v1alpha that older clients ask for) listing the
+/// Authorization and Health services, so `grpcurl` and friends can call Check by name.
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServeError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(EXT_AUTHZ_FDS)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 async fn bind(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, ServeError> {
@@ -409,6 +435,7 @@ pub async fn serve(
         reporter
             .set_serving::<AuthorizationServer<grpc::CheckService>>()
             .await;
+        let (reflection, reflection_alpha) = reflection_services()?;
         let mut stop = stop_rx.clone();
         let accept_stop = stop_rx.clone();
         let timeout = cfg.request_timeout;
@@ -443,6 +470,8 @@ pub async fn serve(
                 .max_concurrent_streams(Some(1024))
                 .layer(too_large)
                 .add_service(health)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(
                     bounded_incoming(l, accept_stop, limits),

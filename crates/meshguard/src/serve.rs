@@ -274,7 +274,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
                 eprintln!("  namespaces with ALLOW policies: {}", allow_namespaces.into_iter().collect::<Vec<_>>().join(", "));
             }
             if let Some(g) = b.grpc {
-                eprintln!("  Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check, grpc.health.v1): {g}");
+                eprintln!("  Envoy ext_authz gRPC (envoy.service.auth.v3.Authorization/Check, grpc.health.v1, reflection): {g}");
             }
             if let Some(h) = b.http {
                 eprintln!("  HTTP forward-auth (nginx auth_request, Traefik, Caddy, Envoy HTTP ext_authz):  http://{h}");

