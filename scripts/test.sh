@@ -109,6 +109,12 @@ fi
 log "OPA-Envoy plugin (test peer)"
 bash scripts/peers/opa-envoy.sh
 
+# A real Kubernetes control plane (kube-apiserver and kubectl from k8s.io/kubernetes, etcd from
+# go.etcd.io/etcd; Go modules, built once into target/peers/): `serve --kubernetes` and deploy/
+# are tested against it in crates/meshguard/tests/kubernetes.rs. About 10 minutes on 2 cores.
+log "Kubernetes API server, kubectl and etcd (test peers)"
+bash scripts/peers/kube.sh
+
 # --- checks ----------------------------------------------------------------------------------
 # One clean build, not an incremental cache beside it: incremental data doubled target/ on CI,
 # where the disk is small (a run failed with "No space left on device").

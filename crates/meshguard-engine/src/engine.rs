@@ -186,13 +186,14 @@ impl Engine {
                 .record_audit_would_deny(d.policy.as_deref());
         }
         if self.log.enabled() {
-            self.log.write(crate::decide::log_entry(
-                via,
-                req,
-                d,
-                started,
-                &self.state.current().inputs,
-            ));
+            let g = self.state.current();
+            let mut line = crate::decide::log_entry(via, req, d, started, &g.inputs);
+            // The digest of the set that decided (a reload between the decision and this line
+            // leaves it out rather than naming the wrong set).
+            if g.id == d.generation {
+                line["digest"] = g.digest.clone().into();
+            }
+            self.log.write(line);
         }
     }
 }

@@ -30,14 +30,21 @@ pub use engine::{Engine, Settings};
 pub use error::LoadError;
 pub use meshguard_policy::workload::WorkloadError;
 pub use source::{Embedded, Files, PolicySource};
+pub mod bundle;
 pub use state::{Generation, State, Workload};
 
+/// How long a source that announced a change is given to finish a burst before reloading.
+pub const SOURCE_SETTLE: Duration = Duration::from_millis(50);
+
 /// Hot reload until `stop` flips: policy files polled every `interval` (a change must be stable
-/// for one interval before it is compiled, so a half-written file is never served) and SIGHUP.
-/// A refused set leaves the previous one active. Used by `serve` and by the mTLS proxy.
+/// for one interval before it is compiled, so a half-written file is never served), SIGHUP, and
+/// the source's own change notices (Kubernetes watches). A refused set leaves the previous one
+/// active. Used by `serve` and by the mTLS proxy.
 pub async fn watch_policies(st: Arc<State>, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut last = st.fingerprint();
     let mut pending = None;
+    let notifier = st.source.changed();
+    let mut refused_at: Option<u64> = None;
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -59,7 +66,29 @@ pub async fn watch_policies(st: Arc<State>, interval: Duration, mut stop: watch:
         };
         #[cfg(not(unix))]
         let sighup = std::future::pending::<()>();
+        let notified = async {
+            match &notifier {
+                Some(n) => n.notified().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            _ = notified => {
+                // A burst of changes (kubectl apply of many objects) becomes one reload.
+                tokio::time::sleep(SOURCE_SETTLE).await;
+                last = st.fingerprint();
+                pending = None;
+                // A notice for a change the active set already holds (the first read) or that
+                // a refused reload already tried is not a reason to compile again.
+                let seen = st.current().source_fingerprint == last || refused_at == Some(last);
+                if !seen {
+                    refused_at = st
+                        .reload("policy source changed")
+                        .await
+                        .is_err()
+                        .then_some(last);
+                }
+            }
             _ = tick => {
                 let now = st.fingerprint();
                 if now == last {

@@ -22,6 +22,20 @@ pub trait PolicySource: Send + Sync {
     fn must_have_files(&self) -> bool;
     /// For people: what is loaded (`3 path(s)`, `the bundled examples`).
     fn describe(&self) -> String;
+    /// A source that knows when it changed (a Kubernetes watch, a bundle poll) hands out a
+    /// notifier; [`crate::watch_policies`] then reloads at once instead of at its next poll.
+    fn changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// Told when a read of this source was refused, with why (to report it where the
+    /// documents came from, such as Kubernetes Events). Called on the async runtime; must not
+    /// block.
+    fn refused(&self, _error: &crate::error::LoadError) {}
+    /// What is wrong with the source now while it keeps serving what it last read (a bundle
+    /// server down, a failing watch): shown as degraded on /healthz and /readyz.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Named YAML texts compiled into the binary (the bundled examples).
@@ -215,5 +229,14 @@ impl<S: PolicySource + ?Sized> PolicySource for std::sync::Arc<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        (**self).changed()
+    }
+    fn refused(&self, error: &crate::error::LoadError) {
+        (**self).refused(error)
+    }
+    fn problems(&self) -> Vec<String> {
+        (**self).problems()
     }
 }

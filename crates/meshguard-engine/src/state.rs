@@ -17,6 +17,12 @@ pub use meshguard_policy::workload::{check_namespace, parse_label_list, Workload
 /// One compiled policy set and the authenticator built for it.
 pub struct Generation {
     pub id: u64,
+    /// SHA-256 of the documents the set was compiled from, in the order read (hex): equal on
+    /// replicas that read the same objects, so a user can see that they converged.
+    pub digest: String,
+    /// The source's fingerprint taken just before it was read: a change notice whose
+    /// fingerprint still equals this was already seen by this generation.
+    pub source_fingerprint: u64,
     pub set: PolicySet,
     pub authn: Authenticator,
     /// Gloo AuthConfigs, compiled (Secrets resolved, Rego parsed).
@@ -79,6 +85,7 @@ pub fn load(
     id: u64,
     previous: Option<&Generation>,
 ) -> Result<Generation, LoadError> {
+    let source_fingerprint = source.fingerprint();
     let loaded = source.read();
     if loaded.has_errors() {
         return Err(LoadError::Invalid(loaded.errors().cloned().collect()));
@@ -93,6 +100,7 @@ pub fn load(
         .map(ToString::to_string)
         .collect();
     let files = loaded.files.clone();
+    let digest = digest_of(&loaded.texts);
     let inputs = meshguard_policy::inputs::Inputs::of(&loaded.resources);
     let set = PolicySet::compile(loaded.resources, mesh.clone())?;
     let authn = Authenticator::after(
@@ -106,6 +114,8 @@ pub fn load(
     let remote = crate::remote::Providers::build(mesh);
     Ok(Generation {
         id,
+        digest,
+        source_fingerprint,
         set,
         authn,
         chains,
@@ -116,6 +126,21 @@ pub fn load(
         unselected_warned: Mutex::new(Default::default()),
         inputs,
     })
+}
+
+/// The hex SHA-256 over the documents' lengths and bytes (names are left out, so the same
+/// policies under another directory give the same digest).
+fn digest_of(texts: &[String]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for t in texts {
+        ctx.update(&(t.len() as u64).to_be_bytes());
+        ctx.update(t.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl State {
@@ -236,6 +261,7 @@ impl State {
                 Ok(id)
             }
             Err(e) => {
+                self.source.refused(&e);
                 self.metrics.reload_failed.fetch_add(1, Ordering::Relaxed);
                 self.metrics.last_reload_ok.store(0, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_error.lock() {

@@ -22,6 +22,8 @@ pub struct Loaded {
     pub diagnostics: Vec<Diagnostic>,
     /// Files read, in order.
     pub files: Vec<PathBuf>,
+    /// Every text added, in order (what a generation's digest is computed over).
+    pub texts: Vec<String>,
 }
 
 impl Loaded {
@@ -39,6 +41,7 @@ impl Loaded {
 
     /// Adds one YAML text (a file's contents) under the given display name.
     pub fn add_text(&mut self, text: &str, file: &str) {
+        self.texts.push(text.to_owned());
         let diagnostics_before = self.diagnostics.len();
         let rs = parse_stream(text, file, &mut self.diagnostics);
         if rs.is_empty() && self.diagnostics.len() == diagnostics_before {

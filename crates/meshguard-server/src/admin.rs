@@ -95,6 +95,7 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
     let mesh = g.set.mesh();
     json!({
         "generation": g.id,
+        "digest": g.digest,
         "loaded_at": g.loaded_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "files": g.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
         "warnings": g.warnings,
@@ -123,6 +124,11 @@ fn degraded(state: &State) -> Vec<String> {
     if let Some(e) = state.last_error.lock().ok().and_then(|e| e.clone()) {
         out.push(format!(
             "degraded: the last policy reload was refused; generation {generation} (the last good set) is still serving\n{e}"
+        ));
+    }
+    for p in state.source.problems() {
+        out.push(format!(
+            "degraded: {p}; generation {generation} (the last good set) is still serving"
         ));
     }
     if let Some(p) = state.metrics.decision_log.problem() {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod out;
 mod agent_cmd;
+mod bundle_cmd;
 mod ca_cmd;
 mod completions;
 mod embedded;
@@ -103,6 +104,9 @@ enum Command {
     /// Write the Kubernetes Secrets Gloo AuthConfigs read: API keys (`apiKeyAuth`) and htpasswd
     /// users (`basicAuth.htpasswdSecretRef`).
     Secret(secret_cmd::SecretArgs),
+    /// Policy bundles for `serve --bundle URL`: build one from a directory (optionally signed in
+    /// OPA's format), or inspect and verify one.
+    Bundle(bundle_cmd::BundleArgs),
     /// Print shell completions (bash, zsh, fish), generated from this binary's flags.
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff), or write one page per command with `--dir`.
@@ -265,6 +269,7 @@ fn main() -> ExitCode {
         Command::PoliciesFor(a) => inspect_cmd::policies_for(a),
         Command::WhoCan(a) => inspect_cmd::who_can(a),
         Command::Secret(a) => secret_cmd::run(a),
+        Command::Bundle(a) => bundle_cmd::run(a),
         Command::Completions(a) => completions::completions(a),
         Command::Man(a) => completions::man(a),
         Command::Examples(a) => examples(a),

@@ -89,6 +89,53 @@ pub struct ServeArgs {
     /// OUT_OF_RANGE, which Envoy turns into a denial; logged and counted). [default: 4194304, as OPA-Envoy]
     #[arg(long, env = "MESHGUARD_GRPC_MAX_MESSAGE_BYTES")]
     pub grpc_max_message_bytes: Option<usize>,
+    /// Read the policies from the Kubernetes API instead of files: list and watch Istio's
+    /// AuthorizationPolicy, PeerAuthentication and RequestAuthentication (security.istio.io v1,
+    /// else v1beta1), Gloo AuthConfigs, and the Secrets and ConfigMaps those name. Not ready until
+    /// the first full read; a bad object is refused (a Warning Event on it, /readyz degraded)
+    /// and the last good set stays. The cluster comes from --kubeconfig, KUBECONFIG, or the pod's
+    /// service account.
+    #[arg(long, env = "MESHGUARD_KUBERNETES", conflicts_with = "policies")]
+    pub kubernetes: bool,
+    /// The kubeconfig file for --kubernetes (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "MESHGUARD_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes, read only these namespaces (repeatable; for teams without cluster-wide
+    /// rights: a Role in each namespace is enough). [default: all namespaces]
+    #[arg(
+        long = "kubernetes-namespace",
+        env = "MESHGUARD_KUBERNETES_NAMESPACES",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    pub kubernetes_namespaces: Vec<String>,
+    /// Read the policies from a bundle URL (a tar.gz that `meshguard bundle build` makes) instead
+    /// of files: polled with If-None-Match; a bundle that cannot be fetched, read or verified is
+    /// refused and the last good one stays (/readyz says degraded). Not ready until the first
+    /// good bundle.
+    #[arg(long, env = "MESHGUARD_BUNDLE", conflicts_with_all = ["policies", "kubernetes"])]
+    pub bundle: Option<String>,
+    /// Refuse bundles not signed (OPA's .signatures.json) with the private key of this PEM
+    /// public key (RSA or EC).
+    #[arg(long, env = "MESHGUARD_BUNDLE_VERIFICATION_KEY", requires = "bundle")]
+    pub bundle_verification_key: Option<PathBuf>,
+    /// The key id bundle signatures must name (OPA's keyid). [default: default]
+    #[arg(
+        long,
+        env = "MESHGUARD_BUNDLE_KEY_ID",
+        requires = "bundle_verification_key"
+    )]
+    pub bundle_key_id: Option<String>,
+    /// The scope bundle signatures must carry (OPA's scope). [default: none]
+    #[arg(
+        long,
+        env = "MESHGUARD_BUNDLE_SCOPE",
+        requires = "bundle_verification_key"
+    )]
+    pub bundle_scope: Option<String>,
+    /// How often the bundle URL is polled. [default: 30s]
+    #[arg(long, env = "MESHGUARD_BUNDLE_POLL", requires = "bundle")]
+    pub bundle_poll: Option<String>,
 }
 
 /// Reads the config file into flag defaults (flags and environment variables win).
@@ -163,7 +210,23 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     crate::logging::init_logging_as(&level, &a.log_format)?;
 
     let mesh = mesh_config(&a.policy)?;
-    let (source, describe) = if a.policy.policies.is_empty() {
+    for ns in &a.kubernetes_namespaces {
+        meshguard_engine::state::check_namespace(ns)
+            .map_err(|e| anyhow::anyhow!("--kubernetes-namespace {e}"))?;
+    }
+    let kubernetes = a.kubernetes;
+    let bundle = match &a.bundle {
+        Some(url) => Some(bundle_options(&a, url)?),
+        None => None,
+    };
+    let remote_source = kubernetes || bundle.is_some();
+    let (source, describe) = if remote_source {
+        // Connected inside the runtime below.
+        (
+            Arc::new(meshguard_engine::Embedded(Vec::new())) as Arc<dyn PolicySource>,
+            String::new(),
+        )
+    } else if a.policy.policies.is_empty() {
         (
             Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,
             "the embedded example policies (examples/policies: demo material, not for production; give --policies)".to_owned(),
@@ -247,9 +310,31 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let client = reqwest::Client::builder().build().context("building the HTTP client for JWKS")?;
-        let state = match State::new(source, mesh, client) {
-            Ok(s) => s,
-            Err(e) => bail!("the policies do not load, so nothing is served:\n{e}"),
+        let (state, describe) = if let Some(options) = bundle {
+            let b = meshguard_engine::bundle::BundleSource::start(options, client.clone());
+            let describe = b.describe();
+            tracing::info!(source = %describe, "reading policies from a bundle; not serving until the first good one");
+            b.wait_loaded(std::time::Duration::from_secs(5)).await;
+            (first_remote_generation(b, mesh, client).await, describe)
+        } else if kubernetes {
+            let options = meshguard_kube::KubeOptions {
+                namespaces: a.kubernetes_namespaces.clone(),
+                instance: std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_default(),
+            };
+            let kube = meshguard_kube::KubeSource::start(a.kubeconfig.clone(), options)
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
+            let describe = kube.describe();
+            tracing::info!(source = %describe, "reading policies from Kubernetes; not serving until the first full read");
+            kube.wait_synced(std::time::Duration::from_secs(5)).await;
+            (first_remote_generation(kube, mesh, client).await, describe)
+        } else {
+            match State::new(source, mesh, client) {
+                Ok(s) => (s, describe),
+                Err(e) => bail!("the policies do not load, so nothing is served:\n{e}"),
+            }
         };
         let g = state.current();
         let resources = g.set.resources().len();
@@ -283,7 +368,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
                 eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config");
             }
             eprintln!("  decision log: {}", match &a.decision_log { Some(s) => s.as_str(), None => "stdout" });
-            if let Some(h) = b.http {
+            if let Some(h) = b.http.filter(|_| !remote_source) {
                 let id = "-H 'X-Forwarded-Client-Cert: URI=spiffe://cluster.local/ns/production/sa/frontend'";
                 eprintln!("try it (nginx-style forward-auth against the bundled examples):");
                 if trust_xfcc {
@@ -294,10 +379,76 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
                     eprintln!("  (restart with --trust-forwarded-client-cert and add {id} to call as the frontend: 200)");
                 }
             }
-            eprintln!("stop with Ctrl-C or SIGTERM; reload with SIGHUP (files are also watched)");
+            if kubernetes {
+                eprintln!("stop with Ctrl-C or SIGTERM; object changes apply as the API server reports them");
+            } else if remote_source {
+                eprintln!("stop with Ctrl-C or SIGTERM; a new bundle applies when a poll fetches it");
+            } else {
+                eprintln!("stop with Ctrl-C or SIGTERM; reload with SIGHUP (files are also watched)");
+            }
         })
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn bundle_options(a: &ServeArgs, url: &str) -> Result<meshguard_engine::bundle::BundleOptions> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("--bundle `{url}` is not an http:// or https:// URL");
+    }
+    let key = match &a.bundle_verification_key {
+        Some(p) => {
+            let pem = std::fs::read(p)
+                .with_context(|| format!("--bundle-verification-key: reading {}", p.display()))?;
+            Some(
+                meshguard_engine::bundle::VerificationKey::from_pem(
+                    &pem,
+                    a.bundle_key_id.as_deref().unwrap_or("default"),
+                    a.bundle_scope.as_deref().unwrap_or(""),
+                )
+                .map_err(|e| anyhow::anyhow!("--bundle-verification-key {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let interval = match &a.bundle_poll {
+        Some(p) => meshguard_policy::read::parse_duration(p)
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("--bundle-poll `{p}` is not a duration like 30s or 500ms"))?,
+        None => std::time::Duration::from_secs(30),
+    };
+    Ok(meshguard_engine::bundle::BundleOptions {
+        url: url.to_owned(),
+        key,
+        interval,
+        timeout: std::time::Duration::from_secs(30),
+    })
+}
+
+/// The first policy set from a cluster or a bundle. Objects that do not compile are not a
+/// reason to exit (every replica would crash-loop on one bad object): the errors are logged (and
+/// reported as Events by a Kubernetes source), and the next change is tried until one compiles.
+/// Nothing is served meanwhile (not ready).
+async fn first_remote_generation<S: PolicySource + Clone + 'static>(
+    kube: S,
+    mesh: meshguard_policy::MeshConfig,
+    client: reqwest::Client,
+) -> Arc<State> {
+    let changed = kube.changed();
+    loop {
+        let notified = changed.as_ref().map(|n| n.notified());
+        match State::new(kube.clone(), mesh.clone(), client.clone()) {
+            Ok(s) => return s,
+            Err(e) => {
+                kube.refused(&e);
+                tracing::error!(error = %e, "the Kubernetes objects do not compile; nothing is served until they do (waiting for a change)");
+            }
+        }
+        match notified {
+            Some(n) => n.await,
+            None => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
+        }
+        tokio::time::sleep(meshguard_engine::SOURCE_SETTLE).await;
+    }
 }

@@ -33,6 +33,8 @@ use self::passthrough::parse_pass_through;
 use self::rego::parse_rego;
 use crate::boolexpr::BoolExpr;
 use crate::diag::Ctx;
+use std::collections::BTreeMap;
+
 use crate::fields::{check_fields, get_bool, get_seq, get_str, join, parse_duration};
 use crate::meta::{Meta, Origin};
 use crate::yaml::Node;
@@ -88,7 +90,64 @@ pub struct AuthConfig {
     pub boolean_expr: Option<BoolExpr>,
 }
 
+/// A Kubernetes object an AuthConfig reads: what a cluster-backed source must fetch, and no
+/// more (least privilege: no list of every Secret).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reference {
+    /// A Secret named in the config (API keys, htpasswd, client secrets, LDAP service account).
+    Secret(ObjectRef),
+    /// The Secrets in `namespace` whose labels carry every pair of `selector` (apiKeyAuth
+    /// `labelSelector`).
+    LabelledSecrets {
+        namespace: String,
+        selector: BTreeMap<String, String>,
+    },
+    /// A ConfigMap holding Rego modules and data documents.
+    ConfigMap(ObjectRef),
+}
+
 impl AuthConfig {
+    /// Every Secret and ConfigMap this config reads, sorted, without repeats.
+    pub fn references(&self) -> Vec<Reference> {
+        let mut out = Vec::new();
+        for step in &self.steps {
+            match &step.model {
+                AuthModel::ApiKey(k) => {
+                    out.extend(k.secret_refs.iter().cloned().map(Reference::Secret));
+                    if let Some(sel) = k.label_selector.as_ref().filter(|s| !s.is_empty()) {
+                        out.push(Reference::LabelledSecrets {
+                            namespace: self.meta.namespace.clone(),
+                            selector: sel.clone(),
+                        });
+                    }
+                }
+                AuthModel::Basic(b) => {
+                    out.extend(b.htpasswd_secret.iter().cloned().map(Reference::Secret))
+                }
+                AuthModel::Ldap(l) => {
+                    out.extend(l.service_account.iter().cloned().map(Reference::Secret))
+                }
+                AuthModel::Rego(r) => {
+                    out.extend(r.modules.iter().cloned().map(Reference::ConfigMap))
+                }
+                AuthModel::AccessToken(t) => {
+                    if let TokenValidation::Introspection {
+                        client_secret: Some(s),
+                        ..
+                    } = &t.validation
+                    {
+                        out.push(Reference::Secret(s.clone()));
+                    }
+                }
+                AuthModel::Oidc(o) => out.push(Reference::Secret(o.client_secret.clone())),
+                AuthModel::PassThrough(_) | AuthModel::Jwt => {}
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Headers this config reads credentials from (API key headers, lower case): never logged.
     pub fn credential_headers(&self) -> Vec<String> {
         self.steps

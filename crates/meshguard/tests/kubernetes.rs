@@ -1,0 +1,616 @@
+//! `meshguard serve --kubernetes` against a real API server (kube-apiserver and etcd built from
+//! Go modules, tests/kube/mod.rs): the first full read, changes through the same validate ->
+//! compile -> swap path as files, a bad object refused with its namespace/name/field (a Warning
+//! Event on it, /readyz degraded, the last good set serving), only the Secrets an AuthConfig
+//! names or selects, namespace-scoped mode with a Role, replicas converging on one digest through
+//! 100 changes and an API server restart, and the deploy/ manifests applied server-side.
+
+mod cmd;
+mod kube;
+mod snippets;
+
+use std::time::{Duration, Instant};
+
+use cmd::{http_get, serve_command, Serve, BIN};
+use kube::Cluster;
+
+/// Polls `f` until it returns `Some` or `limit` passes (a bound on correctness, not a
+/// performance assertion: the measured times are printed).
+fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn serve_kube(kubeconfig: &std::path::Path, extra: &[&str]) -> Serve {
+    let mut c = std::process::Command::new(BIN);
+    c.arg("serve")
+        .arg("--kubernetes")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("KUBECONFIG");
+    serve_command(c)
+}
+
+/// The status of a forward-auth check (nginx style) for `method path` to `workload`.
+fn decide(s: &Serve, method: &str, path: &str, workload: &str, extra: &[(&str, &str)]) -> u16 {
+    let mut h = vec![
+        ("X-Original-Method", method),
+        ("X-Original-URI", path),
+        ("X-Meshguard-Workload", workload),
+    ];
+    h.extend_from_slice(extra);
+    http_get(&s.http, "/auth", &h).0
+}
+
+fn config(s: &Serve) -> serde_json::Value {
+    serde_json::from_str(&http_get(&s.admin, "/config", &[]).1).expect("/config is JSON")
+}
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: ["GET"], paths: ["/public/*", "/api/*"]}}]
+---
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: api-keys, namespace: shop}
+spec:
+  configs:
+  - name: apikey
+    apiKeyAuth:
+      headerName: api-key
+      apiKeySecretRefs: [{name: key-alice}]
+---
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {name: key-alice, namespace: shop}
+stringData: {api-key: alice-secret-key}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: unrelated, namespace: shop}
+stringData: {password: not-for-meshguard}
+"#;
+
+#[test]
+fn serve_reads_watches_and_refuses_cluster_objects() {
+    if !kube::available("serve_reads_watches_and_refuses_cluster_objects") {
+        return;
+    }
+    let cluster = Cluster::start("serve");
+    let kubeconfig = cluster.install_meshguard();
+    cluster.apply(SHOP);
+    let s = serve_kube(&kubeconfig, &["--auth-binding", "/api=shop.api-keys"]);
+    assert!(
+        s.banner
+            .contains("from the Kubernetes API at https://127.0.0.1:"),
+        "{}",
+        s.banner
+    );
+    assert!(
+        s.banner.contains("namespaces with ALLOW policies: shop"),
+        "{}",
+        s.banner
+    );
+
+    // The first read decides: GET allowed, POST denied (default deny: no rule matches).
+    assert_eq!(decide(&s, "GET", "/public/a", "shop/app=web", &[]), 200);
+    assert_eq!(decide(&s, "POST", "/public/a", "shop/app=web", &[]), 403);
+    // The AuthConfig bound to /api reads the Secret it names.
+    let alice = [("api-key", "alice-secret-key")];
+    assert_eq!(
+        decide(&s, "GET", "/api/orders", "shop/app=web", &alice),
+        200
+    );
+    assert_eq!(
+        decide(
+            &s,
+            "GET",
+            "/api/orders",
+            "shop/app=web",
+            &[("api-key", "guess")]
+        ),
+        401
+    );
+
+    // Only the referenced Secret is read; the unrelated one never reaches meshguard.
+    let c = config(&s);
+    let files: Vec<String> = c["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        files.contains(&"kubernetes/Secret/shop/key-alice".to_owned()),
+        "{files:?}"
+    );
+    assert!(!files.iter().any(|f| f.contains("unrelated")), "{files:?}");
+    assert_eq!(c["digest"].as_str().map(str::len), Some(64), "{c}");
+
+    // A change applies without a restart.
+    cluster.apply(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: ["GET", "POST"], paths: ["/public/*", "/api/*"]}}]
+"#,
+    );
+    let t = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "POST allowed after the change",
+        || (decide(&s, "POST", "/public/a", "shop/app=web", &[]) == 200).then_some(()),
+    );
+    eprintln!("change applied in {:?}", t.elapsed());
+
+    // A bad object: refused with its namespace/name and field, reported as an Event on it and in
+    // /readyz (which stays 200: the last good set serves), and the last good set decides.
+    cluster.apply(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: shop}
+spec:
+  action: ALOW
+"#,
+    );
+    let readyz = eventually(Duration::from_secs(30), "/readyz degraded", || {
+        let (code, body) = http_get(&s.admin, "/readyz", &[]);
+        (body.contains("degraded")).then_some((code, body))
+    });
+    assert_eq!(readyz.0, 200, "{}", readyz.1);
+    assert!(
+        readyz
+            .1
+            .contains("kubernetes/AuthorizationPolicy/shop/typo"),
+        "{}",
+        readyz.1
+    );
+    assert!(readyz.1.contains("spec.action"), "{}", readyz.1);
+    assert_eq!(decide(&s, "POST", "/public/a", "shop/app=web", &[]), 200);
+    let events = eventually(
+        Duration::from_secs(30),
+        "an Event on the bad object",
+        || {
+            let e = cluster.events("shop", "typo");
+            (!e.is_empty()).then_some(e)
+        },
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("MeshguardRefused: refused by meshguard: spec.action")),
+        "{events:?}"
+    );
+    // Fixed by deleting it: ready again, no longer degraded.
+    cluster.ok(&["delete", "authorizationpolicy", "typo", "-n", "shop"]);
+    eventually(
+        Duration::from_secs(30),
+        "/readyz no longer degraded",
+        || {
+            let (_, body) = http_get(&s.admin, "/readyz", &[]);
+            (!body.contains("degraded")).then_some(())
+        },
+    );
+
+    // A second key: the AuthConfig names a new Secret, which meshguard starts watching.
+    cluster.apply(
+        r#"
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: api-keys, namespace: shop}
+spec:
+  configs:
+  - name: apikey
+    apiKeyAuth:
+      headerName: api-key
+      apiKeySecretRefs: [{name: key-alice}, {name: key-bob}]
+---
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {name: key-bob, namespace: shop}
+stringData: {api-key: bob-secret-key}
+"#,
+    );
+    let bob = [("api-key", "bob-secret-key")];
+    eventually(Duration::from_secs(30), "bob's key accepted", || {
+        (decide(&s, "GET", "/api/orders", "shop/app=web", &bob) == 200).then_some(())
+    });
+    // A rotated key: the old value stops working.
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+type: extauth.solo.io/apikey
+metadata: {name: key-bob, namespace: shop}
+stringData: {api-key: bob-rotated-key}
+"#,
+    );
+    eventually(Duration::from_secs(30), "bob's old key refused", || {
+        (decide(&s, "GET", "/api/orders", "shop/app=web", &bob) == 401).then_some(())
+    });
+    assert_eq!(
+        decide(
+            &s,
+            "GET",
+            "/api/orders",
+            "shop/app=web",
+            &[("api-key", "bob-rotated-key")]
+        ),
+        200
+    );
+
+    // Deleting the ALLOW policy: default deny.
+    cluster.ok(&["delete", "authorizationpolicy", "allow-get", "-n", "shop"]);
+    eventually(
+        Duration::from_secs(30),
+        "denied once the policy is gone",
+        || (decide(&s, "GET", "/public/a", "shop/app=web", &[]) == 403).then_some(()),
+    );
+}
+
+#[test]
+fn namespace_scoped_mode_needs_only_a_role() {
+    if !kube::available("namespace_scoped_mode_needs_only_a_role") {
+        return;
+    }
+    let cluster = Cluster::start("scoped");
+    cluster.install_meshguard();
+    cluster.apply(SHOP);
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: elsewhere}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: elsewhere}
+spec:
+  action: ALLOW
+  rules: [{}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: team, namespace: meshguard-system}
+"#,
+    );
+    // deploy/rbac-namespaced.yaml, bound to a service account with no cluster-wide rights.
+    let rbac = std::fs::read_to_string(kube::root().join("deploy/rbac-namespaced.yaml"))
+        .expect("rbac-namespaced.yaml");
+    let rbac = rbac.replace(
+        "  - kind: ServiceAccount\n    name: meshguard\n",
+        "  - kind: ServiceAccount\n    name: team\n",
+    );
+    assert!(rbac.contains("name: team"), "the subject was not replaced");
+    cluster.apply(&rbac);
+    let kubeconfig = cluster.service_account_kubeconfig("meshguard-system", "team");
+    let can = |verb: &str, what: &str, ns: &str| {
+        let out = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            what,
+            "-n",
+            ns,
+            "--as=system:serviceaccount:meshguard-system:team",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can(
+        "watch",
+        "authorizationpolicies.security.istio.io",
+        "shop"
+    ));
+    assert!(!can(
+        "list",
+        "authorizationpolicies.security.istio.io",
+        "elsewhere"
+    ));
+
+    let s = serve_kube(&kubeconfig, &["--kubernetes-namespace", "shop"]);
+    assert!(s.banner.contains("(namespaces shop)"), "{}", s.banner);
+    assert_eq!(decide(&s, "GET", "/public/a", "shop/app=web", &[]), 200);
+    // The other namespace's allow-all is not read: default deny there.
+    assert_eq!(decide(&s, "GET", "/x", "elsewhere/app=any", &[]), 403);
+    let files = config(&s)["files"].to_string();
+    assert!(!files.contains("elsewhere"), "{files}");
+}
+
+/// Three replicas watching one API server through 100 policy changes, with the API server
+/// restarted halfway: each change is decided the same way by all three, their digests agree after
+/// every change, a replica keeps serving its last good set while the API server is down, and the
+/// decision logs show that one digest always decides one way on every replica.
+#[test]
+fn replicas_converge_through_changes_and_an_api_server_restart() {
+    if !kube::available("replicas_converge_through_changes_and_an_api_server_restart") {
+        return;
+    }
+    let mut cluster = Cluster::start("replicas");
+    let kubeconfig = cluster.install_meshguard();
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    let step = |i: usize| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: moving, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  action: ALLOW\n  rules:\n  - to: [{{operation: {{paths: [\"/step/{i}\", \"/also/{i}\"]}}}}]\n"
+        )
+    };
+    cluster.apply(&step(0));
+    let logs: Vec<std::path::PathBuf> = (0..3)
+        .map(|r| cluster.dir.join(format!("replica-{r}.jsonl")))
+        .collect();
+    let replicas: Vec<Serve> = logs
+        .iter()
+        .map(|log| serve_kube(&kubeconfig, &["--decision-log", &log.display().to_string()]))
+        .collect();
+    let mut times = Vec::new();
+    let mut after_restart = None;
+    for i in 1..=100 {
+        if i == 50 {
+            cluster.stop_apiserver();
+            // Down: every replica still decides with its last good set.
+            for r in &replicas {
+                assert_eq!(decide(r, "GET", "/step/49", "shop/app=web", &[]), 200);
+                assert_eq!(decide(r, "GET", "/step/48", "shop/app=web", &[]), 403);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            cluster.start_apiserver();
+        }
+        cluster.apply(&step(i));
+        let t = Instant::now();
+        let path = format!("/step/{i}");
+        for r in &replicas {
+            eventually(
+                Duration::from_secs(60),
+                &format!("a replica allows {path}"),
+                || (decide(r, "GET", &path, "shop/app=web", &[]) == 200).then_some(()),
+            );
+        }
+        let digests: Vec<String> = replicas
+            .iter()
+            .map(|r| config(r)["digest"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let took = t.elapsed();
+        assert!(
+            digests.iter().all(|d| d.len() == 64 && d == &digests[0]),
+            "change {i}: replicas disagree: {digests:?}"
+        );
+        for r in &replicas {
+            assert_eq!(
+                decide(r, "GET", &format!("/step/{}", i - 1), "shop/app=web", &[]),
+                403
+            );
+            assert_eq!(
+                decide(r, "GET", &format!("/also/{i}"), "shop/app=web", &[]),
+                200
+            );
+        }
+        if i == 50 {
+            after_restart = Some(took);
+        } else {
+            times.push(took);
+        }
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    eprintln!(
+        "convergence of 3 replicas over 99 changes: p50 {p50:?}, max {max:?}; the change right after the API server restart: {:?}",
+        after_restart.unwrap_or_default()
+    );
+
+    // One digest, one decision: across all replicas' logs, a (digest, path) pair never got two
+    // answers.
+    let mut seen: std::collections::HashMap<(String, String), bool> = Default::default();
+    let mut lines = 0;
+    for log in &logs {
+        for line in std::fs::read_to_string(log).expect("decision log").lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("log line is JSON");
+            let (Some(d), Some(p), Some(a)) = (
+                v["digest"].as_str(),
+                v["path"].as_str(),
+                v["allowed"].as_bool(),
+            ) else {
+                continue;
+            };
+            lines += 1;
+            let prev = seen.insert((d.to_owned(), p.to_owned()), a);
+            assert!(
+                prev.is_none_or(|x| x == a),
+                "digest {d} decided {p} both ways"
+            );
+        }
+    }
+    assert!(lines > 600, "only {lines} decision lines carry a digest");
+}
+
+/// deploy/: the CRDs, the Deployment with its Service, PodDisruptionBudget, NetworkPolicy,
+/// ServiceAccount and RBAC, and the namespace-scoped Role, all accepted by the API server
+/// (`kubectl apply --dry-run=server`, then for real), with no PodSecurity (restricted) warning;
+/// and the RBAC is least privilege.
+#[test]
+fn deploy_manifests_apply_server_side() {
+    if !kube::available("deploy_manifests_apply_server_side") {
+        return;
+    }
+    let cluster = Cluster::start("deploy");
+    let deploy = kube::root().join("deploy");
+    let f = |n: &str| deploy.join(n).display().to_string();
+    // Namespaced objects need their namespaces to exist for a server-side dry run.
+    cluster.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: meshguard-system\n  labels: {pod-security.kubernetes.io/enforce: restricted}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
+    );
+    let out = cluster.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &f("crds.yaml"),
+        "-f",
+        &f("meshguard.yaml"),
+        "-f",
+        &f("rbac-namespaced.yaml"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stderr.contains("would violate PodSecurity"), "{stderr}");
+    for kind in [
+        "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
+        "customresourcedefinition.apiextensions.k8s.io/authconfigs.enterprise.gloo.solo.io",
+        "serviceaccount/meshguard",
+        "clusterrole.rbac.authorization.k8s.io/meshguard",
+        "clusterrolebinding.rbac.authorization.k8s.io/meshguard",
+        "deployment.apps/meshguard",
+        "service/meshguard",
+        "poddisruptionbudget.policy/meshguard",
+        "networkpolicy.networking.k8s.io/meshguard",
+        "role.rbac.authorization.k8s.io/meshguard",
+        "rolebinding.rbac.authorization.k8s.io/meshguard",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(kind) && l.ends_with("(server dry run)")),
+            "{kind} not accepted:\n{stdout}"
+        );
+    }
+    // For real, as the README's commands say, then what the service account may do.
+    let readme = snippets::block("kubernetes");
+    let kubectl = snippets::commands(&readme, "kubectl");
+    assert_eq!(kubectl.len(), 2, "{readme}");
+    for args in &kubectl {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("deploy/") {
+                    kube::root().join(a).display().to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.ok(&args);
+    }
+    let help = String::from_utf8_lossy(
+        &std::process::Command::new(BIN)
+            .args(["serve", "--help"])
+            .output()
+            .expect("serve --help")
+            .stdout,
+    )
+    .into_owned();
+    for args in snippets::commands(&readme, "meshguard") {
+        assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+        for f in snippets::flags(&args) {
+            assert!(help.contains(&f), "the README's `{f}` is not a serve flag");
+        }
+    }
+    let deployment = cluster.ok(&[
+        "get",
+        "deployment",
+        "meshguard",
+        "-n",
+        "meshguard-system",
+        "-o",
+        "json",
+    ]);
+    let d: serde_json::Value = serde_json::from_str(&deployment).expect("deployment json");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert!(
+        c["args"].to_string().contains("--kubernetes"),
+        "{}",
+        c["args"]
+    );
+    let can = |verb: &str, what: &str| {
+        let out = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            what,
+            "-A",
+            "--as=system:serviceaccount:meshguard-system:meshguard",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, what) in [
+        ("watch", "authorizationpolicies.security.istio.io"),
+        ("list", "peerauthentications.security.istio.io"),
+        ("get", "requestauthentications.security.istio.io"),
+        ("watch", "authconfigs.enterprise.gloo.solo.io"),
+        ("watch", "secrets"),
+        ("create", "events"),
+    ] {
+        assert!(can(verb, what), "meshguard cannot {verb} {what}");
+    }
+    for (verb, what) in [
+        ("create", "authorizationpolicies.security.istio.io"),
+        ("delete", "secrets"),
+        ("update", "secrets"),
+        ("list", "pods"),
+        ("delete", "events"),
+        ("create", "serviceaccounts/token"),
+    ] {
+        assert!(
+            !can(verb, what),
+            "meshguard may {verb} {what}: more than it needs"
+        );
+    }
+
+    // The meshConfig snippet parses, and a CUSTOM policy naming its provider lints clean.
+    let custom = cluster.dir.join("custom.yaml");
+    std::fs::write(
+        &custom,
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: ext, namespace: shop}\nspec:\n  action: CUSTOM\n  provider: {name: meshguard}\n  rules: [{to: [{operation: {paths: [\"/api/*\"]}}]}]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["lint", "--mesh-config", &f("istio-mesh-config.yaml")])
+        .arg(&custom)
+        .output()
+        .expect("lint");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
