@@ -11,9 +11,9 @@
 //!   other file with its hash (`{"files": [{"name", "hash", "algorithm"}], "keyid", "scope"}`).
 //!
 //! Signatures are checked as OPA's `DefaultVerifier` does (open-policy-agent/opa
-//! v1/bundle/verify.go): exactly one JWT; the key id from the header's `kid`, else the deprecated
-//! `keyid` claim, must name the configured key; the JWT's signature; the scope must equal the
-//! configured one; every file in the bundle must be listed with a matching digest, and every
+//! v1/bundle/verify.go): exactly one JWT; its signature with the configured key (OPA uses the
+//! configured key id before the token's `kid`, so with one key the token's id selects nothing);
+//! the scope must equal the configured one; every file in the bundle must be listed with a matching digest, and every
 //! listed file must be in the bundle. Digests are SHA-256 (or -384/-512) of the bytes, except for
 //! OPA's structured documents (`data.json`, `.manifest`), which are hashed over their parsed
 //! JSON with keys sorted (v1/bundle/hash.go).
@@ -75,8 +75,8 @@ pub struct Bundle {
 pub struct VerificationKey {
     key: jsonwebtoken::DecodingKey,
     algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// The key id the signature must name (OPA's `keyid`; `opa build --verification-key-id`
-    /// defaults to `default`).
+    /// The key's id (OPA's `signing.keyid`; `opa run --verification-key-id` defaults to
+    /// `default`): reported, not compared with the token's `kid`, as OPA does with one key.
     pub key_id: String,
     /// The scope the signature must carry (OPA's `scope`; empty by default).
     pub scope: String,
@@ -295,16 +295,10 @@ fn verify(
         })?;
     let payload: Payload = serde_json::from_value(data.claims)
         .map_err(|e| sig(format!("the JWT payload is not a bundle signature: {e}")))?;
-    let key_id = header.kid.clone().unwrap_or(payload.keyid.clone());
-    if key_id.is_empty() {
-        return Err(sig("the JWT names no key id (kid)".into()));
-    }
-    if key_id != key.key_id {
-        return Err(sig(format!(
-            "signed with key id `{key_id}`, but the configured key is `{}`",
-            key.key_id
-        )));
-    }
+    // OPA looks the key up by the configured key id first and by the token's `kid` (or the
+    // deprecated `keyid` claim) only when none is configured; meshguard has exactly one key, so
+    // the token's key id selects nothing and is not compared.
+    let _ = (&header.kid, &payload.keyid);
     if payload.scope != key.scope {
         return Err(sig(format!(
             "scope mismatch (signature `{}`, configured `{}`)",

@@ -50,7 +50,7 @@ struct InspectArgs {
     /// Verify the signature with this PEM public key.
     #[arg(long)]
     verification_key: Option<PathBuf>,
-    /// The key id the signature must name.
+    /// The verification key's id (reported; as in OPA, the token's kid is not compared).
     #[arg(long, default_value = "default")]
     key_id: String,
 }

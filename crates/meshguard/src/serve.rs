@@ -119,7 +119,8 @@ pub struct ServeArgs {
     /// public key (RSA or EC).
     #[arg(long, env = "MESHGUARD_BUNDLE_VERIFICATION_KEY", requires = "bundle")]
     pub bundle_verification_key: Option<PathBuf>,
-    /// The key id bundle signatures must name (OPA's keyid). [default: default]
+    /// The verification key's id (OPA's signing.keyid; with one key, as OPA, the token's kid is
+    /// not compared). [default: default]
     #[arg(
         long,
         env = "MESHGUARD_BUNDLE_KEY_ID",

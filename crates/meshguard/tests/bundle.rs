@@ -5,6 +5,7 @@
 //! deciding; a bundle server outage keeps the last good set too.
 
 mod cmd;
+mod snippets;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -528,4 +529,77 @@ fn bundle_build_refuses_a_bad_directory() {
         "{err}"
     );
     assert!(!work.join("b.tar.gz").exists());
+}
+
+/// The README's bundle commands, as written (run in a scratch directory holding `policies/`;
+/// the example URL replaced by a local nginx serving what `bundle build` wrote).
+#[test]
+fn readme_bundle_commands_run_as_written() {
+    let Some(nginx_bin) = nginx() else {
+        return;
+    };
+    let work = std::env::temp_dir().join(format!("meshguard-bundle-readme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("www")).expect("www");
+    policy_dir(&work.join("policies"), "\"GET\"");
+    let block = snippets::block("bundle");
+    for args in snippets::commands(&block, "openssl") {
+        let mut all = vec!["openssl"];
+        all.extend(args.iter().map(String::as_str));
+        sh(&work, &all);
+    }
+    let port = free_port();
+    let server = start_nginx(&nginx_bin, &work, port);
+    let mut served = None;
+    for args in snippets::commands(&block, "meshguard") {
+        if args.first().map(String::as_str) == Some("serve") {
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| {
+                    if a.starts_with("https://") {
+                        format!("http://127.0.0.1:{port}/bundle.tar.gz")
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            std::fs::copy(work.join("bundle.tar.gz"), work.join("www/bundle.tar.gz"))
+                .expect("copy");
+            let mut c = Command::new(BIN);
+            c.current_dir(&work).args(&args).args([
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--decision-log",
+                "off",
+            ]);
+            served = Some(serve_command(c));
+            continue;
+        }
+        let out = Command::new(BIN)
+            .current_dir(&work)
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "meshguard {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args.first().map(String::as_str) == Some("inspect")
+            || args.get(1).map(String::as_str) == Some("inspect")
+        {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("signature: verified"));
+        }
+    }
+    let s = served.expect("the block runs serve");
+    assert!(s.banner.contains("(signature verified)"), "{}", s.banner);
+    assert_eq!(decide(&s, "GET", "/public/a", &[]), 200);
+    assert_eq!(decide(&s, "POST", "/public/a", &[]), 403);
+    drop(server);
 }

@@ -249,6 +249,8 @@ fn setup_commands_do_what_the_readme_says() {
         ("PyJWT", "pyjwt"),
         ("oidc-provider", "oidc-provider@"),
         ("OPA-Envoy", "scripts/peers/opa-envoy.sh"),
+        ("kube-apiserver", "scripts/peers/kube.sh"),
+        ("etcd", "scripts/peers/kube.sh"),
     ] {
         assert!(said.contains(claim), "the README's comment names {claim}");
         assert!(
