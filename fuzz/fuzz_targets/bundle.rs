@@ -30,5 +30,9 @@ fuzz_target!(|data: &[u8]| {
             .map(|f| (f.name.clone(), f.bytes.clone()))
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&back.files), names(&b.files), "pack and read keep every file");
+    assert_eq!(
+        names(&back.files),
+        names(&b.files),
+        "pack and read keep every file"
+    );
 });

@@ -603,3 +603,195 @@ fn readme_bundle_commands_run_as_written() {
     assert_eq!(decide(&s, "POST", "/public/a", &[]), 403);
     drop(server);
 }
+
+/// The OPA-Envoy plugin binary (OPA's CLI with the plugin) that scripts/peers/opa-envoy.sh
+/// builds; under CI=true its absence fails.
+fn opa() -> Option<PathBuf> {
+    let version = include_str!("../../../scripts/peers/opa-envoy.version").trim();
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/peers"))
+        .join(format!("opa-envoy-{version}"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "{} missing; scripts/peers/opa-envoy.sh builds it",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} missing (bash scripts/peers/opa-envoy.sh)",
+        p.display()
+    );
+    None
+}
+
+/// `opa run --server` on a bundle with a verification key: Ok(data at `path`) once it serves, or
+/// Err(what it printed) when it refuses the bundle and exits.
+fn opa_loads(opa: &Path, dir: &Path, bundle: &Path, path: &str) -> Result<String, String> {
+    let port = free_port();
+    let mut child = Kill(
+        Command::new(opa)
+            .current_dir(dir)
+            .args([
+                "run",
+                "--server",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--bundle",
+            ])
+            .arg(bundle)
+            .args(["--verification-key", "pub.pem", "--signing-alg", "ES256"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start opa"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(_)) = child.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            if let Some(mut o) = child.0.stdout.take() {
+                let _ = o.read_to_string(&mut err);
+            }
+            return Err(err);
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (code, body) = http_get(&format!("127.0.0.1:{port}"), path, &[]);
+            if code == 200 {
+                return Ok(body);
+            }
+        }
+        assert!(Instant::now() < deadline, "opa neither served nor exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// meshguard's signatures and OPA's are one format: the real OPA verifies what `meshguard bundle
+/// build` signed (and refuses it tampered), and meshguard verifies what `opa sign` signed (and
+/// refuses it tampered), with a data.json whose structured hash needs sorted keys and Go's string
+/// escaping (U+2028, <&> unescaped).
+#[test]
+fn opa_and_meshguard_verify_each_others_bundle_signatures() {
+    let Some(opa) = opa() else {
+        return;
+    };
+    let work = std::env::temp_dir().join(format!("meshguard-bundle-opa-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("dir");
+    sh(
+        &work,
+        &[
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "key.pem",
+        ],
+    );
+    sh(
+        &work,
+        &[
+            "openssl", "pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem",
+        ],
+    );
+    let data = "{\"z\": 1, \"a\": {\"y\": [true, null, \"line\\u2028sep <&>\"]}}";
+
+    // meshguard signs; OPA verifies and serves the data.
+    let src = work.join("mg");
+    policy_dir(&src, "\"GET\"");
+    std::fs::write(src.join("configmaps/shop/rego-policy/data.json"), data).expect("write");
+    assert!(build(&work, &src, &work.join("mg.tar.gz"), Some("key.pem"))
+        .status
+        .success());
+    let served = opa_loads(
+        &opa,
+        &work,
+        &work.join("mg.tar.gz"),
+        "/v1/data/configmaps/shop/rego-policy/a",
+    )
+    .expect("OPA accepts meshguard's signature");
+    // (OPA's HTTP answer escapes HTML characters itself.)
+    assert!(served.contains("line\\u2028sep"), "{served}");
+    let bytes = std::fs::read(work.join("mg.tar.gz")).expect("read");
+    let tampered: Vec<(String, Vec<u8>)> = unpack(&bytes)
+        .into_iter()
+        .map(|(n, b)| {
+            if n.ends_with("data.json") {
+                (n, b"{\"z\": 2}".to_vec())
+            } else {
+                (n, b)
+            }
+        })
+        .collect();
+    std::fs::write(work.join("mg-tampered.tar.gz"), pack(&tampered)).expect("write");
+    let err = opa_loads(&opa, &work, &work.join("mg-tampered.tar.gz"), "/v1/data")
+        .expect_err("OPA refuses the tampered bundle");
+    assert!(err.contains("data.json: digest mismatch"), "{err}");
+
+    // OPA signs; meshguard verifies.
+    let ob = work.join("ob");
+    std::fs::create_dir_all(&ob).expect("dir");
+    std::fs::write(ob.join("policy.rego"), REGO).expect("write");
+    std::fs::write(ob.join("data.json"), data).expect("write");
+    std::fs::write(
+        ob.join(".manifest"),
+        "{\"revision\": \"r7\", \"roots\": [\"\"]}",
+    )
+    .expect("write");
+    let out = Command::new(&opa)
+        .current_dir(&ob)
+        .args([
+            "sign",
+            "--signing-key",
+            "../key.pem",
+            "--signing-alg",
+            "ES256",
+            "--bundle",
+            ".",
+        ])
+        .output()
+        .expect("opa sign");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Vec<(String, Vec<u8>)> =
+        [".signatures.json", ".manifest", "data.json", "policy.rego"]
+            .iter()
+            .map(|n| ((*n).to_owned(), std::fs::read(ob.join(n)).expect("read")))
+            .collect();
+    std::fs::write(work.join("opa.tar.gz"), pack(&entries)).expect("write");
+    let inspect = |file: &str| {
+        Command::new(BIN)
+            .current_dir(&work)
+            .args(["bundle", "inspect", file, "--verification-key", "pub.pem"])
+            .output()
+            .expect("inspect")
+    };
+    let ok = inspect("opa.tar.gz");
+    let listing = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && listing.contains("signature: verified"),
+        "{listing}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(listing.contains("revision: r7"), "{listing}");
+    let mut bad = entries.clone();
+    bad[2].1 = b"{\"z\": 1, \"a\": {}}".to_vec();
+    std::fs::write(work.join("opa-tampered.tar.gz"), pack(&bad)).expect("write");
+    let refused = inspect("opa-tampered.tar.gz");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("data.json: digest mismatch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
