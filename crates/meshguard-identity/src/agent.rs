@@ -66,6 +66,21 @@ pub enum AgentError {
 pub enum Selector {
     Uid(u32),
     Gid(u32),
+    /// A selector a workload attestor reports for the caller's process, such as `k8s:ns:shop`,
+    /// `k8s:sa:web` or `k8s:pod-label:app:web` (the Kubernetes attestor, SPIRE's names).
+    Workload(String),
+}
+
+/// The Kubernetes selector kinds (`k8s:<kind>:<value>`), as SPIRE's k8s workload attestor names
+/// them.
+pub const K8S_SELECTORS: &[&str] = &["ns", "sa", "pod-name", "pod-uid", "node-name", "pod-label"];
+
+/// Tells who a calling process is beyond its uid and gid (its Kubernetes pod, say). Called for
+/// every attestation; must not block (an implementation keeps what it needs in memory).
+pub trait WorkloadAttestor: Send + Sync {
+    /// The selectors that hold for process `pid` (`k8s:ns:shop`, ...); empty when it is not a
+    /// workload this attestor knows.
+    fn selectors(&self, pid: i32) -> Vec<String>;
 }
 
 impl Selector {
@@ -81,6 +96,14 @@ impl Selector {
                 .parse()
                 .map(Selector::Gid)
                 .map_err(|_| SelectorError::BadGid(s.to_owned())),
+            (Some("k8s"), Some(kind), Some(v))
+                if K8S_SELECTORS.contains(&kind) && !v.is_empty() =>
+            {
+                if kind == "pod-label" && !v.contains(':') {
+                    return Err(SelectorError::Syntax(s.to_owned()));
+                }
+                Ok(Selector::Workload(s.to_owned()))
+            }
             (Some("unix"), Some("user"), Some(name)) => {
                 let passwd = std::fs::read_to_string("/etc/passwd").map_err(|error| {
                     SelectorError::Passwd {
@@ -103,10 +126,11 @@ impl Selector {
         }
     }
 
-    fn matches(&self, uid: u32, gid: u32) -> bool {
+    fn matches(&self, uid: u32, gid: u32, workload: &[String]) -> bool {
         match self {
             Selector::Uid(u) => *u == uid,
             Selector::Gid(g) => *g == gid,
+            Selector::Workload(w) => workload.contains(w),
         }
     }
 }
@@ -126,6 +150,11 @@ struct Inner {
     svids: Mutex<HashMap<SpiffeId, Svid>>,
     /// Bumped on every rotation; streams resend the full state when it changes.
     rotation: watch::Sender<u64>,
+    /// Who the calling process is beyond uid/gid (a Kubernetes pod), when configured.
+    attestor: RwLock<Option<Arc<dyn WorkloadAttestor>>>,
+    /// Give each pod the Istio identity `spiffe://<td>/ns/<ns>/sa/<sa>` of its service account,
+    /// with no entry needed.
+    service_account_ids: std::sync::atomic::AtomicBool,
 }
 
 /// The Workload API service.
@@ -175,8 +204,23 @@ impl Agent {
                 jwt_ttl: RwLock::new(jwt::DEFAULT_JWT_TTL),
                 svids: Mutex::new(HashMap::new()),
                 rotation,
+                attestor: RwLock::new(None),
+                service_account_ids: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Adds a workload attestor: entries may then use its selectors (`k8s:ns:shop`), and with
+    /// `service_account_ids` every pod it knows gets `spiffe://<trust domain>/ns/<ns>/sa/<sa>`
+    /// (Istio's identity for a Kubernetes service account) as its first SVID, with no entry.
+    pub fn set_workload_attestor(&self, a: Arc<dyn WorkloadAttestor>, service_account_ids: bool) {
+        if let Ok(mut cur) = self.inner.attestor.write() {
+            *cur = Some(a);
+        }
+        self.inner
+            .service_account_ids
+            .store(service_account_ids, std::sync::atomic::Ordering::Relaxed);
+        self.inner.rotation.send_modify(|g| *g += 1);
     }
 
     /// Sets the lifetime of JWT-SVIDs (default 5 minutes).
@@ -230,10 +274,35 @@ impl Agent {
             .entries
             .read()
             .map_err(|_| Status::internal("state poisoned"))?;
+        let attestor = self.inner.attestor.read().ok().and_then(|a| a.clone());
+        let workload: Vec<String> = match (attestor, pid) {
+            (Some(a), Some(p)) => a.selectors(p),
+            _ => Vec::new(),
+        };
         let mut ids: Vec<SpiffeId> = Vec::new();
+        if self
+            .inner
+            .service_account_ids
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let value = |kind: &str| {
+                workload
+                    .iter()
+                    .find_map(|w| w.strip_prefix(&format!("k8s:{kind}:")))
+            };
+            if let (Some(ns), Some(sa)) = (value("ns"), value("sa")) {
+                let id = format!("spiffe://{}/ns/{ns}/sa/{sa}", self.inner.ca.trust_domain);
+                match SpiffeId::parse(&id) {
+                    Ok(id) => ids.push(id),
+                    Err(e) => {
+                        tracing::warn!(id = %id, error = %e, "a pod's service account makes no valid SPIFFE ID")
+                    }
+                }
+            }
+        }
         for e in entries.iter() {
             if !e.selectors.is_empty()
-                && e.selectors.iter().all(|s| s.matches(uid, gid))
+                && e.selectors.iter().all(|s| s.matches(uid, gid, &workload))
                 && !ids.contains(&e.spiffe_id)
             {
                 ids.push(e.spiffe_id.clone());
@@ -246,7 +315,8 @@ impl Agent {
                 uid,
                 gid,
                 pid = %pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
-                "Workload API caller refused: no registration entry matches its uid/gid"
+                workload = %if workload.is_empty() { "-".to_owned() } else { workload.join(",") },
+                "Workload API caller refused: no registration entry matches its uid/gid (or its workload selectors)"
             );
             return Err(Status::permission_denied("no identity issued"));
         }

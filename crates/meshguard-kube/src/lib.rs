@@ -12,9 +12,11 @@
 //! - `kinds`: which kinds, which served version (API discovery).
 //! - `source`: the watches, the document store and the `PolicySource` it implements.
 //! - `events`: Events for refused objects.
+//! - `attest`: the agent's workload attestor (caller process -> pod -> service account).
 
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod events;
 pub mod kinds;
 pub mod source;

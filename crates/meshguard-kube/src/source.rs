@@ -142,20 +142,7 @@ impl KubeSource {
         kubeconfig: Option<PathBuf>,
         options: KubeOptions,
     ) -> Result<KubeSource, KubeError> {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(&path)
-                    .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| KubeError::Config(e.to_string()))?,
-        };
-        let server = config.cluster_url.to_string();
-        let client = Client::try_from(config)?;
+        let (client, server) = connect(kubeconfig).await?;
         Self::with_client(client, server, options).await
     }
 
@@ -275,6 +262,25 @@ impl Drop for KubeSource {
             }
         }
     }
+}
+
+/// A client from `kubeconfig`, else the usual inference (KUBECONFIG, ~/.kube/config, the pod's
+/// service account), and the API server's URL.
+pub async fn connect(kubeconfig: Option<PathBuf>) -> Result<(Client, String), KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(&path)
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeError::Config(e.to_string()))?,
+    };
+    let server = config.cluster_url.to_string();
+    Ok((Client::try_from(config)?, server))
 }
 
 fn policy_spec(k: &Kind, ar: &ApiResource, namespace: Option<String>) -> WatchSpec {

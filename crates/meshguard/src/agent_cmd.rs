@@ -47,6 +47,26 @@ pub struct AgentArgs {
     /// Operational log format: text or json.
     #[arg(long, env = "MESHGUARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Attest callers by their Kubernetes pod: the pod UID from the caller's cgroup, the pod's
+    /// namespace, service account, name, labels and node from the API server (a watch, kept in
+    /// memory). Entries may then use `k8s:ns:NS`, `k8s:sa:SA`, `k8s:pod-name:N`, `k8s:pod-uid:U`,
+    /// `k8s:node-name:N`, `k8s:pod-label:KEY:VALUE` (SPIRE's names). --entries is optional.
+    #[arg(long, env = "MESHGUARD_AGENT_KUBERNETES")]
+    kubernetes: bool,
+    /// With --kubernetes, give every pod `spiffe://<trust domain>/ns/<ns>/sa/<sa>` (Istio's
+    /// identity for its service account) as its first SVID, with no entry.
+    #[arg(long, requires = "kubernetes")]
+    service_account_identities: bool,
+    /// The kubeconfig for --kubernetes (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "MESHGUARD_KUBECONFIG", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Only this node's pods (a DaemonSet sets it from spec.nodeName). [default: every pod]
+    #[arg(long, env = "NODE_NAME", requires = "kubernetes")]
+    node_name: Option<String>,
+    /// Where callers' `<pid>/cgroup` files are: /proc, or the host's /proc mounted into the
+    /// agent's container (e.g. /host/proc).
+    #[arg(long, default_value = "/proc", requires = "kubernetes")]
+    proc_root: PathBuf,
 }
 
 fn duration(flag: &str, v: &str) -> Result<Duration> {
@@ -265,11 +285,21 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         return client_action(action);
     }
     crate::logging::init_logging_as(&a.log_level, &a.log_format)?;
-    let (Some(ca_dir), Some(entries_file)) = (a.ca_dir.clone(), a.entries.clone()) else {
-        bail!("serving the Workload API needs --ca-dir DIR (from `meshguard ca init`) and --entries FILE; `meshguard agent fetch` and `meshguard agent healthcheck` talk to a running agent");
+    let (Some(ca_dir), Some(entries_file)) = (
+        a.ca_dir.clone(),
+        a.entries
+            .clone()
+            .or_else(|| a.kubernetes.then(PathBuf::new)),
+    ) else {
+        bail!("serving the Workload API needs --ca-dir DIR (from `meshguard ca init`) and --entries FILE (optional with --kubernetes); `meshguard agent fetch` and `meshguard agent healthcheck` talk to a running agent");
     };
+    let no_entries_file = entries_file.as_os_str().is_empty();
     let ca = Ca::load(&ca_dir)?;
-    let entries = load_entries(&entries_file)?;
+    let entries = if no_entries_file {
+        Vec::new()
+    } else {
+        load_entries(&entries_file)?
+    };
     let ttl = duration("ttl", &a.ttl)?;
     let jwt_ttl = duration("jwt-ttl", &a.jwt_ttl)?;
     let interval = duration("entries-interval", &a.entries_interval)?;
@@ -304,7 +334,26 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
         let agent = Agent::new(ca, entries, ttl).map_err(|e| anyhow::anyhow!("{}: {e}", entries_file.display()))?;
         agent.set_jwt_ttl(jwt_ttl);
         agent.spawn_rotation(Duration::from_secs(1).min(ttl / 4));
+        if a.kubernetes {
+            let pods = meshguard_kube::attest::PodAttestor::start(
+                a.kubeconfig.clone(),
+                a.node_name.clone(),
+                a.proc_root.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
+            pods.wait_synced().await;
+            eprintln!(
+                "meshguard agent: Kubernetes workload attestation ({} pod(s){}; callers' cgroups under {}){}",
+                pods.pods(),
+                a.node_name.as_deref().map(|n| format!(" on node {n}")).unwrap_or_default(),
+                a.proc_root.display(),
+                if a.service_account_identities { "; every pod gets spiffe://<td>/ns/<ns>/sa/<sa>" } else { "" }
+            );
+            agent.set_workload_attestor(std::sync::Arc::new(pods), a.service_account_identities);
+        }
         let (watcher, path) = (agent.clone(), entries_file.clone());
+        if !no_entries_file {
         tokio::spawn(async move {
             let mut seen = stamp(&path);
             let mut refused = None;
@@ -345,6 +394,7 @@ pub fn run(a: AgentArgs) -> Result<ExitCode> {
                 }
             }
         });
+        }
         eprintln!("meshguard agent: SPIFFE Workload API on unix:{} ({} registration entries, SVID TTL {})", socket.display(), count, a.ttl);
         agent
             .serve_uds(&socket, async {

@@ -614,3 +614,167 @@ fn deploy_manifests_apply_server_side() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `meshguard agent --kubernetes`: a caller's pod, found from its cgroup (a proc root the test
+/// writes, holding this test process's pid, since no kubelet runs pods here) and looked up in the
+/// real API server, gets its service account's Istio identity and the entries whose `k8s:`
+/// selectors it matches; a pod on another node, or a process in no pod, gets nothing.
+#[test]
+fn agent_attests_pods_by_service_account() {
+    if !kube::available("agent_attests_pods_by_service_account") {
+        return;
+    }
+    let cluster = Cluster::start("agent");
+    let pod = |name: &str, sa: &str, node: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{app: {name}}}\nspec:\n  serviceAccountName: {sa}\n  nodeName: {node}\n  containers: [{{name: app, image: registry.invalid/app:1}}]\n")
+    };
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: web, namespace: shop}}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: batch, namespace: shop}}\n{}{}",
+        pod("web", "web", "node-a"),
+        pod("batch", "batch", "node-b"),
+    ));
+    let uid = |name: &str| {
+        cluster
+            .ok(&[
+                "get",
+                "pod",
+                name,
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ])
+            .trim()
+            .to_owned()
+    };
+    let (web, batch) = (uid("web"), uid("batch"));
+    assert_eq!(web.len(), 36, "{web}");
+
+    let dir = cluster.dir.join("agent");
+    let proc_root = dir.join("proc");
+    let me = proc_root.join(std::process::id().to_string());
+    std::fs::create_dir_all(&me).expect("proc root");
+    let in_pod = |uid: &str| {
+        // The systemd cgroup driver's layout (underscores in the UID), as on most nodes.
+        let slice = uid.replace('-', "_");
+        std::fs::write(
+            me.join("cgroup"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{slice}.slice/cri-containerd-0123abcd.scope\n"),
+        )
+        .expect("cgroup");
+    };
+    in_pod(&web);
+    let ca = dir.join("ca");
+    let out = std::process::Command::new(BIN)
+        .args(["ca", "init", "--trust-domain", "cluster.local", "--dir"])
+        .arg(&ca)
+        .output()
+        .expect("ca init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = dir.join("entries.yaml");
+    std::fs::write(
+        &entries,
+        "entries:\n- spiffeId: spiffe://cluster.local/apps/web-frontend\n  selectors: [\"k8s:ns:shop\", \"k8s:pod-label:app:web\"]\n- spiffeId: spiffe://cluster.local/apps/batch\n  selectors: [\"k8s:sa:batch\"]\n",
+    )
+    .expect("entries");
+    let sock = dir.join("agent.sock");
+    let log = dir.join("agent.log");
+    let mut agent = std::process::Command::new(BIN)
+        .arg("agent")
+        .arg("--ca-dir")
+        .arg(&ca)
+        .arg("--entries")
+        .arg(&entries)
+        .arg("--socket")
+        .arg(format!("unix://{}", sock.display()))
+        .args([
+            "--kubernetes",
+            "--service-account-identities",
+            "--node-name",
+            "node-a",
+        ])
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .arg("--proc-root")
+        .arg(&proc_root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start agent");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let fetch = || {
+        rt.block_on(async {
+            let c = spiffe::WorkloadApiClient::connect_to(format!("unix:{}", sock.display()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ctx = c.fetch_x509_context().await.map_err(|e| e.to_string())?;
+            let default = ctx.default_svid().map(|s| s.spiffe_id().to_string());
+            let mut all: Vec<String> = ctx
+                .svids()
+                .iter()
+                .map(|s| s.spiffe_id().to_string())
+                .collect();
+            all.sort();
+            Ok::<_, String>((default, all))
+        })
+    };
+    let (default, all) = eventually(Duration::from_secs(30), "the agent answers", || {
+        sock.exists().then(fetch).and_then(Result::ok)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("Kubernetes workload attestation (1 pod(s) on node node-a"),
+        "{text}"
+    );
+    assert_eq!(
+        default.as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/web"),
+        "{all:?}"
+    );
+    assert_eq!(
+        all,
+        [
+            "spiffe://cluster.local/apps/web-frontend",
+            "spiffe://cluster.local/ns/shop/sa/web"
+        ],
+        "the service account's identity and the entry its labels match, not batch's"
+    );
+
+    // A pod on another node is not watched; a process in no pod is not a workload.
+    in_pod(&batch);
+    let e = fetch().expect_err("a pod on another node gets nothing");
+    assert!(e.contains("no identity issued"), "{e}");
+    std::fs::write(
+        me.join("cgroup"),
+        "0::/user.slice/user-0.slice/session-1.scope\n",
+    )
+    .expect("cgroup");
+    let e = fetch().expect_err("a process in no pod gets nothing");
+    assert!(e.contains("no identity issued"), "{e}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("Workload API caller refused"), "{text}");
+
+    // The pod is deleted: its identity goes with it.
+    in_pod(&web);
+    assert!(fetch().is_ok());
+    cluster.ok(&[
+        "delete",
+        "pod",
+        "web",
+        "-n",
+        "shop",
+        "--grace-period=0",
+        "--force",
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "a deleted pod's identity is gone",
+        || fetch().err().filter(|e| e.contains("no identity issued")),
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
