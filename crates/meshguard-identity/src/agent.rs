@@ -42,7 +42,7 @@ pub enum SelectorError {
     },
     #[error("`{0}`: no such user")]
     NoSuchUser(String),
-    #[error("`{0}`: selectors are unix:uid:<n>, unix:gid:<n> or unix:user:<name>")]
+    #[error("`{0}`: selectors are unix:uid:<n>, unix:gid:<n>, unix:user:<name> or k8s:ns|sa|pod-name|pod-uid|node-name:<value>, k8s:pod-label:<key>:<value>")]
     Syntax(String),
 }
 
@@ -708,8 +708,13 @@ mod tests {
         assert_eq!(msg("unix:uid:x"), "`unix:uid:x`: uid must be a number");
         assert_eq!(msg("unix:gid:-1"), "`unix:gid:-1`: gid must be a number");
         assert_eq!(
-            msg("k8s:ns:default"),
-            "`k8s:ns:default`: selectors are unix:uid:<n>, unix:gid:<n> or unix:user:<name>"
+            msg("k8s:namespace:default"),
+            "`k8s:namespace:default`: selectors are unix:uid:<n>, unix:gid:<n>, unix:user:<name> or k8s:ns|sa|pod-name|pod-uid|node-name:<value>, k8s:pod-label:<key>:<value>"
+        );
+        assert!(Selector::parse("k8s:pod-label:app").is_err());
+        assert_eq!(
+            Selector::parse("k8s:ns:default").ok(),
+            Some(Selector::Workload("k8s:ns:default".into()))
         );
         assert_eq!(
             Selector::parse("unix:uid:1000").ok(),
