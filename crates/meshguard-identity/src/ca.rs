@@ -48,6 +48,20 @@ pub enum CaError {
     JwtKey(PathBuf, JwtSvidError),
     #[error("{0}: not a CA created by `meshguard ca init` ({1})")]
     NotACa(PathBuf, String),
+    #[error("not a valid certificate request (PKCS#10 PEM with a valid signature): {0}")]
+    Csr(String),
+}
+
+/// A fresh P-256 key and a certificate request for it (PEM, PEM): what a client sends the CA
+/// service, keeping its key to itself.
+pub fn key_and_csr() -> Result<(String, String), CaError> {
+    let key = KeyType::EcdsaP256.generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "SPIFFE");
+    p.distinguished_name = dn;
+    let csr = p.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
 }
 
 /// Key algorithm for a CA or an SVID.
@@ -427,6 +441,17 @@ impl Ca {
     /// Issues an X.509-SVID for `id` with a fresh key, valid for `ttl` (backdated by the clock
     /// skew allowance).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration, key_type: KeyType) -> Result<Svid, CaError> {
+        self.issue_with_dns(id, &[], ttl, key_type)
+    }
+
+    /// The certificate parameters of an X.509-SVID for `id` (plus DNS names for a server that
+    /// clients reach by name), valid for `ttl` from now.
+    fn svid_params(
+        &self,
+        id: &SpiffeId,
+        dns: &[String],
+        ttl: Duration,
+    ) -> Result<(CertificateParams, OffsetDateTime), CaError> {
         if id.trust_domain() != self.trust_domain {
             return Err(CaError::ForeignTrustDomain {
                 id: id.to_string(),
@@ -442,7 +467,6 @@ impl Ca {
         if ttl < Duration::from_secs(1) || now + ttl > self.not_after {
             return Err(CaError::BadTtl);
         }
-        let key = key_type.generate()?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "SPIFFE");
@@ -454,9 +478,41 @@ impl Ca {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         p.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+        for d in dns {
+            p.subject_alt_names
+                .push(match d.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(d.clone().try_into()?),
+                });
+        }
         p.not_before = now - CLOCK_SKEW;
         p.not_after = now + ttl;
         p.use_authority_key_identifier_extension = true;
+        Ok((p, now))
+    }
+
+    /// Signs a PKCS#10 certificate request (PEM) as an X.509-SVID for `id`: the request's
+    /// signature is checked and only its public key is used (the CA, not the request, decides
+    /// the identity). Returns the chain (leaf first, without the root) in PEM.
+    pub fn sign_csr(&self, csr_pem: &str, id: &SpiffeId, ttl: Duration) -> Result<String, CaError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Csr(e.to_string()))?;
+        let (p, _) = self.svid_params(id, &[], ttl)?;
+        let cert = p.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(format!("{}{}", cert.pem(), self.chain_pem_without_root()))
+    }
+
+    /// As [`Ca::issue`], with DNS names (or IP addresses) beside the SPIFFE ID: the CA service's
+    /// own serving certificate, which agents verify by name against the trust bundle.
+    pub fn issue_with_dns(
+        &self,
+        id: &SpiffeId,
+        dns: &[String],
+        ttl: Duration,
+        key_type: KeyType,
+    ) -> Result<Svid, CaError> {
+        let (p, now) = self.svid_params(id, dns, ttl)?;
+        let key = key_type.generate()?;
         let cert = p.signed_by(&key, &self.issuer)?;
         let cert_chain_pem = format!("{}{}", cert.pem(), self.chain_pem_without_root());
         Ok(Svid {

@@ -13,10 +13,12 @@
 //! - `source`: the watches, the document store and the `PolicySource` it implements.
 //! - `events`: Events for refused objects.
 //! - `attest`: the agent's workload attestor (caller process -> pod -> service account).
+//! - `ca_service`: X.509-SVIDs for service accounts, after a TokenReview (`meshguard ca serve`).
 
 #![forbid(unsafe_code)]
 
 pub mod attest;
+pub mod ca_service;
 pub mod events;
 pub mod kinds;
 pub mod source;

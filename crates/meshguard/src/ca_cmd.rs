@@ -87,12 +87,66 @@ pub enum CaCommand {
     },
     /// Print the trust bundle of the CA in --dir: PEM certificates, or the SPIFFE bundle format
     /// (a JWK Set with the X.509 roots and the JWT authority) with --format spiffe.
+    /// Run the CA as a service: X.509-SVIDs `spiffe://<td>/ns/<ns>/sa/<sa>` for Kubernetes
+    /// service accounts that prove themselves with a projected token (checked by TokenReview),
+    /// for the key in their certificate request (POST /v1/svid; GET /v1/bundle).
+    Serve(ServeArgs),
+    /// Ask a CA service for this pod's X.509-SVID with its service-account token: a fresh key
+    /// and a certificate request, the key never leaving this machine.
+    Fetch(FetchArgs),
     Show {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long, value_enum, default_value = "pem")]
         format: BundleFormat,
     },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The CA directory (from `meshguard ca init`); its key stays here.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to listen (TLS).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// Names (DNS or IP) clients reach the service by; its serving certificate, issued by this
+    /// CA, carries them. Repeatable. [default: localhost and 127.0.0.1]
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// Authenticate callers by their Kubernetes service-account token (TokenReview through the
+    /// API server; the only mode so far).
+    #[arg(long, required = true)]
+    kubernetes: bool,
+    /// The kubeconfig for the TokenReview calls (default: KUBECONFIG, ~/.kube/config, or
+    /// in-cluster). The identity needs `create` on `tokenreviews.authentication.k8s.io`.
+    #[arg(long, env = "MESHGUARD_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The audience tokens must be issued for (a projected token's `audience`).
+    #[arg(long, default_value = "meshguard-ca")]
+    audience: String,
+    /// Lifetime of the SVIDs issued.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// The CA service (`https://host:port`).
+    #[arg(long)]
+    ca_url: String,
+    /// The trust bundle that the service's certificate chains to (`meshguard ca show`, or
+    /// GET /v1/bundle fetched once over a trusted path).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The service-account token file (a projected token with the service's audience, e.g.
+    /// /var/run/secrets/tokens/meshguard-ca).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Directory to write svid.pem (the chain), svid.key (0600, generated here, never sent) and
+    /// bundle.pem: the files `meshguard proxy` reads (`identity.svid`, `key`, `bundle`).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,6 +259,8 @@ pub fn run(a: CaArgs) -> Result<ExitCode> {
             })?;
             println!("{}", signer.sign(&id, &audience, parse_ttl(&ttl)?)?);
         }
+        CaCommand::Serve(a) => return serve(a),
+        CaCommand::Fetch(a) => return fetch(a),
         CaCommand::JwtKey { dir } => {
             Ca::load(&dir)?;
             Ca::write_jwt_key(&dir)?;
@@ -226,5 +282,122 @@ pub fn run(a: CaArgs) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let ca = Ca::load(&a.dir)?;
+    let ttl = parse_ttl(&a.ttl)?;
+    let names = if a.server_names.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        a.server_names.clone()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let (client, server) = meshguard_kube::source::connect(a.kubeconfig.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("--kubernetes: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("--listen {}: cannot bind", a.listen))?;
+        let addr = listener.local_addr().context("listener address")?;
+        let td = ca.trust_domain.clone();
+        let service = std::sync::Arc::new(meshguard_kube::ca_service::CaService {
+            ca,
+            reviewer: meshguard_kube::ca_service::TokenReviewer::new(client, &a.audience),
+            ttl,
+        });
+        eprintln!(
+            "meshguard ca serve: https://{addr} (names {}): X.509-SVIDs spiffe://{td}/ns/<ns>/sa/<sa> for service-account tokens with audience {} (TokenReview at {server}), lifetime {}",
+            names.join(", "),
+            a.audience,
+            a.ttl
+        );
+        meshguard_kube::ca_service::serve(service, listener, &names, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn fetch(a: FetchArgs) -> Result<ExitCode> {
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("--token-file {}", a.token_file.display()))?;
+    let bundle =
+        std::fs::read(&a.bundle).with_context(|| format!("--bundle {}", a.bundle.display()))?;
+    let (key_pem, csr_pem) = meshguard_identity::ca::key_and_csr()?;
+    // Only the trust bundle: the service must chain to it, not to a public CA.
+    let roots = reqwest::Certificate::from_pem_bundle(&bundle)
+        .with_context(|| format!("--bundle {}: not PEM certificates", a.bundle.display()))?;
+    let client = reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .build()
+        .context("building the HTTPS client")?;
+    let url = format!("{}/v1/svid", a.ca_url.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (status, body) = rt.block_on(async {
+        let r = client
+            .post(&url)
+            .bearer_auth(token.trim())
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "csr": csr_pem }).to_string())
+            .timeout(std::time::Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the CA service at {url}"))?;
+        let status = r.status();
+        let body = r.text().await.context("reading the answer")?;
+        Ok::<_, anyhow::Error>((status, body))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the CA service refused ({status}): {}",
+            v["error"].as_str().unwrap_or(body.trim())
+        );
+    }
+    let (Some(id), Some(chain), Some(bundle_pem)) = (
+        v["spiffe_id"].as_str(),
+        v["cert_chain_pem"].as_str(),
+        v["bundle_pem"].as_str(),
+    ) else {
+        anyhow::bail!("the CA service's answer is not an SVID: {}", body.trim());
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let write = |name: &str, text: &str, mode: u32| -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = a.out.join(name);
+        let tmp = a.out.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    };
+    // The key first: a proxy polling the directory never pairs a new chain with an old key.
+    write("svid.key", &key_pem, 0o600)?;
+    write("svid.pem", chain, 0o644)?;
+    write("bundle.pem", bundle_pem, 0o644)?;
+    println!("{id}");
+    eprintln!(
+        "wrote {}/svid.pem, svid.key, bundle.pem (expires at unix time {})",
+        a.out.display(),
+        v["expires_at"]
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -778,3 +778,187 @@ fn agent_attests_pods_by_service_account() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// `meshguard ca serve --kubernetes` and `meshguard ca fetch`: a pod's projected token (from the
+/// real API server's TokenRequest) buys an X.509-SVID for its service account, for a key that
+/// never left the client; the service checks tokens with TokenReview as a service account
+/// allowed only that; wrong-audience, default-audience, missing and revoked tokens are refused.
+#[test]
+fn ca_service_issues_svids_for_service_account_tokens() {
+    if !kube::available("ca_service_issues_svids_for_service_account_tokens") {
+        return;
+    }
+    let cluster = Cluster::start("ca");
+    cluster.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: gone, namespace: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: meshguard-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ca, namespace: meshguard-system}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: meshguard-ca}\nrules:\n- apiGroups: [authentication.k8s.io]\n  resources: [tokenreviews]\n  verbs: [create]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: meshguard-ca}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: meshguard-ca}\nsubjects:\n- {kind: ServiceAccount, name: ca, namespace: meshguard-system}\n",
+    );
+    let ca_kubeconfig = cluster.service_account_kubeconfig("meshguard-system", "ca");
+    let dir = cluster.dir.join("ca-service");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .expect("run meshguard")
+    };
+    let out = run(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "cluster.local",
+        "--dir",
+        "ca",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut server = std::process::Command::new(BIN)
+        .current_dir(&dir)
+        .args([
+            "ca",
+            "serve",
+            "--dir",
+            "ca",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubernetes",
+            "--kubeconfig",
+        ])
+        .arg(&ca_kubeconfig)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ca serve");
+    let banner = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let stderr = server.stderr.take().expect("stderr");
+        let mut r = std::io::BufReader::new(stderr);
+        loop {
+            line.clear();
+            assert!(r.read_line(&mut line).expect("read") > 0, "ca serve exited");
+            if line.starts_with("meshguard ca serve: https://") {
+                break line.clone();
+            }
+        }
+    };
+    let url = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .expect("url")
+        .to_owned();
+    let token = |sa: &str, audience: Option<&str>| {
+        let mut args = vec!["create", "token", sa, "-n", "shop"];
+        if let Some(a) = audience {
+            args.extend(["--audience", a]);
+        }
+        let t = cluster.ok(&args);
+        let path = dir.join(format!("{sa}-{}.token", audience.unwrap_or("default")));
+        std::fs::write(&path, t.trim()).expect("token");
+        path
+    };
+    let fetch = |token: &std::path::Path, out: &str| {
+        let out = run(&[
+            "ca",
+            "fetch",
+            "--ca-url",
+            &url,
+            "--bundle",
+            "ca/bundle.crt",
+            "--token-file",
+            &token.display().to_string(),
+            "--out",
+            out,
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, id, err) = fetch(&token("web", Some("meshguard-ca")), "web");
+    assert!(ok, "{err}");
+    assert_eq!(id, "spiffe://cluster.local/ns/shop/sa/web");
+    // The chain verifies against the bundle, names exactly that ID, and matches the key written
+    // beside it.
+    let openssl = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(openssl(&["verify", "-CAfile", "ca/bundle.crt", "web/svid.pem"]).contains("OK"));
+    let san = openssl(&[
+        "x509",
+        "-in",
+        "web/svid.pem",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        san.contains("URI:spiffe://cluster.local/ns/shop/sa/web"),
+        "{san}"
+    );
+    assert_eq!(
+        openssl(&["x509", "-in", "web/svid.pem", "-noout", "-pubkey"]),
+        openssl(&["pkey", "-in", "web/svid.key", "-pubout"]),
+        "the certificate is for the key the client made"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("web/svid.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Refused: another audience, the API server's default audience, no token, a revoked token.
+    let (ok, _, err) = fetch(&token("web", Some("something-else")), "x1");
+    assert!(
+        !ok && err.contains("403") && err.contains("does not accept this token"),
+        "{err}"
+    );
+    let (ok, _, err) = fetch(&token("web", None), "x2");
+    assert!(!ok && err.contains("403"), "{err}");
+    let empty = dir.join("empty.token");
+    std::fs::write(&empty, "").expect("write");
+    let (ok, _, err) = fetch(&empty, "x3");
+    assert!(!ok && err.contains("401"), "{err}");
+    let revoked = token("gone", Some("meshguard-ca"));
+    cluster.ok(&["delete", "serviceaccount", "gone", "-n", "shop"]);
+    let (ok, _, err) = fetch(&revoked, "x4");
+    assert!(
+        !ok && err.contains("403"),
+        "a deleted service account's token must not work: {err}"
+    );
+    assert!(!dir.join("x4/svid.pem").exists());
+
+    // The README's commands name real flags of the commands this test ran.
+    for args in snippets::commands(&snippets::block("ca-service"), "meshguard") {
+        let sub: Vec<&str> = args.iter().take(2).map(String::as_str).collect();
+        assert!(sub == ["ca", "serve"] || sub == ["ca", "fetch"], "{args:?}");
+        let help = run(&[sub[0], sub[1], "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        for f in snippets::flags(&args) {
+            assert!(
+                help.contains(&f),
+                "the README's `meshguard {} {}` has no `{f}`",
+                sub[0],
+                sub[1]
+            );
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
