@@ -14,8 +14,12 @@ pub enum LoadError {
     Compile(#[from] meshguard_policy::CompileError),
     /// An AuthConfig that cannot be built (a Secret it names is missing, Rego that does not
     /// compile, ...).
-    #[error("{0}")]
-    AuthConfig(String),
+    #[error("{message}")]
+    AuthConfig {
+        /// Where the AuthConfig came from (a file, or `kubernetes/AuthConfig/<ns>/<name>`).
+        file: String,
+        message: String,
+    },
     /// The blocking task that loads files did not complete.
     #[error("reload task failed: {0}")]
     Task(String),

@@ -109,8 +109,12 @@ pub fn load(
         AuthnSettings::default(),
         previous.map(|p| &p.authn),
     );
-    let chains = meshguard_authn::extauth::Chains::build(&set, client)
-        .map_err(|e| LoadError::AuthConfig(e.to_string()))?;
+    let chains = meshguard_authn::extauth::Chains::build(&set, client).map_err(|e| {
+        LoadError::AuthConfig {
+            file: e.file.clone(),
+            message: e.to_string(),
+        }
+    })?;
     let remote = crate::remote::Providers::build(mesh);
     Ok(Generation {
         id,

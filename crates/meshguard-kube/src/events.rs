@@ -14,20 +14,28 @@ pub const REASON: &str = "MeshguardRefused";
 /// Writes a Warning Event on every object a refused load names (in the background; a failure to
 /// write one is logged, never fatal).
 pub fn report(source: &KubeSource, error: &LoadError) {
-    let LoadError::Invalid(diagnostics) = error else {
-        return;
-    };
-    for d in diagnostics {
-        if d.severity != meshguard_policy::Severity::Error {
-            continue;
+    // (object file, field, message) for each refusal that names an object.
+    let refusals: Vec<(String, String, String)> = match error {
+        LoadError::Invalid(diagnostics) => diagnostics
+            .iter()
+            .filter(|d| d.severity == meshguard_policy::Severity::Error)
+            .map(|d| (d.file.clone(), d.field.clone(), d.message.clone()))
+            .collect(),
+        // An AuthConfig that parses but cannot be built (a Secret it names is missing, Rego
+        // that does not compile): the Event goes on the AuthConfig.
+        LoadError::AuthConfig { file, message } => {
+            vec![(file.clone(), String::new(), message.clone())]
         }
-        let Some(o) = source.object_of(&d.file) else {
+        _ => Vec::new(),
+    };
+    for (file, field, text) in refusals {
+        let Some(o) = source.object_of(&file) else {
             continue;
         };
-        let message = if d.field.is_empty() {
-            format!("refused by meshguard: {}", d.message)
+        let message = if field.is_empty() {
+            format!("refused by meshguard: {text}")
         } else {
-            format!("refused by meshguard: {}: {}", d.field, d.message)
+            format!("refused by meshguard: {field}: {text}")
         };
         let uid = o.uid.clone().unwrap_or_default();
         let rv = o.resource_version.clone().unwrap_or_default();
@@ -49,7 +57,7 @@ pub fn report(source: &KubeSource, error: &LoadError) {
                 namespace: Some(o.namespace.clone()),
                 uid: o.uid.clone(),
                 resource_version: o.resource_version.clone(),
-                field_path: (!d.field.is_empty()).then(|| d.field.clone()),
+                field_path: (!field.is_empty()).then(|| field.clone()),
             },
             reason: Some(REASON.to_owned()),
             message: Some(message),

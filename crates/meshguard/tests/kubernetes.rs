@@ -224,6 +224,45 @@ spec:
         },
     );
 
+    // An AuthConfig that parses but cannot be built (it names a Secret that does not exist): the
+    // Event goes on the AuthConfig; the last good set keeps deciding.
+    cluster.apply(
+        r#"
+apiVersion: enterprise.gloo.solo.io/v1
+kind: AuthConfig
+metadata: {name: dangling, namespace: shop}
+spec:
+  configs:
+  - name: apikey
+    apiKeyAuth:
+      headerName: api-key
+      apiKeySecretRefs: [{name: key-missing}]
+"#,
+    );
+    let events = eventually(
+        Duration::from_secs(30),
+        "an Event on the AuthConfig",
+        || {
+            let e = cluster.events("shop", "dangling");
+            (!e.is_empty()).then_some(e)
+        },
+    );
+    assert!(
+        events.iter().any(|e| e.starts_with("MeshguardRefused:")
+            && e.contains("Secret shop/key-missing is not loaded")),
+        "{events:?}"
+    );
+    assert_eq!(decide(&s, "POST", "/public/a", "shop/app=web", &[]), 200);
+    cluster.ok(&["delete", "authconfig", "dangling", "-n", "shop"]);
+    eventually(
+        Duration::from_secs(30),
+        "/readyz no longer degraded",
+        || {
+            let (_, body) = http_get(&s.admin, "/readyz", &[]);
+            (!body.contains("degraded")).then_some(())
+        },
+    );
+
     // A second key: the AuthConfig names a new Secret, which meshguard starts watching.
     cluster.apply(
         r#"
