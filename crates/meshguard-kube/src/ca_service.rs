@@ -26,6 +26,12 @@ use meshguard_identity::spiffe_id::SpiffeId;
 
 /// Largest request body accepted (a CSR is well under 2 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Most connections served at once; more wait in the kernel's accept queue, so a flood cannot
+/// exhaust memory or file descriptors.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Most TokenReviews in flight at once: a burst of requests does not become a burst on the API
+/// server (the rest wait their turn).
+pub const MAX_REVIEWS: usize = 32;
 
 /// Who a token belongs to, as the API server says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +57,7 @@ pub enum ReviewError {
 pub struct TokenReviewer {
     client: Client,
     audience: String,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl TokenReviewer {
@@ -58,11 +65,17 @@ impl TokenReviewer {
         TokenReviewer {
             client,
             audience: audience.to_owned(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_REVIEWS)),
         }
     }
 
     /// The service account a token authenticates, for this service's audience.
     pub async fn review(&self, token: &str) -> Result<ServiceAccount, ReviewError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -262,8 +275,16 @@ pub async fn serve(
         .with_single_cert(certs, key)
         .map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(x) => x,
@@ -276,6 +297,7 @@ pub async fn serve(
         };
         let (acceptor, service) = (acceptor.clone(), service.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
