@@ -408,7 +408,8 @@ fn go_string(s: &str) -> String {
         .replace('\u{2029}', "\\u2029")
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of bytes (digests).
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -140,11 +140,7 @@ fn digest_of(texts: &[String]) -> String {
         ctx.update(&(t.len() as u64).to_be_bytes());
         ctx.update(t.as_bytes());
     }
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::bundle::hex(ctx.finish().as_ref())
 }
 
 impl State {

@@ -216,20 +216,13 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--kubernetes-namespace {e}"))?;
     }
     let kubernetes = a.kubernetes;
-    let bundle = match &a.bundle {
-        Some(url) => Some(bundle_options(&a, url)?),
-        None => None,
-    };
-    let remote_source = kubernetes || bundle.is_some();
-    let (source, describe) = if remote_source {
-        // Connected inside the runtime below.
-        (
-            Arc::new(meshguard_engine::Embedded(Vec::new())) as Arc<dyn PolicySource>,
-            String::new(),
-        )
+    let origin = if let Some(url) = &a.bundle {
+        Origin::Bundle(bundle_options(&a, url)?)
+    } else if kubernetes {
+        Origin::Kubernetes
     } else if a.policy.policies.is_empty() {
-        (
-            Arc::new(crate::embedded_source()) as Arc<dyn PolicySource>,
+        Origin::Local(
+            Arc::new(crate::embedded_source()),
             "the embedded example policies (examples/policies: demo material, not for production; give --policies)".to_owned(),
         )
     } else {
@@ -240,11 +233,9 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        (
-            Arc::new(Files(a.policy.policies.clone())) as Arc<dyn PolicySource>,
-            list,
-        )
+        Origin::Local(Arc::new(Files(a.policy.policies.clone())), list)
     };
+    let remote_source = !matches!(origin, Origin::Local(..));
     let mut cfg = ServeConfig {
         grpc: listen(a.grpc_listen.as_deref(), "127.0.0.1:9191", "grpc")?,
         http: listen(a.http_listen.as_deref(), "127.0.0.1:9192", "http")?,
@@ -311,13 +302,15 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let client = reqwest::Client::builder().build().context("building the HTTP client for JWKS")?;
-        let (state, describe) = if let Some(options) = bundle {
+        let (state, describe) = match origin {
+            Origin::Bundle(options) => {
             let b = meshguard_engine::bundle::BundleSource::start(options, client.clone());
             let describe = b.describe();
             tracing::info!(source = %describe, "reading policies from a bundle; not serving until the first good one");
             b.wait_loaded(std::time::Duration::from_secs(5)).await;
             (first_remote_generation(b, mesh, client).await, describe)
-        } else if kubernetes {
+            }
+            Origin::Kubernetes => {
             let options = meshguard_kube::KubeOptions {
                 namespaces: a.kubernetes_namespaces.clone(),
                 instance: std::env::var("POD_NAME")
@@ -331,11 +324,11 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
             tracing::info!(source = %describe, "reading policies from Kubernetes; not serving until the first full read");
             kube.wait_synced(std::time::Duration::from_secs(5)).await;
             (first_remote_generation(kube, mesh, client).await, describe)
-        } else {
-            match State::new(source, mesh, client) {
+            }
+            Origin::Local(source, describe) => match State::new(source, mesh, client) {
                 Ok(s) => (s, describe),
                 Err(e) => bail!("the policies do not load, so nothing is served:\n{e}"),
-            }
+            },
         };
         let g = state.current();
         let resources = g.set.resources().len();
@@ -394,6 +387,14 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
     })
 }
 
+/// Where serve's policies come from.
+enum Origin {
+    /// Files or the embedded examples, and how to name them in the banner.
+    Local(Arc<dyn PolicySource>, String),
+    Bundle(meshguard_engine::bundle::BundleOptions),
+    Kubernetes,
+}
+
 fn bundle_options(a: &ServeArgs, url: &str) -> Result<meshguard_engine::bundle::BundleOptions> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         bail!("--bundle `{url}` is not an http:// or https:// URL");
@@ -432,17 +433,17 @@ fn bundle_options(a: &ServeArgs, url: &str) -> Result<meshguard_engine::bundle::
 /// reported as Events by a Kubernetes source), and the next change is tried until one compiles.
 /// Nothing is served meanwhile (not ready).
 async fn first_remote_generation<S: PolicySource + Clone + 'static>(
-    kube: S,
+    source: S,
     mesh: meshguard_policy::MeshConfig,
     client: reqwest::Client,
 ) -> Arc<State> {
-    let changed = kube.changed();
+    let changed = source.changed();
     loop {
         let notified = changed.as_ref().map(|n| n.notified());
-        match State::new(kube.clone(), mesh.clone(), client.clone()) {
+        match State::new(source.clone(), mesh.clone(), client.clone()) {
             Ok(s) => return s,
             Err(e) => {
-                kube.refused(&e);
+                source.refused(&e);
                 tracing::error!(error = %e, "the Kubernetes objects do not compile; nothing is served until they do (waiting for a change)");
             }
         }
