@@ -80,8 +80,8 @@ if [ ! -x "$KOUT/kube-apiserver" ] || [ ! -x "$KOUT/kubectl" ]; then
   cd - >/dev/null
 fi
 "$KOUT/kube-apiserver" --version | sed 's/^/    /'
-"$KOUT/kubectl" version --client 2>/dev/null | head -1 | sed 's/^/    /'
-"$EOUT/etcd" --version | head -1 | sed 's/^/    /'
+"$KOUT/kubectl" version --client 2>/dev/null | sed -n 1p | sed 's/^/    /'
+"$EOUT/etcd" --version | sed -n 1p | sed 's/^/    /'
 # The module and build caches (several GB) are not needed once the binaries exist; CI disks are
 # small. A version change downloads them again.
 GOFLAGS= "$GO" clean -modcache
