@@ -1,6 +1,6 @@
 //! Policy files: YAML of every kind meshguard loads (AuthorizationPolicy, PeerAuthentication,
-//! RequestAuthentication, AuthConfig, Secret, ConfigMap), validated, compiled, the AuthConfig
-//! chains built (Rego modules compiled), and one request decided with the result.
+//! RequestAuthentication, AuthConfig, ExtAuthPolicy, Secret, ConfigMap), validated, compiled,
+//! the AuthConfig chains built (Rego modules compiled), and one request decided with the result.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -16,6 +16,7 @@ fn request() -> &'static (Request, Identity) {
         let doc = "destination: {namespace: production, labels: {app: api}, port: 8080}
 source: {principal: spiffe://cluster.local/ns/production/sa/frontend, ip: 10.0.0.1}
 request: {method: GET, host: api.company.com, path: /v1/orders, headers: {x-role: admin}}
+routeLabels: {route: ratings}
 ";
         let nodes = parse_documents(doc).expect("fixed request parses");
         parse_request(&nodes[0], PathNormalization::Base).expect("fixed request is valid")
@@ -46,4 +47,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = meshguard_authn::extauth::Chains::build(&set, client());
     let (req, id) = request();
     let _ = set.evaluate(req, id);
+    // Which ExtAuthPolicy selects the request (route labels, destination, the oldest wins).
+    let _ = set.ext_auth_policy_for(req);
 });

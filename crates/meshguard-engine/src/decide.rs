@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use meshguard_authn::extauth::StepOutcome;
 use meshguard_authn::{Authenticated, AuthnOutcome, TokenError};
+use meshguard_policy::extauth::ExtAuthAction;
 use meshguard_policy::{Identity, Reason, Request, Verdict};
 use serde_json::json;
 
@@ -77,7 +78,7 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
         AuthnOutcome::NoToken => {}
     }
     let mut chain_ok: Vec<StepOutcome> = Vec::new();
-    let mut remote_ok: Option<crate::remote::Outcome> = None;
+    let mut remote_ok: Vec<crate::remote::Outcome> = Vec::new();
     let mut chain_names: Vec<String> = Vec::new();
     if let Some(cid) = req.auth_config.as_deref() {
         let Some(chain) = g.chains.get(cid) else {
@@ -94,6 +95,53 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
         }
         chain_names.push(chain.id.clone());
         chain_ok.push(r);
+    }
+    // The Gloo ExtAuthPolicy that selects this route or destination (the oldest of those
+    // that do), where Gloo's ext auth filter stands: before Istio's policies.
+    if let Some(p) = g.set.ext_auth_policy_for(req) {
+        let name = meshguard_authn::extauth::policy_chain_id(p);
+        match &p.action {
+            ExtAuthAction::Gloo(_) => {
+                let Some(chain) = g.chains.for_policy(&p.id()) else {
+                    let mut o = Decision::internal(
+                        format!("denied (fail closed): {name} was not built"),
+                        g.id,
+                    );
+                    o.auth_config = Some(name);
+                    return o;
+                };
+                let r = Box::pin(chain.run(req, &id)).await;
+                if !r.allowed {
+                    return chain_denial(g, &chain.id, r, Some(name));
+                }
+                chain_names.push(chain.id.clone());
+                chain_ok.push(r);
+            }
+            ExtAuthAction::Custom { context_extensions } => {
+                let server = p.server.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                let Some(provider) = g.remote.get(server) else {
+                    let mut o = Decision::internal(
+                        format!("denied (fail closed): {name} delegates to server `{server}`, which is not an envoyExtAuthzGrpc/envoyExtAuthzHttp provider of the mesh config"),
+                        g.id,
+                    );
+                    o.policy = Some(name.clone());
+                    o.auth_config = Some(name);
+                    return o;
+                };
+                let mut asked = req.clone();
+                for (k, v) in context_extensions {
+                    asked.context_extensions.insert(k.clone(), v.clone());
+                }
+                let r = Box::pin(provider.check(&asked)).await;
+                if !r.allowed {
+                    let mut o = remote_denial(g, r, Some(name.clone()));
+                    o.auth_config = Some(name);
+                    return o;
+                }
+                chain_names.push(name);
+                remote_ok.push(r);
+            }
+        }
     }
     let mut verdict = g.set.evaluate(req, &id);
     if let Reason::CustomPending { at } = verdict.reason {
@@ -129,7 +177,7 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
                 if !r.allowed {
                     return remote_denial(g, r, policy);
                 }
-                remote_ok = Some(r);
+                remote_ok.push(r);
             }
             (None, None) => {
                 let mut o = Decision::internal(
@@ -185,7 +233,7 @@ fn finish(
     o: &mut Decision,
     authenticated: Option<Authenticated>,
     chain_ok: Vec<StepOutcome>,
-    remote_ok: Option<crate::remote::Outcome>,
+    remote_ok: Vec<crate::remote::Outcome>,
 ) {
     if !o.allowed {
         return;
@@ -228,7 +276,7 @@ fn finish(
         responses.extend(r.response_headers);
         metadata.extend(r.dynamic_metadata);
     }
-    if let Some(r) = remote_ok {
+    for r in remote_ok {
         // The external authorizer allowed: an explicit allow, as an AuthConfig's is (the
         // default for workloads no ALLOW policy selects does not apply).
         o.by_default = false;

@@ -20,6 +20,7 @@ pub struct Kind {
 
 pub const ISTIO: &str = "security.istio.io";
 pub const GLOO_ENTERPRISE: &str = "enterprise.gloo.solo.io";
+pub const GLOO_POLICY: &str = "security.policy.gloo.solo.io";
 
 /// The policy kinds, in the order they are watched.
 pub const POLICY_KINDS: &[Kind] = &[
@@ -49,6 +50,13 @@ pub const POLICY_KINDS: &[Kind] = &[
         kind: "AuthConfig",
         plural: "authconfigs",
         versions: &["v1"],
+        required: false,
+    },
+    Kind {
+        group: GLOO_POLICY,
+        kind: "ExtAuthPolicy",
+        plural: "extauthpolicies",
+        versions: &["v2"],
         required: false,
     },
 ];

@@ -436,7 +436,7 @@ impl Shared {
         let mut l = Loaded::default();
         if let Ok(docs) = self.docs.lock() {
             for d in docs.values().flat_map(|m| m.values()) {
-                if d.kind == "AuthConfig" {
+                if d.kind == "AuthConfig" || d.kind == "ExtAuthPolicy" {
                     l.add_text(&d.text, &d.display);
                 }
             }
@@ -446,8 +446,13 @@ impl Shared {
         };
         let mut out = BTreeSet::new();
         for r in &l.resources {
-            let Resource::AuthConfig(ac) = r else {
-                continue;
+            let ac = match r {
+                Resource::AuthConfig(ac) => ac,
+                Resource::ExtAuthPolicy(p) => match &p.action {
+                    meshguard_policy::extauth::ExtAuthAction::Gloo(ac) => ac.as_ref(),
+                    _ => continue,
+                },
+                _ => continue,
             };
             for reference in ac.references() {
                 let spec = match reference {
@@ -544,7 +549,8 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec) {
     if let Some(l) = &spec.labels {
         config = config.labels(l);
     }
-    let is_auth_config = spec.kind == "AuthConfig";
+    // The kinds whose objects name Secrets and ConfigMaps to read.
+    let is_auth_config = spec.kind == "AuthConfig" || spec.kind == "ExtAuthPolicy";
     let mut stream = watcher(api, config).backoff(Retry::new(&id)).boxed();
     let mut listing: Option<Objects> = None;
     while let Some(event) = stream.next().await {

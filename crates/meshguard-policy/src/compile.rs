@@ -110,6 +110,7 @@ pub struct PolicySet {
     /// issuer -> extra claim names split on spaces (besides `scope` and `permission`).
     pub(crate) space_delimited: HashMap<String, Vec<String>>,
     pub(crate) auth_configs: Vec<crate::extauth::AuthConfig>,
+    pub(crate) ext_auth_policies: Vec<crate::extauth::ExtAuthPolicy>,
     pub(crate) secrets: Vec<crate::extauth::Secret>,
     pub(crate) config_maps: Vec<crate::extauth::ConfigMap>,
 }
@@ -146,6 +147,7 @@ impl PolicySet {
         let mut peer = Vec::new();
         let mut request_authn = Vec::new();
         let mut auth_configs = Vec::new();
+        let mut ext_auth_policies = Vec::new();
         let mut secrets = Vec::new();
         let mut config_maps = Vec::new();
         for r in &resources {
@@ -154,6 +156,7 @@ impl PolicySet {
                 Resource::PeerAuthentication(p) => peer.push(p.clone()),
                 Resource::RequestAuthentication(p) => request_authn.push(p.clone()),
                 Resource::AuthConfig(c) => auth_configs.push(c.clone()),
+                Resource::ExtAuthPolicy(c) => ext_auth_policies.push(c.clone()),
                 Resource::Secret(x) => secrets.push(x.clone()),
                 Resource::ConfigMap(x) => config_maps.push(x.clone()),
             }
@@ -219,9 +222,35 @@ impl PolicySet {
             request_authn,
             space_delimited,
             auth_configs,
+            ext_auth_policies,
             secrets,
             config_maps,
         })
+    }
+
+    /// Gloo Platform ExtAuthPolicies loaded with the policies.
+    pub fn ext_auth_policies(&self) -> &[crate::extauth::ExtAuthPolicy] {
+        &self.ext_auth_policies
+    }
+
+    /// The ExtAuthPolicy that applies to `req` (Gloo: the oldest of those that select it).
+    pub fn ext_auth_policy_for(
+        &self,
+        req: &crate::Request,
+    ) -> Option<&crate::extauth::ExtAuthPolicy> {
+        if self.ext_auth_policies.is_empty() {
+            return None;
+        }
+        let route = crate::extauth::RouteInfo::from_context_extensions(&req.context_extensions);
+        let d = &req.destination;
+        let host = req.http.as_ref().map(|h| h.host.as_str()).unwrap_or("");
+        let dest = crate::extauth::DestinationInfo {
+            namespace: &d.namespace,
+            labels: &d.labels,
+            port: d.port,
+            service: crate::extauth::service_of_host(host, &d.namespace),
+        };
+        crate::extauth::select_ext_auth_policy(&self.ext_auth_policies, &route, &dest)
     }
 
     /// Gloo AuthConfigs loaded with the policies.

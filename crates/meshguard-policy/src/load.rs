@@ -131,8 +131,17 @@ pub fn parse_request(
         "request",
         "custom",
         "authConfig",
+        "routeLabels",
     ])?;
     let mut req = Request::default();
+    // The labels of the route the request arrived on (Gloo ExtAuthPolicy `applyToRoutes`), as
+    // Envoy would send them: context extensions `route_label.<key>`.
+    if let Some(r) = root.get("routeLabels") {
+        for (k, v) in r.string_pairs()? {
+            req.context_extensions
+                .insert(format!("{}{k}", crate::extauth::ROUTE_LABEL_PREFIX), v);
+        }
+    }
     let mut id = Identity::default();
     let d = root.get("destination").ok_or_else(|| {
         Field::named(node, "destination").error("missing `destination` (namespace, labels, port)")
@@ -585,9 +594,77 @@ fn provider_problem(entry: &Node) -> Option<String> {
 
 /// Warnings that depend on the mesh settings: CUSTOM providers that do not exist, and DENY path
 /// rules that common path tricks slip past under the chosen normalisation.
+/// Gloo ExtAuthPolicy problems only the whole set shows: two policies that can select the same
+/// route or destination (Gloo applies the oldest and ignores the rest there), and a
+/// `customAuth` whose server is not an ext_authz provider of the mesh config.
+fn ext_auth_policy_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<Diagnostic> {
+    let policies: Vec<&crate::extauth::ExtAuthPolicy> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::ExtAuthPolicy(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    let diag =
+        |p: &crate::extauth::ExtAuthPolicy, severity, field: &str, message: String| Diagnostic {
+            severity,
+            file: p.origin.file.clone(),
+            line: p.origin.line,
+            col: 1,
+            resource: Some(format!(
+                "ExtAuthPolicy {}/{}",
+                p.meta.namespace, p.meta.name
+            )),
+            field: field.to_owned(),
+            message,
+        };
+    for (i, a) in policies.iter().enumerate() {
+        for b in &policies[i + 1..] {
+            if !a.overlaps(b) {
+                continue;
+            }
+            let (old, new) = if a.age_key() <= b.age_key() {
+                (a, b)
+            } else {
+                (b, a)
+            };
+            out.push(diag(
+                new,
+                Severity::Warning,
+                "spec",
+                format!(
+                    "selects routes or destinations that ExtAuthPolicy {}/{} also selects: Gloo applies only one per route or destination, the oldest ({}/{}{}), and ignores this one there",
+                    old.meta.namespace,
+                    old.meta.name,
+                    old.meta.namespace,
+                    old.meta.name,
+                    match old.meta.creation_timestamp.as_deref() {
+                        Some(t) => format!(", created {t}"),
+                        None if new.meta.creation_timestamp.is_none() => ", the first by namespace/name: neither has a creationTimestamp".to_owned(),
+                        None => ", which has no creationTimestamp".to_owned(),
+                    }
+                ),
+            ));
+        }
+        if let crate::extauth::ExtAuthAction::Custom { .. } = &a.action {
+            let server = a.server.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            if !mesh.ext_authz.iter().any(|p| p.name == server) {
+                out.push(diag(
+                    a,
+                    Severity::Warning,
+                    "spec.config.server.name",
+                    format!("customAuth delegates to `{server}`, which is not an envoyExtAuthzGrpc/envoyExtAuthzHttp provider of the mesh config: every request it selects is denied (fail closed)"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub fn mesh_warnings(resources: &[Resource], mesh: &MeshConfig) -> Vec<Diagnostic> {
     use crate::resource::{Action, Attr};
-    let mut out = Vec::new();
+    let mut out = ext_auth_policy_warnings(resources, mesh);
     for r in resources {
         let Resource::AuthorizationPolicy(p) = r else {
             continue;

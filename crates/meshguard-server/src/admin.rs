@@ -80,6 +80,35 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
                         .collect();
                     o["boolean_expr"] = c.boolean_expr.is_some().into();
                 }
+                Resource::ExtAuthPolicy(p) => {
+                    o["apply_to_routes"] = p
+                        .routes
+                        .iter()
+                        .map(|r| json!({"labels": r.labels, "namespace": r.namespace}))
+                        .collect();
+                    o["apply_to_destinations"] = p
+                        .destinations
+                        .iter()
+                        .map(|d| {
+                            json!({"labels": d.labels, "namespace": d.namespace, "port": d.port, "name": d.service})
+                        })
+                        .collect();
+                    o["server"] = json!(p.server.as_ref().map(|s| &s.name));
+                    match &p.action {
+                        meshguard_policy::extauth::ExtAuthAction::Gloo(c) => {
+                            o["gloo_auth"] = c
+                                .steps
+                                .iter()
+                                .map(|s| json!({"name": s.name, "model": s.model.key()}))
+                                .collect();
+                        }
+                        meshguard_policy::extauth::ExtAuthAction::Custom {
+                            context_extensions,
+                        } => {
+                            o["custom_auth"] = json!({"context_extensions": context_extensions});
+                        }
+                    }
+                }
                 // Secret values never leave the process; only which keys exist.
                 Resource::Secret(x) => {
                     o["type"] = x.secret_type.clone().into();

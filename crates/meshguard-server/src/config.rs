@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "trustForwardedClientCert",
     "httpPathPrefix",
     "authBindings",
+    "routeLabels",
     "decisionLog",
     "decisionLogMaxBytes",
     "reloadInterval",
@@ -51,6 +52,7 @@ pub struct ServeFile {
     pub trust_forwarded_client_cert: Option<bool>,
     pub http_path_prefix: Option<String>,
     pub auth_bindings: Vec<String>,
+    pub route_labels: Vec<String>,
     pub decision_log: Option<String>,
     pub decision_log_max_bytes: Option<u64>,
     pub reload_interval: Option<String>,
@@ -122,6 +124,7 @@ fn read(root: Field<'_, '_>, base: &Path) -> Result<ServeFile, FieldError> {
         trust_forwarded_client_cert: flag("trustForwardedClientCert")?,
         http_path_prefix: text("httpPathPrefix")?,
         auth_bindings: list("authBindings")?,
+        route_labels: list("routeLabels")?,
         decision_log: text("decisionLog")?,
         decision_log_max_bytes: root
             .get("decisionLogMaxBytes")

@@ -75,6 +75,8 @@ pub struct HttpMode {
     pub trust_client_cert: bool,
     /// AuthConfigs bound to hosts and path prefixes, for callers that cannot name one.
     pub bindings: Vec<AuthBinding>,
+    /// `--route-labels`: the route labels ExtAuthPolicies select by.
+    pub routes: Vec<RouteBinding>,
 }
 
 /// An AuthConfig bound to a host (or any host) and a path prefix, for HTTP-mode callers that
@@ -99,6 +101,8 @@ pub enum BindingError {
     NoPath(String),
     #[error("`{0}`: no AuthConfig named after `=`")]
     NoConfig(String),
+    #[error("`{0}`: write [host]/path=key=value;key=value, e.g. /ratings=route=ratings")]
+    RouteForm(String),
 }
 
 /// Why a forward-auth request cannot be turned into a request to decide (it is denied).
@@ -148,24 +152,79 @@ impl AuthBinding {
     }
 
     fn matches(&self, host: &str, path: &str) -> bool {
-        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
-        let host_ok = self
-            .host
-            .as_deref()
-            .is_none_or(|h| h.eq_ignore_ascii_case(host));
-        let path_ok = path == self.path_prefix
-            || self.path_prefix.is_empty()
-            || path
-                .strip_prefix(self.path_prefix.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
-        host_ok && path_ok
+        target_matches(self.host.as_deref(), &self.path_prefix, host, path)
     }
+}
+
+/// HTTP mode: the labels of the route a host and path prefix stand for, as
+/// `[host]/path=key=value;key=value` (`--route-labels`). Gloo ExtAuthPolicies select routes by
+/// these labels (`applyToRoutes[].route.labels`); gRPC callers send them per route as context
+/// extensions `route_label.<key>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteBinding {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl RouteBinding {
+    /// Parses `[host]/path=key=value;key=value`, e.g. `/ratings=route=ratings`.
+    pub fn parse(s: &str) -> Result<RouteBinding, BindingError> {
+        let (target, labels) = s
+            .split_once('=')
+            .ok_or_else(|| BindingError::RouteForm(s.to_owned()))?;
+        let slash = target
+            .find('/')
+            .ok_or_else(|| BindingError::NoPath(s.to_owned()))?;
+        let (host, path) = target.split_at(slash);
+        let mut out = std::collections::BTreeMap::new();
+        for pair in labels.split(';').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| BindingError::RouteForm(s.to_owned()))?;
+            if k.trim().is_empty() {
+                return Err(BindingError::RouteForm(s.to_owned()));
+            }
+            out.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        if out.is_empty() {
+            return Err(BindingError::RouteForm(s.to_owned()));
+        }
+        Ok(RouteBinding {
+            host: (!host.is_empty() && host != "*").then(|| host.to_ascii_lowercase()),
+            path_prefix: path.trim_end_matches('/').to_ascii_lowercase(),
+            labels: out,
+        })
+    }
+}
+
+/// The route labels for a request: the most specific `--route-labels` binding.
+pub fn route_for<'a>(routes: &'a [RouteBinding], req: &Request) -> Option<&'a RouteBinding> {
+    let http = req.http.as_ref()?;
+    let path = binding_path(&http.raw_path);
+    let host = http.host.trim_end_matches('.');
+    routes
+        .iter()
+        .filter(|b| target_matches(b.host.as_deref(), &b.path_prefix, host, &path))
+        .max_by_key(|b| (b.host.is_some(), b.path_prefix.len()))
+}
+
+/// Whether a binding's host (any when `None`) and path prefix (at segment boundaries) match.
+fn target_matches(want_host: Option<&str>, prefix: &str, host: &str, path: &str) -> bool {
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host_ok = want_host.is_none_or(|h| h.eq_ignore_ascii_case(host));
+    let path_ok = path == prefix
+        || prefix.is_empty()
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'));
+    host_ok && path_ok
 }
 
 /// The path bindings are matched on: decoded as far as any backend might decode it (all
@@ -450,6 +509,14 @@ impl HttpMode {
             }
         }
         request.auth_config = binding_for(&self.bindings, &request).map(|b| b.config.clone());
+        if let Some(r) = route_for(&self.routes, &request) {
+            for (k, v) in &r.labels {
+                request.context_extensions.insert(
+                    format!("{}{k}", meshguard_policy::extauth::ROUTE_LABEL_PREFIX),
+                    v.clone(),
+                );
+            }
+        }
         Ok(request)
     }
 

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// HTTP mode: AuthConfigs bound to hosts and path prefixes.
     pub auth_bindings: Vec<http::AuthBinding>,
+    /// HTTP mode: route labels by host and path prefix (`--route-labels`).
+    pub route_bindings: Vec<http::RouteBinding>,
     /// HTTP and admin listeners: how long a client may take to send a request's headers (also
     /// bounds an idle keep-alive connection waiting for its next request).
     pub header_read_timeout: Duration,
@@ -89,6 +91,7 @@ impl Default for ServeConfig {
             max_grpc_message_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             auth_bindings: Vec::new(),
+            route_bindings: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             default_deny: true,
@@ -499,6 +502,7 @@ pub async fn serve(
             style: cfg.forward_auth,
             trust_client_cert: cfg.trust_forwarded_client_cert,
             bindings: cfg.auth_bindings.clone(),
+            routes: cfg.route_bindings.clone(),
         };
         let stop = stop_rx.clone();
         tasks.spawn(serve_hyper(l, stop, limits, move |req, peer| {

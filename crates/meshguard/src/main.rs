@@ -632,13 +632,20 @@ fn lint(a: LintArgs) -> Result<ExitCode> {
             meshguard_policy::MeshConfig::default(),
         ) {
             for (c, e) in meshguard_authn::extauth::Chains::problems(&set) {
+                // An ExtAuthPolicy's inline glooAuth carries the policy's own name and place.
+                let inline = set.ext_auth_policies().iter().any(|p| p.origin == c.origin);
+                let (kind, field) = if inline {
+                    ("ExtAuthPolicy", "spec.config.glooAuth.configs")
+                } else {
+                    ("AuthConfig", "spec.configs")
+                };
                 loaded.diagnostics.push(meshguard_policy::Diagnostic {
                     severity: Severity::Error,
                     file: c.origin.file.clone(),
                     line: c.origin.line,
                     col: 1,
-                    resource: Some(format!("AuthConfig {}/{}", c.meta.namespace, c.meta.name)),
-                    field: "spec.configs".into(),
+                    resource: Some(format!("{kind} {}/{}", c.meta.namespace, c.meta.name)),
+                    field: field.into(),
                     message: e.to_string(),
                 });
             }

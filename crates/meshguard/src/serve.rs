@@ -61,6 +61,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub auth_bindings: Vec<String>,
+    /// HTTP mode: the labels of the route a host and path prefix stand for, as
+    /// `[host]/path=key=value;key=value` (e.g. `/ratings=route=ratings`). Gloo ExtAuthPolicies
+    /// select routes by them (`applyToRoutes[].route.labels`); gRPC callers send them per route
+    /// as context extensions `route_label.<key>` instead.
+    #[arg(
+        long = "route-labels",
+        env = "MESHGUARD_ROUTE_LABELS",
+        value_delimiter = ','
+    )]
+    pub route_labels: Vec<String>,
     /// Path prefix to strip in HTTP mode (Envoy HTTP ext_authz `path_prefix`).
     #[arg(long, env = "MESHGUARD_HTTP_PATH_PREFIX")]
     pub http_path_prefix: Option<String>,
@@ -176,6 +186,7 @@ fn apply_config_file(a: &mut ServeArgs) -> Result<()> {
     );
     or_list(&mut a.trusted_proxies, f.trusted_proxies);
     or_list(&mut a.auth_bindings, f.auth_bindings);
+    or_list(&mut a.route_labels, f.route_labels);
     or_list(&mut a.policy.providers, f.providers);
     or_list(&mut a.policy.policies, f.policies);
     or_list(&mut a.audit, f.audit);
@@ -265,6 +276,14 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
         .map(|b| {
             meshguard_server::http::AuthBinding::parse(b.trim())
                 .map_err(|e| anyhow::anyhow!("--auth-binding {e}"))
+        })
+        .collect::<Result<_>>()?;
+    cfg.route_bindings = a
+        .route_labels
+        .iter()
+        .map(|b| {
+            meshguard_server::http::RouteBinding::parse(b.trim())
+                .map_err(|e| anyhow::anyhow!("--route-labels {e}"))
         })
         .collect::<Result<_>>()?;
     if let Some(f) = &a.forward_auth {

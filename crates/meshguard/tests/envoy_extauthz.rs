@@ -24,44 +24,28 @@ use serde_json::json;
 const API_KEY: &str = "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy";
 
 fn route(prefix: &str, config_id: Option<&str>) -> serde_json::Value {
-    let mut r = json!({"match": {"prefix": prefix}, "route": {"cluster": "app", "timeout": "5s"}});
-    if let Some(id) = config_id {
-        r["typed_per_filter_config"] = json!({"envoy.filters.http.ext_authz": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-            "check_settings": {"context_extensions": {"config_id": id}}}});
+    match config_id {
+        Some(id) => envoy::app_route(prefix, &[("config_id", id)]),
+        None => envoy::app_route(prefix, &[]),
     }
-    r
 }
 
 fn bootstrap(listen: u16, echo: u16, grpc: u16) -> String {
-    let listeners = json!([{
-        "name": "inbound",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "inbound",
-                "normalize_path": true,
-                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                    route("/api", Some("gloo-system.api-keys")),
-                    route("/post", Some("gloo-system.orders-opa")),
-                    route("/", None)]}]},
-                "http_filters": [
-                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                        "grpc_service": {"envoy_grpc": {"cluster_name": "meshguard"}, "timeout": "5s"},
-                        "transport_api_version": "V3",
-                        "failure_mode_allow": false,
-                        "include_peer_certificate": true,
-                        "encode_raw_headers": true,
-                        "with_request_body": {"max_request_bytes": 8192, "allow_partial_message": true}}},
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ],
-            }
-        }]}]
-    }]);
+    let listeners = envoy::ext_authz_listeners(
+        listen,
+        vec![
+            route("/api", Some("gloo-system.api-keys")),
+            route("/post", Some("gloo-system.orders-opa")),
+            route("/", None),
+        ],
+        json!({
+            "grpc_service": {"envoy_grpc": {"cluster_name": "meshguard"}, "timeout": "5s"},
+            "transport_api_version": "V3",
+            "failure_mode_allow": false,
+            "include_peer_certificate": true,
+            "encode_raw_headers": true,
+            "with_request_body": {"max_request_bytes": 8192, "allow_partial_message": true}}),
+    );
     envoy::static_bootstrap(
         listeners,
         vec![
@@ -234,36 +218,22 @@ spec:
 /// headersToUpstreamOnAllow, failure_mode_allow from failOpen) in front of meshguard serve's HTTP
 /// mode (`--forward-auth envoy --http-path-prefix /check`).
 fn http_bootstrap(listen: u16, echo: u16, authz: u16) -> String {
-    let listeners = json!([{
-        "name": "inbound",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "inbound",
-                "normalize_path": true,
-                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route("/", None)]}]},
-                "http_filters": [
-                    {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                        "transport_api_version": "V3",
-                        "failure_mode_allow": false,
-                        "status_on_error": {"code": "Forbidden"},
-                        "http_service": {
-                            "server_uri": {"uri": "http://meshguard.test", "cluster": "meshguard", "timeout": "10s"},
-                            "path_prefix": "/check",
-                            "authorization_request": {"allowed_headers": {"patterns": [
-                                {"exact": "x-role", "ignore_case": true}]}},
-                            "authorization_response": {"allowed_upstream_headers": {"patterns": [
-                                {"exact": "x-sub", "ignore_case": true}]}}
-                        }}},
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ],
-            }
-        }]}]
-    }]);
+    let listeners = envoy::ext_authz_listeners(
+        listen,
+        vec![route("/", None)],
+        json!({
+        "transport_api_version": "V3",
+        "failure_mode_allow": false,
+        "status_on_error": {"code": "Forbidden"},
+        "http_service": {
+            "server_uri": {"uri": "http://meshguard.test", "cluster": "meshguard", "timeout": "10s"},
+            "path_prefix": "/check",
+            "authorization_request": {"allowed_headers": {"patterns": [
+                {"exact": "x-role", "ignore_case": true}]}},
+            "authorization_response": {"allowed_upstream_headers": {"patterns": [
+                {"exact": "x-sub", "ignore_case": true}]}}
+        }}),
+    );
     envoy::static_bootstrap(
         listeners,
         vec![

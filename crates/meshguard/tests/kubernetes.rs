@@ -3,7 +3,8 @@
 //! compile -> swap path as files, a bad object refused with its namespace/name/field (a Warning
 //! Event on it, /readyz degraded, the last good set serving), only the Secrets an AuthConfig
 //! names or selects, namespace-scoped mode with a Role, replicas converging on one digest through
-//! 100 changes and an API server restart, and the deploy/ manifests applied server-side.
+//! 100 changes and an API server restart, the deploy/ manifests applied server-side, and Gloo
+//! Platform ExtAuthPolicies with the labelled Secrets they select.
 
 mod cmd;
 mod kube;
@@ -527,6 +528,7 @@ fn deploy_manifests_apply_server_side() {
     for kind in [
         "customresourcedefinition.apiextensions.k8s.io/authorizationpolicies.security.istio.io",
         "customresourcedefinition.apiextensions.k8s.io/authconfigs.enterprise.gloo.solo.io",
+        "customresourcedefinition.apiextensions.k8s.io/extauthpolicies.security.policy.gloo.solo.io",
         "serviceaccount/meshguard",
         "clusterrole.rbac.authorization.k8s.io/meshguard",
         "clusterrolebinding.rbac.authorization.k8s.io/meshguard",
@@ -615,6 +617,7 @@ fn deploy_manifests_apply_server_side() {
         ("list", "peerauthentications.security.istio.io"),
         ("get", "requestauthentications.security.istio.io"),
         ("watch", "authconfigs.enterprise.gloo.solo.io"),
+        ("watch", "extauthpolicies.security.policy.gloo.solo.io"),
         ("watch", "secrets"),
         ("create", "events"),
     ] {
@@ -1000,4 +1003,75 @@ fn ca_service_issues_svids_for_service_account_tokens() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Gloo Platform ExtAuthPolicies from the cluster: the seed's two examples applied as written,
+/// the Secrets their `glooAuth` selects by label watched (a new key works once created), and a
+/// deleted policy stops applying.
+#[test]
+fn serve_watches_ext_auth_policies() {
+    if !kube::available("serve_watches_ext_auth_policies") {
+        return;
+    }
+    let cluster = Cluster::start("gloo");
+    let kubeconfig = cluster.install_meshguard();
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: bookinfo}\n");
+    let examples = kube::root().join("examples/gloo-platform");
+    cluster.ok(&["apply", "-f", examples.to_str().expect("utf8")]);
+    let s = serve_kube(
+        &kubeconfig,
+        &[
+            "--route-labels",
+            "/ratings=route=ratings,/reviews=route=reviews",
+        ],
+    );
+    let w = "bookinfo/app=ratings";
+    let email = [
+        (
+            "api-key",
+            "N2YwMDIxZTEtNGUzNS1jNzgzLTRkYjAtYjE2YzRkZGVmNjcy",
+        ),
+        ("x-user-email", "user12345@email.com"),
+    ];
+    assert_eq!(decide(&s, "GET", "/ratings/2", w, &[]), 200);
+    assert_eq!(decide(&s, "DELETE", "/ratings/2", w, &[]), 403);
+    assert_eq!(decide(&s, "GET", "/reviews/1", w, &[]), 401);
+    assert_eq!(decide(&s, "GET", "/reviews/1", w, &email), 200);
+
+    // A second key: a Secret with the label the policy selects, created afterwards.
+    let bob = [
+        ("api-key", "bob-key-0123456789"),
+        ("x-user-email", "bob@example.com"),
+    ];
+    assert_eq!(decide(&s, "GET", "/reviews/1", w, &bob), 401);
+    cluster.apply(
+        "apiVersion: v1\nkind: Secret\ntype: extauth.solo.io/apikey\nmetadata: {name: bob, namespace: bookinfo, labels: {extauth: apikey}}\nstringData: {api-key: bob-key-0123456789, user-email: bob@example.com}\n",
+    );
+    let t = Instant::now();
+    eventually(Duration::from_secs(20), "the new key works", || {
+        (decide(&s, "GET", "/reviews/1", w, &bob) == 200).then_some(())
+    });
+    println!("a new labelled Secret took effect after {:?}", t.elapsed());
+    let kinds: Vec<String> = config(&s)["resources"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| format!("{}/{}", r["kind"], r["name"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k == "\"ExtAuthPolicy\"/\"ratings-opa\""),
+        "{kinds:?}"
+    );
+
+    // Deleted: the ratings route gets no ext auth, and default deny answers.
+    cluster.ok(&["delete", "extauthpolicy", "-n", "bookinfo", "ratings-opa"]);
+    eventually(
+        Duration::from_secs(20),
+        "the deleted policy stops applying",
+        || (decide(&s, "GET", "/ratings/2", w, &[]) == 403).then_some(()),
+    );
 }

@@ -97,8 +97,10 @@ impl BuildError {
 
 /// An AuthConfig that cannot be built, with where it was loaded from.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: AuthConfig {namespace}/{name}: {source}")]
+#[error("{file}:{line}: {kind} {namespace}/{name}: {source}")]
 pub struct ConfigError {
+    /// `AuthConfig`, or `ExtAuthPolicy` for a policy's inline `glooAuth`.
+    pub kind: &'static str,
     pub file: String,
     pub line: u32,
     pub namespace: String,
@@ -121,6 +123,7 @@ mod tests {
         };
         assert_eq!(e.to_string(), "clientSecretRef: Secret ns/c is not loaded");
         let e = ConfigError {
+            kind: "AuthConfig",
             file: "a.yaml".into(),
             line: 7,
             namespace: "ns".into(),

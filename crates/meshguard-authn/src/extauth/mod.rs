@@ -125,6 +125,13 @@ pub struct Chain {
 #[derive(Default)]
 pub struct Chains {
     by_id: HashMap<String, Arc<Chain>>,
+    /// The inline `glooAuth` of each ExtAuthPolicy, by the policy's `namespace.name`.
+    policies: HashMap<String, Arc<Chain>>,
+}
+
+/// The chain id of an ExtAuthPolicy's `glooAuth` (logs, metrics, the decision's `auth_config`).
+pub fn policy_chain_id(p: &meshguard_policy::extauth::ExtAuthPolicy) -> String {
+    format!("ExtAuthPolicy/{}", p.id())
 }
 
 impl Chains {
@@ -143,6 +150,7 @@ impl Chains {
         }
         for c in set.auth_configs() {
             let chain = Arc::new(compile(set, c, client).map_err(|source| ConfigError {
+                kind: "AuthConfig",
                 file: c.origin.file.clone(),
                 line: c.origin.line,
                 namespace: c.meta.namespace.clone(),
@@ -155,14 +163,43 @@ impl Chains {
                 by_id.entry(short).or_insert(chain);
             }
         }
-        Ok(Chains { by_id })
+        let mut policies = HashMap::new();
+        for p in set.ext_auth_policies() {
+            let meshguard_policy::extauth::ExtAuthAction::Gloo(c) = &p.action else {
+                continue;
+            };
+            let mut chain = compile(set, c, client).map_err(|source| ConfigError {
+                kind: "ExtAuthPolicy",
+                file: p.origin.file.clone(),
+                line: p.origin.line,
+                namespace: p.meta.namespace.clone(),
+                name: p.meta.name.clone(),
+                source: Box::new(source),
+            })?;
+            chain.id = policy_chain_id(p);
+            policies.insert(p.id(), Arc::new(chain));
+        }
+        Ok(Chains { by_id, policies })
+    }
+
+    /// The chain of an ExtAuthPolicy's `glooAuth`, by the policy's `namespace.name`.
+    pub fn for_policy(&self, id: &str) -> Option<&Arc<Chain>> {
+        self.policies.get(id)
     }
 
     /// Every AuthConfig that cannot be built, with why (for `lint`): missing Secrets or
     /// ConfigMaps, Rego that does not parse, unusable keys.
     pub fn problems(set: &PolicySet) -> Vec<(&AuthConfig, BuildError)> {
+        let inline = set
+            .ext_auth_policies()
+            .iter()
+            .filter_map(|p| match &p.action {
+                meshguard_policy::extauth::ExtAuthAction::Gloo(c) => Some(c.as_ref()),
+                _ => None,
+            });
         set.auth_configs()
             .iter()
+            .chain(inline)
             .filter_map(|c| {
                 compile(set, c, &reqwest::Client::new())
                     .err()
@@ -181,7 +218,7 @@ impl Chains {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_id.is_empty() && self.policies.is_empty()
     }
 }
 

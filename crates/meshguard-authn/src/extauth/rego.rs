@@ -286,6 +286,9 @@ impl RegoStep {
         let build = |v0: bool| -> Result<regorus::Engine, BuildError> {
             let mut e = regorus::Engine::new();
             e.set_rego_v0(v0);
+            if v0 {
+                add_v0_builtins(&mut e);
+            }
             for (name, src) in &modules {
                 e.add_policy(name.clone(), src.clone())
                     .map_err(|source| BuildError::RegoFile {
@@ -759,6 +762,50 @@ fn envoy_decision(rule: &str, v: &Value, undefined: bool) -> StepOutcome {
             format!("{rule} must be a boolean or an object with `allowed`, found {other}"),
         ),
     }
+}
+
+/// OPA's deprecated `any(collection)` and `all(collection)`, which v0 policies still call (Gloo's
+/// guide's allow-get-users Rego uses `any`) and regorus does not define: whether any (every)
+/// element of an array or set is `true`. OPA v0 topdown/aggregates.go: `all` of an empty
+/// collection is true, `any` of one is false; other argument types are a type error.
+fn add_v0_builtins(e: &mut regorus::Engine) {
+    fn booleans(args: &[regorus::Value]) -> anyhow::Result<Vec<bool>> {
+        let [arg] = args else {
+            anyhow::bail!("expects one argument");
+        };
+        let items: Vec<&regorus::Value> = match arg {
+            regorus::Value::Array(a) => a.iter().collect(),
+            regorus::Value::Set(s) => s.iter().collect(),
+            _ => anyhow::bail!("operand 1 must be one of {{array, set}}"),
+        };
+        Ok(items
+            .into_iter()
+            .map(|v| matches!(v, regorus::Value::Bool(true)))
+            .collect())
+    }
+    // Adding fails only when the name is taken, i.e. a future regorus defines them itself.
+    let _ = e.add_extension(
+        "any".to_owned(),
+        1,
+        Box::new(
+            |args: Vec<regorus::Value>| -> anyhow::Result<regorus::Value> {
+                Ok(regorus::Value::Bool(
+                    booleans(&args)?.into_iter().any(|b| b),
+                ))
+            },
+        ),
+    );
+    let _ = e.add_extension(
+        "all".to_owned(),
+        1,
+        Box::new(
+            |args: Vec<regorus::Value>| -> anyhow::Result<regorus::Value> {
+                Ok(regorus::Value::Bool(
+                    booleans(&args)?.into_iter().all(|b| b),
+                ))
+            },
+        ),
+    );
 }
 
 #[cfg(test)]

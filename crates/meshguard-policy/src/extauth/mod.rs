@@ -14,6 +14,7 @@
 mod credentials;
 mod oauth2;
 mod passthrough;
+mod policy;
 mod rego;
 mod secret;
 
@@ -22,6 +23,12 @@ pub use self::credentials::{
 };
 pub use self::oauth2::{AccessTokenValidation, OidcAuthorizationCode, TokenValidation};
 pub use self::passthrough::{PassThroughAuth, PassThroughTarget};
+pub(crate) use self::policy::parse_ext_auth_policy;
+pub use self::policy::{
+    select as select_ext_auth_policy, service_of_host, DestinationInfo, DestinationSelector,
+    ExtAuthAction, ExtAuthPolicy, RouteInfo, RouteSelector, ServerRef, ROUTE_LABEL_PREFIX,
+    ROUTE_NAMESPACE_KEY,
+};
 pub use self::rego::{RegoAuth, RegoMode};
 pub use self::secret::{labels_match, ConfigMap, ObjectRef, Secret};
 
@@ -174,6 +181,7 @@ const GLOO_GROUP: &str = "enterprise.gloo.solo.io";
 /// Whether this module parses a document of `kind` and `apiVersion`.
 pub(crate) fn handles(kind: &str, api_version: &str) -> bool {
     (kind == "AuthConfig" && api_version.split('/').next() == Some(GLOO_GROUP))
+        || policy::handles(kind, api_version)
         || (api_version == "v1" && (kind == "Secret" || kind == "ConfigMap"))
 }
 
@@ -202,6 +210,23 @@ pub(crate) fn parse_auth_config(
         return None;
     };
     check_fields(ctx, spec, sp, &["configs", "booleanExpr", "failOnRedirect"]);
+    let (steps, boolean_expr) = parse_steps(ctx, spec, sp, &meta.namespace)?;
+    Some(AuthConfig {
+        meta,
+        origin,
+        steps,
+        boolean_expr,
+    })
+}
+
+/// The body an AuthConfig's `spec` and an ExtAuthPolicy's `config.glooAuth` share: `configs`
+/// (the steps), `booleanExpr` and `failOnRedirect`. `ns` is where the steps' references resolve.
+pub(crate) fn parse_steps(
+    ctx: &mut Ctx<'_>,
+    spec: &Node,
+    sp: &str,
+    ns: &str,
+) -> Option<(Vec<AuthStep>, Option<BoolExpr>)> {
     let mut steps: Vec<AuthStep> = Vec::new();
     let Some(configs) = get_seq(ctx, spec, "configs", sp) else {
         ctx.err(
@@ -260,25 +285,15 @@ pub(crate) fn parse_auth_config(
                 let node = c.get(one).unwrap_or(c);
                 let p = join(&path, one);
                 match *one {
-                    "apiKeyAuth" => {
-                        parse_api_key(ctx, node, &p, &meta.namespace).map(AuthModel::ApiKey)
-                    }
-                    "basicAuth" => {
-                        parse_basic(ctx, node, &p, &meta.namespace).map(AuthModel::Basic)
-                    }
-                    "opaAuth" => {
-                        parse_rego(ctx, node, &p, &meta.namespace, false).map(AuthModel::Rego)
-                    }
-                    "opaEnvoy" => {
-                        parse_rego(ctx, node, &p, &meta.namespace, true).map(AuthModel::Rego)
-                    }
+                    "apiKeyAuth" => parse_api_key(ctx, node, &p, ns).map(AuthModel::ApiKey),
+                    "basicAuth" => parse_basic(ctx, node, &p, ns).map(AuthModel::Basic),
+                    "opaAuth" => parse_rego(ctx, node, &p, ns, false).map(AuthModel::Rego),
+                    "opaEnvoy" => parse_rego(ctx, node, &p, ns, true).map(AuthModel::Rego),
                     "oauth2" if node.get("oidcAuthorizationCode").is_some() => {
-                        parse_oidc(ctx, node, &p, &meta.namespace).map(AuthModel::Oidc)
+                        parse_oidc(ctx, node, &p, ns).map(AuthModel::Oidc)
                     }
-                    "oauth2" => {
-                        parse_oauth2(ctx, node, &p, &meta.namespace).map(AuthModel::AccessToken)
-                    }
-                    "ldap" => parse_ldap(ctx, node, &p, &meta.namespace).map(AuthModel::Ldap),
+                    "oauth2" => parse_oauth2(ctx, node, &p, ns).map(AuthModel::AccessToken),
+                    "ldap" => parse_ldap(ctx, node, &p, ns).map(AuthModel::Ldap),
                     "passThroughAuth" => {
                         parse_pass_through(ctx, node, &p).map(AuthModel::PassThrough)
                     }
@@ -346,12 +361,7 @@ pub(crate) fn parse_auth_config(
             "has no effect: no supported model redirects",
         );
     }
-    Some(AuthConfig {
-        meta,
-        origin,
-        steps,
-        boolean_expr,
-    })
+    Some((steps, boolean_expr))
 }
 
 fn duration_field(

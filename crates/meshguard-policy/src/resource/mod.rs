@@ -38,6 +38,8 @@ pub enum Resource {
     RequestAuthentication(RequestAuthentication),
     /// Gloo `AuthConfig` (enterprise.gloo.solo.io/v1).
     AuthConfig(crate::extauth::AuthConfig),
+    /// Gloo Platform `ExtAuthPolicy` (security.policy.gloo.solo.io/v2).
+    ExtAuthPolicy(crate::extauth::ExtAuthPolicy),
     /// Kubernetes `Secret` (API keys, passwords).
     Secret(crate::extauth::Secret),
     /// Kubernetes `ConfigMap` (Rego modules and data documents).
@@ -51,6 +53,7 @@ impl Resource {
             Resource::PeerAuthentication(p) => &p.meta,
             Resource::RequestAuthentication(p) => &p.meta,
             Resource::AuthConfig(p) => &p.meta,
+            Resource::ExtAuthPolicy(p) => &p.meta,
             Resource::Secret(p) => &p.meta,
             Resource::ConfigMap(p) => &p.meta,
         }
@@ -62,6 +65,7 @@ impl Resource {
             Resource::PeerAuthentication(_) => "PeerAuthentication",
             Resource::RequestAuthentication(_) => "RequestAuthentication",
             Resource::AuthConfig(_) => "AuthConfig",
+            Resource::ExtAuthPolicy(_) => "ExtAuthPolicy",
             Resource::Secret(_) => "Secret",
             Resource::ConfigMap(_) => "ConfigMap",
         }
@@ -73,6 +77,7 @@ impl Resource {
             Resource::PeerAuthentication(p) => &p.origin,
             Resource::RequestAuthentication(p) => &p.origin,
             Resource::AuthConfig(p) => &p.origin,
+            Resource::ExtAuthPolicy(p) => &p.origin,
             Resource::Secret(p) => &p.origin,
             Resource::ConfigMap(p) => &p.origin,
         }
@@ -97,6 +102,12 @@ impl Resource {
             Resource::PeerAuthentication(p) => p.origin = o,
             Resource::RequestAuthentication(p) => p.origin = o,
             Resource::AuthConfig(p) => p.origin = o,
+            Resource::ExtAuthPolicy(p) => {
+                if let crate::extauth::ExtAuthAction::Gloo(c) = &mut p.action {
+                    c.origin = o.clone();
+                }
+                p.origin = o
+            }
             Resource::Secret(p) => p.origin = o,
             Resource::ConfigMap(p) => p.origin = o,
         }
@@ -323,7 +334,7 @@ fn parse_extauth_object(
 ) {
     let field = |f: &str| join(prefix, f);
     let known: &[&str] = match kind {
-        "AuthConfig" => &["apiVersion", "kind", "metadata", "spec", "status"],
+        "AuthConfig" | "ExtAuthPolicy" => &["apiVersion", "kind", "metadata", "spec", "status"],
         "Secret" => &[
             "apiVersion",
             "kind",
@@ -357,6 +368,8 @@ fn parse_extauth_object(
         "ConfigMap" => Some(Resource::ConfigMap(extauth::parse_config_map(
             ctx, doc, prefix, meta, origin,
         ))),
+        "ExtAuthPolicy" => extauth::parse_ext_auth_policy(ctx, doc, &field("spec"), meta, origin)
+            .map(Resource::ExtAuthPolicy),
         _ => extauth::parse_auth_config(ctx, doc, &field("spec"), meta, origin)
             .map(Resource::AuthConfig),
     };

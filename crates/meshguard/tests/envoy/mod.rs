@@ -466,3 +466,48 @@ pub fn wait_port(port: u16, what: &str, log: &Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A route on `prefix` to the cluster `app`, with per-route ext_authz `context_extensions`
+/// (`ExtAuthzPerRoute.check_settings`) when any are given.
+pub fn app_route(prefix: &str, context_extensions: &[(&str, &str)]) -> serde_json::Value {
+    let mut r = serde_json::json!({"match": {"prefix": prefix}, "route": {"cluster": "app", "timeout": "5s"}});
+    if !context_extensions.is_empty() {
+        let ext: serde_json::Map<String, serde_json::Value> = context_extensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        r["typed_per_filter_config"] = serde_json::json!({"envoy.filters.http.ext_authz": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "check_settings": {"context_extensions": ext}}});
+    }
+    r
+}
+
+/// The listeners of an Envoy on `listen` whose HTTP connection manager runs the ext_authz filter
+/// (`ext_authz`: its typed_config fields, without `@type`) and then the router, over `routes`.
+pub fn ext_authz_listeners(
+    listen: u16,
+    routes: Vec<serde_json::Value>,
+    mut ext_authz: serde_json::Value,
+) -> serde_json::Value {
+    ext_authz["@type"] =
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz".into();
+    serde_json::json!([{
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "inbound",
+                "normalize_path": true,
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.ext_authz", "typed_config": ext_authz},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ],
+            }
+        }]}]
+    }])
+}
