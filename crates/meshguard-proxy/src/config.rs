@@ -29,8 +29,14 @@ pub enum ProxyError {
 pub enum Protocol {
     /// Opaque TCP: one decision per connection with the L4 parts of the policies.
     Tcp,
-    /// HTTP/1.1 or HTTP/2 (detected per connection): one decision per request.
+    /// HTTP/1.1 or HTTP/2 from clients (detected per connection), one decision per request;
+    /// HTTP/1.1 to the app. WebSocket and other HTTP/1.1 upgrades are decided at the upgrade
+    /// request, then bytes are pumped.
     Http,
+    /// As `Http`, but HTTP/2 to the app without TLS (h2c with prior knowledge): gRPC servers
+    /// and other HTTP/2-only apps. Istio's port names `grpc`/`http2` (`protocol: grpc` or
+    /// `http2` here) give the same upstream protocol.
+    Http2,
 }
 
 /// A listener in front of the local app.
@@ -264,11 +270,12 @@ fn read_doc(doc: &Node, base: &Path) -> Result<ProxyFile, FieldError> {
             l.mapping(&["name", "listen", "port", "app", "protocol"])?;
             let protocol = match l.get("protocol").map(|p| p.text()).transpose()?.as_deref() {
                 None | Some("http") => Protocol::Http,
+                Some("http2") | Some("grpc") => Protocol::Http2,
                 Some("tcp") => Protocol::Tcp,
                 Some(other) => {
-                    return Err(l
-                        .required("protocol")?
-                        .error(format!("`{other}` is not http or tcp")))
+                    return Err(l.required("protocol")?.error(format!(
+                        "`{other}` is not http, http2 (or grpc: HTTP/2 to the app) or tcp"
+                    )))
                 }
             };
             let port = l.required("port")?;

@@ -57,6 +57,15 @@ pub(crate) fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
     }
 }
 
+/// Whether a `Connection` header lists `token`.
+fn connection_has(h: &hyper::HeaderMap, token: &str) -> bool {
+    h.get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// Why a request is refused before any policy runs.
 pub(crate) fn malformed(why: &'static str) -> hyper::Response<Body> {
     tracing::info!(reason = why, "request refused before authorization");
@@ -163,18 +172,33 @@ pub(crate) async fn handle_http(
     if parts.method == hyper::Method::CONNECT {
         return full(405, "Method Not Allowed");
     }
+    // An HTTP/1.1 upgrade (WebSocket and others; not h2c, which is just dropped) is decided
+    // like any request; once allowed the app's 101 hands both connections to a byte pump.
+    // Only `Connection: upgrade` makes `Upgrade` a request to switch (RFC 9110 7.8).
     let upgrade = parts
         .headers
         .get(hyper::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    if upgrade.as_deref().is_some_and(|u| u != "h2c") {
-        // WebSocket and other upgrades would turn into an unchecked byte stream.
+        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        .filter(|_| connection_has(&parts.headers, "upgrade"))
+        .cloned();
+    if upgrade.is_some()
+        && (parts.version != hyper::Version::HTTP_11
+            || ctx.listener.protocol == crate::Protocol::Http2)
+    {
         return full(
             501,
-            "upgrades are not supported on HTTP listeners; use protocol: tcp",
+            "HTTP upgrades need HTTP/1.1 on both sides; this listener's app speaks HTTP/2",
         );
     }
+    // gRPC needs `te: trailers` to reach an HTTP/2 app; it is the one TE value a proxy may
+    // forward there (RFC 9113 section 8.2.2).
+    let te_trailers = parts
+        .headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     // One host, decided and forwarded alike: the URI authority (HTTP/2 :authority or an
     // absolute-form target) and every Host header must agree (RFC 9113 section 8.3.1).
     let mut hosts = parts.headers.get_all(hyper::header::HOST).iter();
@@ -320,11 +344,6 @@ pub(crate) async fn handle_http(
     if !o.query_params_to_remove.is_empty() {
         path = meshguard_authn::extract::remove_query_params(&path, &o.query_params_to_remove);
     }
-    let Ok(uri) = format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() else {
-        return full(400, "Bad Request");
-    };
-    parts.uri = uri;
-    parts.version = hyper::Version::HTTP_11;
     let h = &mut parts.headers;
     for name in &o.headers_to_remove {
         h.remove(name.as_str());
@@ -334,8 +353,28 @@ pub(crate) async fn handle_http(
     // x-user-id beside the real one); later values of the same name are added beside it (one
     // line per verified token, as Envoy's jwt_authn adds them).
     set_headers(h, &o.headers_to_add);
+    if let Some(up) = upgrade {
+        return crate::upgrade::forward(ctx, parts, body, &path, up).await;
+    }
+    let Ok(uri) = format!("http://{}{path}", ctx.listener.app).parse::<hyper::Uri>() else {
+        return full(400, "Bad Request");
+    };
+    parts.uri = uri;
+    let h2 = ctx.listener.protocol == crate::Protocol::Http2;
+    let client = if h2 {
+        parts.version = hyper::Version::HTTP_2;
+        if te_trailers {
+            parts
+                .headers
+                .insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+        }
+        &ctx.client_h2
+    } else {
+        parts.version = hyper::Version::HTTP_11;
+        &ctx.client
+    };
     let upstream = hyper::Request::from_parts(parts, body);
-    match ctx.client.request(upstream).await {
+    match client.request(upstream).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

@@ -87,7 +87,7 @@ pub(crate) async fn inbound_conn(ctx: Arc<InCtx>, stream: TcpStream, peer: Socke
         // listener (virtualInbound, 15006) sets continue_on_listener_filters_timeout: true, so
         // Envoy goes on without the TLS inspector's verdict (pilot/pkg/networking/core
         // listener builders).
-        First::Silent if ctx.listener.protocol == Protocol::Http => {
+        First::Silent if ctx.listener.protocol != Protocol::Tcp => {
             tracing::debug!(%peer, "closing a connection that sent nothing within the detect timeout");
             return;
         }
@@ -211,7 +211,7 @@ where
                 tracing::debug!(peer = %conn.peer, "closed an idle TCP connection");
             }
         }
-        Protocol::Http => {
+        Protocol::Http | Protocol::Http2 => {
             let peer = conn.peer;
             let conn = Arc::new(conn);
             let activity = Arc::new(Activity::default());
@@ -237,7 +237,9 @@ where
                 .keep_alive_timeout(Duration::from_secs(10))
                 .max_concurrent_streams(256)
                 .max_header_list_size(64 * 1024);
-            let served = builder.serve_connection(TokioIo::new(io), svc);
+            // With upgrades: an allowed WebSocket (or other HTTP/1.1 upgrade) request hands its
+            // connection over to a byte pump (http.rs), so the connection future ends then.
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             tokio::select! {
                 _ = served => {}
                 why = activity.expired(idle) => {

@@ -20,6 +20,7 @@ mod inbound;
 mod outbound;
 pub mod source;
 pub mod tls;
+mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -63,11 +64,15 @@ pub(crate) struct InCtx {
     pub(crate) cfg: Arc<ProxyConfig>,
     pub(crate) listener: Inbound,
     pub(crate) tls: tokio_rustls::TlsAcceptor,
-    pub(crate) client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        BoxBody<Bytes, hyper::Error>,
-    >,
+    pub(crate) client: AppClient,
+    /// HTTP/2 without TLS (prior knowledge) to apps of `protocol: http2` listeners.
+    pub(crate) client_h2: AppClient,
 }
+
+pub(crate) type AppClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    BoxBody<Bytes, hyper::Error>,
+>;
 
 /// Runs every listener until `shutdown` completes; policies reload as `serve`'s do.
 pub async fn run(
@@ -107,6 +112,12 @@ pub async fn run(
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
+        .build(connector.clone());
+    let client_h2 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(30))
         .build(connector);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -125,6 +136,7 @@ pub async fn run(
             listener: l.clone(),
             tls: server_tls.clone(),
             client: client.clone(),
+            client_h2: client_h2.clone(),
         });
         tasks.spawn(accept_loop(
             listener,

@@ -126,6 +126,7 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
             for (l, addr) in cfg.inbound.iter().zip(&b.inbound) {
                 let protocol = match l.protocol {
                     meshguard_proxy::Protocol::Http => "http",
+                    meshguard_proxy::Protocol::Http2 => "http2",
                     meshguard_proxy::Protocol::Tcp => "tcp",
                 };
                 eprintln!(

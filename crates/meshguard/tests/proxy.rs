@@ -1,5 +1,8 @@
 //! `meshguard proxy` as users run it: SVIDs from `meshguard ca issue`, one YAML file per proxy,
-//! two proxies in separate processes between a client and an app on loopback.
+//! two proxies in separate processes between a client and an app on loopback; WebSocket and
+//! gRPC through them (real Python peers).
+
+mod cmd;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -99,11 +102,18 @@ fn wait_for(port: u16) {
     }
 }
 
-#[test]
-fn two_proxy_processes_carry_an_allowed_call_and_refuse_plaintext() {
-    let dir = std::env::temp_dir().join(format!("meshguard-cli-proxy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("policies")).expect("dir");
+/// Two `meshguard proxy` processes in `dir` (which holds `policies/`): SVIDs from
+/// `meshguard ca`, a server proxy (workload backend/app=api, `inbound` port 8080 in front of
+/// `app` with `protocol`, plus `server_extra` lines) and a client proxy whose outbound listener
+/// originates mTLS to it.
+struct Pair {
+    _server: Kill,
+    _client: Kill,
+    inbound: u16,
+    outbound: u16,
+}
+
+fn pair(dir: &Path, app: u16, protocol: &str, server_extra: &str) -> Pair {
     let d = |p: &str| dir.join(p).to_str().expect("utf8").to_owned();
     mg(&[
         "ca",
@@ -128,6 +138,58 @@ fn two_proxy_processes_carry_an_allowed_call_and_refuse_plaintext() {
             &d(out),
         ]);
     }
+    let (inbound, outbound) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("server.yaml"),
+        format!(
+            "workload: {{namespace: backend, labels: {{app: api}}}}
+identity:
+  files: {{cert: server/svid.pem, key: server/svid.key, bundle: server/bundle.pem}}
+policies: [policies]
+{server_extra}inbound:
+- name: api
+  listen: 127.0.0.1:{inbound}
+  port: 8080
+  app: 127.0.0.1:{app}
+  protocol: {protocol}
+"
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.join("client.yaml"),
+        format!(
+            "workload: {{namespace: frontend, labels: {{app: web}}}}
+identity:
+  files: {{cert: client/svid.pem, key: client/svid.key, bundle: client/bundle.pem}}
+policies: [policies]
+decisionLog: off
+outbound:
+- name: api
+  listen: 127.0.0.1:{outbound}
+  upstream: 127.0.0.1:{inbound}
+  spiffeId: spiffe://cluster.local/ns/backend/sa/api
+"
+        ),
+    )
+    .expect("config");
+    let server = start(&dir.join("server.yaml"), &dir.join("server.log"));
+    let client = start(&dir.join("client.yaml"), &dir.join("client.log"));
+    wait_for(inbound);
+    wait_for(outbound);
+    Pair {
+        _server: server,
+        _client: client,
+        inbound,
+        outbound,
+    }
+}
+
+#[test]
+fn two_proxy_processes_carry_an_allowed_call_and_refuse_plaintext() {
+    let dir = std::env::temp_dir().join(format!("meshguard-cli-proxy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("dir");
     std::fs::write(
         dir.join("policies/backend.yaml"),
         "apiVersion: security.istio.io/v1
@@ -155,42 +217,6 @@ spec:
 ",
     )
     .expect("policy");
-    let (app_port, inbound, outbound) = (app(), free_port(), free_port());
-    std::fs::write(
-        dir.join("server.yaml"),
-        format!(
-            "workload: {{namespace: backend, labels: {{app: api}}}}
-identity:
-  files: {{cert: server/svid.pem, key: server/svid.key, bundle: server/bundle.pem}}
-policies: [policies]
-meshConfig: mesh.yaml
-decisionLog: off
-inbound:
-- name: api
-  listen: 127.0.0.1:{inbound}
-  port: 8080
-  app: 127.0.0.1:{app_port}
-  protocol: http
-"
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        dir.join("client.yaml"),
-        format!(
-            "workload: {{namespace: frontend, labels: {{app: web}}}}
-identity:
-  files: {{cert: client/svid.pem, key: client/svid.key, bundle: client/bundle.pem}}
-policies: [policies]
-outbound:
-- name: api
-  listen: 127.0.0.1:{outbound}
-  upstream: 127.0.0.1:{inbound}
-  spiffeId: spiffe://cluster.local/ns/backend/sa/api
-"
-        ),
-    )
-    .expect("config");
     // The CUSTOM policy's external authorizer (an envoyExtAuthzHttp provider of the mesh
     // config): allows when the request carries `x-allow: yes`.
     let authz = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -214,10 +240,13 @@ outbound:
         format!("extensionProviders:\n- name: authz\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {authz_port}, includeRequestHeadersInCheck: [x-allow]}}\n"),
     )
     .expect("mesh config");
-    let _server = start(&dir.join("server.yaml"), &dir.join("server.log"));
-    let _client = start(&dir.join("client.yaml"), &dir.join("client.log"));
-    wait_for(inbound);
-    wait_for(outbound);
+    let p = pair(
+        &dir,
+        app(),
+        "http",
+        "meshConfig: mesh.yaml\ndecisionLog: off\n",
+    );
+    let (inbound, outbound) = (p.inbound, p.outbound);
 
     let (status, body) = get(outbound, "/api/orders").expect("answer");
     assert_eq!(
@@ -281,4 +310,247 @@ fn bad_proxy_config_names_file_line_and_key() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// The proxy speaks what apps speak, with real peers through two `meshguard proxy` processes:
+// - WebSocket: Python's `websockets` server as the app and its client; the upgrade request is
+//   decided once (an allowed path echoes both ways, a denied path never reaches the app), then
+//   bytes are pumped; h2c smuggling and HTTP/1.0 upgrades are refused;
+// - gRPC end to end: `meshguard serve`'s gRPC port (tonic, HTTP/2 only) as the app behind a
+//   `protocol: grpc` listener, called by Python grpcio: server reflection (a bidirectional
+//   stream) and a unary Check, with grpc-status trailers arriving; a method no policy allows is
+//   PERMISSION_DENIED (HTTP 403 from the proxy, mapped by the gRPC client).
+// Python (target/pyenv, from scripts/test.sh) with `websockets` and `grpcio-reflection`; under
+// CI=true a missing one fails.
+
+fn python() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python");
+    let ok = Command::new(&p)
+        .args(["-c", "import websockets, grpc_reflection"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "target/pyenv lacks websockets or grpcio-reflection (run scripts/test.sh)"
+    );
+    eprintln!("skipped: target/pyenv lacks websockets or grpcio-reflection");
+    None
+}
+
+const PROTOCOL_POLICIES: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: backend}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: backend}
+spec:
+  selector: {matchLabels: {app: api}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/frontend/sa/web]}}]
+    to:
+    - operation: {methods: [GET], paths: [/chat, /chat/*]}
+    - operation:
+        methods: [POST]
+        paths: [/envoy.service.auth.v3.Authorization/Check, /grpc.reflection.v1alpha.ServerReflection/*]
+";
+
+/// A directory with the protocol tests' policies.
+fn protocols_dir(tag: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("meshguard-protocols-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("dir");
+    std::fs::write(dir.join("policies/backend.yaml"), PROTOCOL_POLICIES).expect("policy");
+    dir
+}
+
+/// Runs `script` with `args`; its stdout parsed as JSON.
+fn run_py(py: &Path, script: &str, args: &[&str]) -> serde_json::Value {
+    let o = Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+const WS_SERVER: &str = r#"
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send("echo " + ws.request.path + ": " + message)
+
+async def main():
+    async with serve(echo, "127.0.0.1", int(sys.argv[1])):
+        await asyncio.get_running_loop().create_future()
+
+asyncio.run(main())
+"#;
+
+const WS_CLIENT: &str = r#"
+import asyncio, json, sys
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+async def main():
+    try:
+        async with connect(sys.argv[1], open_timeout=10) as ws:
+            got = []
+            for m in ["one", "two", "x" * 100000]:
+                await ws.send(m)
+                got.append(await ws.recv())
+            print(json.dumps({"status": 101, "got": [g[:40] for g in got], "sizes": [len(g) for g in got]}))
+    except InvalidStatus as e:
+        print(json.dumps({"status": e.response.status_code}))
+
+asyncio.run(main())
+"#;
+
+#[test]
+fn websockets_are_decided_at_the_upgrade_then_pumped() {
+    let Some(py) = python() else { return };
+    let app = free_port();
+    let _app = Kill(
+        Command::new(&py)
+            .arg("-c")
+            .arg(WS_SERVER)
+            .arg(app.to_string())
+            .spawn()
+            .expect("websocket app"),
+    );
+    wait_for(app);
+    let dir = protocols_dir("ws");
+    let log_file = dir.join("decisions.jsonl");
+    let p = pair(
+        &dir,
+        app,
+        "http",
+        &format!("decisionLog: {}\n", log_file.display()),
+    );
+    let url = |path: &str| format!("ws://127.0.0.1:{}{path}", p.outbound);
+
+    let v = run_py(&py, WS_CLIENT, &[&url("/chat/room1")]);
+    assert_eq!(v["status"], 101, "{v}");
+    assert_eq!(v["got"][0], "echo /chat/room1: one", "{v}");
+    assert_eq!(v["got"][1], "echo /chat/room1: two", "{v}");
+    assert_eq!(v["sizes"][2], 100000 + "echo /chat/room1: ".len(), "{v}");
+
+    // A path no policy allows: the upgrade is refused before the app sees it.
+    let v = run_py(&py, WS_CLIENT, &[&url("/admin/socket")]);
+    assert_eq!(v["status"], 403, "{v}");
+    // h2c smuggling (an `Upgrade: h2c` request meant to turn the connection into an unchecked
+    // HTTP/2 one): the upgrade is dropped, the request is decided and forwarded as plain
+    // HTTP/1.1, so the app never switches. An upgrade over HTTP/1.0 is refused.
+    let h2c = "GET /chat/x HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let status = raw_status(p.outbound, h2c);
+    assert!(status != 101 && status != 0, "h2c upgrade -> {status}");
+    let old =
+        "GET /chat/x HTTP/1.0\r\nHost: api\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(raw_status(p.outbound, old), 501, "an upgrade over HTTP/1.0");
+
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/admin/socket") && l.contains("\"allowed\":false")),
+        "the denied upgrade is in the decision log: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/chat/room1") && l.contains("\"allowed\":true")),
+        "{log}"
+    );
+}
+
+/// The status code of the answer to one raw request (0: none).
+fn raw_status(port: u16, raw: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if s.write_all(raw.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+const GRPC_CLIENT: &str = r#"
+import json, sys
+import grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+channel = grpc.insecure_channel(sys.argv[1])
+out = {}
+# Reflection is a bidirectional stream.
+out["services"] = sorted(ProtoReflectionDescriptorDatabase(channel).get_services())
+ident = lambda b: b
+check = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check",
+                            request_serializer=ident, response_deserializer=ident)
+resp, call = check.with_call(b"", timeout=10)
+out["check_bytes"] = len(resp)
+out["check_code"] = call.code().name
+other = channel.unary_unary("/envoy.service.auth.v2.Authorization/Check",
+                            request_serializer=ident, response_deserializer=ident)
+try:
+    other(b"", timeout=10)
+    out["other"] = "OK"
+except grpc.RpcError as e:
+    out["other"] = e.code().name
+print(json.dumps(out))
+"#;
+
+#[test]
+fn grpc_runs_end_to_end_over_http2_to_the_app() {
+    let Some(py) = python() else { return };
+    let grpc_app = cmd::serve([
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "off",
+        "--admin-listen",
+        "off",
+        "--decision-log",
+        "off",
+    ]);
+    let app: u16 = grpc_app
+        .grpc
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no gRPC port in {}", grpc_app.banner));
+    let dir = protocols_dir("grpc");
+    let p = pair(&dir, app, "grpc", "decisionLog: off\n");
+    let v = run_py(&py, GRPC_CLIENT, &[&format!("127.0.0.1:{}", p.outbound)]);
+    assert!(
+        v["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "envoy.service.auth.v3.Authorization")),
+        "{v}"
+    );
+    assert_eq!(v["check_code"], "OK", "{v}");
+    assert!(v["check_bytes"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert_eq!(v["other"], "PERMISSION_DENIED", "{v}");
 }
