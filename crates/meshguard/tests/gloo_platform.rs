@@ -348,3 +348,103 @@ spec:
     let v = decide("{route: ratings}");
     assert_eq!(v["auth_config"], "ExtAuthPolicy/bookinfo.newer", "{v}");
 }
+
+/// `config.customAuth`: serve (HTTP mode) delegates the route to the meshConfig
+/// `envoyExtAuthzGrpc` provider that `config.server.name` names, a second `meshguard serve`,
+/// with the policy's `contextExtensions` in the CheckRequest: here `config_id`, which makes the
+/// provider run its API-key AuthConfig. A provider that is down denies (fail closed).
+#[test]
+fn custom_auth_delegates_with_context_extensions() {
+    let extauth = Path::new(envoy::ROOT).join("examples/extauth/api-keys.yaml");
+    let provider = cmd::serve([
+        "--grpc-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--http-listen".as_ref(),
+        "off".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
+        "--decision-log".as_ref(),
+        "off".as_ref(),
+        "--workload".as_ref(),
+        "bookinfo/app=reviews".as_ref(),
+        "--policies".as_ref(),
+        extauth.as_os_str(),
+    ]);
+    let grpc_port = provider.grpc.rsplit(':').next().unwrap_or("");
+    let dir = envoy::temp_dir("gloo-custom");
+    let down = envoy::free_port();
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        format!(
+            "extensionProviders:
+- name: ext-auth-server
+  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {grpc_port}, timeout: 5s}}
+- name: down-server
+  envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {down}, timeout: 2s}}
+"
+        ),
+    )
+    .expect("mesh");
+    std::fs::write(
+        dir.join("p.yaml"),
+        "apiVersion: security.policy.gloo.solo.io/v2
+kind: ExtAuthPolicy
+metadata: {name: reviews-custom, namespace: bookinfo}
+spec:
+  applyToRoutes:
+  - route: {labels: {route: reviews}}
+  config:
+    server: {name: ext-auth-server, namespace: bookinfo}
+    customAuth:
+      contextExtensions: {config_id: gloo-system.api-keys}
+---
+apiVersion: security.policy.gloo.solo.io/v2
+kind: ExtAuthPolicy
+metadata: {name: details-down, namespace: bookinfo}
+spec:
+  applyToRoutes:
+  - route: {labels: {route: details}}
+  config:
+    server: {name: down-server}
+    customAuth: {}
+",
+    )
+    .expect("policy");
+    let s = cmd::serve([
+        "--grpc-listen".as_ref(),
+        "off".as_ref(),
+        "--http-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
+        "--decision-log".as_ref(),
+        "off".as_ref(),
+        "--route-labels".as_ref(),
+        "/reviews=route=reviews,/details=route=details".as_ref(),
+        "--mesh-config".as_ref(),
+        dir.join("mesh.yaml").as_os_str(),
+        "--policies".as_ref(),
+        dir.join("p.yaml").as_os_str(),
+    ]);
+    let ask = |uri: &str, extra: &[(&str, &str)]| {
+        let mut h = vec![
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", uri),
+            ("X-Meshguard-Workload", "bookinfo/app=reviews"),
+        ];
+        h.extend_from_slice(extra);
+        cmd::http_get(&s.http, "/auth", &h).0
+    };
+    assert_eq!(
+        ask("/reviews/1", &[]),
+        401,
+        "the provider's API-key step ran"
+    );
+    assert_eq!(ask("/reviews/1", &[("api-key", "wrong")]), 401);
+    assert_eq!(ask("/reviews/1", &[("api-key", API_KEY)]), 200);
+    assert_eq!(
+        ask("/details/1", &[("api-key", API_KEY)]),
+        403,
+        "down: fail closed"
+    );
+}
