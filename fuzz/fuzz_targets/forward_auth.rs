@@ -29,6 +29,10 @@ fn mode(style: ForwardStyle, trust_client_cert: bool) -> HttpMode {
         style,
         trust_client_cert,
         bindings: Vec::new(),
+        routes: vec![meshguard_server::http::RouteBinding::parse(
+            "/ratings=route=ratings;tier=gold",
+        )
+        .expect("fixed route binding")],
     }
 }
 
