@@ -62,6 +62,22 @@ if [ ! -d target/oidc-node/node_modules/oidc-provider ]; then
     && npm install --no-audit --no-fund --loglevel=error oidc-provider@9.13.3)
 fi
 
+# Debian's Chromium and playwright-core (npm, into target/playwright-node): the live service
+# graph page on the admin port is driven in a real headless browser (tests/graph_page.rs).
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium (test peer)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+if [ ! -d target/playwright-node/node_modules/playwright-core ]; then
+  log "installing playwright-core from npm into target/playwright-node (test peer)"
+  mkdir -p target/playwright-node
+  (cd target/playwright-node && printf '{"name":"graph-test-peer","private":true}\n' > package.json \
+    && npm install --no-audit --no-fund --loglevel=error playwright-core@1.64.1)
+fi
+
 # openssl CLI (verifies issued SVID chains as an independent implementation).
 if ! command -v openssl >/dev/null 2>&1; then
   log "installing openssl (test peer)"

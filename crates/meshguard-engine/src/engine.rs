@@ -185,7 +185,8 @@ impl Engine {
                 .metrics
                 .record_audit_would_deny(d.policy.as_deref());
         }
-        if self.log.enabled() {
+        let observer = self.state.observer();
+        if self.log.enabled() || observer.is_some() {
             let g = self.state.current();
             let mut line = crate::decide::log_entry(via, req, d, started, &g.inputs);
             // The digest of the set that decided (a reload between the decision and this line
@@ -193,7 +194,12 @@ impl Engine {
             if g.id == d.generation {
                 line["digest"] = g.digest.clone().into();
             }
-            self.log.write(line);
+            if let Some(o) = observer {
+                o.observe(&line);
+            }
+            if self.log.enabled() {
+                self.log.write(line);
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ pub use error::LoadError;
 pub use meshguard_policy::workload::WorkloadError;
 pub use source::{Embedded, Files, PolicySource};
 pub mod bundle;
-pub use state::{Generation, State, Workload};
+pub use state::{Generation, Observer, State, Workload};
 
 /// How long a source that announced a change is given to finish a burst before reloading.
 pub const SOURCE_SETTLE: Duration = Duration::from_millis(50);

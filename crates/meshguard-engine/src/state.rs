@@ -72,6 +72,15 @@ pub struct State {
     running: Mutex<Option<(std::time::Instant, String)>>,
     /// After this long, a reload still running makes /readyz fail (milliseconds).
     stall_after_ms: std::sync::atomic::AtomicU64,
+    /// Sees every decision line as the decision log would write it (the live service graph).
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+/// Something that watches decisions go by: given each decision's log line (the decision-log
+/// schema, whether or not a log is written). Called on the deciding task; must be quick and
+/// must not block.
+pub trait Observer: Send + Sync {
+    fn observe(&self, line: &serde_json::Value);
 }
 
 /// A reload running longer than this is reported as stuck (on /readyz and /metrics) until it ends.
@@ -163,7 +172,17 @@ impl State {
             reload_lock: tokio::sync::Mutex::new(()),
             running: Mutex::new(None),
             stall_after_ms: std::sync::atomic::AtomicU64::new(RELOAD_STALL_AFTER.as_millis() as u64),
+            observer: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the one observer of this state's decisions; `false` when one is already set.
+    pub fn set_observer(&self, o: Arc<dyn Observer>) -> bool {
+        self.observer.set(o).is_ok()
+    }
+
+    pub fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.get()
     }
 
     /// The active generation: one lock-free load per request.

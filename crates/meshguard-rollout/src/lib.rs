@@ -5,10 +5,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod graph;
 pub mod recommend;
 pub mod record;
 pub mod report;
 pub mod simulate;
 
+pub use graph::Graph;
 pub use record::Recorded;
 pub use simulate::{simulate, Change, Options, Report, SimulateError};

@@ -1,4 +1,5 @@
-//! Admin endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/config`.
+//! Admin endpoints: `/metrics` (Prometheus), `/healthz`, `/readyz`, `/config`, and the live
+//! service graph (`/graph`, its data `/graph.json`, and `POST /graph/what-if`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -210,11 +211,143 @@ fn readyz(state: &State) -> Response<Full<Bytes>> {
     text(status, "text/plain", body)
 }
 
+/// The graph page's own files; served with a policy that runs no script but `/graph.js`.
+const GRAPH_HTML: &str = include_str!("graph_page/graph.html");
+const GRAPH_JS: &str = include_str!("graph_page/graph.js");
+/// The largest candidate policy set `/graph/what-if` takes.
+const WHAT_IF_MAX_BYTES: usize = 1 << 20;
+
+fn page(ctype: &str, body: &str) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::OK, ctype, body.to_owned());
+    r.headers_mut().insert(
+        "content-security-policy",
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'",
+        ),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    text(status, "application/json", format!("{v}\n"))
+}
+
+/// Replays the graph's recent decisions against the candidate policy set in the request body.
+async fn what_if(
+    state: &Shared,
+    graph: Option<std::sync::Arc<meshguard_rollout::Graph>>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let Some(graph) = graph else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "the service graph is off (MESHGUARD_GRAPH=off)"}),
+        );
+    };
+    if req.method() != hyper::Method::POST {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "POST the candidate policies (YAML) to /graph/what-if"}),
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), WHAT_IF_MAX_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": format!("a candidate set is at most {WHAT_IF_MAX_BYTES} bytes")}),
+            )
+        }
+    };
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "the candidate policies are not UTF-8 text"}),
+        );
+    };
+    let mesh = state.mesh.clone();
+    let client = state.client.clone();
+    // Compiling and replaying is CPU work: off the async workers.
+    let done = tokio::task::spawn_blocking(move || {
+        let source = meshguard_engine::Embedded(vec![("candidate.yaml".to_owned(), text)]);
+        let candidate = match State::new(source, mesh, client) {
+            Ok(s) => s,
+            Err(meshguard_engine::LoadError::Invalid(diags)) => {
+                let errors: Vec<String> = diags
+                    .iter()
+                    .filter(|d| d.severity == meshguard_policy::Severity::Error)
+                    .map(|d| d.to_string())
+                    .collect();
+                return (StatusCode::BAD_REQUEST, json!({"errors": errors}));
+            }
+            Err(e) => return (StatusCode::BAD_REQUEST, json!({"errors": [e.to_string()]})),
+        };
+        let log = match meshguard_engine::DecisionLog::start(
+            meshguard_engine::Sink::Off,
+            candidate.clone(),
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": e.to_string()}),
+                )
+            }
+        };
+        let engine =
+            meshguard_engine::Engine::new(candidate, log, meshguard_engine::Settings::default());
+        match graph.what_if(&engine) {
+            Ok(r) => (StatusCode::OK, meshguard_rollout::report::json(&r)),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": e.to_string()}),
+            ),
+        }
+    })
+    .await;
+    match done {
+        Ok((status, v)) => json_response(status, &v),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": format!("the replay failed: {e}")}),
+        ),
+    }
+}
+
 pub async fn handle(
     state: Shared,
+    graph: Option<std::sync::Arc<meshguard_rollout::Graph>>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
+    let path = req.uri().path().to_owned();
+    Ok(match path.as_str() {
+        "/graph" => match graph {
+            Some(_) => page("text/html; charset=utf-8", GRAPH_HTML),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "the service graph is off (MESHGUARD_GRAPH=off)\n".to_owned(),
+            ),
+        },
+        "/graph.js" => page("text/javascript; charset=utf-8", GRAPH_JS),
+        // Browsers ask for one with every page; nothing to show.
+        "/favicon.ico" => text(StatusCode::NO_CONTENT, "image/x-icon", String::new()),
+        "/graph.json" => match graph {
+            Some(g) => json_response(StatusCode::OK, &g.snapshot()),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "the service graph is off (MESHGUARD_GRAPH=off)"}),
+            ),
+        },
+        "/graph/what-if" => what_if(&state, graph, req).await,
         "/healthz" => healthz(&state),
         "/readyz" => readyz(&state),
         "/metrics" => {
@@ -252,7 +385,7 @@ pub async fn handle(
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /config\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz, /config, /graph\n".to_owned(),
         ),
     })
 }

@@ -174,8 +174,20 @@ async fn serve_admin_with(
     stop: watch::Receiver<bool>,
     limits: Limits,
 ) {
+    // The live service graph observes every decision of this state, unless MESHGUARD_GRAPH=off.
+    let graph = if std::env::var("MESHGUARD_GRAPH").as_deref() == Ok("off") {
+        None
+    } else {
+        let g = Arc::new(meshguard_rollout::Graph::new());
+        if state.set_observer(g.clone()) {
+            Some(g)
+        } else {
+            tracing::warn!("another observer already watches these decisions; /graph is off");
+            None
+        }
+    };
     serve_hyper(listener, stop, limits, move |req, _peer| {
-        admin::handle(state.clone(), req)
+        admin::handle(state.clone(), graph.clone(), req)
     })
     .await
 }

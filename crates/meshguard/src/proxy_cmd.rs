@@ -141,7 +141,7 @@ pub fn run(a: ProxyArgs) -> Result<ExitCode> {
                 );
             }
             if let Some(ad) = admin {
-                eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config");
+                eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config  /graph");
             }
         })
         .await;

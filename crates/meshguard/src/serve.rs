@@ -378,7 +378,7 @@ pub fn run(mut a: ServeArgs) -> Result<ExitCode> {
                 eprintln!("  HTTP forward-auth (nginx auth_request, Traefik, Caddy, Envoy HTTP ext_authz):  http://{h}");
             }
             if let Some(ad) = b.admin {
-                eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config");
+                eprintln!("  admin: http://{ad}/metrics  /healthz  /readyz  /config  /graph");
             }
             eprintln!("  decision log: {}", match &a.decision_log { Some(s) => s.as_str(), None => "stdout" });
             if let Some(h) = b.http.filter(|_| !remote_source) {
