@@ -98,7 +98,12 @@ pub async fn decide(g: &Generation, req: &Request) -> Decision {
     }
     // The Gloo ExtAuthPolicy that selects this route or destination (the oldest of those
     // that do), where Gloo's ext auth filter stands: before Istio's policies.
-    if let Some(p) = g.set.ext_auth_policy_for(req) {
+    // HTTP only: an ExtAuthPolicy configures Gloo's HTTP ext auth filter, never a TCP port.
+    let ext_auth_policy = req
+        .http
+        .as_ref()
+        .and_then(|_| g.set.ext_auth_policy_for(req));
+    if let Some(p) = ext_auth_policy {
         let name = meshguard_authn::extauth::policy_chain_id(p);
         match &p.action {
             ExtAuthAction::Gloo(_) => {

@@ -243,14 +243,17 @@ impl PolicySet {
         }
         let route = crate::extauth::RouteInfo::from_context_extensions(&req.context_extensions);
         let d = &req.destination;
-        let host = req.http.as_ref().map(|h| h.host.as_str()).unwrap_or("");
         let dest = crate::extauth::DestinationInfo {
             namespace: &d.namespace,
             labels: &d.labels,
             port: d.port,
-            service: crate::extauth::service_of_host(host, &d.namespace),
         };
-        crate::extauth::select_ext_auth_policy(&self.ext_auth_policies, &route, &dest)
+        crate::extauth::select_ext_auth_policy(
+            &self.ext_auth_policies,
+            &route,
+            &dest,
+            &self.mesh.root_namespace,
+        )
     }
 
     /// Gloo AuthConfigs loaded with the policies.

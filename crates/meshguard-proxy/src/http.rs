@@ -175,10 +175,21 @@ pub(crate) async fn handle_http(
     // An HTTP/1.1 upgrade (WebSocket and others; not h2c, which is just dropped) is decided
     // like any request; once allowed the app's 101 hands both connections to a byte pump.
     // Only `Connection: upgrade` makes `Upgrade` a request to switch (RFC 9110 7.8).
+    // A list naming h2c anywhere (`websocket, h2c`) is not honoured at all: the app could pick
+    // h2c and take undecided HTTP/2 requests on the tunnel.
     let upgrade = parts
         .headers
         .get(hyper::header::UPGRADE)
-        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"))
+        .filter(|v| {
+            v.to_str().is_ok_and(|t| {
+                !t.split(',').any(|p| {
+                    p.trim()
+                        .split('/')
+                        .next()
+                        .is_some_and(|n| n.eq_ignore_ascii_case("h2c"))
+                })
+            })
+        })
         .filter(|_| connection_has(&parts.headers, "upgrade"))
         .cloned();
     if upgrade.is_some()

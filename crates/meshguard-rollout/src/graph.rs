@@ -5,7 +5,8 @@
 //! replays against a candidate policy set, with the same [`crate::simulate`] as the CLI.
 //!
 //! Bounded: at most [`MAX_EDGES`] edges (decisions on further edges are counted as dropped) and
-//! [`RECENT`] recent lines per edge.
+//! [`RECENT`] recent lines of at most [`MAX_LINE_BYTES`] per edge (about 400 MB at the very
+//! worst; a few MB for a real mesh).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -19,6 +20,8 @@ use crate::simulate::{simulate, Options, Report, SimulateError};
 
 pub const MAX_EDGES: usize = 2000;
 pub const RECENT: usize = 50;
+/// Recent lines longer than this are counted but not kept (long hosts, paths, headers).
+pub const MAX_LINE_BYTES: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Edge {
@@ -79,10 +82,13 @@ impl Observer for Graph {
         } else {
             e.plaintext += 1;
         }
-        if e.recent.len() == RECENT {
-            e.recent.pop_front();
+        let text = line.to_string();
+        if text.len() <= MAX_LINE_BYTES {
+            if e.recent.len() == RECENT {
+                e.recent.pop_front();
+            }
+            e.recent.push_back(text);
         }
-        e.recent.push_back(line.to_string());
     }
 }
 

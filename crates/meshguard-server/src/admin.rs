@@ -91,7 +91,7 @@ pub fn config_dump(state: &Shared) -> serde_json::Value {
                         .destinations
                         .iter()
                         .map(|d| {
-                            json!({"labels": d.labels, "namespace": d.namespace, "port": d.port, "name": d.service})
+                            json!({"labels": d.labels, "namespace": d.namespace, "port": d.port})
                         })
                         .collect();
                     o["server"] = json!(p.server.as_ref().map(|s| &s.name));
@@ -255,6 +255,29 @@ async fn what_if(
             &json!({"error": "POST the candidate policies (YAML) to /graph/what-if"}),
         );
     }
+    // A header no cross-origin page can send without a CORS preflight (which this port never
+    // answers): another site open in the operator's browser cannot start replays here.
+    if req.headers().get("x-meshguard-what-if").is_none() {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "send the header X-Meshguard-What-If: 1 (the page does)"}),
+        );
+    }
+    // One replay at a time: each compiles a policy set and decides up to 100,000 requests.
+    static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"error": "a what-if replay is already running; try again when it ends"}),
+        );
+    }
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+    let _done = Done;
     let body = match http_body_util::Limited::new(req.into_body(), WHAT_IF_MAX_BYTES)
         .collect()
         .await
@@ -302,8 +325,12 @@ async fn what_if(
                 )
             }
         };
-        let engine =
-            meshguard_engine::Engine::new(candidate, log, meshguard_engine::Settings::default());
+        // serve's and proxy's default (deny what no ALLOW policy covers).
+        let settings = meshguard_engine::Settings {
+            default_deny: true,
+            ..meshguard_engine::Settings::default()
+        };
+        let engine = meshguard_engine::Engine::new(candidate, log, settings);
         match graph.what_if(&engine) {
             Ok(r) => (StatusCode::OK, meshguard_rollout::report::json(&r)),
             Err(e) => (

@@ -202,10 +202,17 @@ impl RouteBinding {
 pub fn route_for<'a>(routes: &'a [RouteBinding], req: &Request) -> Option<&'a RouteBinding> {
     let http = req.http.as_ref()?;
     let path = binding_path(&http.raw_path);
+    // Labels choose which policy applies (and so which do not): the prefix must hold for the
+    // fully decoded path and for the path as the mesh normalises it, so `/admin/..%2Fpublic`
+    // cannot take `/public`'s labels to a backend that keeps `%2F`.
+    let normalized = http.normalized_path()?.to_ascii_lowercase();
     let host = http.host.trim_end_matches('.');
     routes
         .iter()
-        .filter(|b| target_matches(b.host.as_deref(), &b.path_prefix, host, &path))
+        .filter(|b| {
+            target_matches(b.host.as_deref(), &b.path_prefix, host, &path)
+                && target_matches(b.host.as_deref(), &b.path_prefix, host, &normalized)
+        })
         .max_by_key(|b| (b.host.is_some(), b.path_prefix.len()))
 }
 

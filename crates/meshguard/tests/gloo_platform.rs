@@ -239,6 +239,61 @@ fn check_decides_with_ext_auth_policies() {
     );
 }
 
+/// Attack: a team's ExtAuthPolicy that selects everything (no lists) and allows everyone (an
+/// API key step would be required, but `jwt: {}` style permissive chains exist too) must not
+/// reach into another namespace: there it would count as an explicit allow under default deny,
+/// or displace that namespace's own policy by being older.
+#[test]
+fn a_policy_stays_in_its_namespace() {
+    let dir = envoy::temp_dir("gloo-scope");
+    std::fs::write(
+        dir.join("p.yaml"),
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: yes, namespace: evil}
+data:
+  policy.rego: |
+    package yes
+    default allow = true
+---
+apiVersion: security.policy.gloo.solo.io/v2
+kind: ExtAuthPolicy
+metadata: {name: allow-all, namespace: evil, creationTimestamp: "2020-01-01T00:00:00Z"}
+spec:
+  config:
+    glooAuth:
+      configs:
+      - opaAuth: {modules: [{name: yes}], query: "data.yes.allow == true"}
+"#,
+    )
+    .expect("write");
+    let req = dir.join("r.yaml");
+    let decide = |ns: &str| {
+        std::fs::write(
+            &req,
+            format!("destination: {{namespace: {ns}, labels: {{app: ratings}}}}\nrouteLabels: {{route: ratings}}\nrequest: {{method: GET, path: /ratings/2}}\n"),
+        )
+        .expect("write");
+        let out = std::process::Command::new(envoy::meshguard())
+            .args(["check", "--output", "json", "--policies"])
+            .arg(dir.join("p.yaml"))
+            .arg("--request")
+            .arg(&req)
+            .output()
+            .expect("check");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v
+    };
+    let own = decide("evil");
+    assert_eq!(own["allowed"], true, "its own namespace: {own}");
+    let other = decide("bookinfo");
+    assert_eq!(
+        other["allowed"], false,
+        "another namespace: default deny, {other}"
+    );
+    assert!(other["auth_config"].is_null(), "{other}");
+}
+
 /// Writes `yaml` and lints it; (exit code, stdout).
 fn lint(tag: &str, yaml: &str) -> (i32, String) {
     let dir = envoy::temp_dir(tag);

@@ -264,11 +264,11 @@ fn graph_endpoints_answer_and_refuse_bad_candidates() {
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert!(v["edges"].is_array(), "{v}");
-    let post = |body: &str| {
+    let post_with = |header: &str, body: &str| {
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(&s.admin).expect("connect");
         let req = format!(
-            "POST /graph/what-if HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /graph/what-if HTTP/1.1\r\nHost: x\r\n{header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         c.write_all(req.as_bytes()).expect("write");
@@ -276,6 +276,10 @@ fn graph_endpoints_answer_and_refuse_bad_candidates() {
         let _ = c.read_to_string(&mut out);
         out
     };
+    let post = |body: &str| post_with("X-Meshguard-What-If: 1\r\n", body);
+    // Without the header (what a cross-origin form could send): refused.
+    let forged = post_with("", "");
+    assert!(forged.starts_with("HTTP/1.1 403"), "{forged}");
     let bad = post("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec: {acton: DENY}\n");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.contains("candidate.yaml:4"), "{bad}");

@@ -459,6 +459,10 @@ fn websockets_are_decided_at_the_upgrade_then_pumped() {
     let h2c = "GET /chat/x HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
     let status = raw_status(p.outbound, h2c);
     assert!(status != 101 && status != 0, "h2c upgrade -> {status}");
+    // h2c hidden in a list of protocols: not honoured either.
+    let listed = "GET /chat/x HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, close\r\nUpgrade: websocket, h2c\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let status = raw_status(p.outbound, listed);
+    assert!(status != 101 && status != 0, "websocket, h2c -> {status}");
     let old =
         "GET /chat/x HTTP/1.0\r\nHost: api\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
     assert_eq!(raw_status(p.outbound, old), 501, "an upgrade over HTTP/1.0");

@@ -25,9 +25,8 @@ pub use self::oauth2::{AccessTokenValidation, OidcAuthorizationCode, TokenValida
 pub use self::passthrough::{PassThroughAuth, PassThroughTarget};
 pub(crate) use self::policy::parse_ext_auth_policy;
 pub use self::policy::{
-    select as select_ext_auth_policy, service_of_host, DestinationInfo, DestinationSelector,
-    ExtAuthAction, ExtAuthPolicy, RouteInfo, RouteSelector, ServerRef, ROUTE_LABEL_PREFIX,
-    ROUTE_NAMESPACE_KEY,
+    select as select_ext_auth_policy, DestinationInfo, DestinationSelector, ExtAuthAction,
+    ExtAuthPolicy, RouteInfo, RouteSelector, ServerRef, ROUTE_LABEL_PREFIX, ROUTE_NAMESPACE_KEY,
 };
 pub use self::rego::{RegoAuth, RegoMode};
 pub use self::secret::{labels_match, ConfigMap, ObjectRef, Secret};

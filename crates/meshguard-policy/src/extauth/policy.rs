@@ -11,9 +11,13 @@
 //! - route labels: Envoy per-route `context_extensions` `route_label.<key>: <value>` (gRPC), or
 //!   `--route-labels [host]/path=key=value;...` (HTTP forward-auth), or a `check` request file's
 //!   `routeLabels`; the RouteTable's namespace: `route_namespace` (default: the destination's);
-//! - the destination: the request's destination workload (namespace, labels) and port. A
-//!   `selector.name` names a Service; meshguard takes the Service from the request's host
-//!   (`name.namespace.svc...`, or a bare `name` in the destination's namespace).
+//! - the destination: the request's destination workload (namespace, labels) and port.
+//!   `selector.name` (a Service) is refused: meshguard sees workloads, not Services, and taking
+//!   the Service from the request's Host would let a client choose (or dodge) the policy.
+//!
+//! Scope: a policy outside the mesh root namespace applies only to destinations in its own
+//! namespace, so a team cannot attach auth (whose allow counts as explicit under default deny)
+//! to another team's workloads, nor displace their policies by being older.
 //!
 //! Selection, as the proto documents it: a route is selected when any `applyToRoutes` entry's
 //! labels are all on it; a destination when any `applyToDestinations` entry matches it; a policy
@@ -88,8 +92,6 @@ pub struct DestinationSelector {
     pub namespace: Option<String>,
     /// `port.number`.
     pub port: Option<u16>,
-    /// `selector.name`: a Service, matched against the Service the request's host names.
-    pub service: Option<String>,
 }
 
 /// The route a request arrived on, as the front end knows it.
@@ -126,29 +128,6 @@ pub struct DestinationInfo<'a> {
     pub namespace: &'a str,
     pub labels: &'a BTreeMap<String, String>,
     pub port: Option<u16>,
-    /// The Service the host names: (name, namespace).
-    pub service: Option<(&'a str, &'a str)>,
-}
-
-/// The Service a request's host names: `name.namespace[.svc[.cluster.local]][:port]`, or a bare
-/// `name` in `default_ns`. `None` for hosts that are not Service names (IPs, external names).
-pub fn service_of_host<'a>(host: &'a str, default_ns: &'a str) -> Option<(&'a str, &'a str)> {
-    let host = match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    let host = host.trim_end_matches('.');
-    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        return None;
-    }
-    let parts: Vec<&str> = host.split('.').collect();
-    match parts.as_slice() {
-        [name] => Some((name, default_ns)),
-        [name, ns] => Some((name, ns)),
-        [name, ns, "svc"] => Some((name, ns)),
-        [name, ns, "svc", ..] => Some((name, ns)),
-        _ => None,
-    }
 }
 
 impl RouteSelector {
@@ -167,14 +146,10 @@ impl RouteSelector {
 impl DestinationSelector {
     pub fn matches(&self, d: &DestinationInfo<'_>) -> bool {
         let ns_ok = self.namespace.as_deref().is_none_or(|n| n == d.namespace);
-        let port_ok = self.port.is_none_or(|p| d.port == Some(p));
+        // An unknown port cannot rule the policy out: it applies (fail closed).
+        let port_ok = self.port.is_none_or(|p| d.port.is_none_or(|dp| dp == p));
         let labels_ok = self.labels.iter().all(|(k, v)| d.labels.get(k) == Some(v));
-        let service_ok = self.service.as_deref().is_none_or(|s| {
-            d.service.is_some_and(|(name, ns)| {
-                name == s && self.namespace.as_deref().is_none_or(|n| n == ns)
-            })
-        });
-        ns_ok && port_ok && labels_ok && service_ok
+        ns_ok && port_ok && labels_ok
     }
 }
 
@@ -187,7 +162,10 @@ impl ExtAuthPolicy {
     /// Whether this policy selects a request on `route` to `dest`: what either list selects;
     /// with neither list, every destination ("If you don't select any routes or destinations,
     /// an external auth policy is applied to all destinations by default").
-    pub fn applies(&self, route: &RouteInfo, dest: &DestinationInfo<'_>) -> bool {
+    pub fn applies(&self, route: &RouteInfo, dest: &DestinationInfo<'_>, root_ns: &str) -> bool {
+        if self.meta.namespace != root_ns && self.meta.namespace != dest.namespace {
+            return false;
+        }
         if self.routes.is_empty() && self.destinations.is_empty() {
             return true;
         }
@@ -228,7 +206,6 @@ impl ExtAuthPolicy {
                         || b.namespace.is_none()
                         || a.namespace == b.namespace)
                     && (a.port.is_none() || b.port.is_none() || a.port == b.port)
-                    && (a.service.is_none() || b.service.is_none() || a.service == b.service)
             })
         });
         routes || dests
@@ -240,10 +217,11 @@ pub fn select<'a>(
     policies: &'a [ExtAuthPolicy],
     route: &RouteInfo,
     dest: &DestinationInfo<'_>,
+    root_ns: &str,
 ) -> Option<&'a ExtAuthPolicy> {
     policies
         .iter()
-        .filter(|p| p.applies(route, dest))
+        .filter(|p| p.applies(route, dest, root_ns))
         .min_by(|a, b| a.age_key().cmp(&b.age_key()))
 }
 
@@ -490,7 +468,6 @@ fn parse_destinations(ctx: &mut Ctx<'_>, spec: &Node, sp: &str) -> Vec<Destinati
             labels: BTreeMap::new(),
             namespace: None,
             port,
-            service: None,
         };
         if let Some(sn) = get_map(ctx, item, "selector", &p) {
             let spp = join(&p, "selector");
@@ -502,13 +479,20 @@ fn parse_destinations(ctx: &mut Ctx<'_>, spec: &Node, sp: &str) -> Vec<Destinati
             );
             sel.labels = labels_of(ctx, sn, "labels", &spp);
             sel.namespace = get_str(ctx, sn, "namespace", &spp).map(|x| x.0);
-            sel.service = get_str(ctx, sn, "name", &spp).map(|x| x.0);
+            if let Some(n) = sn.get("name") {
+                ctx.err(
+                    n,
+                    &join(&spp, "name"),
+                    "meshguard selects workloads, not Services (it would have to believe the request's Host): select the Service's pods by `labels`",
+                );
+                continue;
+            }
         }
-        if sel.labels.is_empty() && sel.service.is_none() && sel.namespace.is_none() {
+        if sel.labels.is_empty() && sel.namespace.is_none() {
             ctx.err(
                 item,
                 &p,
-                "selects every destination: give `selector.labels`, `selector.namespace` or `selector.name` (or leave out both lists to mean every destination)",
+                "selects every destination: give `selector.labels` or `selector.namespace` (or leave out both lists to mean every destination)",
             );
             continue;
         }
@@ -520,27 +504,6 @@ fn parse_destinations(ctx: &mut Ctx<'_>, spec: &Node, sp: &str) -> Vec<Destinati
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_name_services() {
-        assert_eq!(
-            service_of_host("ratings", "bookinfo"),
-            Some(("ratings", "bookinfo"))
-        );
-        assert_eq!(service_of_host("ratings:9080", "x"), Some(("ratings", "x")));
-        assert_eq!(
-            service_of_host("ratings.other", "x"),
-            Some(("ratings", "other"))
-        );
-        assert_eq!(
-            service_of_host("ratings.bookinfo.svc.cluster.local.", "x"),
-            Some(("ratings", "bookinfo"))
-        );
-        assert_eq!(service_of_host("www.example.com", "x"), None);
-        assert_eq!(service_of_host("10.0.0.1:80", "x"), None);
-        assert_eq!(service_of_host("[::1]:80", "x"), None);
-        assert_eq!(service_of_host("", "x"), None);
-    }
 
     #[test]
     fn route_labels_come_from_context_extensions() {

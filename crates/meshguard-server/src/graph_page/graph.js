@@ -108,7 +108,11 @@ document.getElementById("run-what-if").addEventListener("click", async () => {
   const body = document.querySelector("#what-if tbody");
   body.replaceChildren();
   summary.textContent = "replaying...";
-  const r = await fetch("/graph/what-if", { method: "POST", body: document.getElementById("candidate").value });
+  const r = await fetch("/graph/what-if", {
+    method: "POST",
+    headers: { "x-meshguard-what-if": "1" },
+    body: document.getElementById("candidate").value,
+  });
   const out = await r.json();
   if (!r.ok) {
     summary.textContent = "refused: " + (out.errors || [out.error]).join("; ");
