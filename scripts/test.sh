@@ -78,6 +78,15 @@ if [ ! -d target/playwright-node/node_modules/playwright-core ]; then
     && npm install --no-audit --no-fund --loglevel=error playwright-core@1.64.1)
 fi
 
+# curl and jq: the README's rollout walkthrough is run as written (tests/walkthrough.rs).
+if ! command -v curl >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
+  log "installing curl and jq (the README walkthrough's commands)"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends curl jq
+fi
+
 # openssl CLI (verifies issued SVID chains as an independent implementation).
 if ! command -v openssl >/dev/null 2>&1; then
   log "installing openssl (test peer)"

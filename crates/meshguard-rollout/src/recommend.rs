@@ -53,6 +53,36 @@ pub struct Recommendation {
     pub rare: u64,
 }
 
+/// How the written policies are to be enforced: the rollout stage they are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// Enforced as written.
+    #[default]
+    Enforce,
+    /// `istio.io/dry-run: "true"`: evaluated and logged, never enforced.
+    DryRun,
+    /// `meshguard.io/enforce-percent`: enforced for this share of callers, dry-run for the rest.
+    Percent(u8),
+}
+
+impl Recommendation {
+    /// The policies written for a rollout stage: every policy carries the stage's annotation
+    /// (the allow-nothing ones too, so that a caller sees all of them enforced or none).
+    pub fn yaml_for(&self, stage: Stage) -> String {
+        let annotation = match stage {
+            Stage::Enforce => return self.yaml.clone(),
+            Stage::DryRun => "  annotations: {\"istio.io/dry-run\": \"true\"}\n".to_owned(),
+            Stage::Percent(p) => {
+                format!("  annotations: {{\"meshguard.io/enforce-percent\": \"{p}\"}}\n")
+            }
+        };
+        // The generator writes `metadata:` on a line of its own, once per document, with the
+        // name and namespace quoted, so no value can contain this line.
+        self.yaml
+            .replace("\nmetadata:\n", &format!("\nmetadata:\n{annotation}"))
+    }
+}
+
 /// A segment that names one thing rather than a route: digits, a UUID, a long hex string.
 fn is_id(seg: &str) -> bool {
     let hex = seg.len() >= 16 && seg.bytes().all(|b| b.is_ascii_hexdigit());
@@ -251,6 +281,27 @@ pub fn recommend(input: impl BufRead, f: &Filter) -> std::io::Result<Recommendat
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stages_annotate_every_policy() {
+        let log = r#"{"v":1,"allowed":true,"status":200,"namespace":"shop","labels":{"app":"orders"},"source_principal":"spiffe://td/ns/shop/sa/web","method":"GET","path":"/orders/1","port":8080}"#;
+        let r = super::recommend(log.as_bytes(), &super::Filter::default()).expect("read");
+        assert_eq!(r.yaml_for(super::Stage::Enforce), r.yaml);
+        assert!(!r.yaml.contains("annotations"));
+        let dry = r.yaml_for(super::Stage::DryRun);
+        assert_eq!(
+            dry.matches("\"istio.io/dry-run\": \"true\"").count(),
+            2,
+            "{dry}"
+        );
+        let pct = r.yaml_for(super::Stage::Percent(25));
+        assert_eq!(
+            pct.matches("\"meshguard.io/enforce-percent\": \"25\"")
+                .count(),
+            2,
+            "{pct}"
+        );
+    }
+
     #[test]
     fn ids_become_templates() {
         assert_eq!(super::template("/users/42/orders"), "/users/{*}/orders");

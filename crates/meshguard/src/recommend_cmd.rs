@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use meshguard_rollout::recommend::{recommend, Filter};
+use meshguard_rollout::recommend::{recommend, Filter, Stage};
 use meshguard_rollout::{simulate, Change, Options};
 
 #[derive(Args)]
@@ -29,6 +29,14 @@ pub struct RecommendArgs {
     /// Write the policies here instead of standard output.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Write the policies in dry-run (`istio.io/dry-run: "true"`): evaluated and logged with
+    /// what they would do, never enforced. The replay proof is made as if enforced.
+    #[arg(long, conflicts_with = "enforce_percent")]
+    dry_run: bool,
+    /// Write the policies enforced for this share of callers (0-100) and in dry-run for the
+    /// rest (`meshguard.io/enforce-percent`; a caller's share is a stable hash of its identity).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    enforce_percent: Option<u8>,
 }
 
 pub fn run(a: RecommendArgs) -> Result<ExitCode> {
@@ -95,11 +103,26 @@ pub fn run(a: RecommendArgs) -> Result<ExitCode> {
         "simulate: {} replayed against the recommendation: {broken} observed allowed request(s) would be denied, {opened} recorded denial(s) would be allowed",
         report.replayed
     );
+    let stage = match (a.dry_run, a.enforce_percent) {
+        (true, _) => Stage::DryRun,
+        (false, Some(p)) => Stage::Percent(p),
+        (false, None) => Stage::Enforce,
+    };
+    let yaml = r.yaml_for(stage);
+    match stage {
+        Stage::Enforce => {}
+        Stage::DryRun => eprintln!(
+            "recommend: written in dry-run (istio.io/dry-run): logged with what they would do, not enforced"
+        ),
+        Stage::Percent(p) => eprintln!(
+            "recommend: written enforced for {p}% of callers (meshguard.io/enforce-percent), dry-run for the rest"
+        ),
+    }
     match &a.output {
         Some(p) => {
-            std::fs::write(p, &r.yaml).with_context(|| format!("cannot write {}", p.display()))?
+            std::fs::write(p, &yaml).with_context(|| format!("cannot write {}", p.display()))?
         }
-        None => print!("{}", r.yaml),
+        None => print!("{yaml}"),
     }
     Ok(
         if broken > 0 && a.min_count <= 1 && a.since.is_none() && a.until.is_none() {

@@ -240,11 +240,12 @@ spec:
         format!("extensionProviders:\n- name: authz\n  envoyExtAuthzHttp: {{service: 127.0.0.1, port: {authz_port}, includeRequestHeadersInCheck: [x-allow]}}\n"),
     )
     .expect("mesh config");
+    let admin = free_port();
     let p = pair(
         &dir,
         app(),
         "http",
-        "meshConfig: mesh.yaml\ndecisionLog: off\n",
+        &format!("meshConfig: mesh.yaml\ndecisionLog: off\nadmin: 127.0.0.1:{admin}\n"),
     );
     let (inbound, outbound) = (p.inbound, p.outbound);
 
@@ -284,6 +285,27 @@ spec:
     assert_eq!(get(inbound, "/api/orders"), None);
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     assert!(log.contains("inbound api"), "{log}");
+    // The proxy's admin port draws what it decided (README "The live service graph"), with the
+    // decision log off: the mTLS caller's edge to the workload, two allowed and two denied.
+    let admin = format!("127.0.0.1:{admin}");
+    let (status, page) = cmd::http_get(&admin, "/graph", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("/graph.js"), "{page}");
+    let (status, body) = cmd::http_get(&admin, "/graph.json", &[]);
+    assert_eq!(status, 200, "{body}");
+    let g: serde_json::Value = serde_json::from_str(&body).expect("graph json");
+    let edge = g["edges"]
+        .as_array()
+        .and_then(|es| {
+            es.iter()
+                .find(|e| e["source"] == "frontend/web" && e["destination"] == "backend/api")
+        })
+        .unwrap_or_else(|| panic!("no frontend/web -> backend/api edge: {body}"));
+    assert_eq!(
+        (&edge["allowed"], &edge["denied"], &edge["mtls"]),
+        (&2.into(), &2.into(), &4.into()),
+        "{edge}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
