@@ -7,7 +7,7 @@
 # staging module at ./staging. The usual way round is a go.mod that requires it and replaces each
 # staging module with its published v0.x release of the same minor; the list of staging modules is
 # read from k8s.io/kubernetes's own go.mod, so it stays right when the version changes.
-# The tests (crates/meshguard/tests/kube_*.rs) start these on loopback ports with a static token file.
+# The tests (crates/meshguard/tests/kubernetes.rs) start these on loopback ports with a static token file.
 #
 #   bash scripts/peers/kube.sh
 #   KUBERNETES_VERSION=v1.36.3 ETCD_VERSION=v3.6.15 bash scripts/peers/kube.sh

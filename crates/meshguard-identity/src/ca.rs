@@ -144,29 +144,74 @@ fn only_certificates(path: &Path, pem: &str) -> Result<(), CaError> {
 }
 
 /// Refuses a private key file that other users could read or that another user owns.
+///
+/// One shape more is accepted: a Kubernetes Secret volume, whose files the kubelet owns as root
+/// with the pod's `fsGroup` as their group (`defaultMode: 0440`). Root can read any file anyway,
+/// and the group is this process's own, so no other user can read or replace the key.
 fn check_key_file(path: &Path) -> Result<(), CaError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
         let m = fs::metadata(path).map_err(io(path))?;
-        if m.mode() & 0o077 != 0 {
-            return Err(CaError::NotACa(
-                path.to_owned(),
-                format!(
-                    "the key file is accessible to other users (mode {:o}); run chmod 600",
-                    m.mode() & 0o777
-                ),
-            ));
+        // This process's effective uid and groups without libc, from /proc/self/status (not
+        // the owner of /proc/self, which is root for a process that changed its uid and is no
+        // longer dumpable). Without /proc, only the mode is checked.
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let me = effective_uid(&status);
+        let groups = own_groups(&status);
+        match me {
+            Some(me) => key_file_allowed(m.mode() & 0o7777, m.uid(), m.gid(), me, &groups),
+            None if m.mode() & 0o077 != 0 => key_file_allowed(m.mode() & 0o7777, 0, 0, 0, &[]),
+            None => Ok(()),
         }
-        // This process's uid without libc: /proc/self belongs to it.
-        if let Ok(me) = fs::metadata("/proc/self") {
-            if m.uid() != me.uid() {
-                return Err(CaError::NotACa(
-                    path.to_owned(),
-                    format!("the key file is owned by uid {}, not by this user", m.uid()),
-                ));
-            }
+        .map_err(|why| CaError::NotACa(path.to_owned(), why))?;
+    }
+    Ok(())
+}
+
+/// The effective uid a `/proc/self/status` names.
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .and_then(|u| u.parse().ok())
+}
+
+/// The group ids a `/proc/self/status` names: the effective gid and the supplementary groups.
+fn own_groups(status: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Gid:") {
+            // real, effective, saved, filesystem
+            out.extend(
+                v.split_whitespace()
+                    .nth(1)
+                    .and_then(|g| g.parse::<u32>().ok()),
+            );
+        } else if let Some(v) = line.strip_prefix("Groups:") {
+            out.extend(v.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
         }
+    }
+    out
+}
+
+/// Whether a key file with this mode and owner may be used by the process `me` in `groups`.
+fn key_file_allowed(mode: u32, uid: u32, gid: u32, me: u32, groups: &[u32]) -> Result<(), String> {
+    let secret_volume = uid == 0 && me != 0 && groups.contains(&gid) && mode & 0o037 == 0;
+    if secret_volume {
+        return Ok(());
+    }
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the key file is accessible to other users (mode {:o}); run chmod 600",
+            mode & 0o777
+        ));
+    }
+    if uid != me {
+        return Err(format!(
+            "the key file is owned by uid {uid}, not by this user"
+        ));
     }
     Ok(())
 }
@@ -526,5 +571,36 @@ impl Ca {
             not_after: p.not_after,
             issued_at: now,
         })
+    }
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::{key_file_allowed, own_groups};
+
+    #[test]
+    fn owner_only_files_and_kubernetes_secret_volumes_are_accepted() {
+        // Our own 0600 file.
+        assert!(key_file_allowed(0o600, 1000, 1000, 1000, &[1000]).is_ok());
+        // A Secret volume: root-owned, group = our fsGroup, 0440.
+        assert!(key_file_allowed(0o440, 0, 65532, 65532, &[65532]).is_ok());
+        // Group-writable, or readable by others: refused even as a Secret volume.
+        assert!(key_file_allowed(0o460, 0, 65532, 65532, &[65532]).is_err());
+        assert!(key_file_allowed(0o444, 0, 65532, 65532, &[65532]).is_err());
+        // A group we are not in.
+        assert!(key_file_allowed(0o440, 0, 100, 65532, &[65532]).is_err());
+        // Another user's file, however tight.
+        let e = key_file_allowed(0o600, 1001, 1001, 1000, &[1000]).unwrap_err();
+        assert!(e.contains("owned by uid 1001"), "{e}");
+        let e = key_file_allowed(0o640, 1000, 1000, 1000, &[1000]).unwrap_err();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn groups_come_from_proc_status() {
+        let status = "Name:\tx\nUid:\t65532\t65532\t65532\t65532\nGid:\t65532\t65533\t65532\t65532\nGroups:\t65532 2000 \n";
+        assert_eq!(own_groups(status), vec![65533, 65532, 2000]);
+        assert_eq!(super::effective_uid(status), Some(65532));
+        assert_eq!(super::effective_uid("Name:\tx\n"), None);
     }
 }

@@ -85,8 +85,6 @@ pub enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Print the trust bundle of the CA in --dir: PEM certificates, or the SPIFFE bundle format
-    /// (a JWK Set with the X.509 roots and the JWT authority) with --format spiffe.
     /// Run the CA as a service: X.509-SVIDs `spiffe://<td>/ns/<ns>/sa/<sa>` for Kubernetes
     /// service accounts that prove themselves with a projected token (checked by TokenReview),
     /// for the key in their certificate request (POST /v1/svid; GET /v1/bundle).
@@ -94,6 +92,8 @@ pub enum CaCommand {
     /// Ask a CA service for this pod's X.509-SVID with its service-account token: a fresh key
     /// and a certificate request, the key never leaving this machine.
     Fetch(FetchArgs),
+    /// Print the trust bundle of the CA in --dir: PEM certificates, or the SPIFFE bundle format
+    /// (a JWK Set with the X.509 roots and the JWT authority) with --format spiffe.
     Show {
         #[arg(long)]
         dir: PathBuf,

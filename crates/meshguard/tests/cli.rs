@@ -637,3 +637,69 @@ fn a_closed_pipe_ends_output_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.code(), Some(0), "{err}");
 }
+
+/// deploy/ca.yaml mounts the CA's key from a Secret, which the kubelet writes root-owned, with
+/// the pod's fsGroup as group and `defaultMode: 0440`; the CA running as a non-root user in that
+/// group must load it, and must still refuse a key other users can read or a group it is not in.
+/// Needs root to make such files (chown) and setpriv to drop to the pod's user; as another user
+/// it is skipped, since no unprivileged run can make a root-owned file.
+#[test]
+fn ca_loads_its_key_from_a_kubernetes_secret_volume() {
+    let me = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    if me.ok() != Some(0) {
+        eprintln!("skipping: making root-owned Secret-volume files needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("meshguard-ca-secret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca");
+    let o = run(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "cluster.local",
+        "--dir",
+        ca.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bin = dir.join("meshguard");
+    std::fs::copy(BIN, &bin).expect("copy binary");
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(&dir)
+            .output()
+            .expect("sh");
+        assert!(o.status.success(), "{script}: {}", stderr(&o));
+    };
+    // As the kubelet lays out a Secret volume with fsGroup 65532.
+    sh("chmod 0755 . meshguard && chown -R 0:65532 ca && chmod 0750 ca && chmod 0440 ca/*");
+    // The pod's user: uid 65532, primary group 65533, fsGroup 65532 as a supplementary group.
+    let show = || {
+        Command::new("setpriv")
+            .args(["--reuid=65532", "--regid=65533", "--groups=65532"])
+            .arg(&bin)
+            .args(["ca", "show", "--dir"])
+            .arg(&ca)
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let o = show();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("BEGIN CERTIFICATE"), "{}", stdout(&o));
+    // Readable by everyone: refused, with what to do.
+    sh("chmod 0444 ca/ca.key");
+    let o = show();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+    // A group the process is not in: refused.
+    sh("chmod 0440 ca/ca.key && chown 0:65534 ca/ca.key");
+    let o = show();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("mode 440"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -520,6 +520,8 @@ fn deploy_manifests_apply_server_side() {
         &f("meshguard.yaml"),
         "-f",
         &f("rbac-namespaced.yaml"),
+        "-f",
+        &f("ca.yaml"),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -538,6 +540,13 @@ fn deploy_manifests_apply_server_side() {
         "networkpolicy.networking.k8s.io/meshguard",
         "role.rbac.authorization.k8s.io/meshguard",
         "rolebinding.rbac.authorization.k8s.io/meshguard",
+        "serviceaccount/meshguard-ca",
+        "clusterrole.rbac.authorization.k8s.io/meshguard-ca",
+        "clusterrolebinding.rbac.authorization.k8s.io/meshguard-ca",
+        "deployment.apps/meshguard-ca",
+        "service/meshguard-ca",
+        "poddisruptionbudget.policy/meshguard-ca",
+        "networkpolicy.networking.k8s.io/meshguard-ca",
     ] {
         assert!(
             stdout
@@ -549,7 +558,7 @@ fn deploy_manifests_apply_server_side() {
     // For real, as the README's commands say, then what the service account may do.
     let readme = snippets::block("kubernetes");
     let kubectl = snippets::commands(&readme, "kubectl");
-    assert_eq!(kubectl.len(), 2, "{readme}");
+    assert_eq!(kubectl.len(), 3, "{readme}");
     for args in &kubectl {
         let args: Vec<String> = args
             .iter()
@@ -601,17 +610,53 @@ fn deploy_manifests_apply_server_side() {
         "{}",
         c["args"]
     );
-    let can = |verb: &str, what: &str| {
+    let can_as = |sa: &str, verb: &str, what: &str| {
         let out = cluster.kubectl(&[
             "auth",
             "can-i",
             verb,
             what,
             "-A",
-            "--as=system:serviceaccount:meshguard-system:meshguard",
+            &format!("--as=system:serviceaccount:meshguard-system:{sa}"),
         ]);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
+    let can = |verb: &str, what: &str| can_as("meshguard", verb, what);
+    // The CA service may review tokens and nothing else; the deciding replicas may not.
+    assert!(can_as(
+        "meshguard-ca",
+        "create",
+        "tokenreviews.authentication.k8s.io"
+    ));
+    for (verb, what) in [
+        ("get", "secrets"),
+        ("list", "pods"),
+        ("watch", "authorizationpolicies.security.istio.io"),
+        ("create", "serviceaccounts/token"),
+        ("create", "certificatesigningrequests.certificates.k8s.io"),
+    ] {
+        assert!(
+            !can_as("meshguard-ca", verb, what),
+            "the CA may {verb} {what}: more than it needs"
+        );
+    }
+    assert!(!can("create", "tokenreviews.authentication.k8s.io"));
+    // The CA's pod reads its key from the Secret volume as the kubelet writes it: root-owned,
+    // the pod's fsGroup, 0440 (ca.rs accepts that shape; the unit tests cover the check).
+    let ca = cluster.ok(&[
+        "get",
+        "deployment",
+        "meshguard-ca",
+        "-n",
+        "meshguard-system",
+        "-o",
+        "json",
+    ]);
+    let ca: serde_json::Value = serde_json::from_str(&ca).expect("ca deployment json");
+    let spec = &ca["spec"]["template"]["spec"];
+    assert_eq!(spec["securityContext"]["fsGroup"], 65532);
+    assert_eq!(spec["volumes"][0]["secret"]["defaultMode"], 0o440);
+    assert_eq!(spec["serviceAccountName"], "meshguard-ca");
     for (verb, what) in [
         ("watch", "authorizationpolicies.security.istio.io"),
         ("list", "peerauthentications.security.istio.io"),
