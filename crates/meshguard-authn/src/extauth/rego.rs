@@ -9,16 +9,18 @@
 //!   `body`, `dynamic_metadata`.
 //!
 //! Builtins real policies use that regorus leaves to the host are provided as extensions:
-//! `io.jwt.decode`, `io.jwt.decode_verify` and `io.jwt.verify_{rs,ps,es,hs}{256,384,512}`.
+//! `io.jwt.decode`, `io.jwt.decode_verify` and `io.jwt.verify_{rs,ps,es,hs}{256,384,512}`;
+//! `json.match_schema` replaces regorus' own so that a schema is compiled once, not per call.
 //! Any error (a policy that fails, a bad result shape, the time limit) denies with the reason.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use meshguard_policy::extauth::{RegoAuth, RegoMode};
 use meshguard_policy::PolicySet;
 use regorus::Value as RValue;
@@ -46,6 +48,33 @@ pub const QUEUE_LIMIT: Duration = Duration::from_secs(1);
 pub struct RegoStep {
     template: regorus::Engine,
     mode: RegoMode,
+    /// Evaluations left that go straight to the blocking pool: set after one ran out of the
+    /// inline budget.
+    pool_only: AtomicU32,
+}
+
+/// How long an evaluation may run on the async worker that received the request before it is
+/// moved to the blocking pool.
+pub const INLINE_LIMIT: Duration = Duration::from_millis(2);
+
+/// After an evaluation outgrew [`INLINE_LIMIT`], this many of the step's next evaluations skip
+/// the inline attempt.
+const POOL_AFTER_OVERRUN: u32 = 256;
+
+fn timer(limit: Duration) -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: NonZeroU32::MIN.saturating_add(63),
+    }
+}
+
+fn is_time_limit(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<regorus::utils::limits::LimitError>(),
+            Some(regorus::utils::limits::LimitError::TimeLimitExceeded { .. })
+        )
+    })
 }
 
 fn b64url(s: &str) -> anyhow::Result<Vec<u8>> {
@@ -53,7 +82,8 @@ fn b64url(s: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn to_rvalue(v: &Value) -> RValue {
-    RValue::from(v.clone())
+    // Straight from the borrowed document: no copy of it first.
+    serde::Deserialize::deserialize(v).unwrap_or_else(|_| RValue::from(v.clone()))
 }
 
 fn from_rvalue(v: &RValue) -> Value {
@@ -63,18 +93,114 @@ fn from_rvalue(v: &RValue) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-/// `io.jwt.decode(token)`: `[header, payload, signature_hex]`, no verification.
-fn jwt_decode(token: &str) -> anyhow::Result<(Value, Value, String)> {
+/// A compact JWS split into its three parts: header, payload, signature (base64url).
+fn jws_parts(token: &str) -> anyhow::Result<(&str, &str, &str)> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        anyhow::bail!("io.jwt.decode: not a compact JWS");
-    };
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(h), Some(p), Some(s), None) => Ok((h, p, s)),
+        _ => anyhow::bail!("io.jwt.decode: not a compact JWS"),
+    }
+}
+
+/// The decoded header and payload of a compact JWS.
+fn jwt_header_payload(h: &str, p: &str) -> anyhow::Result<(Value, Value)> {
     let header: Value = serde_json::from_slice(&b64url(h)?)?;
     let payload: Value = serde_json::from_slice(&b64url(p)?)?;
-    let sig: String = b64url(s)?.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((header, payload))
+}
+
+/// `io.jwt.decode(token)`: `[header, payload, signature_hex]`, no verification.
+fn jwt_decode(token: &str) -> anyhow::Result<(Value, Value, String)> {
+    let (h, p, s) = jws_parts(token)?;
+    let (header, payload) = jwt_header_payload(h, p)?;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let raw = b64url(s)?;
+    let mut sig = String::with_capacity(raw.len() * 2);
+    for b in raw {
+        sig.push(char::from(HEX[usize::from(b >> 4)]));
+        sig.push(char::from(HEX[usize::from(b & 15)]));
+    }
     Ok((header, payload, sig))
+}
+
+/// What one Rego step remembers between evaluations, shared by the engine clones of one
+/// compiled policy set (a reload starts empty): parsed verification keys, signatures already
+/// verified, compiled JSON schemas. Each is pure in its key, so a hit decides exactly as a miss
+/// would; each is bounded and emptied when full.
+#[derive(Default)]
+struct RegoCaches {
+    /// `cert` argument (JWKS, JWK or PEM) and algorithm -> its keys, with an id for `verified`.
+    keys: std::sync::Mutex<KeyMap>,
+    /// (key set id, token) whose signature verified under that key set. Only successes go in,
+    /// so a caller cannot fill it with tokens of its choosing without valid signatures.
+    verified: std::sync::Mutex<HashSet<(u64, Box<str>)>>,
+    /// Schema JSON -> compiled validator.
+    schemas: std::sync::Mutex<HashMap<Box<str>, Arc<jsonschema::Validator>>>,
+}
+
+type KeyMap = HashMap<(Box<str>, Algorithm), (u64, Arc<Vec<DecodingKey>>)>;
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// Entries kept per cache before it is emptied: key sets and schemas are few per policy set;
+/// verified tokens are one per live caller token.
+const KEY_SETS_KEPT: usize = 64;
+const SCHEMAS_KEPT: usize = 64;
+const VERIFIED_KEPT: usize = 16_384;
+
+impl RegoCaches {
+    fn keys(&self, cert: &str, alg: Algorithm) -> (u64, Arc<Vec<DecodingKey>>) {
+        if let Ok(map) = self.keys.lock() {
+            if let Some((id, k)) = map.get(&(Box::<str>::from(cert), alg)) {
+                return (*id, k.clone());
+            }
+        }
+        let keys = Arc::new(keys_from(cert, alg));
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut map) = self.keys.lock() {
+            if map.len() >= KEY_SETS_KEPT {
+                map.clear();
+            }
+            map.insert((cert.into(), alg), (id, keys.clone()));
+        }
+        (id, keys)
+    }
+
+    /// Whether `token`'s signature verifies with `alg` under one of `keys` (set `id`).
+    fn verify(&self, id: u64, token: &str, alg: Algorithm, keys: &[DecodingKey]) -> bool {
+        if let Ok(set) = self.verified.lock() {
+            if set.contains(&(id, Box::<str>::from(token))) {
+                return true;
+            }
+        }
+        if !verify_sig(token, alg, keys) {
+            return false;
+        }
+        if let Ok(mut set) = self.verified.lock() {
+            if set.len() >= VERIFIED_KEPT {
+                set.clear();
+            }
+            set.insert((id, token.into()));
+        }
+        true
+    }
+
+    fn schema(&self, json: &str) -> anyhow::Result<Arc<jsonschema::Validator>> {
+        if let Some(v) = self.schemas.lock().ok().and_then(|m| m.get(json).cloned()) {
+            return Ok(v);
+        }
+        let schema: Value = serde_json::from_str(json)
+            .map_err(|_| anyhow::anyhow!("json.match_schema: not a valid json schema"))?;
+        let v = Arc::new(jsonschema::validator_for(&schema).map_err(|e| anyhow::anyhow!("{e}"))?);
+        if let Ok(mut m) = self.schemas.lock() {
+            if m.len() >= SCHEMAS_KEPT {
+                m.clear();
+            }
+            m.insert(json.into(), v.clone());
+        }
+        Ok(v)
+    }
 }
 
 /// Keys from OPA's `cert` argument: a JWKS, a single JWK, a PEM certificate or public key.
@@ -108,7 +234,8 @@ fn keys_from(cert: &str, alg: Algorithm) -> Vec<DecodingKey> {
     key.into_iter().collect()
 }
 
-/// Signature check only (OPA's `io.jwt.verify_*`): exp/nbf are not looked at.
+/// Signature check only (OPA's `io.jwt.verify_*`): exp/nbf are not looked at. The header must
+/// parse and name `alg`; the signature is checked over the token's first two parts as sent.
 fn verify_sig(token: &str, alg: Algorithm, keys: &[DecodingKey]) -> bool {
     let Ok(header) = jsonwebtoken::decode_header(token) else {
         return false;
@@ -116,13 +243,12 @@ fn verify_sig(token: &str, alg: Algorithm, keys: &[DecodingKey]) -> bool {
     if header.alg != alg {
         return false;
     }
-    let mut v = Validation::new(alg);
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.validate_aud = false;
-    v.required_spec_claims.clear();
-    keys.iter()
-        .any(|k| jsonwebtoken::decode::<Value>(token, k, &v).is_ok())
+    let Some((message, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    keys.iter().any(|k| {
+        jsonwebtoken::crypto::verify(signature, message.as_bytes(), k, alg).unwrap_or(false)
+    })
 }
 
 fn alg_of(name: &str) -> Option<Algorithm> {
@@ -146,9 +272,10 @@ fn alg_of(name: &str) -> Option<Algorithm> {
 /// `io.jwt.decode_verify(token, constraints)` as OPA defines it: `[valid, header, payload]`,
 /// `[false, {}, {}]` when anything fails. Constraints: `cert` or `secret`, optional `alg`,
 /// `iss`, `aud`, `time` (ns since the epoch).
-fn decode_verify(token: &str, c: &Value) -> Value {
+fn decode_verify(caches: &RegoCaches, token: &str, c: &Value) -> Value {
     let fail = json!([false, {}, {}]);
-    let Ok((header, payload, _)) = jwt_decode(token) else {
+    let Ok((header, payload)) = jws_parts(token).and_then(|(h, p, _)| jwt_header_payload(h, p))
+    else {
         return fail;
     };
     let Some(alg) = header["alg"].as_str().and_then(alg_of) else {
@@ -159,20 +286,19 @@ fn decode_verify(token: &str, c: &Value) -> Value {
             return fail;
         }
     }
-    let keys = match (c["cert"].as_str(), c["secret"].as_str()) {
-        (Some(cert), None)
-            if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) =>
-        {
-            keys_from(cert, alg)
+    let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    let verified = match (c["cert"].as_str(), c["secret"].as_str()) {
+        (Some(cert), None) if !hmac => {
+            let (id, keys) = caches.keys(cert, alg);
+            caches.verify(id, token, alg, &keys)
         }
-        (None, Some(secret))
-            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) =>
-        {
-            vec![DecodingKey::from_secret(secret.as_bytes())]
+        // Shared secrets are not kept: HMAC is cheap, and a secret should not outlive its use.
+        (None, Some(secret)) if hmac => {
+            verify_sig(token, alg, &[DecodingKey::from_secret(secret.as_bytes())])
         }
-        _ => return fail,
+        _ => false,
     };
-    if !verify_sig(token, alg, &keys) {
+    if !verified {
         return fail;
     }
     let now = c["time"].as_f64().map(|ns| ns / 1e9).unwrap_or_else(|| {
@@ -214,7 +340,51 @@ fn str_arg(args: &[RValue], i: usize) -> anyhow::Result<String> {
     }
 }
 
-fn add_jwt_builtins(e: &mut regorus::Engine) -> anyhow::Result<()> {
+/// `json.match_schema(document, schema)` as OPA defines it: `[true, []]` when the document
+/// matches, else `[false, errors]` with one `{error, type, field, desc}` object per violation.
+/// Replaces regorus' builtin, which compiles the schema on every call (most of a small
+/// policy's evaluation); here a schema is compiled once per policy set.
+fn match_schema(caches: &RegoCaches, args: &[RValue]) -> anyhow::Result<RValue> {
+    let (Some(doc), Some(schema)) = (args.first(), args.get(1)) else {
+        anyhow::bail!("json.match_schema: expects 2 arguments");
+    };
+    if matches!(doc, RValue::Undefined) || matches!(schema, RValue::Undefined) {
+        return Ok(RValue::Undefined);
+    }
+    let schema_json = match schema {
+        RValue::String(s) => s.to_string(),
+        other => other.to_json_str()?,
+    };
+    let validator = caches.schema(&schema_json)?;
+    let document = serde_json::to_value(doc)?;
+    let errors: Vec<Value> = validator
+        .iter_errors(&document)
+        .map(|e| {
+            let path = e.instance_path().as_str();
+            let field = if path.is_empty() {
+                "(root)".to_owned()
+            } else {
+                path.trim_start_matches('/').replace('/', ".")
+            };
+            let desc = e.to_string();
+            json!({
+                "error": format!("{field}: {desc}"),
+                "type": e.kind().keyword(),
+                "field": field,
+                "desc": desc,
+            })
+        })
+        .collect();
+    Ok(to_rvalue(&json!([errors.is_empty(), errors])))
+}
+
+fn add_builtins(e: &mut regorus::Engine, caches: &Arc<RegoCaches>) -> anyhow::Result<()> {
+    let c = caches.clone();
+    e.add_extension(
+        "json.match_schema".into(),
+        2,
+        Box::new(move |args: Vec<RValue>| match_schema(&c, &args)),
+    )?;
     e.add_extension(
         "io.jwt.decode".into(),
         1,
@@ -224,13 +394,14 @@ fn add_jwt_builtins(e: &mut regorus::Engine) -> anyhow::Result<()> {
             Ok(to_rvalue(&json!([h, p, s])))
         }),
     )?;
+    let c = caches.clone();
     e.add_extension(
         "io.jwt.decode_verify".into(),
         2,
-        Box::new(|args: Vec<RValue>| {
+        Box::new(move |args: Vec<RValue>| {
             let t = str_arg(&args, 0)?;
-            let c = args.get(1).map(from_rvalue).unwrap_or(Value::Null);
-            Ok(to_rvalue(&decode_verify(&t, &c)))
+            let constraints = args.get(1).map(from_rvalue).unwrap_or(Value::Null);
+            Ok(to_rvalue(&decode_verify(&c, &t, &constraints)))
         }),
     )?;
     for name in [
@@ -239,18 +410,20 @@ fn add_jwt_builtins(e: &mut regorus::Engine) -> anyhow::Result<()> {
     ] {
         let alg = alg_of(name).ok_or_else(|| anyhow::anyhow!("alg"))?;
         let hmac = name.starts_with("HS");
+        let c = caches.clone();
         e.add_extension(
             format!("io.jwt.verify_{}", name.to_ascii_lowercase()),
             2,
             Box::new(move |args: Vec<RValue>| {
                 let t = str_arg(&args, 0)?;
                 let k = str_arg(&args, 1)?;
-                let keys = if hmac {
-                    vec![DecodingKey::from_secret(k.as_bytes())]
+                let ok = if hmac {
+                    verify_sig(&t, alg, &[DecodingKey::from_secret(k.as_bytes())])
                 } else {
-                    keys_from(&k, alg)
+                    let (id, keys) = c.keys(&k, alg);
+                    c.verify(id, &t, alg, &keys)
                 };
-                Ok(RValue::from(verify_sig(&t, alg, &keys)))
+                Ok(RValue::from(ok))
             }),
         )?;
     }
@@ -283,6 +456,7 @@ impl RegoStep {
             return Err(BuildError::NoRegoModule);
         }
         // Current OPA parses Rego v1; Gloo-era policies are v0. Try v1, then v0.
+        let caches = Arc::new(RegoCaches::default());
         let build = |v0: bool| -> Result<regorus::Engine, BuildError> {
             let mut e = regorus::Engine::new();
             e.set_rego_v0(v0);
@@ -303,11 +477,8 @@ impl RegoStep {
                         source,
                     })?;
             }
-            add_jwt_builtins(&mut e).map_err(BuildError::RegoBuiltins)?;
-            e.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-                limit: EVAL_LIMIT,
-                check_interval: NonZeroU32::MIN.saturating_add(63),
-            });
+            add_builtins(&mut e, &caches).map_err(BuildError::RegoBuiltins)?;
+            e.set_execution_timer_config(timer(EVAL_LIMIT));
             Ok(e)
         };
         let mut template = match build(false) {
@@ -323,17 +494,44 @@ impl RegoStep {
         Ok(RegoStep {
             template,
             mode: r.mode.clone(),
+            pool_only: AtomicU32::new(0),
         })
     }
 
-    /// Evaluates on tokio's blocking pool: an evaluation may run up to [`EVAL_LIMIT`], which must
-    /// not stall the async workers that carry every other request. The input document is built
-    /// here, the engine clone (shared, reference-counted modules) moves to the pool.
+    /// Evaluates within [`INLINE_LIMIT`] on this thread, else on tokio's blocking pool: an
+    /// evaluation may run up to [`EVAL_LIMIT`], which must not stall the async workers that
+    /// carry every other request. The input document is built here; an engine clone (shared,
+    /// reference-counted modules) evaluates it.
     pub async fn check(&self, input: &mut StepInput<'_>) -> StepOutcome {
         let doc = match &self.mode {
             RegoMode::Gloo { .. } => gloo_input(input),
             RegoMode::Envoy { .. } => envoy_input(input),
         };
+        let explain = input.trace.is_some();
+        // First on this thread within INLINE_LIMIT: nearly every policy decides in well under
+        // it, and the hop to the blocking pool (two thread wake-ups) cost more than the
+        // evaluation. One that runs out of that budget starts again on the pool with the full
+        // EVAL_LIMIT (evaluation has no side effects), and the next evaluations of this step go
+        // straight there for a while, so a slow policy does not pay twice nor hold the
+        // async workers.
+        if !explain && self.pool_only.load(Ordering::Relaxed) == 0 {
+            let mut engine = self.template.clone();
+            engine.set_execution_timer_config(timer(INLINE_LIMIT));
+            match evaluate_within(engine, &self.mode, &doc) {
+                Ok(o) => return o,
+                Err(err) if !is_time_limit(&err) => {
+                    return StepOutcome::failed(
+                        403,
+                        format!("Rego evaluation failed (denied): {err}"),
+                    )
+                }
+                Err(_) => self.pool_only.store(POOL_AFTER_OVERRUN, Ordering::Relaxed),
+            }
+        } else if !explain {
+            let _ = self
+                .pool_only
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
         let engine = self.template.clone();
         let mode = self.mode.clone();
         let permit =
@@ -346,7 +544,6 @@ impl RegoStep {
                     )
                 }
             };
-        let explain = input.trace.is_some();
         let run = move || {
             let o = if explain {
                 evaluate_explained(engine, &mode, &doc)
@@ -484,40 +681,46 @@ fn rule_names(e: &regorus::Engine, pkg: &str) -> Vec<String> {
     names
 }
 
-fn evaluate(mut e: regorus::Engine, mode: &RegoMode, doc: &Value) -> StepOutcome {
+fn evaluate(e: regorus::Engine, mode: &RegoMode, doc: &Value) -> StepOutcome {
+    match evaluate_within(e, mode, doc) {
+        Ok(o) => o,
+        Err(err) => StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}")),
+    }
+}
+
+/// [`evaluate`], with a failed evaluation (the time limit among them) left to the caller.
+fn evaluate_within(
+    mut e: regorus::Engine,
+    mode: &RegoMode,
+    doc: &Value,
+) -> anyhow::Result<StepOutcome> {
     e.set_input(to_rvalue(doc));
-    match mode {
-        RegoMode::Gloo { query } => match e.eval_query(query.clone(), false) {
-            Ok(r) => {
-                let v = r
-                    .result
-                    .first()
-                    .and_then(|q| q.expressions.first())
-                    .map(|x| x.value.clone())
-                    .unwrap_or(RValue::Undefined);
-                let allowed = match &v {
-                    RValue::Bool(b) => *b,
-                    RValue::Array(a) => matches!(a.first(), Some(RValue::Bool(true))),
-                    _ => false,
-                };
-                if allowed {
-                    StepOutcome::allow(format!("Rego query `{query}` is true"))
-                } else {
-                    StepOutcome::deny(403, format!("Rego query `{query}` is not true"))
-                }
-            }
-            Err(err) => StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}")),
-        },
-        RegoMode::Envoy { path } => {
-            let rule = format!("data.{}", path.replace('/', "."));
-            match e.eval_rule(rule.clone()) {
-                Ok(v) => envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined)),
-                Err(err) => {
-                    StepOutcome::failed(403, format!("Rego evaluation failed (denied): {err}"))
-                }
+    Ok(match mode {
+        RegoMode::Gloo { query } => {
+            let r = e.eval_query(query.clone(), false)?;
+            let v = r
+                .result
+                .first()
+                .and_then(|q| q.expressions.first())
+                .map(|x| x.value.clone())
+                .unwrap_or(RValue::Undefined);
+            let allowed = match &v {
+                RValue::Bool(b) => *b,
+                RValue::Array(a) => matches!(a.first(), Some(RValue::Bool(true))),
+                _ => false,
+            };
+            if allowed {
+                StepOutcome::allow(format!("Rego query `{query}` is true"))
+            } else {
+                StepOutcome::deny(403, format!("Rego query `{query}` is not true"))
             }
         }
-    }
+        RegoMode::Envoy { path } => {
+            let rule = format!("data.{}", path.replace('/', "."));
+            let v = e.eval_rule(rule.clone())?;
+            envoy_decision(&rule, &from_rvalue(&v), matches!(v, RValue::Undefined))
+        }
+    })
 }
 
 /// The request headers as Envoy sends them in a CheckRequest: with the pseudo-headers
@@ -890,5 +1093,178 @@ mod tests {
         assert!(a.allowed);
         assert_eq!(a.headers_to_add.len(), 2);
         assert_eq!(a.headers_to_remove, vec!["authorization".to_owned()]);
+    }
+
+    fn engine_with_builtins() -> regorus::Engine {
+        let mut e = regorus::Engine::new();
+        add_builtins(&mut e, &Arc::new(RegoCaches::default())).expect("builtins");
+        e.add_policy(
+            "t.rego".into(),
+            r#"package t
+import rego.v1
+verified := v if { [v, _, _] := io.jwt.decode_verify(input.token, {"cert": input.cert, "iss": "https://issuer.test", "aud": "api.test"}) }
+sig := io.jwt.verify_rs256(input.token, input.cert)
+schema := json.match_schema(input.doc, {"type": "object", "required": ["item"], "properties": {"quantity": {"type": "integer", "minimum": 1}}})
+"#
+            .into(),
+        )
+        .expect("policy");
+        e
+    }
+
+    fn eval(e: &mut regorus::Engine, rule: &str, input: &Value) -> Value {
+        e.set_input(to_rvalue(input));
+        from_rvalue(&e.eval_rule(format!("data.t.{rule}")).expect("eval"))
+    }
+
+    /// The caches of verified signatures and parsed keys decide exactly as a fresh check: once
+    /// a valid token is cached, a token that differs in any part, a token that has expired, or
+    /// another key set still fails, on the same engine and on its clones.
+    #[test]
+    fn cached_signatures_never_vouch_for_other_tokens() {
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let tokens: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{data}/tokens.json")).expect("tokens"),
+        )
+        .expect("json");
+        let cert = std::fs::read_to_string(format!("{data}/jwks.json")).expect("jwks");
+        let other = std::fs::read_to_string(format!("{data}/jwks-other.json")).expect("jwks");
+        let t = |name: &str| tokens["tokens"][name].as_str().expect(name).to_owned();
+        let mut e = engine_with_builtins();
+        let with = |token: String, cert: &str| json!({"token": token, "cert": cert});
+        for _ in 0..3 {
+            assert_eq!(
+                eval(&mut e, "verified", &with(t("RS256"), &cert)),
+                json!(true)
+            );
+            assert_eq!(eval(&mut e, "sig", &with(t("RS256"), &cert)), json!(true));
+        }
+        let mut clone = e.clone();
+        for engine in [&mut e, &mut clone] {
+            for bad in [
+                "tampered_payload",
+                "other_key_same_kid",
+                "truncated_signature",
+                "padded_base64",
+                "alg_none",
+                "key_confusion_hs256_with_rsa_pem",
+            ] {
+                let input = with(t(bad), &cert);
+                assert_ne!(eval(engine, "verified", &input), json!(true), "{bad}");
+                assert_ne!(eval(engine, "sig", &input), json!(true), "{bad}");
+            }
+            // Expiry and claims are checked on every call, cached signature or not.
+            assert_eq!(eval(engine, "sig", &with(t("expired"), &cert)), json!(true));
+            assert_eq!(
+                eval(engine, "verified", &with(t("expired"), &cert)),
+                json!(false)
+            );
+            assert_eq!(
+                eval(engine, "verified", &with(t("expired"), &cert)),
+                json!(false)
+            );
+            // The same token under a key set that does not hold its key.
+            assert_eq!(
+                eval(engine, "verified", &with(t("RS256"), &other)),
+                json!(false)
+            );
+            assert_eq!(eval(engine, "sig", &with(t("RS256"), &other)), json!(false));
+        }
+    }
+
+    /// OPA's result shape: `[true, []]`, or `[false, [{error, type, field, desc}]]`; the schema
+    /// compiled once answers every later call the same.
+    #[test]
+    fn match_schema_answers_as_opa_and_compiles_once() {
+        let mut e = engine_with_builtins();
+        for _ in 0..2 {
+            let ok = eval(
+                &mut e,
+                "schema",
+                &json!({"doc": {"item": "b", "quantity": 2}}),
+            );
+            assert_eq!(ok, json!([true, []]));
+            let bad = eval(
+                &mut e,
+                "schema",
+                &json!({"doc": {"item": "b", "quantity": 0}}),
+            );
+            assert_eq!(bad[0], json!(false), "{bad}");
+            assert_eq!(bad[1][0]["field"], json!("quantity"), "{bad}");
+            assert_eq!(bad[1][0]["type"], json!("minimum"), "{bad}");
+            let missing = eval(&mut e, "schema", &json!({"doc": {}}));
+            assert_eq!(missing[1][0]["field"], json!("(root)"), "{missing}");
+            assert_eq!(missing[1][0]["type"], json!("required"), "{missing}");
+            assert_eq!(
+                eval(&mut e, "schema", &json!({"doc": "not an object"}))[0],
+                json!(false)
+            );
+        }
+    }
+
+    /// An evaluation that outgrows the inline budget is not denied for it: it runs again on
+    /// the blocking pool with the step's full limit, and the step's next evaluations go there
+    /// directly. One that outgrows the full limit is denied.
+    #[test]
+    fn slow_policies_move_to_the_pool_and_still_decide() {
+        let policy = r#"package envoy.authz
+import rego.v1
+allow if { count([x | some x in numbers.range(1, 100000); x > 0]) == 100000 }
+"#;
+        let step = |limit: Duration| {
+            let mut e = regorus::Engine::new();
+            e.add_policy("slow.rego".into(), policy.into())
+                .expect("policy");
+            e.set_execution_timer_config(timer(limit));
+            RegoStep {
+                template: e,
+                mode: RegoMode::Envoy {
+                    path: "envoy/authz/allow".into(),
+                },
+                pool_only: AtomicU32::new(0),
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let req = meshguard_policy::Request::default();
+        let id = meshguard_policy::Identity::default();
+        let mut state = Map::new();
+        let mut input = StepInput {
+            req: &req,
+            id: &id,
+            state: &mut state,
+            trace: None,
+        };
+        // The inline attempt alone runs out of its budget.
+        let mut inline = step(Duration::from_secs(60)).template.clone();
+        inline.set_execution_timer_config(timer(INLINE_LIMIT));
+        let err = evaluate_within(
+            inline,
+            &RegoMode::Envoy {
+                path: "envoy/authz/allow".into(),
+            },
+            &json!({}),
+        )
+        .expect_err("over the inline budget");
+        assert!(is_time_limit(&err), "{err}");
+        let generous = step(Duration::from_secs(60));
+        let o = rt.block_on(generous.check(&mut input));
+        assert!(o.allowed, "{}", o.reason);
+        assert_eq!(
+            generous.pool_only.load(Ordering::Relaxed),
+            POOL_AFTER_OVERRUN
+        );
+        let o = rt.block_on(generous.check(&mut input));
+        assert!(o.allowed, "{}", o.reason);
+        assert_eq!(
+            generous.pool_only.load(Ordering::Relaxed),
+            POOL_AFTER_OVERRUN - 1
+        );
+        let tight = step(Duration::from_millis(1));
+        let o = rt.block_on(tight.check(&mut input));
+        assert!(!o.allowed);
+        assert!(o.reason.contains("Rego evaluation failed"), "{}", o.reason);
     }
 }
