@@ -7,7 +7,9 @@
 //! The request is the bundled example "api-with-token": production/app=api from the frontend
 //! principal, GET /v1/orders with `Authorization: Bearer TOKEN`. With `BENCH_CONFIG_ID` set, the
 //! route also names that AuthConfig (context extension `config_id`) and the request carries
-//! `BENCH_HEADER` (`name: value`), e.g. an API key.
+//! `BENCH_HEADER` (`name: value`), e.g. an API key. `BENCH_METHOD`, `BENCH_PATH` and
+//! `BENCH_BODY` (sent as `application/json`) replace the request line and add a body. Answers
+//! other than OK are counted as `denied`: a comparison is only fair if every server allows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +45,13 @@ fn request(token: &str) -> CheckRequest {
     {
         headers.insert(k.to_ascii_lowercase(), v.to_owned());
     }
+    let body = std::env::var("BENCH_BODY").unwrap_or_default();
+    if !body.is_empty() {
+        headers.insert("content-type".to_owned(), "application/json".to_owned());
+        headers.insert("content-length".to_owned(), body.len().to_string());
+    }
+    let method = std::env::var("BENCH_METHOD").unwrap_or_else(|_| "GET".to_owned());
+    let path = std::env::var("BENCH_PATH").unwrap_or_else(|_| "/v1/orders?page=1".to_owned());
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {
@@ -52,10 +61,14 @@ fn request(token: &str) -> CheckRequest {
             destination: Some(Peer::default()),
             request: Some(Request {
                 http: Some(HttpRequest {
-                    method: "GET".to_owned(),
-                    path: "/v1/orders?page=1".to_owned(),
+                    size: i64::try_from(body.len()).unwrap_or(-1),
+                    method,
+                    path,
                     host: "api.company.com".to_owned(),
                     headers,
+                    body,
+                    protocol: "HTTP/1.1".to_owned(),
+                    scheme: "http".to_owned(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -95,7 +108,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Warm up (first JWT verification, connection).
     let mut c = AuthorizationClient::new(ch.clone());
     for _ in 0..200 {
-        c.check(req.clone()).await?;
+        let status = c.check(req.clone()).await?.into_inner().status;
+        if let Some(s) = status.filter(|s| s.code != 0) {
+            eprintln!(
+                "bench_check: the server denies the request (code {}): {}",
+                s.code, s.message
+            );
+            std::process::exit(1);
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -111,14 +131,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0u64;
+                    let mut denied = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        if c.check(req.clone()).await.is_err() {
-                            errors += 1;
+                        match c.check(req.clone()).await {
+                            Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code != 0) => {
+                                denied += 1
+                            }
+                            Ok(_) => {}
+                            Err(_) => errors += 1,
                         }
                         lat.push(t.elapsed().as_micros() as u64);
                     }
-                    (lat, errors)
+                    (lat, errors, denied)
                 }));
             }
         }
@@ -138,18 +163,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0u64;
+                    let mut denied = 0u64;
                     let offset = period.mul_f64(w as f64 / workers as f64);
                     let mut next = tokio::time::Instant::now() + offset;
                     while !stop.load(Ordering::Relaxed) {
                         tokio::time::sleep_until(next).await;
                         let t = Instant::now();
-                        if c.check(req.clone()).await.is_err() {
-                            errors += 1;
+                        match c.check(req.clone()).await {
+                            Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code != 0) => {
+                                denied += 1
+                            }
+                            Ok(_) => {}
+                            Err(_) => errors += 1,
                         }
                         lat.push(t.elapsed().as_micros() as u64);
                         next += period;
                     }
-                    (lat, errors)
+                    (lat, errors, denied)
                 }));
             }
         }
@@ -157,16 +187,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut denied) = (0, 0);
     for t in tasks {
-        let (l, e) = t.await?;
+        let (l, e, d) = t.await?;
         all.extend(l);
         errors += e;
+        denied += d;
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     println!(
-        "{{\"mode\":\"{mode}\",\"param\":{n},\"requests\":{},\"errors\":{errors},\"rps\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{}}}",
+        "{{\"mode\":\"{mode}\",\"param\":{n},\"requests\":{},\"errors\":{errors},\"denied\":{denied},\"rps\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{}}}",
         all.len(),
         all.len() as f64 / elapsed,
         pct(&all, 0.5),
