@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -129,16 +129,18 @@ fn jwt_decode(token: &str) -> anyhow::Result<(Value, Value, String)> {
 /// would; each is bounded and emptied when full.
 #[derive(Default)]
 struct RegoCaches {
-    /// `cert` argument (JWKS, JWK or PEM) and algorithm -> its keys, with an id for `verified`.
+    /// Algorithm -> `cert` argument (JWKS, JWK or PEM) -> its keys, with an id for `verified`.
+    /// Nested, not keyed by a tuple, so a lookup borrows the argument instead of copying it.
     keys: std::sync::Mutex<KeyMap>,
-    /// (key set id, token) whose signature verified under that key set. Only successes go in,
+    /// Key set id -> tokens whose signature verified under that key set. Only successes go in,
     /// so a caller cannot fill it with tokens of its choosing without valid signatures.
-    verified: std::sync::Mutex<HashSet<(u64, Box<str>)>>,
+    verified: std::sync::Mutex<VerifiedMap>,
     /// Schema JSON -> compiled validator.
     schemas: std::sync::Mutex<HashMap<Box<str>, Arc<jsonschema::Validator>>>,
 }
 
-type KeyMap = HashMap<(Box<str>, Algorithm), (u64, Arc<Vec<DecodingKey>>)>;
+type KeyMap = HashMap<Algorithm, HashMap<Box<str>, (u64, Arc<Vec<DecodingKey>>)>>;
+type VerifiedMap = HashMap<u64, HashSet<Box<str>>>;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
@@ -151,18 +153,20 @@ const VERIFIED_KEPT: usize = 16_384;
 impl RegoCaches {
     fn keys(&self, cert: &str, alg: Algorithm) -> (u64, Arc<Vec<DecodingKey>>) {
         if let Ok(map) = self.keys.lock() {
-            if let Some((id, k)) = map.get(&(Box::<str>::from(cert), alg)) {
+            if let Some((id, k)) = map.get(&alg).and_then(|m| m.get(cert)) {
                 return (*id, k.clone());
             }
         }
         let keys = Arc::new(keys_from(cert, alg));
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut map) = self.keys.lock() {
-            if map.len() >= KEY_SETS_KEPT {
+            if map.values().map(|m| m.len()).sum::<usize>() >= KEY_SETS_KEPT {
                 map.clear();
             }
-            map.insert((cert.into(), alg), (id, keys.clone()));
+            map.entry(alg)
+                .or_default()
+                .insert(cert.into(), (id, keys.clone()));
         }
         (id, keys)
     }
@@ -170,7 +174,7 @@ impl RegoCaches {
     /// Whether `token`'s signature verifies with `alg` under one of `keys` (set `id`).
     fn verify(&self, id: u64, token: &str, alg: Algorithm, keys: &[DecodingKey]) -> bool {
         if let Ok(set) = self.verified.lock() {
-            if set.contains(&(id, Box::<str>::from(token))) {
+            if set.get(&id).is_some_and(|s| s.contains(token)) {
                 return true;
             }
         }
@@ -178,10 +182,10 @@ impl RegoCaches {
             return false;
         }
         if let Ok(mut set) = self.verified.lock() {
-            if set.len() >= VERIFIED_KEPT {
+            if set.values().map(|s| s.len()).sum::<usize>() >= VERIFIED_KEPT {
                 set.clear();
             }
-            set.insert((id, token.into()));
+            set.entry(id).or_default().insert(token.into());
         }
         true
     }
