@@ -347,7 +347,10 @@ fn str_arg(args: &[RValue], i: usize) -> anyhow::Result<String> {
 /// `json.match_schema(document, schema)` as OPA defines it: `[true, []]` when the document
 /// matches, else `[false, errors]` with one `{error, type, field, desc}` object per violation.
 /// Replaces regorus' builtin, which compiles the schema on every call (most of a small
-/// policy's evaluation); here a schema is compiled once per policy set.
+/// policy's evaluation); here a schema is compiled once per policy set. Shape and caching as in
+/// OPA's `builtinJSONMatchSchema` (topdown/jsonschema.go: an errors array, empty on success;
+/// compiled schemas cached keyed on the schema value; a schema that does not compile is an
+/// evaluation error).
 fn match_schema(caches: &RegoCaches, args: &[RValue]) -> anyhow::Result<RValue> {
     let (Some(doc), Some(schema)) = (args.first(), args.get(1)) else {
         anyhow::bail!("json.match_schema: expects 2 arguments");
